@@ -1,0 +1,144 @@
+//! Handshake messages between client and agent, sent as frames before the record layer
+//! starts, and the notices the agent sends inside records afterwards.
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::SessionId;
+
+/// What a client sends first, and then to finish, in a tunnel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClientHandshake {
+    /// Start a password login: an OPAQUE `CredentialRequest`.
+    Login {
+        /// Serialized OPAQUE credential request.
+        request: Vec<u8>,
+    },
+    /// Finish a login: an OPAQUE `CredentialFinalization`.
+    LoginFinish {
+        /// Serialized OPAQUE credential finalization.
+        finalization: Vec<u8>,
+    },
+    /// The agent's answer did not open with our password: the password was wrong.
+    LoginFailed,
+    /// Open another tunnel in an authenticated session.
+    Resume {
+        /// The session, from [`AgentNotice::SessionReady`].
+        session: SessionId,
+        /// Client's fresh random nonce.
+        nonce: [u8; 32],
+    },
+    /// Finish a resumption: the client's confirmation MAC.
+    ResumeFinish {
+        /// HMAC over the transcript with the client confirm key.
+        mac: [u8; 32],
+    },
+}
+
+/// What an agent answers during the handshake.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AgentHandshake {
+    /// The OPAQUE `CredentialResponse` to a login.
+    LoginChallenge {
+        /// Serialized OPAQUE credential response.
+        response: Vec<u8>,
+    },
+    /// The answer to a resumption: the agent's nonce and confirmation MAC.
+    ResumeChallenge {
+        /// Agent's fresh random nonce.
+        nonce: [u8; 32],
+        /// HMAC over the transcript with the agent confirm key.
+        mac: [u8; 32],
+    },
+    /// The handshake is refused; the connection closes after this.
+    Refused(Refusal),
+}
+
+/// Why an agent refuses a handshake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Refusal {
+    /// Wrong password; `tries_left` more before a lockout.
+    WrongPassword {
+        /// Failures left before the lockout starts.
+        tries_left: u32,
+    },
+    /// Too many wrong passwords: try again after this many seconds.
+    LockedOut {
+        /// Seconds until the next attempt is allowed.
+        retry_after_secs: u64,
+    },
+    /// No connection password has been set on the office PC.
+    NoPassword,
+    /// The session is unknown or over, or its resumption proof failed.
+    SessionInvalid,
+    /// The agent serves too many sessions already.
+    Busy,
+    /// The handshake broke the protocol.
+    ProtocolViolation,
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::WrongPassword { tries_left } => {
+                write!(f, "wrong password, {tries_left} tries left before the office PC locks out")
+            }
+            Self::LockedOut { retry_after_secs } => write!(
+                f,
+                "too many wrong passwords: the office PC accepts a new try in {}",
+                human_seconds(*retry_after_secs)
+            ),
+            Self::NoPassword => f.write_str(
+                "no connection password is set on the office PC (IT staff: run 'telework-agent set-password')",
+            ),
+            Self::SessionInvalid => f.write_str("the session has ended on the office PC"),
+            Self::Busy => f.write_str("the office PC is serving too many sessions"),
+            Self::ProtocolViolation => f.write_str("the office PC rejected a malformed handshake"),
+        }
+    }
+}
+
+fn human_seconds(secs: u64) -> String {
+    if secs >= 120 {
+        format!("{} minutes", secs.div_ceil(60))
+    } else {
+        format!("{secs} seconds")
+    }
+}
+
+/// Control messages an agent sends inside the record layer (authenticated, so the relay can
+/// neither forge nor read them).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AgentNotice {
+    /// Login succeeded: further tunnels may resume `session`.
+    SessionReady {
+        /// The session id for resumption.
+        session: SessionId,
+    },
+    /// The desktop service accepted our connection: data follows.
+    TargetConnected,
+    /// The desktop service on the office PC refused or did not answer.
+    TargetRefused,
+    /// The session is over, with the reason.
+    SessionEnded(EndReason),
+}
+
+/// Why an agent ended a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EndReason {
+    /// The agent is shutting down.
+    AgentShutdown,
+    /// The session reached its maximum length.
+    MaxDuration,
+    /// Nothing happened for too long.
+    Idle,
+}
+
+impl std::fmt::Display for EndReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::AgentShutdown => "the telework agent on the office PC stopped",
+            Self::MaxDuration => "the session reached its maximum length",
+            Self::Idle => "the session was idle for too long",
+        })
+    }
+}

@@ -1,0 +1,32 @@
+//! The telework wire protocol: everything the relay, the agent and the client agree on.
+//!
+//! The core is pure (no IO, no clock):
+//! - [`ids`]: computer IDs, tunnel tickets, session ids.
+//! - [`frame`]: length-prefixed, size-capped frames; decoders treat "incomplete" as normal.
+//! - [`messages`]: typed control messages, one enum per direction, and the ALPN role names.
+//! - [`error_code`]: refusal reasons and the sentence a person reads for each.
+//! - [`proof`]: the agent's machine-key proof, bound to its TLS session.
+//! - [`fingerprint`]: relay certificate pins.
+//! - [`e2e`]: the client↔agent layer the relay cannot read: OPAQUE login, key schedule,
+//!   resumption, AEAD records.
+//!
+//! With the `net` feature (on by default), [`net`] adds the tokio transports the three
+//! programs share: TLS configuration, framed connections with deadlines, and the pump that
+//! moves desktop bytes through the record layer.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod e2e;
+pub mod error_code;
+pub mod fingerprint;
+pub mod frame;
+pub mod ids;
+pub mod messages;
+pub mod proof;
+
+#[cfg(feature = "net")]
+pub mod net;
+
+pub use error_code::ErrorCode;
+pub use fingerprint::CertFingerprint;
+pub use ids::{ComputerId, SessionId, Ticket};

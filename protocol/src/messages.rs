@@ -1,0 +1,163 @@
+//! Control messages between the programs and the relay, one enum per direction.
+//!
+//! Every connection to the relay is TLS 1.3 with an ALPN naming its role and the protocol's
+//! major version ([`alpn`]); the first message repeats the minor version so that the relay
+//! can refuse old software with a reason instead of a broken session.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error_code::ErrorCode;
+use crate::ids::{ComputerId, Ticket};
+
+/// Minor protocol version spoken by this build, sent in every hello.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// Oldest minor version a relay accepts.
+pub const MIN_PROTOCOL_VERSION: u16 = 1;
+
+/// ALPN protocol ids, one per connection role. The `1` is the major version: a relay that does
+/// not speak it fails the TLS handshake with `no_application_protocol`.
+pub mod alpn {
+    /// Agent control connection: registration, presence, tunnel requests.
+    pub const CONTROL: &[u8] = b"telework/1-control";
+    /// Client asking for a tunnel to a computer ID.
+    pub const CLIENT: &[u8] = b"telework/1-client";
+    /// Agent tunnel connection presenting a ticket.
+    pub const TUNNEL: &[u8] = b"telework/1-tunnel";
+    /// All roles a relay serves.
+    pub const ALL: [&[u8]; 3] = [CONTROL, CLIENT, TUNNEL];
+}
+
+/// Messages an agent sends on its control connection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AgentToRelay {
+    /// Claim `id` for the machine key `public_key` (Ed25519, 32 bytes). `proof` signs the TLS
+    /// session's exporter value, showing the sender holds the private key.
+    Register {
+        /// Sender's minor protocol version.
+        version: u16,
+        /// The computer ID asked for.
+        id: ComputerId,
+        /// Ed25519 public key of the machine.
+        public_key: Vec<u8>,
+        /// Enrolment token, required when the relay is not in open-registration mode.
+        token: Option<String>,
+        /// Signature over [`crate::proof::proof_message`].
+        proof: Vec<u8>,
+    },
+    /// Come online as `id`, proving the machine key bound to this TLS session.
+    Hello {
+        /// Sender's minor protocol version.
+        version: u16,
+        /// The registered computer ID.
+        id: ComputerId,
+        /// Signature over [`crate::proof::proof_message`].
+        proof: Vec<u8>,
+    },
+    /// Keepalive; the relay answers [`RelayToAgent::Pong`].
+    Ping(u64),
+}
+
+/// Messages the relay sends on an agent's control connection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RelayToAgent {
+    /// Registration accepted: the machine now owns `id`.
+    Registered {
+        /// The ID recorded.
+        id: ComputerId,
+    },
+    /// Hello accepted: the agent is online.
+    Welcome,
+    /// Answer to a [`AgentToRelay::Ping`].
+    Pong(u64),
+    /// A client is waiting: open a tunnel connection and present this ticket.
+    OpenTunnel(Ticket),
+    /// The request failed, or the relay is closing this connection.
+    Error(ErrorCode),
+}
+
+/// The one message a client sends to the relay.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClientToRelay {
+    /// Connect me to the agent registered as `id`.
+    Connect {
+        /// Sender's minor protocol version.
+        version: u16,
+        /// The computer to reach.
+        id: ComputerId,
+    },
+}
+
+/// The relay's answer to a client.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RelayToClient {
+    /// The agent has attached: from the next byte on this connection is a pipe to it.
+    Paired,
+    /// No tunnel: the reason says why.
+    Error(ErrorCode),
+}
+
+/// The one message an agent's tunnel connection sends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TunnelToRelay {
+    /// Pair this connection with the client waiting on `ticket`.
+    Attach {
+        /// Sender's minor protocol version.
+        version: u16,
+        /// The ticket from [`RelayToAgent::OpenTunnel`].
+        ticket: Ticket,
+    },
+}
+
+/// The relay's answer to a tunnel attach.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RelayToTunnel {
+    /// Paired: from the next byte on this connection is a pipe to the client.
+    Attached,
+    /// Not paired: the reason says why.
+    Error(ErrorCode),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::{decode_frame, encode_frame};
+    use bytes::BytesMut;
+
+    /// Golden bytes: the wire form of a client's connect request must not change by accident.
+    #[test]
+    fn client_connect_golden_bytes() {
+        let msg = ClientToRelay::Connect { version: 1, id: "pc-01".parse().unwrap() };
+        let mut buf = BytesMut::new();
+        encode_frame(&msg, &mut buf).unwrap();
+        assert_eq!(&buf[..], &[0, 0, 0, 8, 0, 1, 5, b'p', b'c', b'-', b'0', b'1']);
+        assert_eq!(decode_frame::<ClientToRelay>(&mut buf).unwrap(), Some(msg));
+    }
+
+    #[test]
+    fn every_agent_message_round_trips() {
+        let id: ComputerId = "pc".parse().unwrap();
+        let msgs = [
+            AgentToRelay::Register {
+                version: 1,
+                id: id.clone(),
+                public_key: vec![1; 32],
+                token: Some("t".into()),
+                proof: vec![2; 64],
+            },
+            AgentToRelay::Hello { version: 1, id, proof: vec![3; 64] },
+            AgentToRelay::Ping(9),
+        ];
+        for m in msgs {
+            let mut buf = BytesMut::new();
+            encode_frame(&m, &mut buf).unwrap();
+            assert_eq!(decode_frame::<AgentToRelay>(&mut buf).unwrap(), Some(m));
+        }
+    }
+
+    #[test]
+    fn unknown_variant_is_malformed() {
+        let mut buf = BytesMut::from(&[0, 0, 0, 1, 200][..]);
+        assert!(decode_frame::<RelayToAgent>(&mut buf).is_err());
+    }
+}
