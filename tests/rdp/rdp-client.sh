@@ -123,7 +123,8 @@ while [ "$(date +%s)" -lt "$deadline" ]; do
     if [ "$rc" = 12 ] || grep -q 'ERRINFO_LOGOFF_BY_USER' "$TMP/xfreerdp.log"; then
       finish 3 refused "login refused: server logged the session off before any desktop (xfreerdp rc=$rc, ERRINFO_LOGOFF_BY_USER)"
     fi
-    err="$(grep -E '\[(ERROR|FATAL)\]' "$TMP/xfreerdp.log" | grep -v 'com.freerdp.utils\] - [0-9]*:' | tail -1 | sed -E 's/^.*\] - //')"
+    err="$(grep -oE '(ERRCONNECT|ERRINFO)_[A-Z_]+' "$TMP/xfreerdp.log" | head -1)"
+    [ -n "$err" ] || err="$(grep -E '\[(ERROR|FATAL)\]' "$TMP/xfreerdp.log" | grep -v 'com.freerdp.utils\] - [0-9]*:' | tail -1 | sed -E 's/^.*\] - //')"
     finish 4 error "xfreerdp exited rc=$rc before the desktop appeared${err:+: $err}"
   fi
   timeout 5 xwd -root -silent > "$TMP/shot.xwd" 2>/dev/null

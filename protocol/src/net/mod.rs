@@ -1,1 +1,25 @@
-//! net
+//! Tokio transports shared by the relay, the agent and the client.
+//!
+//! - [`tls`]: TLS 1.3-only rustls configurations and relay-certificate trust (pinned
+//!   fingerprint, pinned CA, or system roots).
+//! - [`framed`]: a stream that reads and writes typed frames with deadlines.
+//! - [`connect`]: dialling the relay in a role, with errors a person can act on.
+//! - [`pump`]: moving desktop bytes between a plain local socket and an encrypted tunnel.
+//!
+//! Everything here works on any `AsyncRead + AsyncWrite` stream, which is the seam where QUIC
+//! streams will slot in beside TLS over TCP.
+
+pub mod connect;
+pub mod framed;
+pub mod pump;
+pub mod tls;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+
+/// Any byte stream a tunnel can run over (TLS over TCP today; QUIC streams later).
+pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Stream for T {}
+
+/// Deadline for a TCP connect plus TLS handshake plus the first hello.
+pub const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);

@@ -1,0 +1,189 @@
+//! Dialling the relay: TCP, then TLS 1.3 with the role's ALPN, with errors a person can act on.
+
+use std::fmt;
+use std::io;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use rustls::pki_types::ServerName;
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
+
+use super::HANDSHAKE_TIMEOUT;
+use crate::proof::{EXPORTER_LABEL, EXPORTER_LEN};
+
+/// A relay address: `host:port`, where host is a name, an IPv4 address or `[IPv6]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelayAddr {
+    host: String,
+    port: u16,
+}
+
+/// Text that is not `host:port`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("a relay address looks like host:port, for example relay.example.com:443 or 127.0.0.1:4433")]
+pub struct BadRelayAddr;
+
+impl FromStr for RelayAddr {
+    type Err = BadRelayAddr;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (host, port) = s.rsplit_once(':').ok_or(BadRelayAddr)?;
+        let port: u16 = port.parse().map_err(|_| BadRelayAddr)?;
+        let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+        if host.is_empty() || port == 0 {
+            return Err(BadRelayAddr);
+        }
+        Ok(Self { host: host.to_owned(), port })
+    }
+}
+
+impl fmt::Display for RelayAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// Why the relay could not be reached. Each variant's sentence tells the person what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The host name did not resolve.
+    #[error("cannot find the relay host {addr}: {source}")]
+    Resolve {
+        /// The relay.
+        addr: RelayAddr,
+        /// The resolver's error.
+        source: io::Error,
+    },
+    /// TCP failed (refused, unreachable).
+    #[error("cannot reach the relay at {addr}: {source}")]
+    Unreachable {
+        /// The relay.
+        addr: RelayAddr,
+        /// The socket error.
+        source: io::Error,
+    },
+    /// The connection or TLS handshake took longer than the handshake deadline.
+    #[error("the relay at {addr} did not answer within {} seconds", HANDSHAKE_TIMEOUT.as_secs())]
+    Timeout {
+        /// The relay.
+        addr: RelayAddr,
+    },
+    /// The relay's certificate is not the pinned one or is not trusted.
+    #[error(
+        "the relay at {addr} presented a certificate we do not trust ({detail}); if the relay was \
+         reinstalled, get its new fingerprint from the operator (telework-relay fingerprint)"
+    )]
+    CertificateRejected {
+        /// The relay.
+        addr: RelayAddr,
+        /// rustls's reason.
+        detail: String,
+    },
+    /// The relay does not speak our protocol version (no common ALPN).
+    #[error("the relay at {addr} does not speak this telework protocol version; update telework or the relay")]
+    VersionMismatch {
+        /// The relay.
+        addr: RelayAddr,
+    },
+    /// Another TLS failure.
+    #[error("TLS with the relay at {addr} failed: {source}")]
+    Tls {
+        /// The relay.
+        addr: RelayAddr,
+        /// The error.
+        source: io::Error,
+    },
+}
+
+/// Connects to the relay and completes TLS with `config` (which carries the role's ALPN).
+///
+/// # Errors
+/// [`ConnectError`], classified so the caller can print a plain sentence.
+pub async fn connect(addr: &RelayAddr, config: Arc<rustls::ClientConfig>) -> Result<TlsStream<TcpStream>, ConnectError> {
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, connect_inner(addr, config)).await {
+        Ok(result) => result,
+        Err(_) => Err(ConnectError::Timeout { addr: addr.clone() }),
+    }
+}
+
+async fn connect_inner(addr: &RelayAddr, config: Arc<rustls::ClientConfig>) -> Result<TlsStream<TcpStream>, ConnectError> {
+    let mut resolved = tokio::net::lookup_host((addr.host.as_str(), addr.port))
+        .await
+        .map_err(|source| ConnectError::Resolve { addr: addr.clone(), source })?
+        .peekable();
+    if resolved.peek().is_none() {
+        return Err(ConnectError::Resolve {
+            addr: addr.clone(),
+            source: io::Error::new(io::ErrorKind::NotFound, "no addresses"),
+        });
+    }
+    let mut last_err = None;
+    let mut tcp = None;
+    for sa in resolved {
+        match TcpStream::connect(sa).await {
+            Ok(s) => {
+                tcp = Some(s);
+                break;
+            }
+            Err(e) => last_err = Some(e),
+        }
+    }
+    let tcp = tcp.ok_or_else(|| ConnectError::Unreachable {
+        addr: addr.clone(),
+        source: last_err.unwrap_or_else(|| io::Error::other("no address worked")),
+    })?;
+    let _ = tcp.set_nodelay(true);
+    let name = ServerName::try_from(addr.host.clone()).map_err(|e| ConnectError::Tls {
+        addr: addr.clone(),
+        source: io::Error::new(io::ErrorKind::InvalidInput, e),
+    })?;
+    TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+        .map_err(|source| classify_tls_error(addr, source))
+}
+
+fn classify_tls_error(addr: &RelayAddr, source: io::Error) -> ConnectError {
+    let addr = addr.clone();
+    match source.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()) {
+        Some(rustls::Error::InvalidCertificate(reason)) => {
+            ConnectError::CertificateRejected { addr, detail: format!("{reason:?}") }
+        }
+        Some(rustls::Error::AlertReceived(rustls::AlertDescription::NoApplicationProtocol))
+        | Some(rustls::Error::NoApplicationProtocol) => ConnectError::VersionMismatch { addr },
+        _ => ConnectError::Tls { addr, source },
+    }
+}
+
+/// The exporter value of a client-side TLS stream.
+///
+/// # Errors
+/// Only if the handshake is unfinished.
+pub fn client_exporter(tls: &TlsStream<TcpStream>) -> Result<[u8; EXPORTER_LEN], rustls::Error> {
+    let mut out = [0u8; EXPORTER_LEN];
+    tls.get_ref().1.export_keying_material(&mut out, EXPORTER_LABEL, None)?;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relay_addresses_parse() {
+        let a: RelayAddr = "relay.example.com:443".parse().unwrap();
+        assert_eq!(a.to_string(), "relay.example.com:443");
+        let v6: RelayAddr = "[::1]:4433".parse().unwrap();
+        assert_eq!(v6.to_string(), "[::1]:4433");
+        assert!("nohost".parse::<RelayAddr>().is_err());
+        assert!(":443".parse::<RelayAddr>().is_err());
+        assert!("h:0".parse::<RelayAddr>().is_err());
+        assert!("h:99999".parse::<RelayAddr>().is_err());
+    }
+}

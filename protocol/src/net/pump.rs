@@ -1,0 +1,245 @@
+//! The encrypted tunnel between client and agent, and the pump that joins it to a plain local
+//! socket (the RDP client's connection at home, the desktop service's at the office).
+
+use std::io;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::Stream;
+use crate::e2e::keys::TunnelKeys;
+use crate::e2e::messages::{AgentNotice, EndReason};
+use crate::e2e::record::{Opener, Record, RecordError, RecordKind, Sealer, MAX_RECORD_CIPHERTEXT};
+use crate::frame::decode_payload;
+
+/// How much plaintext the pump reads from the local socket at once. Several records are sealed
+/// into one write so that bulk transfers make few syscalls.
+const LOCAL_READ_CHUNK: usize = 64 * 1024;
+
+/// Why a tunnel ended other than by a clean end of stream from both sides.
+#[derive(Debug, thiserror::Error)]
+pub enum TunnelError {
+    /// A socket failed.
+    #[error("connection error: {0}")]
+    Io(#[from] io::Error),
+    /// A record failed to open: the tunnel was tampered with.
+    #[error(transparent)]
+    Record(#[from] RecordError),
+    /// The tunnel closed without an authenticated end of stream: someone cut it.
+    #[error("the tunnel was cut off before the other side finished")]
+    Truncated,
+    /// The agent ended the session.
+    #[error("the session ended: {0}")]
+    Ended(EndReason),
+    /// A record arrived that is not allowed at this point.
+    #[error("unexpected message in the tunnel")]
+    Unexpected,
+}
+
+/// Byte counts of a finished pump.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct PumpStats {
+    /// Plaintext bytes read from the local socket and sent.
+    pub sent: u64,
+    /// Plaintext bytes received and written to the local socket.
+    pub received: u64,
+}
+
+/// An authenticated, encrypted tunnel over a byte stream.
+pub struct SecureTunnel<S> {
+    io: S,
+    rbuf: BytesMut,
+    sealer: Sealer,
+    opener: Opener,
+}
+
+impl<S: Stream> SecureTunnel<S> {
+    /// Starts the record layer on `io`; `leftover` holds bytes already read past the handshake.
+    pub fn new(io: S, leftover: BytesMut, keys: TunnelKeys) -> Self {
+        Self { io, rbuf: leftover, sealer: keys.sealer, opener: keys.opener }
+    }
+
+    /// Sends a control notice.
+    ///
+    /// # Errors
+    /// Socket errors.
+    pub async fn send_notice(&mut self, notice: &AgentNotice) -> Result<(), TunnelError> {
+        let payload = postcard::to_allocvec(notice).map_err(|_| TunnelError::Unexpected)?;
+        let mut out = BytesMut::new();
+        self.sealer.seal(RecordKind::Notice, &payload, &mut out)?;
+        self.io.write_all(&out).await?;
+        self.io.flush().await?;
+        Ok(())
+    }
+
+    /// Sends an authenticated end of stream and closes our sending side.
+    ///
+    /// # Errors
+    /// Socket errors.
+    pub async fn finish(&mut self) -> Result<(), TunnelError> {
+        let mut out = BytesMut::new();
+        self.sealer.seal(RecordKind::Eof, &[], &mut out)?;
+        self.io.write_all(&out).await?;
+        self.io.shutdown().await?;
+        Ok(())
+    }
+
+    /// Receives the next record.
+    ///
+    /// # Errors
+    /// [`TunnelError::Truncated`] if the stream ends before an end-of-stream record; record
+    /// errors for anything tampered with.
+    pub async fn recv(&mut self) -> Result<Record, TunnelError> {
+        read_record(&mut self.io, &mut self.rbuf, &mut self.opener).await
+    }
+
+    /// Receives the next notice, failing on anything else.
+    ///
+    /// # Errors
+    /// As [`SecureTunnel::recv`], plus [`TunnelError::Unexpected`] for a non-notice record.
+    pub async fn recv_notice(&mut self) -> Result<AgentNotice, TunnelError> {
+        let record = self.recv().await?;
+        parse_notice(&record)
+    }
+
+    /// Moves bytes both ways between `local` and the tunnel until both directions have ended.
+    ///
+    /// End of stream on one side is passed on as a half-close: local EOF becomes an
+    /// end-of-stream record, and an end-of-stream record shuts down `local`'s write side.
+    ///
+    /// # Errors
+    /// Any [`TunnelError`]; both directions stop at the first.
+    pub async fn pump<L: Stream>(self, local: L) -> Result<PumpStats, TunnelError> {
+        let Self { io, mut rbuf, mut sealer, mut opener } = self;
+        let (mut tr, mut tw) = tokio::io::split(io);
+        let (mut lr, mut lw) = tokio::io::split(local);
+
+        let upstream = async move {
+            let mut chunk = vec![0u8; LOCAL_READ_CHUNK];
+            let mut out = BytesMut::with_capacity(LOCAL_READ_CHUNK + 4 * MAX_RECORD_CIPHERTEXT);
+            let mut sent = 0u64;
+            loop {
+                let n = lr.read(&mut chunk).await?;
+                out.clear();
+                if n == 0 {
+                    sealer.seal(RecordKind::Eof, &[], &mut out)?;
+                    tw.write_all(&out).await?;
+                    tw.shutdown().await?;
+                    return Ok::<u64, TunnelError>(sent);
+                }
+                sealer.seal_data(&chunk[..n], &mut out)?;
+                tw.write_all(&out).await?;
+                sent += n as u64;
+            }
+        };
+
+        let downstream = async move {
+            let mut received = 0u64;
+            loop {
+                let record = read_record(&mut tr, &mut rbuf, &mut opener).await?;
+                match record.kind {
+                    RecordKind::Data => {
+                        lw.write_all(&record.payload).await?;
+                        received += record.payload.len() as u64;
+                    }
+                    RecordKind::Eof => {
+                        lw.shutdown().await?;
+                        return Ok::<u64, TunnelError>(received);
+                    }
+                    RecordKind::Notice => match parse_notice(&record)? {
+                        AgentNotice::SessionEnded(reason) => return Err(TunnelError::Ended(reason)),
+                        _ => return Err(TunnelError::Unexpected),
+                    },
+                }
+            }
+        };
+
+        let (sent, received) = tokio::try_join!(upstream, downstream)?;
+        Ok(PumpStats { sent, received })
+    }
+}
+
+fn parse_notice(record: &Record) -> Result<AgentNotice, TunnelError> {
+    match record.kind {
+        RecordKind::Notice => decode_payload(&record.payload).map_err(|_| TunnelError::Unexpected),
+        RecordKind::Eof => Err(TunnelError::Truncated),
+        RecordKind::Data => Err(TunnelError::Unexpected),
+    }
+}
+
+async fn read_record<R: tokio::io::AsyncRead + Unpin>(
+    io: &mut R,
+    rbuf: &mut BytesMut,
+    opener: &mut Opener,
+) -> Result<Record, TunnelError> {
+    loop {
+        if let Some(record) = opener.open(rbuf)? {
+            return Ok(record);
+        }
+        // Bounded: `open` rejects any header over MAX_RECORD_CIPHERTEXT, so the buffer never
+        // holds more than one record plus one read.
+        rbuf.reserve(LOCAL_READ_CHUNK);
+        if io.read_buf(rbuf).await? == 0 {
+            return Err(TunnelError::Truncated);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::e2e::keys::{after_login, Role};
+
+    fn tunnels() -> (SecureTunnel<tokio::io::DuplexStream>, SecureTunnel<tokio::io::DuplexStream>) {
+        let (a, b) = tokio::io::duplex(64);
+        let (ck, _) = after_login(&[1; 64], Role::Client);
+        let (ak, _) = after_login(&[1; 64], Role::Agent);
+        (SecureTunnel::new(a, BytesMut::new(), ck), SecureTunnel::new(b, BytesMut::new(), ak))
+    }
+
+    #[tokio::test]
+    async fn pump_carries_bytes_both_ways_and_half_closes() {
+        let (client, agent) = tunnels();
+        let (client_local, mut app) = tokio::io::duplex(1024);
+        let (agent_local, mut desktop) = tokio::io::duplex(1024);
+        let c = tokio::spawn(client.pump(client_local));
+        let a = tokio::spawn(agent.pump(agent_local));
+        let data: Vec<u8> = (0..200_000u32).map(|i| i as u8).collect();
+        let expected = data.clone();
+        let writer = tokio::spawn(async move {
+            app.write_all(&data).await.unwrap();
+            app.shutdown().await.unwrap();
+            let mut back = Vec::new();
+            app.read_to_end(&mut back).await.unwrap();
+            back
+        });
+        let mut got = Vec::new();
+        desktop.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, expected);
+        desktop.write_all(b"bye").await.unwrap();
+        desktop.shutdown().await.unwrap();
+        assert_eq!(writer.await.unwrap(), b"bye");
+        let cs = c.await.unwrap().unwrap();
+        let as_ = a.await.unwrap().unwrap();
+        assert_eq!((cs.sent, cs.received), (200_000, 3));
+        assert_eq!((as_.sent, as_.received), (3, 200_000));
+    }
+
+    #[tokio::test]
+    async fn cut_tunnel_is_truncated_not_a_clean_end() {
+        let (client, agent) = tunnels();
+        drop(agent);
+        let (client_local, _app) = tokio::io::duplex(1024);
+        let err = client.pump(client_local).await.unwrap_err();
+        assert!(matches!(err, TunnelError::Truncated | TunnelError::Io(_)), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn notices_round_trip() {
+        let (mut client, mut agent) = tunnels();
+        agent.send_notice(&AgentNotice::TargetRefused).await.unwrap();
+        assert_eq!(client.recv_notice().await.unwrap(), AgentNotice::TargetRefused);
+        agent.finish().await.unwrap();
+        assert!(matches!(client.recv_notice().await, Err(TunnelError::Truncated)));
+    }
+}
