@@ -7,6 +7,7 @@
 //! - [`error_code`]: refusal reasons and the sentence a person reads for each.
 //! - [`proof`]: the agent's machine-key proof, bound to its TLS session.
 //! - [`fingerprint`]: relay certificate pins.
+//! - [`private_file`]: owner-only files for keys and secrets.
 //! - [`e2e`]: the client↔agent layer the relay cannot read: OPAQUE login, key schedule,
 //!   resumption, AEAD records.
 //!
@@ -22,6 +23,7 @@ pub mod fingerprint;
 pub mod frame;
 pub mod ids;
 pub mod messages;
+pub mod private_file;
 pub mod proof;
 
 #[cfg(feature = "net")]

@@ -1,1 +1,163 @@
-//! wip
+//! The public telework relay.
+//!
+//! Office agents dial in and stay connected; home clients ask for a computer ID; the relay
+//! hands the agent a one-time ticket, pairs the agent's tunnel connection with the waiting
+//! client, and copies bytes it cannot read.
+//!
+//! # Layout
+//! - [`config`]: settings from the command line and a TOML file, validated once.
+//! - [`identity`]: the TLS certificate (operator's files, or self-signed on first start).
+//! - [`registry`]: SQLite registry of machines and enrolment tokens.
+//! - [`hub`]: presence and one-time tickets.
+//! - [`conn`]: accepting a connection and dispatching on its ALPN role to [`control`],
+//!   [`client_conn`] or [`tunnel`].
+//! - [`splice`]: the byte copy between a paired client and agent.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod client_conn;
+pub mod config;
+pub mod conn;
+pub mod control;
+pub mod hub;
+pub mod identity;
+pub mod registry;
+pub mod splice;
+pub mod tunnel;
+
+use std::future::Future;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+use telework_protocol::messages::RelayToAgent;
+use telework_protocol::net::tls::{server_config, TlsConfigError};
+use telework_protocol::ErrorCode;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn, Instrument};
+
+use crate::hub::Hub;
+use crate::identity::TlsIdentity;
+use crate::registry::Registry;
+use crate::splice::SpliceTap;
+
+/// Who may register a machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Registration {
+    /// Anyone who reaches the relay (local demos and trials).
+    Open,
+    /// Only holders of an enrolment token (`telework-relay token create`).
+    Token,
+}
+
+/// Run-time limits and policies.
+#[derive(Clone)]
+pub struct RelayOptions {
+    /// Who may register.
+    pub registration: Registration,
+    /// Most connections open at once; more are closed on accept.
+    pub max_connections: usize,
+    /// Most connections that have not yet said who they are.
+    pub max_unauthenticated: usize,
+    /// How long sessions may go on after shutdown starts.
+    pub shutdown_grace: Duration,
+    /// Test hook: sees every spliced byte.
+    pub splice_tap: Option<SpliceTap>,
+}
+
+impl Default for RelayOptions {
+    fn default() -> Self {
+        Self {
+            registration: Registration::Open,
+            max_connections: 20_000,
+            max_unauthenticated: 1_000,
+            shutdown_grace: Duration::from_secs(10),
+            splice_tap: None,
+        }
+    }
+}
+
+/// A relay: registry, presence and TLS, shared by every connection task.
+pub struct Relay {
+    /// Machines and tokens.
+    pub registry: Registry,
+    /// Presence and tickets.
+    pub hub: Hub,
+    acceptor: TlsAcceptor,
+    options: RelayOptions,
+    next_conn_id: AtomicU64,
+    /// Cancelled when shutdown starts: stop accepting, tell agents.
+    shutdown: CancellationToken,
+    /// Cancelled when the grace period is over: cut remaining sessions.
+    hard_stop: CancellationToken,
+}
+
+impl Relay {
+    /// Builds a relay from its registry, TLS identity and options.
+    ///
+    /// # Errors
+    /// [`TlsConfigError`] if the certificate and key do not form a valid configuration.
+    pub fn new(registry: Registry, identity: &TlsIdentity, options: RelayOptions) -> Result<Arc<Self>, TlsConfigError> {
+        let tls = server_config(identity.chain.clone(), identity.key.clone_key())?;
+        Ok(Arc::new(Self {
+            registry,
+            hub: Hub::default(),
+            acceptor: TlsAcceptor::from(tls),
+            options,
+            next_conn_id: AtomicU64::new(1),
+            shutdown: CancellationToken::new(),
+            hard_stop: CancellationToken::new(),
+        }))
+    }
+
+    /// Accepts connections on `listener` until `shutdown` completes, then shuts down in three
+    /// steps: stop accepting and tell agents to go; let sessions finish for the grace period;
+    /// cut what is left.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+        let tracker = TaskTracker::new();
+        let connections = Arc::new(Semaphore::new(self.options.max_connections));
+        let unauthenticated = Arc::new(Semaphore::new(self.options.max_unauthenticated));
+        tokio::pin!(shutdown);
+        loop {
+            let (tcp, peer) = tokio::select! {
+                () = &mut shutdown => break,
+                accepted = listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // Out of file descriptors and similar: back off instead of spinning.
+                        warn!(%e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+            };
+            let Ok(conn_permit) = connections.clone().try_acquire_owned() else {
+                warn!(%peer, "connection limit reached; closing");
+                continue;
+            };
+            let Ok(unauth_permit) = unauthenticated.clone().try_acquire_owned() else {
+                warn!(%peer, "too many connections still handshaking; closing");
+                continue;
+            };
+            let span = tracing::info_span!("conn", %peer);
+            tracker.spawn(conn::handle(self.clone(), tcp, peer, conn_permit, unauth_permit).instrument(span));
+        }
+        drop(listener);
+        info!(agents = self.hub.agents_online(), "shutting down: no new connections");
+        self.shutdown.cancel();
+        self.hub.broadcast(RelayToAgent::Error(ErrorCode::ShuttingDown));
+        tracker.close();
+        if tokio::time::timeout(self.options.shutdown_grace, tracker.wait()).await.is_err() {
+            warn!(grace = ?self.options.shutdown_grace, "sessions still open after the grace period; closing them");
+            self.hard_stop.cancel();
+            let _ = tokio::time::timeout(Duration::from_secs(2), tracker.wait()).await;
+        }
+        info!("relay stopped");
+    }
+}

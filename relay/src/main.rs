@@ -1,1 +1,213 @@
-fn main() {}
+//! `telework-relay`: the public relay's command line.
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use telework_relay::config::Settings;
+use telework_relay::identity::{self, TlsIdentity};
+use telework_relay::registry::Registry;
+use telework_relay::{Registration, Relay};
+use tracing::{info, warn};
+
+/// The telework relay: office PCs dial in, home PCs ask for them by computer ID, and the relay
+/// pairs the two and copies end-to-end encrypted bytes it cannot read.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the relay.
+    Serve(ServeArgs),
+    /// Print the SHA-256 fingerprint of the relay's certificate (for --relay-fingerprint).
+    Fingerprint {
+        /// The relay's data directory.
+        #[arg(long, env = "TELEWORK_RELAY_DATA_DIR")]
+        data_dir: PathBuf,
+        /// The operator's certificate file, if the relay does not use its self-signed one.
+        #[arg(long)]
+        cert: Option<PathBuf>,
+    },
+    /// Manage enrolment tokens (for --registration token).
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// List registered machines.
+    Machines {
+        /// The relay's data directory.
+        #[arg(long, env = "TELEWORK_RELAY_DATA_DIR")]
+        data_dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Create a token that lets IT staff register office PCs.
+    Create {
+        /// The relay's data directory.
+        #[arg(long, env = "TELEWORK_RELAY_DATA_DIR")]
+        data_dir: PathBuf,
+        /// How many machines may register with it.
+        #[arg(long, default_value_t = 1)]
+        uses: u32,
+        /// How many hours it stays valid.
+        #[arg(long, default_value_t = 24)]
+        hours: u64,
+    },
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// A TOML config file; flags override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Directory for the registry database and the self-signed certificate.
+    #[arg(long, env = "TELEWORK_RELAY_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Address to listen on [default: 0.0.0.0:443].
+    #[arg(long)]
+    listen: Option<String>,
+    /// Certificate chain (PEM) instead of the self-signed certificate.
+    #[arg(long, requires = "key")]
+    cert: Option<PathBuf>,
+    /// Private key (PEM) for --cert.
+    #[arg(long, requires = "cert")]
+    key: Option<PathBuf>,
+    /// Who may register office PCs [default: open].
+    #[arg(long, value_enum)]
+    registration: Option<Registration>,
+    /// A host name to put in the self-signed certificate (repeatable).
+    #[arg(long = "hostname")]
+    hostnames: Vec<String>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("telework-relay: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve(args) => serve(args),
+        Command::Fingerprint { data_dir, cert } => {
+            let id = match cert {
+                Some(cert) => {
+                    let chain = telework_protocol::net::tls::load_certs(&cert, "certificate file")?;
+                    telework_protocol::CertFingerprint::of_der(&chain[0])
+                }
+                None => {
+                    let path = data_dir.join(identity::CERT_FILE);
+                    anyhow::ensure!(path.exists(), "no certificate in {}: start the relay once first", data_dir.display());
+                    identity::self_signed(&data_dir, &[])?.fingerprint
+                }
+            };
+            println!("{id}");
+            Ok(())
+        }
+        Command::Token(TokenCommand::Create { data_dir, uses, hours }) => {
+            anyhow::ensure!(uses > 0, "--uses must be at least 1");
+            let registry = open_registry(&data_dir)?;
+            let token = registry.create_token(uses, hours.saturating_mul(3600))?;
+            println!("{token}");
+            eprintln!("valid for {uses} registration(s) within {hours} hour(s)");
+            Ok(())
+        }
+        Command::Machines { data_dir } => {
+            let registry = open_registry(&data_dir)?;
+            for m in registry.machines()? {
+                let seen = m.last_seen.map_or("never".to_owned(), |t| format!("unix {t}"));
+                println!("{:<32} registered unix {}  last seen {}", m.id, m.created, seen);
+            }
+            Ok(())
+        }
+    }
+}
+
+fn open_registry(data_dir: &std::path::Path) -> anyhow::Result<Registry> {
+    telework_protocol::private_file::create_private_dir(data_dir)?;
+    let path = data_dir.join("relay.db");
+    Registry::open(&path).with_context(|| format!("opening {}", path.display()))
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let file = match &args.config {
+        Some(path) => Settings::from_file(path)?,
+        None => Settings::default(),
+    };
+    let flags = Settings {
+        listen: args.listen,
+        data_dir: args.data_dir,
+        cert: args.cert,
+        key: args.key,
+        registration: args.registration,
+        hostnames: (!args.hostnames.is_empty()).then_some(args.hostnames),
+        ..Default::default()
+    };
+    let config = file.overridden_by(flags).validate()?;
+    let registry = open_registry(&config.data_dir)?;
+    let identity: TlsIdentity = match &config.cert_files {
+        Some((cert, key)) => identity::from_files(cert, key)?,
+        None => {
+            let id = identity::self_signed(&config.data_dir, &config.hostnames)?;
+            if id.created {
+                info!(dir = %config.data_dir.display(), "created a self-signed certificate");
+            }
+            id
+        }
+    };
+    let relay = Relay::new(registry, &identity, config.options())?;
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.listen))?;
+        let addr = listener.local_addr()?;
+        println!("telework-relay listening on {addr}");
+        println!("certificate fingerprint: {}", identity.fingerprint);
+        if config.registration == Registration::Open {
+            warn!("registration is open: anyone who reaches this relay can register a computer ID (use --registration token in production)");
+        }
+        relay.serve(listener, shutdown_signal()).await;
+        Ok::<(), anyhow::Error>(())
+    })
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {},
+                    _ = term.recv() => {},
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    info!("shutdown signal received");
+}

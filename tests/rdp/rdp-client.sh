@@ -15,8 +15,10 @@
 # Prints one line "rdp-client: <verdict>: <reason> (<secs>s)" on stdout; on exit
 # 4 the tail of the xfreerdp log goes to stderr.
 #
-# Env: TW_RDP_TIMEOUT (s, default 40), TW_RDP_MARKER (default #208040),
-#      TW_RDP_HOLD (s to stay connected after success, default 0),
+# Env: TW_RDP_TIMEOUT (s, default 40: bounds the whole run; cleanup adds <= 3 s),
+#      TW_RDP_MARKER (default #208040, must match setup.sh's),
+#      TW_RDP_HOLD (s to stay connected after success, added to the run, default 0;
+#      a drop during the hold gives exit 4),
 #      TW_RDP_LOG (copy xfreerdp's log to this file), TW_RDP_SHOT (save the
 #      last screenshot, XWD format, to this file).
 set -uo pipefail
@@ -29,6 +31,7 @@ HOLD="${TW_RDP_HOLD:-0}"
 W=1024 H=768
 
 T0=$(date +%s.%N)
+DEADLINE=$(( ${T0%.*} + TIMEOUT ))   # whole run, cleanup (<= 3 s) excluded
 elapsed() { awk -v a="$T0" -v b="$(date +%s.%N)" 'BEGIN{printf "%.1f", b-a}'; }
 
 for b in xfreerdp Xvfb xwd timeout; do
@@ -40,6 +43,7 @@ TMP="$(mktemp -d /tmp/tw-rdp-client.XXXXXX)"
 XVFB_PID="" RDP_PID=""
 cleanup() {
   local p i
+  exec 2>/dev/null  # xfreerdp may segfault on SIGTERM mid-connect; bash would report it
   for p in $RDP_PID $XVFB_PID; do kill -TERM "$p" 2>/dev/null; done
   for i in $(seq 1 30); do # <= 3 s
     { [ -n "$RDP_PID" ] && kill -0 "$RDP_PID" 2>/dev/null; } || { [ -n "$XVFB_PID" ] && kill -0 "$XVFB_PID" 2>/dev/null; } || break
@@ -70,6 +74,7 @@ XVFB_PID=$!
 exec 3>&-
 for i in $(seq 1 100); do # <= 10 s
   [ -s "$TMP/display" ] && break
+  [ "$(date +%s)" -lt "$DEADLINE" ] || break
   kill -0 "$XVFB_PID" 2>/dev/null || break
   sleep 0.1
 done
@@ -82,7 +87,7 @@ export HOME="$TMP/home" XDG_CONFIG_HOME="$TMP/home/.config"
 mkdir -p "$XDG_CONFIG_HOME"
 unset DBUS_SESSION_BUS_ADDRESS XAUTHORITY
 case "$HOST" in *:*) TARGET="[$HOST]:$PORT" ;; *) TARGET="$HOST:$PORT" ;; esac
-timeout -k 2 "$((TIMEOUT + 5))" xfreerdp "/v:$TARGET" "/u:$USER_" "/p:$PASS" \
+timeout -k 2 "$((TIMEOUT + HOLD + 5))" xfreerdp "/v:$TARGET" "/u:$USER_" "/p:$PASS" \
   /sec:tls /cert:ignore "/size:${W}x${H}" /bpp:24 -clipboard /log-level:INFO \
   </dev/null >"$TMP/xfreerdp.log" 2>&1 &
 RDP_PID=$!
@@ -116,8 +121,7 @@ for y in range(0, h, 4):
 print(hit / tot if tot else 0.0)
 '
 
-deadline=$(( $(date +%s) + TIMEOUT ))
-while [ "$(date +%s)" -lt "$deadline" ]; do
+while [ "$(date +%s)" -lt "$DEADLINE" ]; do
   if ! kill -0 "$RDP_PID" 2>/dev/null; then
     wait "$RDP_PID"; rc=$?; RDP_PID=""
     if [ "$rc" = 12 ] || grep -q 'ERRINFO_LOGOFF_BY_USER' "$TMP/xfreerdp.log"; then

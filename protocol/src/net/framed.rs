@@ -5,9 +5,8 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use serde::{de::DeserializeOwned, Serialize};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use super::Stream;
 use crate::frame::{decode_frame, encode_frame, DecodeError, EncodeError};
 
 /// Why a framed read or write failed.
@@ -36,10 +35,10 @@ pub struct Framed<S> {
     buf: BytesMut,
 }
 
-impl<S: Stream> Framed<S> {
+impl<S> Framed<S> {
     /// Wraps a stream.
     pub fn new(io: S) -> Self {
-        Self { io, buf: BytesMut::with_capacity(4096) }
+        Self { io, buf: BytesMut::new() }
     }
 
     /// Wraps a stream whose first bytes were already read into `buf`.
@@ -47,7 +46,19 @@ impl<S: Stream> Framed<S> {
         Self { io, buf }
     }
 
-    /// Reads the next message.
+    /// The stream inside.
+    pub fn get_ref(&self) -> &S {
+        &self.io
+    }
+
+    /// Gives back the stream and any bytes read past the last frame.
+    pub fn into_parts(self) -> (S, BytesMut) {
+        (self.io, self.buf)
+    }
+}
+
+impl<S: AsyncRead + Unpin> Framed<S> {
+    /// Reads the next message. Cancel-safe: a partly read frame stays in the buffer.
     ///
     /// # Errors
     /// [`FrameError::Closed`] at end of stream, [`FrameError::Decode`] for bad bytes.
@@ -70,7 +81,9 @@ impl<S: Stream> Framed<S> {
     pub async fn read_within<T: DeserializeOwned>(&mut self, limit: Duration) -> Result<T, FrameError> {
         tokio::time::timeout(limit, self.read()).await.map_err(|_| FrameError::Timeout)?
     }
+}
 
+impl<S: AsyncWrite + Unpin> Framed<S> {
     /// Writes one message and flushes it.
     ///
     /// # Errors
@@ -81,15 +94,5 @@ impl<S: Stream> Framed<S> {
         self.io.write_all(&out).await?;
         self.io.flush().await?;
         Ok(())
-    }
-
-    /// The stream inside.
-    pub fn get_ref(&self) -> &S {
-        &self.io
-    }
-
-    /// Gives back the stream and any bytes read past the last frame.
-    pub fn into_parts(self) -> (S, BytesMut) {
-        (self.io, self.buf)
     }
 }

@@ -1,0 +1,91 @@
+//! A client's connection: look up the computer ID, ask its agent for a tunnel, wait for the
+//! ticket to be redeemed, then splice.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use telework_protocol::messages::{ClientToRelay, RelayToClient, RelayToTunnel, MIN_PROTOCOL_VERSION};
+use telework_protocol::net::framed::Framed;
+use telework_protocol::ErrorCode;
+use tracing::{debug, info, Instrument};
+
+use crate::conn::{remaining, Accepted};
+use crate::hub::{RequestError, TICKET_TTL};
+use crate::splice::splice;
+use crate::Relay;
+
+/// Serves one client connection.
+pub async fn serve(relay: Arc<Relay>, mut conn: Accepted) {
+    let request = conn.framed.read_within::<ClientToRelay>(remaining(conn.hello_deadline)).await;
+    let ClientToRelay::Connect { version, id } = match request {
+        Ok(m) => m,
+        Err(e) => {
+            debug!(%e, "no valid client hello");
+            let _ = conn.framed.write(&RelayToClient::Error(ErrorCode::ProtocolViolation)).await;
+            return;
+        }
+    };
+    drop(conn.unauthenticated);
+    let span = tracing::info_span!("session", %id, peer = %conn.peer);
+    async move {
+        let refuse = |code: ErrorCode| RelayToClient::Error(code);
+        if version < MIN_PROTOCOL_VERSION {
+            let _ = conn.framed.write(&refuse(ErrorCode::VersionTooOld)).await;
+            return;
+        }
+        match relay.registry.machine(&id) {
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                let _ = conn.framed.write(&refuse(ErrorCode::UnknownId)).await;
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(%e, "registry lookup failed");
+                let _ = conn.framed.write(&refuse(ErrorCode::Internal)).await;
+                return;
+            }
+        }
+        let started = Instant::now();
+        let (ticket, waiting) = match relay.hub.request_tunnel(&id, started) {
+            Ok(t) => t,
+            Err(RequestError::Offline) => {
+                let _ = conn.framed.write(&refuse(ErrorCode::Offline)).await;
+                return;
+            }
+            Err(RequestError::Busy) => {
+                let _ = conn.framed.write(&refuse(ErrorCode::Busy)).await;
+                return;
+            }
+        };
+        let agent = match tokio::time::timeout(TICKET_TTL, waiting).await {
+            Ok(Ok(agent)) => agent,
+            _ => {
+                relay.hub.cancel(&ticket);
+                info!("agent did not attach in time");
+                let _ = conn.framed.write(&refuse(ErrorCode::AgentTimeout)).await;
+                return;
+            }
+        };
+        let mut agent_framed = Framed::with_buffer(agent.stream, agent.leftover);
+        if agent_framed.write(&RelayToTunnel::Attached).await.is_err()
+            || conn.framed.write(&RelayToClient::Paired).await.is_err()
+        {
+            return;
+        }
+        info!(setup_ms = started.elapsed().as_millis() as u64, "paired");
+        let (client_stream, client_left) = conn.framed.into_parts();
+        let (agent_stream, agent_left) = agent_framed.into_parts();
+        let result = tokio::select! {
+            r = splice(client_stream, client_left, agent_stream, agent_left, relay.options.splice_tap.clone()) => r,
+            _ = relay.hard_stop.cancelled() => Err(std::io::Error::other("relay stopped")),
+        };
+        match result {
+            Ok((up, down)) => info!(up, down, secs = started.elapsed().as_secs(), "session ended"),
+            Err(e) => info!(%e, secs = started.elapsed().as_secs(), "session ended with error"),
+        }
+        drop(agent._connection);
+        drop(conn.connection);
+    }
+    .instrument(span)
+    .await;
+}

@@ -1,0 +1,226 @@
+//! Relay settings: a TOML file and command-line flags (flags win), checked into one typed
+//! [`RelayConfig`] before any port is bound.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::{Registration, RelayOptions};
+
+/// Every setting, each optional: the shape of the TOML file and of the flags.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// Address to listen on (TLS over TCP).
+    pub listen: Option<String>,
+    /// Directory for the database and the self-signed certificate.
+    pub data_dir: Option<PathBuf>,
+    /// Operator's certificate chain (PEM). Needs `key`.
+    pub cert: Option<PathBuf>,
+    /// Operator's private key (PEM). Needs `cert`.
+    pub key: Option<PathBuf>,
+    /// `open` or `token`.
+    pub registration: Option<Registration>,
+    /// Extra names for the self-signed certificate.
+    pub hostnames: Option<Vec<String>>,
+    /// Most connections at once.
+    pub max_connections: Option<usize>,
+    /// Most connections still handshaking at once.
+    pub max_unauthenticated: Option<usize>,
+    /// Seconds sessions may continue after a shutdown signal.
+    pub shutdown_grace_secs: Option<u64>,
+}
+
+/// A checked configuration.
+#[derive(Debug, Clone)]
+pub struct RelayConfig {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// Operator certificate and key, or `None` for the self-signed one.
+    pub cert_files: Option<(PathBuf, PathBuf)>,
+    /// Extra certificate names.
+    pub hostnames: Vec<String>,
+    /// Limits and policies.
+    pub registration: Registration,
+    /// See [`Settings::max_connections`].
+    pub max_connections: usize,
+    /// See [`Settings::max_unauthenticated`].
+    pub max_unauthenticated: usize,
+    /// See [`Settings::shutdown_grace_secs`].
+    pub shutdown_grace: Duration,
+}
+
+/// A configuration problem, said precisely.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for these settings.
+    #[error("config file {path} is invalid: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message (with line and column).
+        message: String,
+    },
+    /// A value is out of range or inconsistent.
+    #[error("invalid setting {setting}: {message}")]
+    Invalid {
+        /// Which setting.
+        setting: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// Default listen address: TLS on the standard HTTPS port, which office and home networks
+/// let through.
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:443";
+
+impl Settings {
+    /// Reads a TOML file.
+    ///
+    /// # Errors
+    /// [`ConfigError::Read`] or [`ConfigError::Parse`].
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        Self::from_toml(&text).map_err(|message| ConfigError::Parse { path: path.into(), message })
+    }
+
+    /// Parses TOML text.
+    ///
+    /// # Errors
+    /// The parser's message.
+    pub fn from_toml(text: &str) -> Result<Self, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    /// `self` with every setting that `over` has replaced by it.
+    pub fn overridden_by(self, over: Settings) -> Settings {
+        Settings {
+            listen: over.listen.or(self.listen),
+            data_dir: over.data_dir.or(self.data_dir),
+            cert: over.cert.or(self.cert),
+            key: over.key.or(self.key),
+            registration: over.registration.or(self.registration),
+            hostnames: over.hostnames.or(self.hostnames),
+            max_connections: over.max_connections.or(self.max_connections),
+            max_unauthenticated: over.max_unauthenticated.or(self.max_unauthenticated),
+            shutdown_grace_secs: over.shutdown_grace_secs.or(self.shutdown_grace_secs),
+        }
+    }
+
+    /// Checks the settings and fills in defaults.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] naming the setting.
+    pub fn validate(self) -> Result<RelayConfig, ConfigError> {
+        let listen_text = self.listen.unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
+        let listen = listen_text.parse().map_err(|_| ConfigError::Invalid {
+            setting: "listen",
+            message: format!("{listen_text:?} is not an address like 0.0.0.0:443 or [::]:443"),
+        })?;
+        let data_dir = self.data_dir.ok_or(ConfigError::Invalid {
+            setting: "data_dir",
+            message: "required (--data-dir DIR or data_dir in the config file)".into(),
+        })?;
+        let cert_files = match (self.cert, self.key) {
+            (Some(c), Some(k)) => Some((c, k)),
+            (None, None) => None,
+            _ => {
+                return Err(ConfigError::Invalid {
+                    setting: "cert/key",
+                    message: "give both a certificate and its key, or neither for a self-signed one".into(),
+                })
+            }
+        };
+        let defaults = RelayOptions::default();
+        let positive = |setting: &'static str, v: Option<usize>, d: usize| match v {
+            Some(0) => Err(ConfigError::Invalid { setting, message: "must be at least 1".into() }),
+            Some(n) => Ok(n),
+            None => Ok(d),
+        };
+        Ok(RelayConfig {
+            listen,
+            data_dir,
+            cert_files,
+            hostnames: self.hostnames.unwrap_or_default(),
+            registration: self.registration.unwrap_or(Registration::Open),
+            max_connections: positive("max_connections", self.max_connections, defaults.max_connections)?,
+            max_unauthenticated: positive("max_unauthenticated", self.max_unauthenticated, defaults.max_unauthenticated)?,
+            shutdown_grace: self.shutdown_grace_secs.map(Duration::from_secs).unwrap_or(defaults.shutdown_grace),
+        })
+    }
+}
+
+impl RelayConfig {
+    /// The run-time options this configuration asks for.
+    pub fn options(&self) -> RelayOptions {
+        RelayOptions {
+            registration: self.registration,
+            max_connections: self.max_connections,
+            max_unauthenticated: self.max_unauthenticated,
+            shutdown_grace: self.shutdown_grace,
+            splice_tap: None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn full_file_parses_and_flags_win() {
+        let file = Settings::from_toml(
+            r#"
+            listen = "127.0.0.1:4433"
+            data_dir = "/var/lib/telework-relay"
+            registration = "token"
+            hostnames = ["relay.example.com"]
+            max_connections = 500
+            shutdown_grace_secs = 30
+            "#,
+        )
+        .unwrap();
+        let flags = Settings { listen: Some("127.0.0.1:9000".into()), ..Default::default() };
+        let cfg = file.overridden_by(flags).validate().unwrap();
+        assert_eq!(cfg.listen.port(), 9000);
+        assert_eq!(cfg.registration, Registration::Token);
+        assert_eq!(cfg.max_connections, 500);
+        assert_eq!(cfg.shutdown_grace, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_named() {
+        let err = Settings::from_toml("listne = \"x\"").unwrap_err();
+        assert!(err.contains("listne"), "{err}");
+        let err = Settings::from_toml("registration = \"closed\"").unwrap_err();
+        assert!(err.contains("registration") || err.contains("closed"), "{err}");
+        let bad_listen = Settings { listen: Some("nope".into()), data_dir: Some("/d".into()), ..Default::default() };
+        assert!(bad_listen.validate().unwrap_err().to_string().contains("listen"));
+        let half_cert = Settings { cert: Some("c".into()), data_dir: Some("/d".into()), ..Default::default() };
+        assert!(half_cert.validate().unwrap_err().to_string().contains("cert/key"));
+        let zero = Settings { max_connections: Some(0), data_dir: Some("/d".into()), ..Default::default() };
+        assert!(zero.validate().unwrap_err().to_string().contains("max_connections"));
+        assert!(Settings::default().validate().unwrap_err().to_string().contains("data_dir"));
+    }
+
+    #[test]
+    fn fixture_files_parse_or_fail_as_expected() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata");
+        Settings::from_file(&dir.join("relay-valid.toml")).unwrap().validate().unwrap();
+        let err = Settings::from_file(&dir.join("relay-invalid.toml")).unwrap_err().to_string();
+        assert!(err.contains("relay-invalid.toml"), "{err}");
+    }
+}

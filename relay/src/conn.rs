@@ -1,0 +1,71 @@
+//! One accepted connection: TLS handshake (inside the connection's own task, under a
+//! deadline), then dispatch on the ALPN role.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use telework_protocol::messages::alpn;
+use telework_protocol::net::framed::Framed;
+use telework_protocol::net::HANDSHAKE_TIMEOUT;
+use tokio::net::TcpStream;
+use tokio::sync::OwnedSemaphorePermit;
+use tracing::debug;
+
+use crate::{client_conn, control, tunnel, Relay};
+
+/// A TLS connection accepted by the relay.
+pub type RelayStream = tokio_rustls::server::TlsStream<TcpStream>;
+
+/// What a role handler gets: the framed stream, when its hello must have arrived, and the
+/// permit that counts it among unauthenticated connections until then.
+pub struct Accepted {
+    /// The TLS stream, framed.
+    pub framed: Framed<RelayStream>,
+    /// The peer's address.
+    pub peer: SocketAddr,
+    /// Deadline for the first message.
+    pub hello_deadline: Instant,
+    /// Held until the peer has said who it is.
+    pub unauthenticated: OwnedSemaphorePermit,
+    /// Held for the whole life of the connection.
+    pub connection: OwnedSemaphorePermit,
+}
+
+/// Runs one connection to its end.
+pub async fn handle(
+    relay: Arc<Relay>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    connection: OwnedSemaphorePermit,
+    unauthenticated: OwnedSemaphorePermit,
+) {
+    let started = Instant::now();
+    let deadline = started + HANDSHAKE_TIMEOUT;
+    let _ = tcp.set_nodelay(true);
+    let tls = match tokio::time::timeout_at(deadline.into(), relay.acceptor.accept(tcp)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            debug!(%e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            debug!("TLS handshake timed out");
+            return;
+        }
+    };
+    let role = tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
+    let accepted = Accepted { framed: Framed::new(tls), peer, hello_deadline: deadline, unauthenticated, connection };
+    match role.as_deref() {
+        Some(r) if r == alpn::CONTROL => control::serve(relay, accepted).await,
+        Some(r) if r == alpn::CLIENT => client_conn::serve(relay, accepted).await,
+        Some(r) if r == alpn::TUNNEL => tunnel::serve(relay, accepted).await,
+        // rustls already refuses unknown ALPN ids; a peer that offered none is not ours.
+        _ => debug!("connection without a telework ALPN role; closing"),
+    }
+}
+
+/// Time left until `deadline`, for a read that must finish by then.
+pub fn remaining(deadline: Instant) -> std::time::Duration {
+    deadline.saturating_duration_since(Instant::now())
+}
