@@ -1,1 +1,158 @@
-//! wip
+//! The telework agent: runs on the office PC, dials out to the relay, and forwards
+//! authenticated tunnels to the local desktop service.
+//!
+//! # Layout
+//! - [`state`]: the data dir (settings, machine key, password record).
+//! - [`register`]: claiming a computer ID.
+//! - [`control`]: the control connection, keepalives and reconnects ([`backoff`]).
+//! - [`tunnel`]: one tunnel: ticket, end-to-end handshake, forwarding.
+//! - [`sessions`] and [`lockout`]: session secrets and wrong-password throttling.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod backoff;
+pub mod control;
+pub mod lockout;
+pub mod register;
+pub mod sessions;
+pub mod state;
+pub mod tunnel;
+
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use telework_protocol::e2e::messages::Refusal;
+use telework_protocol::messages::alpn;
+use telework_protocol::net::connect::{ConnectError, RelayAddr};
+use telework_protocol::net::framed::FrameError;
+use telework_protocol::net::pump::TunnelError;
+use telework_protocol::net::tls::TlsConfigError;
+use telework_protocol::proof::MachineKey;
+use telework_protocol::{ComputerId, ErrorCode};
+use tokio::sync::{watch, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::lockout::Lockout;
+use crate::sessions::Sessions;
+use crate::state::{DataDir, StateError};
+
+/// The desktop service the agent forwards to by default (Windows Remote Desktop).
+pub const DEFAULT_TARGET: &str = "127.0.0.1:3389";
+
+/// Most tunnels open at once.
+pub const MAX_TUNNELS: usize = 256;
+
+/// How long open tunnels get to finish when the agent stops.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Anything that can go wrong in the agent.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The data dir.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// Reaching the relay.
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    /// TLS configuration.
+    #[error(transparent)]
+    Tls(#[from] TlsConfigError),
+    /// A framed read or write.
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    /// The encrypted tunnel.
+    #[error(transparent)]
+    Tunnel(#[from] TunnelError),
+    /// The relay refused.
+    #[error("the relay refused: {0}")]
+    Refused(ErrorCode),
+    /// We refused a client's handshake.
+    #[error("refused a client: {0}")]
+    HandshakeRefused(Refusal),
+    /// The relay sent something out of place.
+    #[error("the relay sent an unexpected message")]
+    Unexpected,
+    /// The relay went silent.
+    #[error("the relay stopped answering")]
+    Timeout,
+}
+
+/// A running agent's shared state.
+pub struct Agent {
+    id: ComputerId,
+    relay: RelayAddr,
+    control_tls: Arc<rustls::ClientConfig>,
+    tunnel_tls: Arc<rustls::ClientConfig>,
+    key: MachineKey,
+    data: DataDir,
+    target: String,
+    sessions: Sessions,
+    lockout: Mutex<Lockout>,
+    online: watch::Sender<bool>,
+    tunnel_slots: Arc<Semaphore>,
+    tasks: TaskTracker,
+    shutdown: CancellationToken,
+}
+
+impl Agent {
+    /// Loads a registered agent from its data dir, forwarding to `target` (`host:port`).
+    ///
+    /// # Errors
+    /// [`AgentError::State`] if the machine is not registered or a file is damaged.
+    pub fn load(data: DataDir, target: String) -> Result<Arc<Self>, AgentError> {
+        let settings = data.settings()?;
+        let trust = settings.relay_trust()?;
+        Ok(Arc::new(Self {
+            id: settings.computer_id.clone(),
+            relay: settings.relay_addr()?,
+            control_tls: trust.client_config(alpn::CONTROL)?,
+            tunnel_tls: trust.client_config(alpn::TUNNEL)?,
+            key: data.machine_key()?,
+            data,
+            target,
+            sessions: Sessions::default(),
+            lockout: Mutex::new(Lockout::default()),
+            online: watch::channel(false).0,
+            tunnel_slots: Arc::new(Semaphore::new(MAX_TUNNELS)),
+            tasks: TaskTracker::new(),
+            shutdown: CancellationToken::new(),
+        }))
+    }
+
+    /// The computer ID.
+    pub fn id(&self) -> &ComputerId {
+        &self.id
+    }
+
+    /// Watches whether the control connection is up.
+    pub fn online(&self) -> watch::Receiver<bool> {
+        self.online.subscribe()
+    }
+
+    /// Number of authenticated sessions.
+    pub fn sessions(&self) -> usize {
+        self.sessions.len()
+    }
+
+    fn lockout(&self) -> std::sync::MutexGuard<'_, Lockout> {
+        self.lockout.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs until `shutdown` completes (or a permanent refusal), then ends sessions, telling
+    /// clients why, and waits briefly for tunnels to close.
+    ///
+    /// # Errors
+    /// [`AgentError::Refused`] when the relay does not know this machine or refuses its key.
+    pub async fn run(self: Arc<Self>, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
+        let result = tokio::select! {
+            r = control::run(self.clone()) => r,
+            () = shutdown => Ok(()),
+        };
+        self.shutdown.cancel();
+        self.tasks.close();
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE, self.tasks.wait()).await;
+        result
+    }
+}

@@ -1,0 +1,145 @@
+//! Wrong-password throttling on the office PC: a pure policy with the clock passed in.
+//!
+//! Five tries, then a lockout that doubles each time (1 min, 2 min, 4 min, … capped at one
+//! hour) until a login succeeds. Attempts in flight count against the free tries, so an
+//! attacker cannot run many guesses in parallel before the first failure is recorded.
+
+use std::time::{Duration, Instant};
+
+/// Wrong passwords allowed before a lockout.
+pub const FREE_TRIES: u32 = 5;
+/// The first lockout.
+pub const FIRST_LOCKOUT: Duration = Duration::from_secs(60);
+/// The longest lockout.
+pub const MAX_LOCKOUT: Duration = Duration::from_secs(3600);
+
+/// Why an attempt may not start now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// Locked out for this long.
+    LockedOut(Duration),
+    /// Too many attempts already in flight; try again in a moment.
+    Busy,
+}
+
+/// Failure counter and lockout state for one machine.
+#[derive(Debug, Default, Clone)]
+pub struct Lockout {
+    failures: u32,
+    in_flight: u32,
+    lockouts: u32,
+    locked_until: Option<Instant>,
+}
+
+impl Lockout {
+    /// Starts an attempt; call [`Lockout::fail`] or [`Lockout::succeed`] when it ends.
+    ///
+    /// # Errors
+    /// [`Refused`] when locked out or when every remaining try is already in flight.
+    pub fn begin(&mut self, now: Instant) -> Result<(), Refused> {
+        if let Some(until) = self.locked_until {
+            if now < until {
+                return Err(Refused::LockedOut(until - now));
+            }
+            self.locked_until = None;
+        }
+        if self.failures + self.in_flight >= FREE_TRIES {
+            return Err(Refused::Busy);
+        }
+        self.in_flight += 1;
+        Ok(())
+    }
+
+    /// Records a wrong password. Returns the tries left, or the lockout that starts now.
+    pub fn fail(&mut self, now: Instant) -> Result<u32, Duration> {
+        self.in_flight = self.in_flight.saturating_sub(1);
+        self.failures += 1;
+        if self.failures < FREE_TRIES {
+            return Ok(FREE_TRIES - self.failures);
+        }
+        let lock = FIRST_LOCKOUT.saturating_mul(1u32 << self.lockouts.min(16)).min(MAX_LOCKOUT);
+        self.lockouts += 1;
+        self.failures = 0;
+        self.locked_until = Some(now + lock);
+        Err(lock)
+    }
+
+    /// Records a right password: the counters start over.
+    pub fn succeed(&mut self) {
+        self.in_flight = self.in_flight.saturating_sub(1);
+        self.failures = 0;
+        self.lockouts = 0;
+    }
+
+    /// Ends an attempt that was neither right nor wrong (the peer vanished before answering
+    /// counts as wrong: call [`Lockout::fail`] for that).
+    pub fn abandon(&mut self) {
+        self.in_flight = self.in_flight.saturating_sub(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn five_failures_lock_for_a_minute_then_doubling() {
+        let t0 = Instant::now();
+        let mut l = Lockout::default();
+        for left in (0..FREE_TRIES).rev() {
+            l.begin(t0).unwrap();
+            match l.fail(t0) {
+                Ok(n) => assert_eq!(n, left),
+                Err(lock) => {
+                    assert_eq!(left, 0);
+                    assert_eq!(lock, FIRST_LOCKOUT);
+                }
+            }
+        }
+        assert_eq!(l.begin(t0 + Duration::from_secs(59)), Err(Refused::LockedOut(Duration::from_secs(1))));
+        let t1 = t0 + FIRST_LOCKOUT;
+        for _ in 0..FREE_TRIES - 1 {
+            l.begin(t1).unwrap();
+            assert!(l.fail(t1).is_ok());
+        }
+        l.begin(t1).unwrap();
+        assert_eq!(l.fail(t1), Err(2 * FIRST_LOCKOUT));
+    }
+
+    #[test]
+    fn success_resets_and_parallel_attempts_are_bounded() {
+        let t0 = Instant::now();
+        let mut l = Lockout::default();
+        for _ in 0..FREE_TRIES {
+            l.begin(t0).unwrap();
+        }
+        assert_eq!(l.begin(t0), Err(Refused::Busy));
+        l.succeed();
+        l.begin(t0).unwrap();
+        l.abandon();
+        let mut l = Lockout::default();
+        l.begin(t0).unwrap();
+        l.fail(t0).unwrap();
+        l.begin(t0).unwrap();
+        l.succeed();
+        l.begin(t0).unwrap();
+        assert_eq!(l.fail(t0), Ok(FREE_TRIES - 1));
+    }
+
+    #[test]
+    fn lockout_is_capped() {
+        let mut now = Instant::now();
+        let mut l = Lockout::default();
+        let mut last = Duration::ZERO;
+        for _ in 0..20 {
+            for _ in 0..FREE_TRIES {
+                l.begin(now).unwrap();
+                if let Err(lock) = l.fail(now) {
+                    last = lock;
+                    now += lock;
+                }
+            }
+        }
+        assert_eq!(last, MAX_LOCKOUT);
+    }
+}
