@@ -1,1 +1,16 @@
-//! wip
+//! The telework client for the home PC: log in to an office PC by computer ID, open a local
+//! listener, and start the employee's RDP client against it.
+//!
+//! # Layout
+//! - [`session`]: the password login and the resumed tunnel for every local connection.
+//! - [`launch`]: choosing and starting the RDP client (platform-neutral planning).
+//! - [`error`]: every failure as a sentence an employee can act on.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod error;
+pub mod launch;
+pub mod session;
+
+pub use error::ClientError;
+pub use session::{Session, Target, TunnelOpener};

@@ -1,1 +1,136 @@
-fn main() {}
+//! `telework`: the employee's command.
+#![forbid(unsafe_code)]
+
+use std::io::BufRead;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use telework_client::launch::{self, LaunchChoice, Os};
+use telework_client::{ClientError, Session, Target};
+use telework_protocol::net::connect::RelayAddr;
+use telework_protocol::net::tls::RelayTrust;
+use telework_protocol::{CertFingerprint, ComputerId};
+use zeroize::Zeroizing;
+
+/// Reach your office PC from home: `telework connect <computer-id> --relay <host:port>`.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Connect to an office PC and open its desktop in your RDP client.
+    Connect(ConnectArgs),
+}
+
+#[derive(clap::Args)]
+struct ConnectArgs {
+    /// The office PC's computer ID.
+    id: ComputerId,
+    /// The relay, host:port.
+    #[arg(long, env = "TELEWORK_RELAY")]
+    relay: RelayAddr,
+    /// Pin the relay's self-signed certificate (sha256:HEX from the operator).
+    #[arg(long, env = "TELEWORK_RELAY_FINGERPRINT")]
+    relay_fingerprint: Option<CertFingerprint>,
+    /// Trust a private CA for the relay's certificate (PEM file).
+    #[arg(long, conflicts_with = "relay_fingerprint")]
+    relay_ca: Option<PathBuf>,
+    /// Local address for your RDP client to connect to.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: std::net::SocketAddr,
+    /// Read the connection password from the first line of standard input.
+    #[arg(long)]
+    password_stdin: bool,
+    /// Which RDP client to start.
+    #[arg(long, value_enum, default_value_t = LaunchChoice::Auto)]
+    launch: LaunchChoice,
+}
+
+/// Interactive password tries before giving up (the office PC has its own, stricter count).
+const PROMPT_TRIES: u32 = 3;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let Command::Connect(args) = cli.command;
+    match connect(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("telework: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn read_password(args: &ConnectArgs) -> anyhow::Result<Zeroizing<String>> {
+    if args.password_stdin {
+        let mut line = String::new();
+        std::io::stdin().lock().read_line(&mut line).context("reading the password from standard input")?;
+        Ok(Zeroizing::new(line.trim_end_matches(['\r', '\n']).to_owned()))
+    } else {
+        let prompt = format!("Connection password for {}: ", args.id);
+        Ok(Zeroizing::new(rpassword::prompt_password(prompt).context("reading the password")?))
+    }
+}
+
+fn connect(args: ConnectArgs) -> anyhow::Result<()> {
+    let trust = match (&args.relay_fingerprint, &args.relay_ca) {
+        (Some(fp), _) => RelayTrust::Fingerprint(*fp),
+        (None, Some(ca)) => RelayTrust::ca_file(ca)?,
+        (None, None) => RelayTrust::SystemRoots,
+    };
+    let target = Target { relay: args.relay.clone(), trust, id: args.id.clone() };
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async {
+        let mut tries = 0;
+        let session = loop {
+            let password = read_password(&args)?;
+            eprintln!("connecting to {} through {} …", args.id, args.relay);
+            match Session::login(&target, password.as_bytes()).await {
+                Ok(s) => break s,
+                Err(e) if e.is_wrong_password() && !args.password_stdin && tries + 1 < PROMPT_TRIES => {
+                    eprintln!("telework: {e}");
+                    tries += 1;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", args.listen))?;
+        let local = listener.local_addr()?;
+        println!("connected to {}: point your RDP client at {local}", args.id);
+        let rdp_dir = std::env::temp_dir();
+        match launch::plan(args.launch, Os::current(), local, args.id.as_str(), &rdp_dir, launch::find_on_path) {
+            Ok(Some(plan)) => match launch::launch(&plan) {
+                Ok(_child) => eprintln!("started {}", plan.program.display()),
+                Err(e) => eprintln!("telework: could not start {}: {e}", plan.program.display()),
+            },
+            Ok(None) => {}
+            Err(e) => eprintln!("telework: {e}"),
+        }
+        eprintln!("press Ctrl-C to end the session");
+        match session.serve(listener, async { let _ = tokio::signal::ctrl_c().await; }).await {
+            Ok(_) => {
+                println!("session closed");
+                Ok(())
+            }
+            Err(e @ ClientError::Ended(_)) => {
+                println!("{e}");
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
+    })
+}

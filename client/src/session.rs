@@ -1,0 +1,234 @@
+//! An authenticated session with one office PC: the password login, then a resumed tunnel
+//! for every local connection the RDP client opens.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use telework_protocol::e2e::keys::{after_login, ResumptionSecret, Role};
+use telework_protocol::e2e::messages::{AgentHandshake, AgentNotice, ClientHandshake, Refusal};
+use telework_protocol::e2e::pake::{ClientLogin, PakeError};
+use telework_protocol::e2e::resume::ClientResume;
+use telework_protocol::messages::{alpn, ClientToRelay, RelayToClient, PROTOCOL_VERSION};
+use telework_protocol::net::connect::{connect, RelayAddr};
+use telework_protocol::net::framed::Framed;
+use telework_protocol::net::pump::{SecureTunnel, TunnelError};
+use telework_protocol::net::tls::RelayTrust;
+use telework_protocol::net::HANDSHAKE_TIMEOUT;
+use telework_protocol::{ComputerId, SessionId};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::client::TlsStream;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn, Instrument};
+
+use crate::error::ClientError;
+
+/// How long the relay may take to pair us (its ticket TTL plus the handshake).
+const PAIRING_TIMEOUT: Duration = Duration::from_secs(25);
+/// How long the office PC may take per handshake step.
+const E2E_STEP_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// A tunnel to the office PC, already authenticated and connected to its desktop service.
+pub type Tunnel = SecureTunnel<TlsStream<TcpStream>>;
+
+/// Where and what to connect to.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// The relay.
+    pub relay: RelayAddr,
+    /// How to trust it.
+    pub trust: RelayTrust,
+    /// The office PC.
+    pub id: ComputerId,
+}
+
+/// How a session ended when it was not an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// We were asked to stop (Ctrl-C).
+    Stopped,
+}
+
+/// A logged-in session.
+pub struct Session {
+    relay: RelayAddr,
+    tls: Arc<rustls::ClientConfig>,
+    id: ComputerId,
+    session: SessionId,
+    secret: ResumptionSecret,
+    control: Tunnel,
+    agent_key: Vec<u8>,
+}
+
+async fn pair(relay: &RelayAddr, tls: &Arc<rustls::ClientConfig>, id: &ComputerId) -> Result<Framed<TlsStream<TcpStream>>, ClientError> {
+    let stream = connect(relay, tls.clone()).await?;
+    let mut framed = Framed::new(stream);
+    framed.write(&ClientToRelay::Connect { version: PROTOCOL_VERSION, id: id.clone() }).await?;
+    match framed.read_within::<RelayToClient>(PAIRING_TIMEOUT).await? {
+        RelayToClient::Paired => Ok(framed),
+        RelayToClient::Error(code) => Err(ClientError::Relay(code)),
+    }
+}
+
+impl Session {
+    /// Logs in to the office PC with the connection password.
+    ///
+    /// # Errors
+    /// [`ClientError`]: relay unreachable or untrusted, office PC offline or unknown, wrong
+    /// password, locked out, …
+    pub async fn login(target: &Target, password: &[u8]) -> Result<Self, ClientError> {
+        let tls = target.trust.client_config(alpn::CLIENT)?;
+        let mut framed = pair(&target.relay, &tls, &target.id).await?;
+        let (state, request) = ClientLogin::start(password).map_err(|_| ClientError::BadProof)?;
+        framed.write(&ClientHandshake::Login { request }).await?;
+        let response = match framed.read_within::<AgentHandshake>(E2E_STEP_TIMEOUT).await? {
+            AgentHandshake::LoginChallenge { response } => response,
+            AgentHandshake::Refused(why) => return Err(ClientError::Refused(why)),
+            AgentHandshake::ResumeChallenge { .. } => return Err(ClientError::BadProof),
+        };
+        // Argon2id takes tens of milliseconds: keep it off the async workers.
+        let password_owned = zeroize::Zeroizing::new(password.to_vec());
+        let id = target.id.clone();
+        let finished = tokio::task::spawn_blocking(move || state.finish(&password_owned, &response, &id))
+            .await
+            .map_err(|_| ClientError::BadProof)?;
+        let done = match finished {
+            Ok(done) => done,
+            Err(PakeError::WrongPassword) => {
+                framed.write(&ClientHandshake::LoginFailed).await?;
+                return match framed.read_within::<AgentHandshake>(E2E_STEP_TIMEOUT).await {
+                    Ok(AgentHandshake::Refused(why)) => Err(ClientError::Refused(why)),
+                    _ => Err(ClientError::Refused(Refusal::WrongPassword { tries_left: 0 })),
+                };
+            }
+            Err(_) => return Err(ClientError::BadProof),
+        };
+        framed.write(&ClientHandshake::LoginFinish { finalization: done.finalization.clone() }).await?;
+        let (keys, secret) = after_login(&done.session_key, Role::Client);
+        let (stream, leftover) = framed.into_parts();
+        let mut control = SecureTunnel::new(stream, leftover, keys);
+        let session = match tokio::time::timeout(E2E_STEP_TIMEOUT, control.recv_notice()).await {
+            Ok(Ok(AgentNotice::SessionReady { session })) => session,
+            Ok(Ok(_)) | Ok(Err(_)) | Err(_) => return Err(ClientError::BadProof),
+        };
+        info!(%session, "logged in");
+        Ok(Self {
+            relay: target.relay.clone(),
+            tls,
+            id: target.id.clone(),
+            session,
+            secret,
+            control,
+            agent_key: done.agent_public_key,
+        })
+    }
+
+    /// The office PC's static public key, as proven by the login.
+    pub fn agent_public_key(&self) -> &[u8] {
+        &self.agent_key
+    }
+
+    /// A handle that opens further tunnels of this session.
+    pub fn opener(&self) -> TunnelOpener {
+        TunnelOpener {
+            relay: self.relay.clone(),
+            tls: self.tls.clone(),
+            id: self.id.clone(),
+            session: self.session,
+            secret: self.secret.clone(),
+        }
+    }
+
+    /// Serves local connections from `listener`, each through its own tunnel, until
+    /// `shutdown` completes or the office PC ends the session.
+    ///
+    /// # Errors
+    /// [`ClientError::Ended`] with the office PC's reason, or the tunnel failure that ended
+    /// the session.
+    pub async fn serve(mut self, listener: TcpListener, shutdown: impl Future<Output = ()>) -> Result<Ended, ClientError> {
+        let opener = self.opener();
+        let tasks = TaskTracker::new();
+        tokio::pin!(shutdown);
+        let result = loop {
+            tokio::select! {
+                () = &mut shutdown => {
+                    let _ = self.control.finish().await;
+                    break Ok(Ended::Stopped);
+                }
+                notice = self.control.recv_notice() => break match notice {
+                    Ok(AgentNotice::SessionEnded(reason)) => Err(ClientError::Ended(reason)),
+                    Ok(_) => Err(ClientError::Tunnel(TunnelError::Unexpected)),
+                    Err(e) => Err(ClientError::Tunnel(e)),
+                },
+                accepted = listener.accept() => {
+                    let (local, peer) = match accepted {
+                        Ok(a) => a,
+                        Err(e) => {
+                            warn!(%e, "accept failed");
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            continue;
+                        }
+                    };
+                    let opener = opener.clone();
+                    tasks.spawn(async move {
+                        let _ = local.set_nodelay(true);
+                        match opener.open().await {
+                            Ok(tunnel) => match tunnel.pump(local).await {
+                                Ok(s) => debug!(sent = s.sent, received = s.received, "connection closed"),
+                                Err(e) => debug!(%e, "connection ended"),
+                            },
+                            Err(e) => {
+                                warn!(%e, "could not open a tunnel for a local connection");
+                                eprintln!("telework: {e}");
+                            }
+                        }
+                    }.instrument(tracing::info_span!("local", %peer)));
+                }
+            }
+        };
+        tasks.close();
+        // Local connections end with the session: the office PC closes their tunnels.
+        let _ = tokio::time::timeout(Duration::from_secs(2), tasks.wait()).await;
+        result
+    }
+}
+
+/// Opens tunnels in an authenticated session (cheap to clone).
+#[derive(Clone)]
+pub struct TunnelOpener {
+    relay: RelayAddr,
+    tls: Arc<rustls::ClientConfig>,
+    id: ComputerId,
+    session: SessionId,
+    secret: ResumptionSecret,
+}
+
+impl TunnelOpener {
+    /// Opens one tunnel by resumption (no password) and waits until the office PC has
+    /// connected it to its desktop service.
+    ///
+    /// # Errors
+    /// [`ClientError::TargetRefused`] when the desktop service is down; others as for login.
+    pub async fn open(&self) -> Result<Tunnel, ClientError> {
+        let mut framed = pair(&self.relay, &self.tls, &self.id).await?;
+        let resume = ClientResume::start(self.session, &self.secret);
+        framed.write(&ClientHandshake::Resume { session: self.session, nonce: resume.nonce() }).await?;
+        let (nonce, mac) = match framed.read_within::<AgentHandshake>(E2E_STEP_TIMEOUT).await? {
+            AgentHandshake::ResumeChallenge { nonce, mac } => (nonce, mac),
+            AgentHandshake::Refused(why) => return Err(ClientError::Refused(why)),
+            AgentHandshake::LoginChallenge { .. } => return Err(ClientError::BadProof),
+        };
+        let (client_mac, keys) = resume.finish(&nonce, &mac).map_err(|_| ClientError::BadProof)?;
+        framed.write(&ClientHandshake::ResumeFinish { mac: client_mac }).await?;
+        let (stream, leftover) = framed.into_parts();
+        let mut tunnel = SecureTunnel::new(stream, leftover, keys);
+        match tokio::time::timeout(HANDSHAKE_TIMEOUT, tunnel.recv_notice()).await {
+            Ok(Ok(AgentNotice::TargetConnected)) => Ok(tunnel),
+            Ok(Ok(AgentNotice::TargetRefused)) => Err(ClientError::TargetRefused),
+            Ok(Ok(AgentNotice::SessionEnded(r))) => Err(ClientError::Ended(r)),
+            Ok(Ok(AgentNotice::SessionReady { .. })) => Err(ClientError::BadProof),
+            Ok(Err(e)) => Err(ClientError::Tunnel(e)),
+            Err(_) => Err(ClientError::Tunnel(TunnelError::Truncated)),
+        }
+    }
+}
