@@ -82,7 +82,7 @@ impl FromStr for ComputerId {
 
 impl<'de> Deserialize<'de> for ComputerId {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = <&str>::deserialize(d)?;
+        let s = String::deserialize(d)?;
         s.parse().map_err(serde::de::Error::custom)
     }
 }

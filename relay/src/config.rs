@@ -171,6 +171,7 @@ impl RelayConfig {
             max_connections: self.max_connections,
             max_unauthenticated: self.max_unauthenticated,
             shutdown_grace: self.shutdown_grace,
+            handshake_timeout: RelayOptions::default().handshake_timeout,
             splice_tap: None,
         }
     }

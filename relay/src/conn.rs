@@ -7,7 +7,6 @@ use std::time::Instant;
 
 use telework_protocol::messages::alpn;
 use telework_protocol::net::framed::Framed;
-use telework_protocol::net::HANDSHAKE_TIMEOUT;
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 use tracing::debug;
@@ -41,7 +40,7 @@ pub async fn handle(
     unauthenticated: OwnedSemaphorePermit,
 ) {
     let started = Instant::now();
-    let deadline = started + HANDSHAKE_TIMEOUT;
+    let deadline = started + relay.options.handshake_timeout;
     let _ = tcp.set_nodelay(true);
     let tls = match tokio::time::timeout_at(deadline.into(), relay.acceptor.accept(tcp)).await {
         Ok(Ok(tls)) => tls,

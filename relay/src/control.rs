@@ -107,7 +107,10 @@ async fn online(relay: Arc<Relay>, mut conn: Accepted, version: u16, id: Compute
     }
     let machine = match relay.registry.machine(&id) {
         Ok(Some(m)) => m,
-        Ok(None) => return refuse(&mut conn.framed, ErrorCode::UnknownId).await,
+        Ok(None) => {
+            warn!(peer = %conn.peer, "hello from an unregistered computer ID");
+            return refuse(&mut conn.framed, ErrorCode::UnknownId).await;
+        }
         Err(e) => {
             warn!(%e, "registry lookup failed");
             return refuse(&mut conn.framed, ErrorCode::Internal).await;

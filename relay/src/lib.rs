@@ -65,6 +65,8 @@ pub struct RelayOptions {
     pub max_connections: usize,
     /// Most connections that have not yet said who they are.
     pub max_unauthenticated: usize,
+    /// How long a new connection has for TLS and its first message.
+    pub handshake_timeout: Duration,
     /// How long sessions may go on after shutdown starts.
     pub shutdown_grace: Duration,
     /// Test hook: sees every spliced byte.
@@ -77,6 +79,7 @@ impl Default for RelayOptions {
             registration: Registration::Open,
             max_connections: 20_000,
             max_unauthenticated: 1_000,
+            handshake_timeout: telework_protocol::net::HANDSHAKE_TIMEOUT,
             shutdown_grace: Duration::from_secs(10),
             splice_tap: None,
         }

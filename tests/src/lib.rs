@@ -1,1 +1,251 @@
-//! wip
+//! End-to-end harness: start a relay, agents and clients in process on `127.0.0.1:0`, with
+//! real TLS, and simple desktop stand-ins (echo and sink servers) to forward to.
+//!
+//! ```no_run
+//! # async fn demo() {
+//! use telework_tests::*;
+//! let relay = TestRelay::start().await;
+//! let desktop = EchoServer::start().await;
+//! let agent = relay.agent("pc-1", "password-1").target(desktop.addr).run().await;
+//! let session = relay.login("pc-1", "password-1").await.unwrap();
+//! # }
+//! ```
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+pub mod desktop;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use telework_agent::state::{AgentSettings, DataDir};
+use telework_agent::Agent;
+use telework_client::{ClientError, Session, Target};
+use telework_protocol::e2e::pake::PasswordRecord;
+use telework_protocol::net::tls::RelayTrust;
+use telework_protocol::{CertFingerprint, ComputerId};
+use telework_relay::identity;
+use telework_relay::registry::Registry;
+use telework_relay::{Relay, RelayOptions};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub use desktop::{EchoServer, SinkServer};
+
+/// Installs a test log subscriber once (`RUST_LOG` controls it).
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_test_writer()
+        .try_init();
+}
+
+/// A relay running in this process.
+pub struct TestRelay {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Its self-signed certificate's fingerprint.
+    pub fingerprint: CertFingerprint,
+    /// The relay itself, for inspecting presence and the registry.
+    pub relay: Arc<Relay>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+    /// Its data dir (removed on drop).
+    pub dir: tempfile::TempDir,
+}
+
+impl TestRelay {
+    /// Starts a relay with default options.
+    pub async fn start() -> Self {
+        Self::start_with(RelayOptions::default()).await
+    }
+
+    /// Starts a relay with `options`.
+    pub async fn start_with(options: RelayOptions) -> Self {
+        init_tracing();
+        let dir = tempfile::tempdir().unwrap();
+        let id = identity::self_signed(dir.path(), &[]).unwrap();
+        let registry = Registry::open(&dir.path().join("relay.db")).unwrap();
+        let relay = Relay::new(registry, &id, options).unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(relay.clone().serve(listener, async move {
+            let _ = stopped.await;
+        }));
+        Self { addr, fingerprint: id.fingerprint, relay, stop: Some(stop), task: Some(task), dir }
+    }
+
+    /// Stops the relay and starts a new one on the same address with the same data dir
+    /// (certificate and registry), as an operator's restart does.
+    pub async fn restart(mut self) -> Self {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(30), task).await;
+        }
+        let id = identity::self_signed(self.dir.path(), &[]).unwrap();
+        let registry = Registry::open(&self.dir.path().join("relay.db")).unwrap();
+        let relay = Relay::new(registry, &id, RelayOptions::default()).unwrap();
+        let listener = TcpListener::bind(self.addr).await.unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(relay.clone().serve(listener, async move {
+            let _ = stopped.await;
+        }));
+        self.relay = relay;
+        self.stop = Some(stop);
+        self.task = Some(task);
+        self
+    }
+
+    /// Where a client connects to reach `id`.
+    pub fn target(&self, id: &str) -> Target {
+        Target {
+            relay: self.addr.to_string().parse().unwrap(),
+            trust: RelayTrust::Fingerprint(self.fingerprint),
+            id: id.parse().unwrap(),
+        }
+    }
+
+    /// Starts building an agent registered on this relay.
+    pub fn agent(&self, id: &str, password: &str) -> AgentBuilder {
+        AgentBuilder {
+            relay: self.addr,
+            fingerprint: self.fingerprint,
+            id: id.parse().unwrap(),
+            password: Some(password.to_owned()),
+            target: "127.0.0.1:9".parse().unwrap(),
+        }
+    }
+
+    /// Logs in to `id` with `password`.
+    pub async fn login(&self, id: &str, password: &str) -> Result<Session, ClientError> {
+        Session::login(&self.target(id), password.as_bytes()).await
+    }
+
+    /// Stops the relay and waits for it to finish its shutdown.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(30), task).await;
+        }
+    }
+}
+
+impl Drop for TestRelay {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// Configures an agent before it starts.
+pub struct AgentBuilder {
+    relay: SocketAddr,
+    fingerprint: CertFingerprint,
+    id: ComputerId,
+    password: Option<String>,
+    target: SocketAddr,
+}
+
+impl AgentBuilder {
+    /// The desktop service to forward to.
+    pub fn target(mut self, addr: SocketAddr) -> Self {
+        self.target = addr;
+        self
+    }
+
+    /// Registers, sets the password, starts the agent, and waits until it is online.
+    pub async fn run(self) -> TestAgent {
+        let dir = tempfile::tempdir().unwrap();
+        let data = DataDir::open(dir.path()).unwrap();
+        let settings = AgentSettings {
+            computer_id: self.id.clone(),
+            relay: self.relay.to_string(),
+            relay_fingerprint: Some(self.fingerprint.to_string()),
+            relay_ca: None,
+        };
+        telework_agent::register::register(&data, &settings, None).await.unwrap();
+        if let Some(pw) = &self.password {
+            data.save_password(&PasswordRecord::create(pw.as_bytes()).unwrap()).unwrap();
+        }
+        let agent = Agent::load(data, self.target.to_string()).unwrap();
+        let mut online = agent.online();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(agent.clone().run(async move {
+            let _ = stopped.await;
+        }));
+        tokio::time::timeout(Duration::from_secs(10), online.wait_for(|up| *up))
+            .await
+            .expect("agent came online in time")
+            .unwrap();
+        TestAgent { agent, stop: Some(stop), task: Some(task), dir }
+    }
+}
+
+/// An agent running in this process.
+pub struct TestAgent {
+    /// The agent.
+    pub agent: Arc<Agent>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Result<(), telework_agent::AgentError>>>,
+    /// Its data dir.
+    pub dir: tempfile::TempDir,
+}
+
+impl TestAgent {
+    /// Stops the agent and waits for it.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(15), task).await;
+        }
+    }
+}
+
+impl Drop for TestAgent {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// A client session serving a local listener, as `telework connect` does.
+pub struct TestClient {
+    /// Where the "RDP client" connects.
+    pub local: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    /// The session's task; its result says how the session ended.
+    pub task: JoinHandle<Result<telework_client::session::Ended, ClientError>>,
+}
+
+impl TestClient {
+    /// Serves `session` on `127.0.0.1:0`.
+    pub async fn serve(session: Session) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let local = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(session.serve(listener, async move {
+            let _ = stopped.await;
+        }));
+        Self { local, stop: Some(stop), task }
+    }
+
+    /// Ends the session (as Ctrl-C does) and returns how it ended.
+    pub async fn stop(mut self) -> Result<telework_client::session::Ended, ClientError> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        tokio::time::timeout(Duration::from_secs(15), self.task).await.expect("client stopped").unwrap()
+    }
+}

@@ -16,6 +16,9 @@ use crate::frame::decode_payload;
 /// into one write so that bulk transfers make few syscalls.
 const LOCAL_READ_CHUNK: usize = 64 * 1024;
 
+/// How long to wait for the transport to close after the peer's end-of-stream record.
+const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Why a tunnel ended other than by a clean end of stream from both sides.
 #[derive(Debug, thiserror::Error)]
 pub enum TunnelError {
@@ -144,6 +147,7 @@ impl<S: Stream> SecureTunnel<S> {
                     }
                     RecordKind::Eof => {
                         lw.shutdown().await?;
+                        drain(&mut tr).await;
                         return Ok::<u64, TunnelError>(received);
                     }
                     RecordKind::Notice => match parse_notice(&record)? {
@@ -157,6 +161,22 @@ impl<S: Stream> SecureTunnel<S> {
         let (sent, received) = tokio::try_join!(upstream, downstream)?;
         Ok(PumpStats { sent, received })
     }
+}
+
+/// After the peer's end-of-stream record only its transport close can follow. Read until it
+/// arrives (briefly) so that closing our socket does not find unread bytes in it: the kernel
+/// would answer those with a reset, and a reset makes the relay drop data still in flight
+/// the other way.
+async fn drain<R: tokio::io::AsyncRead + Unpin>(io: &mut R) {
+    let mut scratch = [0u8; 512];
+    let _ = tokio::time::timeout(DRAIN_TIMEOUT, async {
+        while let Ok(n) = io.read(&mut scratch).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 fn parse_notice(record: &Record) -> Result<AgentNotice, TunnelError> {
