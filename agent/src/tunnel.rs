@@ -11,7 +11,7 @@ use telework_protocol::e2e::pake::AgentLogin;
 use telework_protocol::e2e::resume::AgentResume;
 use telework_protocol::messages::{RelayToTunnel, TunnelToRelay, PROTOCOL_VERSION};
 use telework_protocol::net::connect::connect;
-use telework_protocol::net::framed::Framed;
+use telework_protocol::net::framed::{FrameError, Framed};
 use telework_protocol::net::pump::{SecureTunnel, TunnelError};
 use telework_protocol::net::HANDSHAKE_TIMEOUT;
 use telework_protocol::{SessionId, Ticket};
@@ -41,10 +41,12 @@ pub async fn serve(agent: Arc<Agent>, ticket: Ticket) -> Result<(), AgentError> 
         RelayToTunnel::Attached => {}
         RelayToTunnel::Error(code) => return Err(AgentError::Refused(code)),
     }
-    match framed.read_within::<ClientHandshake>(E2E_STEP_TIMEOUT).await? {
-        ClientHandshake::Login { request } => login(agent, framed, request).await,
-        ClientHandshake::Resume { session, nonce } => resume(agent, framed, session, nonce).await,
-        _ => refuse(&mut framed, Refusal::ProtocolViolation).await,
+    let first = framed.read_within::<ClientHandshake>(E2E_STEP_TIMEOUT).await;
+    match first {
+        Ok(ClientHandshake::Login { request }) => login(agent, framed, request).await,
+        Ok(ClientHandshake::Resume { session, nonce }) => resume(agent, framed, session, nonce).await,
+        Ok(_) | Err(FrameError::Decode(_)) => refuse(&mut framed, Refusal::ProtocolViolation).await,
+        Err(e) => Err(e.into()),
     }
 }
 

@@ -1,0 +1,153 @@
+//! Hostile and broken peers: garbage, oversize frames, stalls and bad tickets. Each is closed
+//! with a reason (or cleanly), and the relay and agent keep serving everyone else.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::time::Duration;
+
+use bytes::BytesMut;
+use telework_protocol::frame::decode_frame;
+use telework_protocol::messages::{alpn, RelayToAgent, RelayToClient, RelayToTunnel, TunnelToRelay};
+use telework_protocol::net::connect::connect;
+use telework_protocol::net::framed::Framed;
+use telework_protocol::net::tls::RelayTrust;
+use telework_protocol::{ErrorCode, Ticket};
+use telework_relay::RelayOptions;
+use telework_tests::{EchoServer, TestClient, TestRelay};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const PW: &str = "bad-input-password";
+
+async fn tls(relay: &TestRelay, role: &[u8]) -> tokio_rustls::client::TlsStream<TcpStream> {
+    let config = RelayTrust::Fingerprint(relay.fingerprint).client_config(role).unwrap();
+    connect(&relay.addr.to_string().parse().unwrap(), config).await.unwrap()
+}
+
+/// Reads until the peer closes; returns what it sent. Fails the test if it takes too long.
+async fn read_until_closed<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> Vec<u8> {
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
+        .await
+        .expect("the relay closed the connection in time");
+    out
+}
+
+async fn relay_still_serves(relay: &TestRelay) {
+    let client = TestClient::serve(relay.login("pc-ok", PW).await.unwrap()).await;
+    let mut c = TcpStream::connect(client.local).await.unwrap();
+    c.write_all(b"still here").await.unwrap();
+    let mut buf = [0u8; 10];
+    c.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"still here");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_and_oversize_frames_are_refused_and_others_keep_working() {
+    let relay = TestRelay::start().await;
+    let desktop = EchoServer::start().await;
+    let _agent = relay.agent("pc-ok", PW).target(desktop.addr).run().await;
+
+    // Not TLS at all.
+    let mut raw = TcpStream::connect(relay.addr).await.unwrap();
+    raw.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    read_until_closed(&mut raw).await;
+
+    // Oversize frame on each role: the relay answers "protocol violation" and closes.
+    for role in [alpn::CLIENT, alpn::CONTROL, alpn::TUNNEL] {
+        let mut s = tls(&relay, role).await;
+        s.write_all(&[0xff, 0xff, 0xff, 0xff, 1, 2, 3]).await.unwrap();
+        let answer = read_until_closed(&mut s).await;
+        let mut buf = BytesMut::from(&answer[..]);
+        let code = if role == alpn::CLIENT {
+            decode_frame::<RelayToClient>(&mut buf).unwrap() == Some(RelayToClient::Error(ErrorCode::ProtocolViolation))
+        } else if role == alpn::CONTROL {
+            decode_frame::<RelayToAgent>(&mut buf).unwrap() == Some(RelayToAgent::Error(ErrorCode::ProtocolViolation))
+        } else {
+            decode_frame::<RelayToTunnel>(&mut buf).unwrap() == Some(RelayToTunnel::Error(ErrorCode::ProtocolViolation))
+        };
+        assert!(code, "role {:?} answered {answer:?}", String::from_utf8_lossy(role));
+    }
+
+    // Well-framed junk.
+    let mut s = tls(&relay, alpn::CLIENT).await;
+    s.write_all(&[0, 0, 0, 3, 0xee, 0xee, 0xee]).await.unwrap();
+    assert!(!read_until_closed(&mut s).await.is_empty());
+
+    relay_still_serves(&relay).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_ticket_is_refused() {
+    let relay = TestRelay::start().await;
+    let desktop = EchoServer::start().await;
+    let _agent = relay.agent("pc-ok", PW).target(desktop.addr).run().await;
+    let mut f = Framed::new(tls(&relay, alpn::TUNNEL).await);
+    f.write(&TunnelToRelay::Attach { version: 1, ticket: Ticket([7; 16]) }).await.unwrap();
+    assert_eq!(f.read::<RelayToTunnel>().await.unwrap(), RelayToTunnel::Error(ErrorCode::BadTicket));
+    relay_still_serves(&relay).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_handshakes_are_cut_at_the_deadline() {
+    let options = RelayOptions { handshake_timeout: Duration::from_millis(500), ..Default::default() };
+    let relay = TestRelay::start_with(options).await;
+    let desktop = EchoServer::start().await;
+    let _agent = relay.agent("pc-ok", PW).target(desktop.addr).run().await;
+
+    // Silent TCP: never starts TLS.
+    let mut silent = TcpStream::connect(relay.addr).await.unwrap();
+    let started = std::time::Instant::now();
+    read_until_closed(&mut silent).await;
+    assert!(started.elapsed() >= Duration::from_millis(400));
+
+    // TLS done, but no hello.
+    let mut quiet = tls(&relay, alpn::CLIENT).await;
+    let answer = read_until_closed(&mut quiet).await;
+    let mut buf = BytesMut::from(&answer[..]);
+    assert_eq!(decode_frame::<RelayToClient>(&mut buf).unwrap(), Some(RelayToClient::Error(ErrorCode::ProtocolViolation)));
+
+    // Half a frame, then silence.
+    let mut half = tls(&relay, alpn::CONTROL).await;
+    half.write_all(&[0, 0, 0, 50, 1, 2]).await.unwrap();
+    read_until_closed(&mut half).await;
+
+    relay_still_serves(&relay).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unauthenticated_connections_are_capped() {
+    let options = RelayOptions { max_unauthenticated: 2, ..Default::default() };
+    let relay = TestRelay::start_with(options).await;
+    let _a = TcpStream::connect(relay.addr).await.unwrap();
+    let _b = TcpStream::connect(relay.addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut third = TcpStream::connect(relay.addr).await.unwrap();
+    let mut buf = [0u8; 1];
+    let n = tokio::time::timeout(Duration::from_secs(2), third.read(&mut buf)).await.expect("closed at once");
+    assert!(matches!(n, Ok(0) | Err(_)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_inside_a_paired_tunnel_is_refused_by_the_agent() {
+    let relay = TestRelay::start().await;
+    let desktop = EchoServer::start().await;
+    let _agent = relay.agent("pc-ok", PW).target(desktop.addr).run().await;
+    let mut f = Framed::new(tls(&relay, alpn::CLIENT).await);
+    f.write(&telework_protocol::messages::ClientToRelay::Connect { version: 1, id: "pc-ok".parse().unwrap() })
+        .await
+        .unwrap();
+    assert_eq!(f.read::<RelayToClient>().await.unwrap(), RelayToClient::Paired);
+    let (mut s, _) = f.into_parts();
+    s.write_all(&[0, 0, 0, 4, 9, 9, 9, 9]).await.unwrap();
+    let answer = read_until_closed(&mut s).await;
+    let mut buf = BytesMut::from(&answer[..]);
+    let refusal = decode_frame::<telework_protocol::e2e::messages::AgentHandshake>(&mut buf).unwrap();
+    assert_eq!(
+        refusal,
+        Some(telework_protocol::e2e::messages::AgentHandshake::Refused(
+            telework_protocol::e2e::messages::Refusal::ProtocolViolation
+        ))
+    );
+    assert_eq!(desktop.connections(), 0);
+    relay_still_serves(&relay).await;
+}
