@@ -31,7 +31,9 @@ pub async fn run(agent: Arc<Agent>) -> Result<(), AgentError> {
             return Ok(());
         }
         match result {
-            Err(AgentError::Refused(code @ (ErrorCode::UnknownId | ErrorCode::BadProof | ErrorCode::VersionTooOld))) => {
+            Err(AgentError::Refused(
+                code @ (ErrorCode::UnknownId | ErrorCode::BadProof | ErrorCode::VersionTooOld),
+            )) => {
                 return Err(AgentError::Refused(code));
             }
             Err(e) => warn!(%e, "control connection lost"),
@@ -57,7 +59,10 @@ async fn online_once(agent: &Arc<Agent>, backoff: &mut Backoff) -> Result<(), Ag
             proof: agent.key.prove(&agent.id, &exporter),
         })
         .await?;
-    match framed.read_within::<RelayToAgent>(HANDSHAKE_TIMEOUT).await? {
+    match framed
+        .read_within::<RelayToAgent>(HANDSHAKE_TIMEOUT)
+        .await?
+    {
         RelayToAgent::Welcome => {}
         RelayToAgent::Error(code) => return Err(AgentError::Refused(code)),
         _ => return Err(AgentError::Unexpected),

@@ -145,7 +145,10 @@ impl Agent {
     ///
     /// # Errors
     /// [`AgentError::Refused`] when the relay does not know this machine or refuses its key.
-    pub async fn run(self: Arc<Self>, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
+    pub async fn run(
+        self: Arc<Self>,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), AgentError> {
         let result = tokio::select! {
             r = control::run(self.clone()) => r,
             () = shutdown => Ok(()),

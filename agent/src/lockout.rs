@@ -57,7 +57,9 @@ impl Lockout {
         if self.failures < FREE_TRIES {
             return Ok(FREE_TRIES - self.failures);
         }
-        let lock = FIRST_LOCKOUT.saturating_mul(1u32 << self.lockouts.min(16)).min(MAX_LOCKOUT);
+        let lock = FIRST_LOCKOUT
+            .saturating_mul(1u32 << self.lockouts.min(16))
+            .min(MAX_LOCKOUT);
         self.lockouts += 1;
         self.failures = 0;
         self.locked_until = Some(now + lock);
@@ -96,7 +98,10 @@ mod tests {
                 }
             }
         }
-        assert_eq!(l.begin(t0 + Duration::from_secs(59)), Err(Refused::LockedOut(Duration::from_secs(1))));
+        assert_eq!(
+            l.begin(t0 + Duration::from_secs(59)),
+            Err(Refused::LockedOut(Duration::from_secs(1)))
+        );
         let t1 = t0 + FIRST_LOCKOUT;
         for _ in 0..FREE_TRIES - 1 {
             l.begin(t1).unwrap();

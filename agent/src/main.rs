@@ -90,34 +90,52 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Register { data_dir, relay, relay_fingerprint, relay_ca, token, id } => {
+        Command::Register {
+            data_dir,
+            relay,
+            relay_fingerprint,
+            relay_ca,
+            token,
+            id,
+        } => {
             let data = DataDir::open(&data_dir)?;
             let id = match id {
                 Some(id) => id,
                 None => suggested_id()?,
             };
-            relay.parse::<telework_protocol::net::connect::RelayAddr>().map_err(|e| anyhow::anyhow!("--relay {relay}: {e}"))?;
+            relay
+                .parse::<telework_protocol::net::connect::RelayAddr>()
+                .map_err(|e| anyhow::anyhow!("--relay {relay}: {e}"))?;
             let settings = AgentSettings {
                 computer_id: id,
                 relay,
                 relay_fingerprint: relay_fingerprint.map(|f| f.to_string()),
                 relay_ca,
             };
-            let id = runtime()?.block_on(telework_agent::register::register(&data, &settings, token))?;
+            let id =
+                runtime()?.block_on(telework_agent::register::register(&data, &settings, token))?;
             println!("registered as computer ID: {id}");
             if data.password()?.is_none() {
                 println!("next: set the connection password with 'telework-agent set-password --data-dir {}'", data_dir.display());
             }
             Ok(())
         }
-        Command::SetPassword { data_dir, password_stdin } => {
+        Command::SetPassword {
+            data_dir,
+            password_stdin,
+        } => {
             let data = DataDir::open(&data_dir)?;
             let password = if password_stdin {
                 let mut line = String::new();
-                std::io::stdin().lock().read_line(&mut line).context("reading the password from standard input")?;
+                std::io::stdin()
+                    .lock()
+                    .read_line(&mut line)
+                    .context("reading the password from standard input")?;
                 zeroize::Zeroizing::new(line.trim_end_matches(['\r', '\n']).to_owned())
             } else {
-                let first = zeroize::Zeroizing::new(rpassword::prompt_password("New connection password: ")?);
+                let first = zeroize::Zeroizing::new(rpassword::prompt_password(
+                    "New connection password: ",
+                )?);
                 let again = zeroize::Zeroizing::new(rpassword::prompt_password("Repeat it: ")?);
                 if *first != *again {
                     bail!("the two passwords differ; nothing was changed");
@@ -127,7 +145,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             if password.chars().count() < MIN_PASSWORD_LEN {
                 bail!("the password needs at least {MIN_PASSWORD_LEN} characters; nothing was changed");
             }
-            let record = PasswordRecord::create(password.as_bytes()).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let record =
+                PasswordRecord::create(password.as_bytes()).map_err(|e| anyhow::anyhow!("{e}"))?;
             data.save_password(&record)?;
             println!("connection password set (stored as an OPAQUE record; the password itself is not kept)");
             Ok(())
@@ -151,8 +170,9 @@ fn suggested_id() -> anyhow::Result<ComputerId> {
         .ok()
         .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
         .unwrap_or_default();
-    ComputerId::suggest_from_hostname(host.trim())
-        .with_context(|| format!("cannot make a computer ID from the host name {host:?}; pass --id"))
+    ComputerId::suggest_from_hostname(host.trim()).with_context(|| {
+        format!("cannot make a computer ID from the host name {host:?}; pass --id")
+    })
 }
 
 async fn shutdown_signal() {

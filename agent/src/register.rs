@@ -16,7 +16,11 @@ use crate::AgentError;
 /// # Errors
 /// [`AgentError`] with the relay's reason (ID taken, token required, …) or the connection
 /// problem.
-pub async fn register(data: &DataDir, settings: &AgentSettings, token: Option<String>) -> Result<ComputerId, AgentError> {
+pub async fn register(
+    data: &DataDir,
+    settings: &AgentSettings,
+    token: Option<String>,
+) -> Result<ComputerId, AgentError> {
     let key = data.machine_key()?;
     let relay = settings.relay_addr()?;
     let tls = settings.relay_trust()?.client_config(alpn::CONTROL)?;
@@ -33,7 +37,10 @@ pub async fn register(data: &DataDir, settings: &AgentSettings, token: Option<St
             proof: key.prove(&id, &exporter),
         })
         .await?;
-    match framed.read_within::<RelayToAgent>(HANDSHAKE_TIMEOUT).await? {
+    match framed
+        .read_within::<RelayToAgent>(HANDSHAKE_TIMEOUT)
+        .await?
+    {
         RelayToAgent::Registered { id: got } if got == id => {
             data.save_settings(settings)?;
             Ok(id)

@@ -30,7 +30,10 @@ impl Sessions {
     /// Starts a session; returns its id and handle.
     pub fn start(&self, secret: ResumptionSecret) -> (SessionId, Arc<Session>) {
         let id = SessionId::random();
-        let session = Arc::new(Session { secret, ended: CancellationToken::new() });
+        let session = Arc::new(Session {
+            secret,
+            ended: CancellationToken::new(),
+        });
         self.lock().insert(id, session.clone());
         (id, session)
     }

@@ -62,7 +62,9 @@ impl DataDir {
     /// If it cannot be created.
     pub fn open(root: &Path) -> Result<Self, StateError> {
         create_private_dir(root)?;
-        Ok(Self { root: root.to_path_buf() })
+        Ok(Self {
+            root: root.to_path_buf(),
+        })
     }
 
     fn path(&self, name: &str) -> PathBuf {
@@ -76,13 +78,22 @@ impl DataDir {
     pub fn machine_key(&self) -> Result<MachineKey, StateError> {
         let path = self.path(KEY_FILE);
         match std::fs::read(&path) {
-            Ok(bytes) => MachineKey::from_pkcs8(&bytes).map_err(|e| StateError::Damaged { path, detail: e.to_string() }),
+            Ok(bytes) => MachineKey::from_pkcs8(&bytes).map_err(|e| StateError::Damaged {
+                path,
+                detail: e.to_string(),
+            }),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                let key = MachineKey::generate().map_err(|e| StateError::Damaged { path: path.clone(), detail: e.to_string() })?;
+                let key = MachineKey::generate().map_err(|e| StateError::Damaged {
+                    path: path.clone(),
+                    detail: e.to_string(),
+                })?;
                 write_private(&path, key.pkcs8())?;
                 Ok(key)
             }
-            Err(e) => Err(StateError::Io(io::Error::new(e.kind(), format!("cannot read {}: {e}", path.display())))),
+            Err(e) => Err(StateError::Io(io::Error::new(
+                e.kind(),
+                format!("cannot read {}: {e}", path.display()),
+            ))),
         }
     }
 
@@ -94,10 +105,15 @@ impl DataDir {
         let path = self.path(SETTINGS_FILE);
         let text = match std::fs::read_to_string(&path) {
             Ok(t) => t,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(StateError::NotRegistered(path)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(StateError::NotRegistered(path))
+            }
             Err(e) => return Err(StateError::Io(e)),
         };
-        toml::from_str(&text).map_err(|e| StateError::Damaged { path, detail: e.to_string() })
+        toml::from_str(&text).map_err(|e| StateError::Damaged {
+            path,
+            detail: e.to_string(),
+        })
     }
 
     /// Saves the settings.
@@ -130,9 +146,14 @@ impl DataDir {
     pub fn password(&self) -> Result<Option<PasswordRecord>, StateError> {
         let path = self.path(PASSWORD_FILE);
         match std::fs::read(&path) {
-            Ok(bytes) => PasswordRecord::from_bytes(&bytes)
-                .map(Some)
-                .map_err(|e| StateError::Damaged { path, detail: e.to_string() }),
+            Ok(bytes) => {
+                PasswordRecord::from_bytes(&bytes)
+                    .map(Some)
+                    .map_err(|e| StateError::Damaged {
+                        path,
+                        detail: e.to_string(),
+                    })
+            }
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(StateError::Io(e)),
         }
@@ -145,10 +166,14 @@ impl AgentSettings {
     /// # Errors
     /// If the stored address is not `host:port`.
     pub fn relay_addr(&self) -> Result<RelayAddr, StateError> {
-        self.relay.parse().map_err(|e: telework_protocol::net::connect::BadRelayAddr| StateError::Damaged {
-            path: SETTINGS_FILE.into(),
-            detail: format!("relay: {e}"),
-        })
+        self.relay
+            .parse()
+            .map_err(
+                |e: telework_protocol::net::connect::BadRelayAddr| StateError::Damaged {
+                    path: SETTINGS_FILE.into(),
+                    detail: format!("relay: {e}"),
+                },
+            )
     }
 
     /// How to trust the relay: the pinned fingerprint, the pinned CA, or the system roots.
@@ -157,14 +182,21 @@ impl AgentSettings {
     /// If the stored pin is malformed or the CA file unreadable.
     pub fn relay_trust(&self) -> Result<RelayTrust, StateError> {
         if let Some(fp) = &self.relay_fingerprint {
-            let fp: CertFingerprint = fp.parse().map_err(|e: telework_protocol::fingerprint::BadFingerprint| StateError::Damaged {
-                path: SETTINGS_FILE.into(),
-                detail: format!("relay_fingerprint: {e}"),
-            })?;
+            let fp: CertFingerprint =
+                fp.parse()
+                    .map_err(|e: telework_protocol::fingerprint::BadFingerprint| {
+                        StateError::Damaged {
+                            path: SETTINGS_FILE.into(),
+                            detail: format!("relay_fingerprint: {e}"),
+                        }
+                    })?;
             return Ok(RelayTrust::Fingerprint(fp));
         }
         if let Some(ca) = &self.relay_ca {
-            return RelayTrust::ca_file(ca).map_err(|e| StateError::Damaged { path: ca.clone(), detail: e.to_string() });
+            return RelayTrust::ca_file(ca).map_err(|e| StateError::Damaged {
+                path: ca.clone(),
+                detail: e.to_string(),
+            });
         }
         Ok(RelayTrust::SystemRoots)
     }
@@ -184,7 +216,10 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(dir.path().join("agent").join(KEY_FILE)).unwrap().permissions().mode();
+            let mode = std::fs::metadata(dir.path().join("agent").join(KEY_FILE))
+                .unwrap()
+                .permissions()
+                .mode();
             assert_eq!(mode & 0o777, 0o600);
         }
     }
@@ -202,7 +237,10 @@ mod tests {
         };
         data.save_settings(&s).unwrap();
         assert_eq!(data.settings().unwrap(), s);
-        assert!(matches!(s.relay_trust().unwrap(), RelayTrust::Fingerprint(_)));
+        assert!(matches!(
+            s.relay_trust().unwrap(),
+            RelayTrust::Fingerprint(_)
+        ));
         std::fs::write(dir.path().join(SETTINGS_FILE), "computer_id = 5").unwrap();
         assert!(matches!(data.settings(), Err(StateError::Damaged { .. })));
     }
@@ -212,7 +250,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let data = DataDir::open(dir.path()).unwrap();
         assert!(data.password().unwrap().is_none());
-        data.save_password(&PasswordRecord::create(b"hunter2hunter2").unwrap()).unwrap();
+        data.save_password(&PasswordRecord::create(b"hunter2hunter2").unwrap())
+            .unwrap();
         assert!(data.password().unwrap().is_some());
         let raw = std::fs::read(dir.path().join(PASSWORD_FILE)).unwrap();
         assert!(!raw.windows(14).any(|w| w == b"hunter2hunter2"));

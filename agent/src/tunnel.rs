@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use telework_protocol::e2e::keys::{after_login, Role};
-use telework_protocol::e2e::messages::{AgentHandshake, AgentNotice, ClientHandshake, EndReason, Refusal};
+use telework_protocol::e2e::messages::{
+    AgentHandshake, AgentNotice, ClientHandshake, EndReason, Refusal,
+};
 use telework_protocol::e2e::pake::AgentLogin;
 use telework_protocol::e2e::resume::AgentResume;
 use telework_protocol::messages::{RelayToTunnel, TunnelToRelay, PROTOCOL_VERSION};
@@ -36,15 +38,27 @@ pub async fn serve(agent: Arc<Agent>, ticket: Ticket) -> Result<(), AgentError> 
     let tls = agent.tunnel_tls.clone();
     let stream = connect(&agent.relay, tls).await?;
     let mut framed = Framed::new(stream);
-    framed.write(&TunnelToRelay::Attach { version: PROTOCOL_VERSION, ticket }).await?;
-    match framed.read_within::<RelayToTunnel>(HANDSHAKE_TIMEOUT).await? {
+    framed
+        .write(&TunnelToRelay::Attach {
+            version: PROTOCOL_VERSION,
+            ticket,
+        })
+        .await?;
+    match framed
+        .read_within::<RelayToTunnel>(HANDSHAKE_TIMEOUT)
+        .await?
+    {
         RelayToTunnel::Attached => {}
         RelayToTunnel::Error(code) => return Err(AgentError::Refused(code)),
     }
-    let first = framed.read_within::<ClientHandshake>(E2E_STEP_TIMEOUT).await;
+    let first = framed
+        .read_within::<ClientHandshake>(E2E_STEP_TIMEOUT)
+        .await;
     match first {
         Ok(ClientHandshake::Login { request }) => login(agent, framed, request).await,
-        Ok(ClientHandshake::Resume { session, nonce }) => resume(agent, framed, session, nonce).await,
+        Ok(ClientHandshake::Resume { session, nonce }) => {
+            resume(agent, framed, session, nonce).await
+        }
         Ok(_) | Err(FrameError::Decode(_)) => refuse(&mut framed, Refusal::ProtocolViolation).await,
         Err(e) => Err(e.into()),
     }
@@ -58,7 +72,9 @@ async fn refuse(framed: &mut Tunnel, why: Refusal) -> Result<(), AgentError> {
 
 fn lockout_refusal(r: Refused) -> Refusal {
     match r {
-        Refused::LockedOut(d) => Refusal::LockedOut { retry_after_secs: d.as_secs().max(1) },
+        Refused::LockedOut(d) => Refusal::LockedOut {
+            retry_after_secs: d.as_secs().max(1),
+        },
         Refused::Busy => Refusal::Busy,
     }
 }
@@ -84,8 +100,15 @@ async fn login(agent: Arc<Agent>, mut framed: Tunnel, request: Vec<u8>) -> Resul
         }
     };
     let outcome = async {
-        framed.write(&AgentHandshake::LoginChallenge { response }).await.ok()?;
-        match framed.read_within::<ClientHandshake>(E2E_STEP_TIMEOUT).await.ok()? {
+        framed
+            .write(&AgentHandshake::LoginChallenge { response })
+            .await
+            .ok()?;
+        match framed
+            .read_within::<ClientHandshake>(E2E_STEP_TIMEOUT)
+            .await
+            .ok()?
+        {
             ClientHandshake::LoginFinish { finalization } => state.finish(&finalization).ok(),
             _ => None,
         }
@@ -97,7 +120,9 @@ async fn login(agent: Arc<Agent>, mut framed: Tunnel, request: Vec<u8>) -> Resul
         let failed = agent.lockout().fail(Instant::now());
         let why = match failed {
             Ok(tries_left) => Refusal::WrongPassword { tries_left },
-            Err(lock) => Refusal::LockedOut { retry_after_secs: lock.as_secs() },
+            Err(lock) => Refusal::LockedOut {
+                retry_after_secs: lock.as_secs(),
+            },
         };
         warn!(?why, "login failed");
         return refuse(&mut framed, why).await;
@@ -108,7 +133,11 @@ async fn login(agent: Arc<Agent>, mut framed: Tunnel, request: Vec<u8>) -> Resul
     info!(session = %session_id, "session started");
     let (stream, leftover) = framed.into_parts();
     let mut tunnel = SecureTunnel::new(stream, leftover, keys);
-    tunnel.send_notice(&AgentNotice::SessionReady { session: session_id }).await?;
+    tunnel
+        .send_notice(&AgentNotice::SessionReady {
+            session: session_id,
+        })
+        .await?;
     // This first tunnel stays open for the session's life and carries no desktop bytes: its
     // close ends the session, and it is how the agent tells the client why a session ended.
     let end = tokio::select! {
@@ -128,14 +157,27 @@ async fn login(agent: Arc<Agent>, mut framed: Tunnel, request: Vec<u8>) -> Resul
     Ok(())
 }
 
-async fn resume(agent: Arc<Agent>, mut framed: Tunnel, session_id: SessionId, nonce: [u8; 32]) -> Result<(), AgentError> {
+async fn resume(
+    agent: Arc<Agent>,
+    mut framed: Tunnel,
+    session_id: SessionId,
+    nonce: [u8; 32],
+) -> Result<(), AgentError> {
     let Some(session) = agent.sessions.get(&session_id) else {
         return refuse(&mut framed, Refusal::SessionInvalid).await;
     };
     let handshake = AgentResume::respond(session_id, &session.secret, &nonce);
     let (agent_nonce, mac) = handshake.challenge();
-    framed.write(&AgentHandshake::ResumeChallenge { nonce: agent_nonce, mac }).await?;
-    let ClientHandshake::ResumeFinish { mac } = framed.read_within::<ClientHandshake>(E2E_STEP_TIMEOUT).await? else {
+    framed
+        .write(&AgentHandshake::ResumeChallenge {
+            nonce: agent_nonce,
+            mac,
+        })
+        .await?;
+    let ClientHandshake::ResumeFinish { mac } = framed
+        .read_within::<ClientHandshake>(E2E_STEP_TIMEOUT)
+        .await?
+    else {
         return refuse(&mut framed, Refusal::ProtocolViolation).await;
     };
     let Ok(keys) = handshake.finish(&mac) else {
@@ -145,21 +187,23 @@ async fn resume(agent: Arc<Agent>, mut framed: Tunnel, session_id: SessionId, no
     let (stream, leftover) = framed.into_parts();
     let mut tunnel = SecureTunnel::new(stream, leftover, keys);
     // Only now, with the client proven, do we touch the desktop service.
-    let target = match tokio::time::timeout(TARGET_CONNECT_TIMEOUT, TcpStream::connect(&agent.target)).await {
-        Ok(Ok(t)) => t,
-        Ok(Err(e)) => {
-            warn!(target = %agent.target, %e, "desktop service refused the connection");
-            tunnel.send_notice(&AgentNotice::TargetRefused).await?;
-            let _ = tunnel.finish().await;
-            return Ok(());
-        }
-        Err(_) => {
-            warn!(target = %agent.target, "desktop service did not answer");
-            tunnel.send_notice(&AgentNotice::TargetRefused).await?;
-            let _ = tunnel.finish().await;
-            return Ok(());
-        }
-    };
+    let target =
+        match tokio::time::timeout(TARGET_CONNECT_TIMEOUT, TcpStream::connect(&agent.target)).await
+        {
+            Ok(Ok(t)) => t,
+            Ok(Err(e)) => {
+                warn!(target = %agent.target, %e, "desktop service refused the connection");
+                tunnel.send_notice(&AgentNotice::TargetRefused).await?;
+                let _ = tunnel.finish().await;
+                return Ok(());
+            }
+            Err(_) => {
+                warn!(target = %agent.target, "desktop service did not answer");
+                tunnel.send_notice(&AgentNotice::TargetRefused).await?;
+                let _ = tunnel.finish().await;
+                return Ok(());
+            }
+        };
     let _ = target.set_nodelay(true);
     tunnel.send_notice(&AgentNotice::TargetConnected).await?;
     debug!(session = %session_id, "forwarding to the desktop service");

@@ -55,7 +55,13 @@ mod tests {
             ClientError::Refused(Refusal::WrongPassword { tries_left: 4 }).to_string(),
             "wrong password, 4 tries left before the office PC locks out"
         );
-        assert!(ClientError::Relay(ErrorCode::Offline).to_string().contains("office PC is offline"));
-        assert!(ClientError::Refused(Refusal::LockedOut { retry_after_secs: 300 }).to_string().contains("5 minutes"));
+        assert!(ClientError::Relay(ErrorCode::Offline)
+            .to_string()
+            .contains("office PC is offline"));
+        assert!(ClientError::Refused(Refusal::LockedOut {
+            retry_after_secs: 300
+        })
+        .to_string()
+        .contains("5 minutes"));
     }
 }

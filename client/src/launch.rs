@@ -87,14 +87,25 @@ pub fn plan(
         let path = rdp_dir.join(format!("telework-{computer}.rdp"));
         let mut args = extra;
         args.push(path.display().to_string());
-        LaunchPlan { program: opener.into(), args, rdp_file: Some((path, rdp_file(addr, computer))) }
+        LaunchPlan {
+            program: opener.into(),
+            args,
+            rdp_file: Some((path, rdp_file(addr, computer))),
+        }
     };
     match (choice, os) {
         (LaunchChoice::None, _) => Ok(None),
-        (LaunchChoice::Auto, Os::Windows) | (LaunchChoice::Mstsc, Os::Windows) => Ok(Some(rdp_plan("mstsc", vec![]))),
+        (LaunchChoice::Auto, Os::Windows) | (LaunchChoice::Mstsc, Os::Windows) => {
+            Ok(Some(rdp_plan("mstsc", vec![])))
+        }
         (LaunchChoice::Mstsc, _) => Err(LaunchError::WrongOs("mstsc")),
-        (LaunchChoice::Auto, Os::MacOs) | (LaunchChoice::RdpFile, Os::MacOs) => Ok(Some(rdp_plan("open", vec![]))),
-        (LaunchChoice::RdpFile, Os::Windows) => Ok(Some(rdp_plan("cmd", vec!["/C".into(), "start".into(), String::new()]))),
+        (LaunchChoice::Auto, Os::MacOs) | (LaunchChoice::RdpFile, Os::MacOs) => {
+            Ok(Some(rdp_plan("open", vec![])))
+        }
+        (LaunchChoice::RdpFile, Os::Windows) => Ok(Some(rdp_plan(
+            "cmd",
+            vec!["/C".into(), "start".into(), String::new()],
+        ))),
         (LaunchChoice::RdpFile, Os::Linux) => Ok(Some(rdp_plan("xdg-open", vec![]))),
         (LaunchChoice::Auto, Os::Linux) => Ok(freerdp().map(|p| xfreerdp_plan(p, addr, computer))),
         (LaunchChoice::Xfreerdp, _) => freerdp()
@@ -106,7 +117,11 @@ pub fn plan(
 fn xfreerdp_plan(program: PathBuf, addr: SocketAddr, computer: &str) -> LaunchPlan {
     LaunchPlan {
         program,
-        args: vec![format!("/v:{addr}"), format!("/title:{computer} (telework)"), "/dynamic-resolution".into()],
+        args: vec![
+            format!("/v:{addr}"),
+            format!("/title:{computer} (telework)"),
+            "/dynamic-resolution".into(),
+        ],
         rdp_file: None,
     }
 }
@@ -125,7 +140,7 @@ pub fn rdp_file(addr: SocketAddr, computer: &str) -> String {
         // The office PC's certificate is checked end to end by telework's own handshake;
         // the RDP client still shows its usual prompt for the desktop's certificate.
         "authentication level:i:2".into(),
-        format!("alternate shell:s:"),
+        "alternate shell:s:".into(),
         format!("remoteapplicationname:s:{computer}"),
         String::new(),
     ]
@@ -135,7 +150,9 @@ pub fn rdp_file(addr: SocketAddr, computer: &str) -> String {
 /// Looks a program up on `PATH`.
 pub fn find_on_path(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path).map(|dir| dir.join(name)).find(|p| p.is_file())
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
 }
 
 /// Writes the plan's `.rdp` file, if any, and starts the program without waiting for it.
@@ -164,13 +181,25 @@ mod tests {
     fn auto_picks_the_usual_client_per_os() {
         let dir = Path::new("/tmp");
         let found = |n: &str| (n == "xfreerdp").then(|| PathBuf::from("/usr/bin/xfreerdp"));
-        let linux = plan(LaunchChoice::Auto, Os::Linux, addr(), "pc-1", dir, found).unwrap().unwrap();
+        let linux = plan(LaunchChoice::Auto, Os::Linux, addr(), "pc-1", dir, found)
+            .unwrap()
+            .unwrap();
         assert_eq!(linux.program, PathBuf::from("/usr/bin/xfreerdp"));
         assert!(linux.args.contains(&"/v:127.0.0.1:53389".to_string()));
-        let win = plan(LaunchChoice::Auto, Os::Windows, addr(), "pc-1", dir, |_| None).unwrap().unwrap();
+        let win = plan(LaunchChoice::Auto, Os::Windows, addr(), "pc-1", dir, |_| {
+            None
+        })
+        .unwrap()
+        .unwrap();
         assert_eq!(win.program, PathBuf::from("mstsc"));
-        assert!(win.rdp_file.unwrap().1.contains("full address:s:127.0.0.1:53389"));
-        let mac = plan(LaunchChoice::Auto, Os::MacOs, addr(), "pc-1", dir, |_| None).unwrap().unwrap();
+        assert!(win
+            .rdp_file
+            .unwrap()
+            .1
+            .contains("full address:s:127.0.0.1:53389"));
+        let mac = plan(LaunchChoice::Auto, Os::MacOs, addr(), "pc-1", dir, |_| None)
+            .unwrap()
+            .unwrap();
         assert_eq!(mac.program, PathBuf::from("open"));
         assert_eq!(mac.args, vec!["/tmp/telework-pc-1.rdp".to_string()]);
     }
@@ -178,15 +207,35 @@ mod tests {
     #[test]
     fn missing_or_foreign_launchers_are_clear_errors() {
         let dir = Path::new("/tmp");
-        assert_eq!(plan(LaunchChoice::Auto, Os::Linux, addr(), "pc", dir, |_| None), Ok(None));
         assert_eq!(
-            plan(LaunchChoice::Xfreerdp, Os::Linux, addr(), "pc", dir, |_| None),
+            plan(LaunchChoice::Auto, Os::Linux, addr(), "pc", dir, |_| None),
+            Ok(None)
+        );
+        assert_eq!(
+            plan(LaunchChoice::Xfreerdp, Os::Linux, addr(), "pc", dir, |_| {
+                None
+            }),
             Err(LaunchError::NotFound("xfreerdp"))
         );
-        assert_eq!(plan(LaunchChoice::Mstsc, Os::Linux, addr(), "pc", dir, |_| None), Err(LaunchError::WrongOs("mstsc")));
-        assert_eq!(plan(LaunchChoice::None, Os::Windows, addr(), "pc", dir, |_| None), Ok(None));
+        assert_eq!(
+            plan(LaunchChoice::Mstsc, Os::Linux, addr(), "pc", dir, |_| None),
+            Err(LaunchError::WrongOs("mstsc"))
+        );
+        assert_eq!(
+            plan(LaunchChoice::None, Os::Windows, addr(), "pc", dir, |_| None),
+            Ok(None)
+        );
         let freerdp3 = |n: &str| (n == "xfreerdp3").then(|| PathBuf::from("/usr/bin/xfreerdp3"));
-        let p = plan(LaunchChoice::Xfreerdp, Os::Linux, addr(), "pc", dir, freerdp3).unwrap().unwrap();
+        let p = plan(
+            LaunchChoice::Xfreerdp,
+            Os::Linux,
+            addr(),
+            "pc",
+            dir,
+            freerdp3,
+        )
+        .unwrap()
+        .unwrap();
         assert_eq!(p.program, PathBuf::from("/usr/bin/xfreerdp3"));
     }
 
@@ -194,6 +243,10 @@ mod tests {
     fn rdp_file_uses_crlf_and_the_local_address() {
         let f = rdp_file("[::1]:4000".parse().unwrap(), "pc");
         assert!(f.starts_with("full address:s:[::1]:4000\r\n"));
-        assert!(f.lines().all(|l| l.is_empty() || l.splitn(3, ':').count() == 3), "{f}");
+        assert!(
+            f.lines()
+                .all(|l| l.is_empty() || l.splitn(3, ':').count() == 3),
+            "{f}"
+        );
     }
 }

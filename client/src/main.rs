@@ -76,11 +76,18 @@ fn main() -> ExitCode {
 fn read_password(args: &ConnectArgs) -> anyhow::Result<Zeroizing<String>> {
     if args.password_stdin {
         let mut line = String::new();
-        std::io::stdin().lock().read_line(&mut line).context("reading the password from standard input")?;
-        Ok(Zeroizing::new(line.trim_end_matches(['\r', '\n']).to_owned()))
+        std::io::stdin()
+            .lock()
+            .read_line(&mut line)
+            .context("reading the password from standard input")?;
+        Ok(Zeroizing::new(
+            line.trim_end_matches(['\r', '\n']).to_owned(),
+        ))
     } else {
         let prompt = format!("Connection password for {}: ", args.id);
-        Ok(Zeroizing::new(rpassword::prompt_password(prompt).context("reading the password")?))
+        Ok(Zeroizing::new(
+            rpassword::prompt_password(prompt).context("reading the password")?,
+        ))
     }
 }
 
@@ -90,7 +97,11 @@ fn connect(args: ConnectArgs) -> anyhow::Result<()> {
         (None, Some(ca)) => RelayTrust::ca_file(ca)?,
         (None, None) => RelayTrust::SystemRoots,
     };
-    let target = Target { relay: args.relay.clone(), trust, id: args.id.clone() };
+    let target = Target {
+        relay: args.relay.clone(),
+        trust,
+        id: args.id.clone(),
+    };
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async {
         let mut tries = 0;
@@ -99,7 +110,11 @@ fn connect(args: ConnectArgs) -> anyhow::Result<()> {
             eprintln!("connecting to {} through {} …", args.id, args.relay);
             match Session::login(&target, password.as_bytes()).await {
                 Ok(s) => break s,
-                Err(e) if e.is_wrong_password() && !args.password_stdin && tries + 1 < PROMPT_TRIES => {
+                Err(e)
+                    if e.is_wrong_password()
+                        && !args.password_stdin
+                        && tries + 1 < PROMPT_TRIES =>
+                {
                     eprintln!("telework: {e}");
                     tries += 1;
                 }
@@ -112,7 +127,14 @@ fn connect(args: ConnectArgs) -> anyhow::Result<()> {
         let local = listener.local_addr()?;
         println!("connected to {}: point your RDP client at {local}", args.id);
         let rdp_dir = std::env::temp_dir();
-        match launch::plan(args.launch, Os::current(), local, args.id.as_str(), &rdp_dir, launch::find_on_path) {
+        match launch::plan(
+            args.launch,
+            Os::current(),
+            local,
+            args.id.as_str(),
+            &rdp_dir,
+            launch::find_on_path,
+        ) {
             Ok(Some(plan)) => match launch::launch(&plan) {
                 Ok(_child) => eprintln!("started {}", plan.program.display()),
                 Err(e) => eprintln!("telework: could not start {}: {e}", plan.program.display()),
@@ -121,7 +143,12 @@ fn connect(args: ConnectArgs) -> anyhow::Result<()> {
             Err(e) => eprintln!("telework: {e}"),
         }
         eprintln!("press Ctrl-C to end the session");
-        match session.serve(listener, async { let _ = tokio::signal::ctrl_c().await; }).await {
+        match session
+            .serve(listener, async {
+                let _ = tokio::signal::ctrl_c().await;
+            })
+            .await
+        {
             Ok(_) => {
                 println!("session closed");
                 Ok(())

@@ -60,10 +60,19 @@ pub struct Session {
     agent_key: Vec<u8>,
 }
 
-async fn pair(relay: &RelayAddr, tls: &Arc<rustls::ClientConfig>, id: &ComputerId) -> Result<Framed<TlsStream<TcpStream>>, ClientError> {
+async fn pair(
+    relay: &RelayAddr,
+    tls: &Arc<rustls::ClientConfig>,
+    id: &ComputerId,
+) -> Result<Framed<TlsStream<TcpStream>>, ClientError> {
     let stream = connect(relay, tls.clone()).await?;
     let mut framed = Framed::new(stream);
-    framed.write(&ClientToRelay::Connect { version: PROTOCOL_VERSION, id: id.clone() }).await?;
+    framed
+        .write(&ClientToRelay::Connect {
+            version: PROTOCOL_VERSION,
+            id: id.clone(),
+        })
+        .await?;
     match framed.read_within::<RelayToClient>(PAIRING_TIMEOUT).await? {
         RelayToClient::Paired => Ok(framed),
         RelayToClient::Error(code) => Err(ClientError::Relay(code)),
@@ -81,7 +90,10 @@ impl Session {
         let mut framed = pair(&target.relay, &tls, &target.id).await?;
         let (state, request) = ClientLogin::start(password).map_err(|_| ClientError::BadProof)?;
         framed.write(&ClientHandshake::Login { request }).await?;
-        let response = match framed.read_within::<AgentHandshake>(E2E_STEP_TIMEOUT).await? {
+        let response = match framed
+            .read_within::<AgentHandshake>(E2E_STEP_TIMEOUT)
+            .await?
+        {
             AgentHandshake::LoginChallenge { response } => response,
             AgentHandshake::Refused(why) => return Err(ClientError::Refused(why)),
             AgentHandshake::ResumeChallenge { .. } => return Err(ClientError::BadProof),
@@ -89,21 +101,28 @@ impl Session {
         // Argon2id takes tens of milliseconds: keep it off the async workers.
         let password_owned = zeroize::Zeroizing::new(password.to_vec());
         let id = target.id.clone();
-        let finished = tokio::task::spawn_blocking(move || state.finish(&password_owned, &response, &id))
-            .await
-            .map_err(|_| ClientError::BadProof)?;
+        let finished =
+            tokio::task::spawn_blocking(move || state.finish(&password_owned, &response, &id))
+                .await
+                .map_err(|_| ClientError::BadProof)?;
         let done = match finished {
             Ok(done) => done,
             Err(PakeError::WrongPassword) => {
                 framed.write(&ClientHandshake::LoginFailed).await?;
                 return match framed.read_within::<AgentHandshake>(E2E_STEP_TIMEOUT).await {
                     Ok(AgentHandshake::Refused(why)) => Err(ClientError::Refused(why)),
-                    _ => Err(ClientError::Refused(Refusal::WrongPassword { tries_left: 0 })),
+                    _ => Err(ClientError::Refused(Refusal::WrongPassword {
+                        tries_left: 0,
+                    })),
                 };
             }
             Err(_) => return Err(ClientError::BadProof),
         };
-        framed.write(&ClientHandshake::LoginFinish { finalization: done.finalization.clone() }).await?;
+        framed
+            .write(&ClientHandshake::LoginFinish {
+                finalization: done.finalization.clone(),
+            })
+            .await?;
         let (keys, secret) = after_login(&done.session_key, Role::Client);
         let (stream, leftover) = framed.into_parts();
         let mut control = SecureTunnel::new(stream, leftover, keys);
@@ -145,7 +164,11 @@ impl Session {
     /// # Errors
     /// [`ClientError::Ended`] with the office PC's reason, or the tunnel failure that ended
     /// the session.
-    pub async fn serve(mut self, listener: TcpListener, shutdown: impl Future<Output = ()>) -> Result<Ended, ClientError> {
+    pub async fn serve(
+        mut self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<Ended, ClientError> {
         let opener = self.opener();
         let tasks = TaskTracker::new();
         tokio::pin!(shutdown);
@@ -212,14 +235,26 @@ impl TunnelOpener {
     pub async fn open(&self) -> Result<Tunnel, ClientError> {
         let mut framed = pair(&self.relay, &self.tls, &self.id).await?;
         let resume = ClientResume::start(self.session, &self.secret);
-        framed.write(&ClientHandshake::Resume { session: self.session, nonce: resume.nonce() }).await?;
-        let (nonce, mac) = match framed.read_within::<AgentHandshake>(E2E_STEP_TIMEOUT).await? {
+        framed
+            .write(&ClientHandshake::Resume {
+                session: self.session,
+                nonce: resume.nonce(),
+            })
+            .await?;
+        let (nonce, mac) = match framed
+            .read_within::<AgentHandshake>(E2E_STEP_TIMEOUT)
+            .await?
+        {
             AgentHandshake::ResumeChallenge { nonce, mac } => (nonce, mac),
             AgentHandshake::Refused(why) => return Err(ClientError::Refused(why)),
             AgentHandshake::LoginChallenge { .. } => return Err(ClientError::BadProof),
         };
-        let (client_mac, keys) = resume.finish(&nonce, &mac).map_err(|_| ClientError::BadProof)?;
-        framed.write(&ClientHandshake::ResumeFinish { mac: client_mac }).await?;
+        let (client_mac, keys) = resume
+            .finish(&nonce, &mac)
+            .map_err(|_| ClientError::BadProof)?;
+        framed
+            .write(&ClientHandshake::ResumeFinish { mac: client_mac })
+            .await?;
         let (stream, leftover) = framed.into_parts();
         let mut tunnel = SecureTunnel::new(stream, leftover, keys);
         match tokio::time::timeout(HANDSHAKE_TIMEOUT, tunnel.recv_notice()).await {

@@ -67,7 +67,12 @@ mod tests {
         let fp = CertFingerprint([0xab; 32]);
         let colons = std::iter::repeat_n("AB", 32).collect::<Vec<_>>().join(":");
         assert_eq!(colons.parse::<CertFingerprint>().unwrap(), fp);
-        assert_eq!(format!("sha256:{}", "ab".repeat(32)).parse::<CertFingerprint>().unwrap(), fp);
+        assert_eq!(
+            format!("sha256:{}", "ab".repeat(32))
+                .parse::<CertFingerprint>()
+                .unwrap(),
+            fp
+        );
         assert!("sha256:abcd".parse::<CertFingerprint>().is_err());
         assert!("sha256:zz".parse::<CertFingerprint>().is_err());
     }

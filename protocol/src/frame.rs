@@ -36,7 +36,10 @@ pub enum DecodeError {
 pub fn encode_frame<T: Serialize>(msg: &T, dst: &mut BytesMut) -> Result<(), EncodeError> {
     let payload = postcard::to_allocvec(msg).map_err(|e| EncodeError(e.to_string()))?;
     if payload.len() > MAX_FRAME_LEN {
-        return Err(EncodeError(format!("{} bytes is over the frame limit", payload.len())));
+        return Err(EncodeError(format!(
+            "{} bytes is over the frame limit",
+            payload.len()
+        )));
     }
     dst.reserve(FRAME_HEADER_LEN + payload.len());
     dst.put_u32(payload.len() as u32);
@@ -124,10 +127,16 @@ mod tests {
     #[test]
     fn oversize_length_is_rejected_before_buffering() {
         let mut buf = BytesMut::from(&[0xff, 0xff, 0xff, 0xff][..]);
-        assert_eq!(decode_frame::<Msg>(&mut buf), Err(DecodeError::TooLarge(0xffff_ffff)));
+        assert_eq!(
+            decode_frame::<Msg>(&mut buf),
+            Err(DecodeError::TooLarge(0xffff_ffff))
+        );
         let mut buf = BytesMut::new();
         buf.put_u32(MAX_FRAME_LEN as u32 + 1);
-        assert!(matches!(decode_frame::<Msg>(&mut buf), Err(DecodeError::TooLarge(_))));
+        assert!(matches!(
+            decode_frame::<Msg>(&mut buf),
+            Err(DecodeError::TooLarge(_))
+        ));
     }
 
     #[test]
@@ -135,7 +144,10 @@ mod tests {
         let mut buf = BytesMut::new();
         buf.put_u32(3);
         buf.put_slice(&[9, 9, 9]);
-        assert!(matches!(decode_frame::<Msg>(&mut buf), Err(DecodeError::Malformed(_))));
+        assert!(matches!(
+            decode_frame::<Msg>(&mut buf),
+            Err(DecodeError::Malformed(_))
+        ));
         let mut buf = BytesMut::new();
         buf.put_u32(3);
         buf.put_slice(&[0, 1, 0]);

@@ -149,10 +149,19 @@ mod tests {
     fn ids_are_case_insensitive_and_bounded() {
         assert_eq!("ABC".parse::<ComputerId>().unwrap().as_str(), "abc");
         assert_eq!("".parse::<ComputerId>(), Err(ComputerIdError::Empty));
-        assert_eq!("a".repeat(32).parse::<ComputerId>(), Err(ComputerIdError::TooLong));
+        assert_eq!(
+            "a".repeat(32).parse::<ComputerId>(),
+            Err(ComputerIdError::TooLong)
+        );
         assert!("a".repeat(31).parse::<ComputerId>().is_ok());
-        assert_eq!("a.b".parse::<ComputerId>(), Err(ComputerIdError::BadChar('.')));
-        assert_eq!("é".parse::<ComputerId>(), Err(ComputerIdError::BadChar('é')));
+        assert_eq!(
+            "a.b".parse::<ComputerId>(),
+            Err(ComputerIdError::BadChar('.'))
+        );
+        assert_eq!(
+            "é".parse::<ComputerId>(),
+            Err(ComputerIdError::BadChar('é'))
+        );
     }
 
     #[test]
@@ -167,6 +176,9 @@ mod tests {
         let bytes = postcard::to_allocvec(&"bad id").unwrap();
         assert!(postcard::from_bytes::<ComputerId>(&bytes).is_err());
         let bytes = postcard::to_allocvec(&"Good-ID").unwrap();
-        assert_eq!(postcard::from_bytes::<ComputerId>(&bytes).unwrap().as_str(), "good-id");
+        assert_eq!(
+            postcard::from_bytes::<ComputerId>(&bytes).unwrap().as_str(),
+            "good-id"
+        );
     }
 }

@@ -127,10 +127,16 @@ mod tests {
     /// Golden bytes: the wire form of a client's connect request must not change by accident.
     #[test]
     fn client_connect_golden_bytes() {
-        let msg = ClientToRelay::Connect { version: 1, id: "pc-01".parse().unwrap() };
+        let msg = ClientToRelay::Connect {
+            version: 1,
+            id: "pc-01".parse().unwrap(),
+        };
         let mut buf = BytesMut::new();
         encode_frame(&msg, &mut buf).unwrap();
-        assert_eq!(&buf[..], &[0, 0, 0, 8, 0, 1, 5, b'p', b'c', b'-', b'0', b'1']);
+        assert_eq!(
+            &buf[..],
+            &[0, 0, 0, 8, 0, 1, 5, b'p', b'c', b'-', b'0', b'1']
+        );
         assert_eq!(decode_frame::<ClientToRelay>(&mut buf).unwrap(), Some(msg));
     }
 
@@ -145,7 +151,11 @@ mod tests {
                 token: Some("t".into()),
                 proof: vec![2; 64],
             },
-            AgentToRelay::Hello { version: 1, id, proof: vec![3; 64] },
+            AgentToRelay::Hello {
+                version: 1,
+                id,
+                proof: vec![3; 64],
+            },
             AgentToRelay::Ping(9),
         ];
         for m in msgs {

@@ -39,9 +39,12 @@ pub fn create_private_dir(path: &Path) -> io::Result<()> {
         use std::os::unix::fs::DirBuilderExt;
         builder.mode(0o700);
     }
-    builder
-        .create(path)
-        .map_err(|e| io::Error::new(e.kind(), format!("cannot create directory {}: {e}", path.display())))
+    builder.create(path).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("cannot create directory {}: {e}", path.display()),
+        )
+    })
 }
 
 #[cfg(all(test, unix))]
@@ -55,7 +58,10 @@ mod tests {
         create_private_dir(&dir).unwrap();
         let f = dir.join("secret");
         write_private(&f, b"k").unwrap();
-        assert_eq!(std::fs::metadata(&f).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            std::fs::metadata(&f).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         assert_eq!(std::fs::read(&f).unwrap(), b"k");
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -53,7 +53,10 @@ impl MachineKey {
     /// [`BadMachineKey`] if the bytes are not an Ed25519 PKCS#8 v2 document.
     pub fn from_pkcs8(bytes: &[u8]) -> Result<Self, BadMachineKey> {
         let pair = Ed25519KeyPair::from_pkcs8(bytes).map_err(|_| BadMachineKey)?;
-        Ok(Self { pair, pkcs8: zeroize::Zeroizing::new(bytes.to_vec()) })
+        Ok(Self {
+            pair,
+            pkcs8: zeroize::Zeroizing::new(bytes.to_vec()),
+        })
     }
 
     /// The PKCS#8 encoding, for storing in an owner-only file.
@@ -68,7 +71,10 @@ impl MachineKey {
 
     /// Signs the proof for `id` on a session with exporter value `exporter`.
     pub fn prove(&self, id: &ComputerId, exporter: &[u8; EXPORTER_LEN]) -> Vec<u8> {
-        self.pair.sign(&proof_message(id, exporter)).as_ref().to_vec()
+        self.pair
+            .sign(&proof_message(id, exporter))
+            .as_ref()
+            .to_vec()
     }
 }
 
@@ -96,7 +102,10 @@ mod tests {
         let other: ComputerId = "pc-2".parse().unwrap();
         let proof = key.prove(&id, &[7; 32]);
         assert!(verify_proof(&key.public_key(), &id, &[7; 32], &proof));
-        assert!(!verify_proof(&key.public_key(), &id, &[8; 32], &proof), "replayed on another session");
+        assert!(
+            !verify_proof(&key.public_key(), &id, &[8; 32], &proof),
+            "replayed on another session"
+        );
         assert!(!verify_proof(&key.public_key(), &other, &[7; 32], &proof));
         let stranger = MachineKey::generate().unwrap();
         assert!(!verify_proof(&stranger.public_key(), &id, &[7; 32], &proof));

@@ -4,7 +4,9 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use telework_protocol::messages::{ClientToRelay, RelayToClient, RelayToTunnel, MIN_PROTOCOL_VERSION};
+use telework_protocol::messages::{
+    ClientToRelay, RelayToClient, RelayToTunnel, MIN_PROTOCOL_VERSION,
+};
 use telework_protocol::net::framed::Framed;
 use telework_protocol::ErrorCode;
 use tracing::{debug, info, Instrument};
@@ -16,12 +18,18 @@ use crate::Relay;
 
 /// Serves one client connection.
 pub async fn serve(relay: Arc<Relay>, mut conn: Accepted) {
-    let request = conn.framed.read_within::<ClientToRelay>(remaining(conn.hello_deadline)).await;
+    let request = conn
+        .framed
+        .read_within::<ClientToRelay>(remaining(conn.hello_deadline))
+        .await;
     let ClientToRelay::Connect { version, id } = match request {
         Ok(m) => m,
         Err(e) => {
             debug!(%e, "no valid client hello");
-            let _ = conn.framed.write(&RelayToClient::Error(ErrorCode::ProtocolViolation)).await;
+            let _ = conn
+                .framed
+                .write(&RelayToClient::Error(ErrorCode::ProtocolViolation))
+                .await;
             return;
         }
     };

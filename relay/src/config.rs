@@ -93,8 +93,14 @@ impl Settings {
     /// # Errors
     /// [`ConfigError::Read`] or [`ConfigError::Parse`].
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
-        Self::from_toml(&text).map_err(|message| ConfigError::Parse { path: path.into(), message })
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        Self::from_toml(&text).map_err(|message| ConfigError::Parse {
+            path: path.into(),
+            message,
+        })
     }
 
     /// Parses TOML text.
@@ -140,13 +146,18 @@ impl Settings {
             _ => {
                 return Err(ConfigError::Invalid {
                     setting: "cert/key",
-                    message: "give both a certificate and its key, or neither for a self-signed one".into(),
+                    message:
+                        "give both a certificate and its key, or neither for a self-signed one"
+                            .into(),
                 })
             }
         };
         let defaults = RelayOptions::default();
         let positive = |setting: &'static str, v: Option<usize>, d: usize| match v {
-            Some(0) => Err(ConfigError::Invalid { setting, message: "must be at least 1".into() }),
+            Some(0) => Err(ConfigError::Invalid {
+                setting,
+                message: "must be at least 1".into(),
+            }),
             Some(n) => Ok(n),
             None => Ok(d),
         };
@@ -156,9 +167,20 @@ impl Settings {
             cert_files,
             hostnames: self.hostnames.unwrap_or_default(),
             registration: self.registration.unwrap_or(Registration::Open),
-            max_connections: positive("max_connections", self.max_connections, defaults.max_connections)?,
-            max_unauthenticated: positive("max_unauthenticated", self.max_unauthenticated, defaults.max_unauthenticated)?,
-            shutdown_grace: self.shutdown_grace_secs.map(Duration::from_secs).unwrap_or(defaults.shutdown_grace),
+            max_connections: positive(
+                "max_connections",
+                self.max_connections,
+                defaults.max_connections,
+            )?,
+            max_unauthenticated: positive(
+                "max_unauthenticated",
+                self.max_unauthenticated,
+                defaults.max_unauthenticated,
+            )?,
+            shutdown_grace: self
+                .shutdown_grace_secs
+                .map(Duration::from_secs)
+                .unwrap_or(defaults.shutdown_grace),
         })
     }
 }
@@ -194,7 +216,10 @@ mod tests {
             "#,
         )
         .unwrap();
-        let flags = Settings { listen: Some("127.0.0.1:9000".into()), ..Default::default() };
+        let flags = Settings {
+            listen: Some("127.0.0.1:9000".into()),
+            ..Default::default()
+        };
         let cfg = file.overridden_by(flags).validate().unwrap();
         assert_eq!(cfg.listen.port(), 9000);
         assert_eq!(cfg.registration, Registration::Token);
@@ -207,21 +232,57 @@ mod tests {
         let err = Settings::from_toml("listne = \"x\"").unwrap_err();
         assert!(err.contains("listne"), "{err}");
         let err = Settings::from_toml("registration = \"closed\"").unwrap_err();
-        assert!(err.contains("registration") || err.contains("closed"), "{err}");
-        let bad_listen = Settings { listen: Some("nope".into()), data_dir: Some("/d".into()), ..Default::default() };
-        assert!(bad_listen.validate().unwrap_err().to_string().contains("listen"));
-        let half_cert = Settings { cert: Some("c".into()), data_dir: Some("/d".into()), ..Default::default() };
-        assert!(half_cert.validate().unwrap_err().to_string().contains("cert/key"));
-        let zero = Settings { max_connections: Some(0), data_dir: Some("/d".into()), ..Default::default() };
-        assert!(zero.validate().unwrap_err().to_string().contains("max_connections"));
-        assert!(Settings::default().validate().unwrap_err().to_string().contains("data_dir"));
+        assert!(
+            err.contains("registration") || err.contains("closed"),
+            "{err}"
+        );
+        let bad_listen = Settings {
+            listen: Some("nope".into()),
+            data_dir: Some("/d".into()),
+            ..Default::default()
+        };
+        assert!(bad_listen
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("listen"));
+        let half_cert = Settings {
+            cert: Some("c".into()),
+            data_dir: Some("/d".into()),
+            ..Default::default()
+        };
+        assert!(half_cert
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("cert/key"));
+        let zero = Settings {
+            max_connections: Some(0),
+            data_dir: Some("/d".into()),
+            ..Default::default()
+        };
+        assert!(zero
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("max_connections"));
+        assert!(Settings::default()
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("data_dir"));
     }
 
     #[test]
     fn fixture_files_parse_or_fail_as_expected() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata");
-        Settings::from_file(&dir.join("relay-valid.toml")).unwrap().validate().unwrap();
-        let err = Settings::from_file(&dir.join("relay-invalid.toml")).unwrap_err().to_string();
+        Settings::from_file(&dir.join("relay-valid.toml"))
+            .unwrap()
+            .validate()
+            .unwrap();
+        let err = Settings::from_file(&dir.join("relay-invalid.toml"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("relay-invalid.toml"), "{err}");
     }
 }

@@ -54,7 +54,13 @@ pub async fn handle(
         }
     };
     let role = tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
-    let accepted = Accepted { framed: Framed::new(tls), peer, hello_deadline: deadline, unauthenticated, connection };
+    let accepted = Accepted {
+        framed: Framed::new(tls),
+        peer,
+        hello_deadline: deadline,
+        unauthenticated,
+        connection,
+    };
     match role.as_deref() {
         Some(r) if r == alpn::CONTROL => control::serve(relay, accepted).await,
         Some(r) if r == alpn::CLIENT => client_conn::serve(relay, accepted).await,

@@ -26,7 +26,11 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn exporter(stream: &RelayStream) -> Option<[u8; EXPORTER_LEN]> {
     let mut out = [0u8; EXPORTER_LEN];
-    stream.get_ref().1.export_keying_material(&mut out, EXPORTER_LABEL, None).ok()?;
+    stream
+        .get_ref()
+        .1
+        .export_keying_material(&mut out, EXPORTER_LABEL, None)
+        .ok()?;
     Some(out)
 }
 
@@ -36,7 +40,11 @@ async fn refuse(framed: &mut Framed<RelayStream>, code: ErrorCode) {
 
 /// Serves one control connection.
 pub async fn serve(relay: Arc<Relay>, mut conn: Accepted) {
-    let first = match conn.framed.read_within::<AgentToRelay>(remaining(conn.hello_deadline)).await {
+    let first = match conn
+        .framed
+        .read_within::<AgentToRelay>(remaining(conn.hello_deadline))
+        .await
+    {
         Ok(m) => m,
         Err(e) => {
             debug!(%e, "no valid agent hello");
@@ -48,7 +56,13 @@ pub async fn serve(relay: Arc<Relay>, mut conn: Accepted) {
         return;
     };
     match first {
-        AgentToRelay::Register { version, id, public_key, token, proof } => {
+        AgentToRelay::Register {
+            version,
+            id,
+            public_key,
+            token,
+            proof,
+        } => {
             let span = tracing::info_span!("register", %id);
             async {
                 let code = if version < MIN_PROTOCOL_VERSION {
@@ -61,7 +75,10 @@ pub async fn serve(relay: Arc<Relay>, mut conn: Accepted) {
                 match code {
                     Ok(()) => {
                         info!(peer = %conn.peer, "machine registered");
-                        let _ = conn.framed.write(&RelayToAgent::Registered { id: id.clone() }).await;
+                        let _ = conn
+                            .framed
+                            .write(&RelayToAgent::Registered { id: id.clone() })
+                            .await;
                     }
                     Err(code) => {
                         warn!(peer = %conn.peer, ?code, "registration refused");
@@ -74,13 +91,20 @@ pub async fn serve(relay: Arc<Relay>, mut conn: Accepted) {
         }
         AgentToRelay::Hello { version, id, proof } => {
             let span = tracing::info_span!("agent", %id);
-            online(relay, conn, version, id, proof, exporter).instrument(span).await;
+            online(relay, conn, version, id, proof, exporter)
+                .instrument(span)
+                .await;
         }
         AgentToRelay::Ping(_) => refuse(&mut conn.framed, ErrorCode::ProtocolViolation).await,
     }
 }
 
-fn register(relay: &Relay, id: &ComputerId, public_key: &[u8], token: Option<&str>) -> Result<(), ErrorCode> {
+fn register(
+    relay: &Relay,
+    id: &ComputerId,
+    public_key: &[u8],
+    token: Option<&str>,
+) -> Result<(), ErrorCode> {
     if relay.options.registration == Registration::Token {
         let token = token.ok_or(ErrorCode::TokenRequired)?;
         // Check the ID before spending the token, so a taken ID does not burn it.
@@ -95,13 +119,23 @@ fn register(relay: &Relay, id: &ComputerId, public_key: &[u8], token: Option<&st
             _ => ErrorCode::Internal,
         })?;
     }
-    relay.registry.register(id, public_key).map_err(|e| match e {
-        RegistryError::IdTaken => ErrorCode::IdTaken,
-        _ => ErrorCode::Internal,
-    })
+    relay
+        .registry
+        .register(id, public_key)
+        .map_err(|e| match e {
+            RegistryError::IdTaken => ErrorCode::IdTaken,
+            _ => ErrorCode::Internal,
+        })
 }
 
-async fn online(relay: Arc<Relay>, mut conn: Accepted, version: u16, id: ComputerId, proof: Vec<u8>, exporter: [u8; EXPORTER_LEN]) {
+async fn online(
+    relay: Arc<Relay>,
+    mut conn: Accepted,
+    version: u16,
+    id: ComputerId,
+    proof: Vec<u8>,
+    exporter: [u8; EXPORTER_LEN],
+) {
     if version < MIN_PROTOCOL_VERSION {
         return refuse(&mut conn.framed, ErrorCode::VersionTooOld).await;
     }

@@ -64,7 +64,12 @@ pub struct Hub<T = AgentTunnel> {
 
 impl<T> Default for Hub<T> {
     fn default() -> Self {
-        Self { inner: Mutex::new(Inner { agents: HashMap::new(), pending: HashMap::new() }) }
+        Self {
+            inner: Mutex::new(Inner {
+                agents: HashMap::new(),
+                pending: HashMap::new(),
+            }),
+        }
     }
 }
 
@@ -75,8 +80,16 @@ impl<T> Hub<T> {
 
     /// Marks `id` online through control connection `conn_id`. Returns the sender of the
     /// connection it replaces, if any, so the caller can tell it why it is being dropped.
-    pub fn agent_online(&self, id: ComputerId, conn_id: u64, tx: mpsc::Sender<RelayToAgent>) -> Option<mpsc::Sender<RelayToAgent>> {
-        self.lock().agents.insert(id, OnlineAgent { conn_id, tx }).map(|old| old.tx)
+    pub fn agent_online(
+        &self,
+        id: ComputerId,
+        conn_id: u64,
+        tx: mpsc::Sender<RelayToAgent>,
+    ) -> Option<mpsc::Sender<RelayToAgent>> {
+        self.lock()
+            .agents
+            .insert(id, OnlineAgent { conn_id, tx })
+            .map(|old| old.tx)
     }
 
     /// Marks `id` offline, but only if `conn_id` is still the connection holding it.
@@ -102,17 +115,33 @@ impl<T> Hub<T> {
     ///
     /// # Errors
     /// [`RequestError`] when the agent is offline or not keeping up.
-    pub fn request_tunnel(&self, id: &ComputerId, now: Instant) -> Result<(Ticket, oneshot::Receiver<T>), RequestError> {
+    pub fn request_tunnel(
+        &self,
+        id: &ComputerId,
+        now: Instant,
+    ) -> Result<(Ticket, oneshot::Receiver<T>), RequestError> {
         let mut inner = self.lock();
-        inner.pending.retain(|_, p| p.expires > now && !p.deliver.is_closed());
+        inner
+            .pending
+            .retain(|_, p| p.expires > now && !p.deliver.is_closed());
         let agent = inner.agents.get(id).ok_or(RequestError::Offline)?;
         let ticket = Ticket::random();
-        agent.tx.try_send(RelayToAgent::OpenTunnel(ticket)).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => RequestError::Busy,
-            mpsc::error::TrySendError::Closed(_) => RequestError::Offline,
-        })?;
+        agent
+            .tx
+            .try_send(RelayToAgent::OpenTunnel(ticket))
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => RequestError::Busy,
+                mpsc::error::TrySendError::Closed(_) => RequestError::Offline,
+            })?;
         let (deliver, rx) = oneshot::channel();
-        inner.pending.insert(ticket, Pending { id: id.clone(), expires: now + TICKET_TTL, deliver });
+        inner.pending.insert(
+            ticket,
+            Pending {
+                id: id.clone(),
+                expires: now + TICKET_TTL,
+                deliver,
+            },
+        );
         Ok((ticket, rx))
     }
 
@@ -165,11 +194,18 @@ mod tests {
         let mut agent_rx = online(&hub, &id, 1);
         let now = Instant::now();
         let (ticket, mut rx) = hub.request_tunnel(&id, now).unwrap();
-        assert_eq!(agent_rx.try_recv().unwrap(), RelayToAgent::OpenTunnel(ticket));
+        assert_eq!(
+            agent_rx.try_recv().unwrap(),
+            RelayToAgent::OpenTunnel(ticket)
+        );
         assert_eq!(hub.redeem(&ticket, 7, now), Ok(id.clone()));
         assert_eq!(rx.try_recv().unwrap(), 7);
         assert_eq!(hub.redeem(&ticket, 8, now), Err(8), "second use");
-        assert_eq!(hub.redeem(&Ticket([0; 16]), 9, now), Err(9), "unknown ticket");
+        assert_eq!(
+            hub.redeem(&Ticket([0; 16]), 9, now),
+            Err(9),
+            "unknown ticket"
+        );
     }
 
     #[test]
@@ -190,7 +226,10 @@ mod tests {
     fn offline_and_replaced_agents() {
         let hub = Hub::<u32>::default();
         let id: ComputerId = "pc".parse().unwrap();
-        assert_eq!(hub.request_tunnel(&id, Instant::now()).err(), Some(RequestError::Offline));
+        assert_eq!(
+            hub.request_tunnel(&id, Instant::now()).err(),
+            Some(RequestError::Offline)
+        );
         let _first = online(&hub, &id, 1);
         let _second = online(&hub, &id, 2);
         hub.agent_offline(&id, 1); // the replaced connection ending must not take the new one down
@@ -207,6 +246,9 @@ mod tests {
         for _ in 0..AGENT_QUEUE {
             hub.request_tunnel(&id, Instant::now()).unwrap();
         }
-        assert_eq!(hub.request_tunnel(&id, Instant::now()).err(), Some(RequestError::Busy));
+        assert_eq!(
+            hub.request_tunnel(&id, Instant::now()).err(),
+            Some(RequestError::Busy)
+        );
     }
 }

@@ -47,7 +47,12 @@ pub fn from_files(cert: &Path, key: &Path) -> Result<TlsIdentity, IdentityError>
     let chain = load_certs(cert, "certificate file")?;
     let key = load_key(key)?;
     let fingerprint = CertFingerprint::of_der(&chain[0]);
-    Ok(TlsIdentity { chain, key, fingerprint, created: false })
+    Ok(TlsIdentity {
+        chain,
+        key,
+        fingerprint,
+        created: false,
+    })
 }
 
 /// Loads the self-signed certificate in `data_dir`, creating it for `hostnames` (plus
@@ -69,7 +74,12 @@ pub fn self_signed(data_dir: &Path, hostnames: &[String]) -> Result<TlsIdentity,
     let der = certified.cert.der().clone();
     let fingerprint = CertFingerprint::of_der(&der);
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(certified.key_pair.serialize_der()));
-    Ok(TlsIdentity { chain: vec![der], key, fingerprint, created: true })
+    Ok(TlsIdentity {
+        chain: vec![der],
+        key,
+        fingerprint,
+        created: true,
+    })
 }
 
 #[cfg(test)]
@@ -93,7 +103,10 @@ mod tests {
         std::fs::write(&junk, "not a certificate").unwrap();
         let err = from_files(&junk, &junk).err().unwrap().to_string();
         assert!(err.contains("junk.pem"), "{err}");
-        let err = from_files(&dir.path().join("missing.pem"), &junk).err().unwrap().to_string();
+        let err = from_files(&dir.path().join("missing.pem"), &junk)
+            .err()
+            .unwrap()
+            .to_string();
         assert!(err.contains("missing.pem"), "{err}");
     }
 }

@@ -106,7 +106,11 @@ impl Relay {
     ///
     /// # Errors
     /// [`TlsConfigError`] if the certificate and key do not form a valid configuration.
-    pub fn new(registry: Registry, identity: &TlsIdentity, options: RelayOptions) -> Result<Arc<Self>, TlsConfigError> {
+    pub fn new(
+        registry: Registry,
+        identity: &TlsIdentity,
+        options: RelayOptions,
+    ) -> Result<Arc<Self>, TlsConfigError> {
         let tls = server_config(identity.chain.clone(), identity.key.clone_key())?;
         Ok(Arc::new(Self {
             registry,
@@ -149,14 +153,23 @@ impl Relay {
                 continue;
             };
             let span = tracing::info_span!("conn", %peer);
-            tracker.spawn(conn::handle(self.clone(), tcp, peer, conn_permit, unauth_permit).instrument(span));
+            tracker.spawn(
+                conn::handle(self.clone(), tcp, peer, conn_permit, unauth_permit).instrument(span),
+            );
         }
         drop(listener);
-        info!(agents = self.hub.agents_online(), "shutting down: no new connections");
+        info!(
+            agents = self.hub.agents_online(),
+            "shutting down: no new connections"
+        );
         self.shutdown.cancel();
-        self.hub.broadcast(RelayToAgent::Error(ErrorCode::ShuttingDown));
+        self.hub
+            .broadcast(RelayToAgent::Error(ErrorCode::ShuttingDown));
         tracker.close();
-        if tokio::time::timeout(self.options.shutdown_grace, tracker.wait()).await.is_err() {
+        if tokio::time::timeout(self.options.shutdown_grace, tracker.wait())
+            .await
+            .is_err()
+        {
             warn!(grace = ?self.options.shutdown_grace, "sessions still open after the grace period; closing them");
             self.hard_stop.cancel();
             let _ = tokio::time::timeout(Duration::from_secs(2), tracker.wait()).await;

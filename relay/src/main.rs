@@ -114,14 +114,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 None => {
                     let path = data_dir.join(identity::CERT_FILE);
-                    anyhow::ensure!(path.exists(), "no certificate in {}: start the relay once first", data_dir.display());
+                    anyhow::ensure!(
+                        path.exists(),
+                        "no certificate in {}: start the relay once first",
+                        data_dir.display()
+                    );
                     identity::self_signed(&data_dir, &[])?.fingerprint
                 }
             };
             println!("{id}");
             Ok(())
         }
-        Command::Token(TokenCommand::Create { data_dir, uses, hours }) => {
+        Command::Token(TokenCommand::Create {
+            data_dir,
+            uses,
+            hours,
+        }) => {
             anyhow::ensure!(uses > 0, "--uses must be at least 1");
             let registry = open_registry(&data_dir)?;
             let token = registry.create_token(uses, hours.saturating_mul(3600))?;
@@ -132,8 +140,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Machines { data_dir } => {
             let registry = open_registry(&data_dir)?;
             for m in registry.machines()? {
-                let seen = m.last_seen.map_or("never".to_owned(), |t| format!("unix {t}"));
-                println!("{:<32} registered unix {}  last seen {}", m.id, m.created, seen);
+                let seen = m
+                    .last_seen
+                    .map_or("never".to_owned(), |t| format!("unix {t}"));
+                println!(
+                    "{:<32} registered unix {}  last seen {}",
+                    m.id, m.created, seen
+                );
             }
             Ok(())
         }

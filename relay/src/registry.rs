@@ -56,11 +56,16 @@ CREATE TABLE IF NOT EXISTS enrolment_tokens (
 ";
 
 fn now() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }
 
 fn token_hash(token: &str) -> Vec<u8> {
-    ring::digest::digest(&ring::digest::SHA256, token.as_bytes()).as_ref().to_vec()
+    ring::digest::digest(&ring::digest::SHA256, token.as_bytes())
+        .as_ref()
+        .to_vec()
 }
 
 impl Registry {
@@ -100,7 +105,11 @@ impl Registry {
     pub fn register(&self, id: &ComputerId, public_key: &[u8]) -> Result<(), RegistryError> {
         let db = self.db();
         let existing: Option<Vec<u8>> = db
-            .query_row("SELECT public_key FROM machines WHERE id = ?1", [id.as_str()], |r| r.get(0))
+            .query_row(
+                "SELECT public_key FROM machines WHERE id = ?1",
+                [id.as_str()],
+                |r| r.get(0),
+            )
             .optional()?;
         match existing {
             Some(pk) if pk == public_key => Ok(()),
@@ -125,10 +134,21 @@ impl Registry {
             .query_row(
                 "SELECT public_key, created, last_seen FROM machines WHERE id = ?1",
                 [id.as_str()],
-                |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)?, r.get::<_, Option<i64>>(2)?)),
+                |r| {
+                    Ok((
+                        r.get::<_, Vec<u8>>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, Option<i64>>(2)?,
+                    ))
+                },
             )
             .optional()?;
-        Ok(row.map(|(public_key, created, last_seen)| Machine { id: id.clone(), public_key, created, last_seen }))
+        Ok(row.map(|(public_key, created, last_seen)| Machine {
+            id: id.clone(),
+            public_key,
+            created,
+            last_seen,
+        }))
     }
 
     /// Every machine, ordered by ID.
@@ -137,16 +157,27 @@ impl Registry {
     /// A database error.
     pub fn machines(&self) -> Result<Vec<Machine>, RegistryError> {
         let db = self.db();
-        let mut stmt = db.prepare("SELECT id, public_key, created, last_seen FROM machines ORDER BY id")?;
+        let mut stmt =
+            db.prepare("SELECT id, public_key, created, last_seen FROM machines ORDER BY id")?;
         let rows = stmt.query_map([], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?, r.get::<_, i64>(2)?, r.get::<_, Option<i64>>(3)?))
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, Vec<u8>>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, Option<i64>>(3)?,
+            ))
         })?;
         let mut out = Vec::new();
         for row in rows {
             let (id, public_key, created, last_seen) = row?;
             // Rows were validated on insert; skip any that a hand edit broke.
             if let Ok(id) = id.parse() {
-                out.push(Machine { id, public_key, created, last_seen });
+                out.push(Machine {
+                    id,
+                    public_key,
+                    created,
+                    last_seen,
+                });
             }
         }
         Ok(out)
@@ -157,7 +188,10 @@ impl Registry {
     /// # Errors
     /// A database error.
     pub fn touch(&self, id: &ComputerId) -> Result<(), RegistryError> {
-        self.db().execute("UPDATE machines SET last_seen = ?2 WHERE id = ?1", params![id.as_str(), now()])?;
+        self.db().execute(
+            "UPDATE machines SET last_seen = ?2 WHERE id = ?1",
+            params![id.as_str(), now()],
+        )?;
         Ok(())
     }
 
@@ -204,7 +238,10 @@ mod tests {
         let id: ComputerId = "pc-1".parse().unwrap();
         reg.register(&id, &[1; 32]).unwrap();
         reg.register(&id, &[1; 32]).unwrap();
-        assert!(matches!(reg.register(&id, &[2; 32]), Err(RegistryError::IdTaken)));
+        assert!(matches!(
+            reg.register(&id, &[2; 32]),
+            Err(RegistryError::IdTaken)
+        ));
         assert_eq!(reg.machine(&id).unwrap().unwrap().public_key, vec![1; 32]);
         assert!(reg.machine(&"pc-2".parse().unwrap()).unwrap().is_none());
         reg.touch(&id).unwrap();
@@ -216,10 +253,19 @@ mod tests {
         let reg = Registry::in_memory().unwrap();
         let once = reg.create_token(1, 3600).unwrap();
         reg.consume_token(&once).unwrap();
-        assert!(matches!(reg.consume_token(&once), Err(RegistryError::BadToken)));
+        assert!(matches!(
+            reg.consume_token(&once),
+            Err(RegistryError::BadToken)
+        ));
         let expired = reg.create_token(5, 0).unwrap();
-        assert!(matches!(reg.consume_token(&expired), Err(RegistryError::BadToken)));
-        assert!(matches!(reg.consume_token("tw1-unknown"), Err(RegistryError::BadToken)));
+        assert!(matches!(
+            reg.consume_token(&expired),
+            Err(RegistryError::BadToken)
+        ));
+        assert!(matches!(
+            reg.consume_token("tw1-unknown"),
+            Err(RegistryError::BadToken)
+        ));
     }
 
     #[test]
@@ -227,7 +273,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("relay.db");
         let id: ComputerId = "pc-1".parse().unwrap();
-        Registry::open(&path).unwrap().register(&id, &[3; 32]).unwrap();
-        assert!(Registry::open(&path).unwrap().machine(&id).unwrap().is_some());
+        Registry::open(&path)
+            .unwrap()
+            .register(&id, &[3; 32])
+            .unwrap();
+        assert!(Registry::open(&path)
+            .unwrap()
+            .machine(&id)
+            .unwrap()
+            .is_some());
     }
 }

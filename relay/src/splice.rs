@@ -38,12 +38,27 @@ pub async fn splice(
     client.write_all(&agent_left).await?;
     match tap {
         None => {
-            tokio::io::copy_bidirectional_with_sizes(&mut client, &mut agent, SPLICE_BUFFER, SPLICE_BUFFER).await
+            tokio::io::copy_bidirectional_with_sizes(
+                &mut client,
+                &mut agent,
+                SPLICE_BUFFER,
+                SPLICE_BUFFER,
+            )
+            .await
         }
         Some(tap) => {
-            let mut client = Tapped { inner: client, tap: tap.clone() };
+            let mut client = Tapped {
+                inner: client,
+                tap: tap.clone(),
+            };
             let mut agent = Tapped { inner: agent, tap };
-            tokio::io::copy_bidirectional_with_sizes(&mut client, &mut agent, SPLICE_BUFFER, SPLICE_BUFFER).await
+            tokio::io::copy_bidirectional_with_sizes(
+                &mut client,
+                &mut agent,
+                SPLICE_BUFFER,
+                SPLICE_BUFFER,
+            )
+            .await
         }
     }
 }
@@ -54,7 +69,11 @@ struct Tapped<S> {
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Tapped<S> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let poll = Pin::new(&mut self.inner).poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = &poll {
@@ -65,7 +84,11 @@ impl<S: AsyncRead + Unpin> AsyncRead for Tapped<S> {
 }
 
 impl<S: AsyncWrite + Unpin> AsyncWrite for Tapped<S> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.inner).poll_write(cx, data)
     }
 

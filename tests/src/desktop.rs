@@ -35,7 +35,11 @@ impl EchoServer {
                 });
             }
         });
-        Self { addr, accepted, task }
+        Self {
+            addr,
+            accepted,
+            task,
+        }
     }
 
     /// Connections accepted so far.

@@ -38,7 +38,9 @@ pub use desktop::{EchoServer, SinkServer};
 /// Installs a test log subscriber once (`RUST_LOG` controls it).
 pub fn init_tracing() {
     let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
         .with_test_writer()
         .try_init();
 }
@@ -76,7 +78,14 @@ impl TestRelay {
         let task = tokio::spawn(relay.clone().serve(listener, async move {
             let _ = stopped.await;
         }));
-        Self { addr, fingerprint: id.fingerprint, relay, stop: Some(stop), task: Some(task), dir }
+        Self {
+            addr,
+            fingerprint: id.fingerprint,
+            relay,
+            stop: Some(stop),
+            task: Some(task),
+            dir,
+        }
     }
 
     /// Stops the relay and starts a new one on the same address with the same data dir
@@ -172,9 +181,12 @@ impl AgentBuilder {
             relay_fingerprint: Some(self.fingerprint.to_string()),
             relay_ca: None,
         };
-        telework_agent::register::register(&data, &settings, None).await.unwrap();
+        telework_agent::register::register(&data, &settings, None)
+            .await
+            .unwrap();
         if let Some(pw) = &self.password {
-            data.save_password(&PasswordRecord::create(pw.as_bytes()).unwrap()).unwrap();
+            data.save_password(&PasswordRecord::create(pw.as_bytes()).unwrap())
+                .unwrap();
         }
         let agent = Agent::load(data, self.target.to_string()).unwrap();
         let mut online = agent.online();
@@ -186,7 +198,12 @@ impl AgentBuilder {
             .await
             .expect("agent came online in time")
             .unwrap();
-        TestAgent { agent, stop: Some(stop), task: Some(task), dir }
+        TestAgent {
+            agent,
+            stop: Some(stop),
+            task: Some(task),
+            dir,
+        }
     }
 }
 
@@ -238,7 +255,11 @@ impl TestClient {
         let task = tokio::spawn(session.serve(listener, async move {
             let _ = stopped.await;
         }));
-        Self { local, stop: Some(stop), task }
+        Self {
+            local,
+            stop: Some(stop),
+            task,
+        }
     }
 
     /// Ends the session (as Ctrl-C does) and returns how it ended.
@@ -246,6 +267,9 @@ impl TestClient {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        tokio::time::timeout(Duration::from_secs(15), self.task).await.expect("client stopped").unwrap()
+        tokio::time::timeout(Duration::from_secs(15), self.task)
+            .await
+            .expect("client stopped")
+            .unwrap()
     }
 }

@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use telework_protocol::frame::decode_frame;
-use telework_protocol::messages::{alpn, RelayToAgent, RelayToClient, RelayToTunnel, TunnelToRelay};
+use telework_protocol::messages::{
+    alpn, RelayToAgent, RelayToClient, RelayToTunnel, TunnelToRelay,
+};
 use telework_protocol::net::connect::connect;
 use telework_protocol::net::framed::Framed;
 use telework_protocol::net::tls::RelayTrust;
@@ -19,8 +21,12 @@ use tokio::net::TcpStream;
 const PW: &str = "bad-input-password";
 
 async fn tls(relay: &TestRelay, role: &[u8]) -> tokio_rustls::client::TlsStream<TcpStream> {
-    let config = RelayTrust::Fingerprint(relay.fingerprint).client_config(role).unwrap();
-    connect(&relay.addr.to_string().parse().unwrap(), config).await.unwrap()
+    let config = RelayTrust::Fingerprint(relay.fingerprint)
+        .client_config(role)
+        .unwrap();
+    connect(&relay.addr.to_string().parse().unwrap(), config)
+        .await
+        .unwrap()
 }
 
 /// Reads until the peer closes; returns what it sent. Fails the test if it takes too long.
@@ -49,23 +55,34 @@ async fn garbage_and_oversize_frames_are_refused_and_others_keep_working() {
 
     // Not TLS at all.
     let mut raw = TcpStream::connect(relay.addr).await.unwrap();
-    raw.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    raw.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
     read_until_closed(&mut raw).await;
 
     // Oversize frame on each role: the relay answers "protocol violation" and closes.
     for role in [alpn::CLIENT, alpn::CONTROL, alpn::TUNNEL] {
         let mut s = tls(&relay, role).await;
-        s.write_all(&[0xff, 0xff, 0xff, 0xff, 1, 2, 3]).await.unwrap();
+        s.write_all(&[0xff, 0xff, 0xff, 0xff, 1, 2, 3])
+            .await
+            .unwrap();
         let answer = read_until_closed(&mut s).await;
         let mut buf = BytesMut::from(&answer[..]);
         let code = if role == alpn::CLIENT {
-            decode_frame::<RelayToClient>(&mut buf).unwrap() == Some(RelayToClient::Error(ErrorCode::ProtocolViolation))
+            decode_frame::<RelayToClient>(&mut buf).unwrap()
+                == Some(RelayToClient::Error(ErrorCode::ProtocolViolation))
         } else if role == alpn::CONTROL {
-            decode_frame::<RelayToAgent>(&mut buf).unwrap() == Some(RelayToAgent::Error(ErrorCode::ProtocolViolation))
+            decode_frame::<RelayToAgent>(&mut buf).unwrap()
+                == Some(RelayToAgent::Error(ErrorCode::ProtocolViolation))
         } else {
-            decode_frame::<RelayToTunnel>(&mut buf).unwrap() == Some(RelayToTunnel::Error(ErrorCode::ProtocolViolation))
+            decode_frame::<RelayToTunnel>(&mut buf).unwrap()
+                == Some(RelayToTunnel::Error(ErrorCode::ProtocolViolation))
         };
-        assert!(code, "role {:?} answered {answer:?}", String::from_utf8_lossy(role));
+        assert!(
+            code,
+            "role {:?} answered {answer:?}",
+            String::from_utf8_lossy(role)
+        );
     }
 
     // Well-framed junk.
@@ -82,14 +99,25 @@ async fn forged_ticket_is_refused() {
     let desktop = EchoServer::start().await;
     let _agent = relay.agent("pc-ok", PW).target(desktop.addr).run().await;
     let mut f = Framed::new(tls(&relay, alpn::TUNNEL).await);
-    f.write(&TunnelToRelay::Attach { version: 1, ticket: Ticket([7; 16]) }).await.unwrap();
-    assert_eq!(f.read::<RelayToTunnel>().await.unwrap(), RelayToTunnel::Error(ErrorCode::BadTicket));
+    f.write(&TunnelToRelay::Attach {
+        version: 1,
+        ticket: Ticket([7; 16]),
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        f.read::<RelayToTunnel>().await.unwrap(),
+        RelayToTunnel::Error(ErrorCode::BadTicket)
+    );
     relay_still_serves(&relay).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_handshakes_are_cut_at_the_deadline() {
-    let options = RelayOptions { handshake_timeout: Duration::from_millis(500), ..Default::default() };
+    let options = RelayOptions {
+        handshake_timeout: Duration::from_millis(500),
+        ..Default::default()
+    };
     let relay = TestRelay::start_with(options).await;
     let desktop = EchoServer::start().await;
     let _agent = relay.agent("pc-ok", PW).target(desktop.addr).run().await;
@@ -104,7 +132,10 @@ async fn stalled_handshakes_are_cut_at_the_deadline() {
     let mut quiet = tls(&relay, alpn::CLIENT).await;
     let answer = read_until_closed(&mut quiet).await;
     let mut buf = BytesMut::from(&answer[..]);
-    assert_eq!(decode_frame::<RelayToClient>(&mut buf).unwrap(), Some(RelayToClient::Error(ErrorCode::ProtocolViolation)));
+    assert_eq!(
+        decode_frame::<RelayToClient>(&mut buf).unwrap(),
+        Some(RelayToClient::Error(ErrorCode::ProtocolViolation))
+    );
 
     // Half a frame, then silence.
     let mut half = tls(&relay, alpn::CONTROL).await;
@@ -116,14 +147,19 @@ async fn stalled_handshakes_are_cut_at_the_deadline() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unauthenticated_connections_are_capped() {
-    let options = RelayOptions { max_unauthenticated: 2, ..Default::default() };
+    let options = RelayOptions {
+        max_unauthenticated: 2,
+        ..Default::default()
+    };
     let relay = TestRelay::start_with(options).await;
     let _a = TcpStream::connect(relay.addr).await.unwrap();
     let _b = TcpStream::connect(relay.addr).await.unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
     let mut third = TcpStream::connect(relay.addr).await.unwrap();
     let mut buf = [0u8; 1];
-    let n = tokio::time::timeout(Duration::from_secs(2), third.read(&mut buf)).await.expect("closed at once");
+    let n = tokio::time::timeout(Duration::from_secs(2), third.read(&mut buf))
+        .await
+        .expect("closed at once");
     assert!(matches!(n, Ok(0) | Err(_)));
 }
 
@@ -133,15 +169,22 @@ async fn garbage_inside_a_paired_tunnel_is_refused_by_the_agent() {
     let desktop = EchoServer::start().await;
     let _agent = relay.agent("pc-ok", PW).target(desktop.addr).run().await;
     let mut f = Framed::new(tls(&relay, alpn::CLIENT).await);
-    f.write(&telework_protocol::messages::ClientToRelay::Connect { version: 1, id: "pc-ok".parse().unwrap() })
-        .await
-        .unwrap();
-    assert_eq!(f.read::<RelayToClient>().await.unwrap(), RelayToClient::Paired);
+    f.write(&telework_protocol::messages::ClientToRelay::Connect {
+        version: 1,
+        id: "pc-ok".parse().unwrap(),
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        f.read::<RelayToClient>().await.unwrap(),
+        RelayToClient::Paired
+    );
     let (mut s, _) = f.into_parts();
     s.write_all(&[0, 0, 0, 4, 9, 9, 9, 9]).await.unwrap();
     let answer = read_until_closed(&mut s).await;
     let mut buf = BytesMut::from(&answer[..]);
-    let refusal = decode_frame::<telework_protocol::e2e::messages::AgentHandshake>(&mut buf).unwrap();
+    let refusal =
+        decode_frame::<telework_protocol::e2e::messages::AgentHandshake>(&mut buf).unwrap();
     assert_eq!(
         refusal,
         Some(telework_protocol::e2e::messages::AgentHandshake::Refused(

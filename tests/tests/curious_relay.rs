@@ -20,15 +20,24 @@ async fn relay_sees_neither_password_nor_desktop_bytes() {
     let recording = Arc::new(Mutex::new(Vec::<u8>::new()));
     let tap = recording.clone();
     let options = RelayOptions {
-        splice_tap: Some(Arc::new(move |bytes: &[u8]| tap.lock().unwrap().extend_from_slice(bytes))),
+        splice_tap: Some(Arc::new(move |bytes: &[u8]| {
+            tap.lock().unwrap().extend_from_slice(bytes)
+        })),
         ..Default::default()
     };
     let relay = TestRelay::start_with(options).await;
     let desktop = EchoServer::start().await;
-    let _agent = relay.agent("pc-secret", PASSWORD).target(desktop.addr).run().await;
+    let _agent = relay
+        .agent("pc-secret", PASSWORD)
+        .target(desktop.addr)
+        .run()
+        .await;
 
     // A wrong try first, so the recording holds a failed login too.
-    assert!(relay.login("pc-secret", "Curious-Operator-Wrong-Guess").await.is_err());
+    assert!(relay
+        .login("pc-secret", "Curious-Operator-Wrong-Guess")
+        .await
+        .is_err());
     let client = TestClient::serve(relay.login("pc-secret", PASSWORD).await.unwrap()).await;
 
     // "Desktop" bytes with a recognisable pattern, sent and echoed back.
@@ -43,12 +52,26 @@ async fn relay_sees_neither_password_nor_desktop_bytes() {
     client.stop().await.unwrap();
 
     let recorded = recording.lock().unwrap().clone();
-    assert!(recorded.len() > 2 * plaintext.len(), "the tap saw the session ({} bytes)", recorded.len());
-    assert!(!contains(&recorded, PASSWORD.as_bytes()), "password crossed the relay");
-    assert!(!contains(&recorded, b"Curious-Operator"), "part of a password crossed the relay");
+    assert!(
+        recorded.len() > 2 * plaintext.len(),
+        "the tap saw the session ({} bytes)",
+        recorded.len()
+    );
+    assert!(
+        !contains(&recorded, PASSWORD.as_bytes()),
+        "password crossed the relay"
+    );
+    assert!(
+        !contains(&recorded, b"Curious-Operator"),
+        "part of a password crossed the relay"
+    );
     // No 12-byte run of the plaintext appears anywhere.
     for w in marker.windows(12) {
-        assert!(!contains(&recorded, w), "plaintext {:?} crossed the relay", String::from_utf8_lossy(w));
+        assert!(
+            !contains(&recorded, w),
+            "plaintext {:?} crossed the relay",
+            String::from_utf8_lossy(w)
+        );
     }
     // The password is not in the relay's files either.
     for entry in std::fs::read_dir(relay.dir.path()).unwrap() {

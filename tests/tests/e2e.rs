@@ -40,7 +40,11 @@ async fn bytes_flow_both_ways_one_byte_and_one_mebibyte() {
     echo_round_trip(client.local, b"x").await;
     let mib: Vec<u8> = (0..1 << 20).map(|i: u32| (i * 7 + 3) as u8).collect();
     echo_round_trip(client.local, &mib).await;
-    assert_eq!(desktop.connections(), 2, "one tunnel per local connection, no password re-prompt");
+    assert_eq!(
+        desktop.connections(),
+        2,
+        "one tunnel per local connection, no password re-prompt"
+    );
     client.stop().await.unwrap();
 }
 
@@ -62,10 +66,20 @@ async fn sixty_four_mebibytes_arrive_intact() {
     }
     conn.shutdown().await.unwrap();
     let mut answer = Vec::new();
-    tokio::time::timeout(Duration::from_secs(120), conn.read_to_end(&mut answer)).await.unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(120), conn.read_to_end(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(answer.len(), 8 + 32);
-    assert_eq!(u64::from_be_bytes(answer[..8].try_into().unwrap()), 64 << 20);
-    assert_eq!(&answer[8..], ctx.finish().as_ref(), "SHA-256 of what arrived");
+    assert_eq!(
+        u64::from_be_bytes(answer[..8].try_into().unwrap()),
+        64 << 20
+    );
+    assert_eq!(
+        &answer[8..],
+        ctx.finish().as_ref(),
+        "SHA-256 of what arrived"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -79,7 +93,10 @@ async fn half_close_passes_through_the_chain() {
     // Close our sending side only; the echo server sees EOF, finishes echoing, closes.
     conn.shutdown().await.unwrap();
     let mut back = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut back)).await.unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut back))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(back, b"before close");
 }
 
@@ -88,10 +105,18 @@ async fn many_concurrent_sessions() {
     let relay = TestRelay::start().await;
     let desktop = EchoServer::start().await;
     let _a = relay.agent("pc-a", PW).target(desktop.addr).run().await;
-    let _b = relay.agent("pc-b", "another password").target(desktop.addr).run().await;
+    let _b = relay
+        .agent("pc-b", "another password")
+        .target(desktop.addr)
+        .run()
+        .await;
     let mut clients = Vec::new();
     for i in 0..8 {
-        let (id, pw) = if i % 2 == 0 { ("pc-a", PW) } else { ("pc-b", "another password") };
+        let (id, pw) = if i % 2 == 0 {
+            ("pc-a", PW)
+        } else {
+            ("pc-b", "another password")
+        };
         clients.push(TestClient::serve(relay.login(id, pw).await.unwrap()).await);
     }
     let mut conns = Vec::new();
@@ -99,13 +124,18 @@ async fn many_concurrent_sessions() {
         for j in 0..4 {
             let local = c.local;
             conns.push(tokio::spawn(async move {
-                let data: Vec<u8> = (0..100_000u32).map(|k| (k as usize * (i + 1) + j) as u8).collect();
+                let data: Vec<u8> = (0..100_000u32)
+                    .map(|k| (k as usize * (i + 1) + j) as u8)
+                    .collect();
                 echo_round_trip(local, &data).await;
             }));
         }
     }
     for c in conns {
-        tokio::time::timeout(Duration::from_secs(60), c).await.unwrap().unwrap();
+        tokio::time::timeout(Duration::from_secs(60), c)
+            .await
+            .unwrap()
+            .unwrap();
     }
     assert_eq!(desktop.connections(), 32);
     for c in clients {
@@ -117,12 +147,18 @@ async fn many_concurrent_sessions() {
 async fn unknown_and_offline_computer_ids_are_told_apart() {
     let relay = TestRelay::start().await;
     let err = relay.login("pc-nobody", PW).await.err().unwrap();
-    assert!(matches!(err, ClientError::Relay(ErrorCode::UnknownId)), "{err:?}");
+    assert!(
+        matches!(err, ClientError::Relay(ErrorCode::UnknownId)),
+        "{err:?}"
+    );
     let desktop = EchoServer::start().await;
     let agent = relay.agent("pc-off", PW).target(desktop.addr).run().await;
     agent.stop().await;
     let err = relay.login("pc-off", PW).await.err().unwrap();
-    assert!(matches!(err, ClientError::Relay(ErrorCode::Offline)), "{err:?}");
+    assert!(
+        matches!(err, ClientError::Relay(ErrorCode::Offline)),
+        "{err:?}"
+    );
     assert!(err.to_string().contains("office PC is offline"));
 }
 
@@ -132,40 +168,91 @@ async fn wrong_password_is_refused_with_tries_left_and_never_reaches_the_target(
     let desktop = EchoServer::start().await;
     let _agent = relay.agent("pc-pw", PW).target(desktop.addr).run().await;
     let err = relay.login("pc-pw", "wrong password").await.err().unwrap();
-    assert!(matches!(err, ClientError::Refused(Refusal::WrongPassword { tries_left: 4 })), "{err:?}");
-    assert_eq!(err.to_string(), "wrong password, 4 tries left before the office PC locks out");
+    assert!(
+        matches!(
+            err,
+            ClientError::Refused(Refusal::WrongPassword { tries_left: 4 })
+        ),
+        "{err:?}"
+    );
+    assert_eq!(
+        err.to_string(),
+        "wrong password, 4 tries left before the office PC locks out"
+    );
     for left in (1..4).rev() {
         let err = relay.login("pc-pw", "still wrong").await.err().unwrap();
-        assert!(matches!(err, ClientError::Refused(Refusal::WrongPassword { tries_left }) if tries_left == left), "{err:?}");
+        assert!(
+            matches!(err, ClientError::Refused(Refusal::WrongPassword { tries_left }) if tries_left == left),
+            "{err:?}"
+        );
     }
     let err = relay.login("pc-pw", "fifth wrong").await.err().unwrap();
-    assert!(matches!(err, ClientError::Refused(Refusal::LockedOut { retry_after_secs: 60 })), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            ClientError::Refused(Refusal::LockedOut {
+                retry_after_secs: 60
+            })
+        ),
+        "{err:?}"
+    );
     // Locked out: even the right password waits.
     let err = relay.login("pc-pw", PW).await.err().unwrap();
-    assert!(matches!(err, ClientError::Refused(Refusal::LockedOut { .. })), "{err:?}");
-    assert_eq!(desktop.connections(), 0, "the desktop service was never contacted");
+    assert!(
+        matches!(err, ClientError::Refused(Refusal::LockedOut { .. })),
+        "{err:?}"
+    );
+    assert_eq!(
+        desktop.connections(),
+        0,
+        "the desktop service was never contacted"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_relay_fingerprint_is_refused_before_anything_is_sent() {
     let relay = TestRelay::start().await;
     let mut target = relay.target("pc-1");
-    target.trust = telework_protocol::net::tls::RelayTrust::Fingerprint(CertFingerprint([0xaa; 32]));
-    let err = telework_client::Session::login(&target, PW.as_bytes()).await.err().unwrap();
-    assert!(matches!(err, ClientError::Connect(ConnectError::CertificateRejected { .. })), "{err:?}");
+    target.trust =
+        telework_protocol::net::tls::RelayTrust::Fingerprint(CertFingerprint([0xaa; 32]));
+    let err = telework_client::Session::login(&target, PW.as_bytes())
+        .await
+        .err()
+        .unwrap();
+    assert!(
+        matches!(
+            err,
+            ClientError::Connect(ConnectError::CertificateRejected { .. })
+        ),
+        "{err:?}"
+    );
     assert!(err.to_string().contains("certificate we do not trust"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_relay_says_so() {
     // Bind then drop to get a port that nothing listens on.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let relay = TestRelay::start().await;
     let mut target = relay.target("pc-1");
     target.relay = format!("127.0.0.1:{port}").parse().unwrap();
-    let err = telework_client::Session::login(&target, PW.as_bytes()).await.err().unwrap();
-    assert!(matches!(err, ClientError::Connect(ConnectError::Unreachable { .. })), "{err:?}");
-    assert!(err.to_string().starts_with("cannot reach the relay at 127.0.0.1:"), "{err}");
+    let err = telework_client::Session::login(&target, PW.as_bytes())
+        .await
+        .err()
+        .unwrap();
+    assert!(
+        matches!(err, ClientError::Connect(ConnectError::Unreachable { .. })),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string()
+            .starts_with("cannot reach the relay at 127.0.0.1:"),
+        "{err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -174,17 +261,31 @@ async fn version_mismatch_is_named() {
     let mut config = telework_protocol::net::tls::RelayTrust::Fingerprint(relay.fingerprint)
         .client_config(b"telework/9-client")
         .unwrap();
-    std::sync::Arc::get_mut(&mut config).unwrap().alpn_protocols = vec![b"telework/9-client".to_vec()];
+    std::sync::Arc::get_mut(&mut config).unwrap().alpn_protocols =
+        vec![b"telework/9-client".to_vec()];
     let addr = relay.addr.to_string().parse().unwrap();
-    let err = telework_protocol::net::connect::connect(&addr, config).await.err().unwrap();
-    assert!(matches!(err, ConnectError::VersionMismatch { .. }), "{err:?}");
+    let err = telework_protocol::net::connect::connect(&addr, config)
+        .await
+        .err()
+        .unwrap();
+    assert!(
+        matches!(err, ConnectError::VersionMismatch { .. }),
+        "{err:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_desktop_service_is_reported() {
     let relay = TestRelay::start().await;
-    let closed_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-    let _agent = relay.agent("pc-rdp-off", PW).target(closed_port).run().await;
+    let closed_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let _agent = relay
+        .agent("pc-rdp-off", PW)
+        .target(closed_port)
+        .run()
+        .await;
     let session = relay.login("pc-rdp-off", PW).await.unwrap();
     let err = session.opener().open().await.err().unwrap();
     assert!(matches!(err, ClientError::TargetRefused), "{err:?}");
@@ -198,8 +299,14 @@ async fn agent_shutdown_ends_the_session_with_a_reason() {
     let agent = relay.agent("pc-stop", PW).target(desktop.addr).run().await;
     let client = TestClient::serve(relay.login("pc-stop", PW).await.unwrap()).await;
     agent.stop().await;
-    let ended = tokio::time::timeout(Duration::from_secs(10), client.task).await.unwrap().unwrap();
-    assert!(matches!(ended, Err(ClientError::Ended(EndReason::AgentShutdown))), "{ended:?}");
+    let ended = tokio::time::timeout(Duration::from_secs(10), client.task)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        matches!(ended, Err(ClientError::Ended(EndReason::AgentShutdown))),
+        "{ended:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -46,7 +46,11 @@ impl RdpServer {
 
 impl Drop for RdpServer {
     fn drop(&mut self) {
-        let _ = Command::new("bash").arg(scripts().join("rdp-server.sh")).arg("stop").arg(self.state.path()).output();
+        let _ = Command::new("bash")
+            .arg(scripts().join("rdp-server.sh"))
+            .arg("stop")
+            .arg(self.state.path())
+            .output();
     }
 }
 
@@ -58,13 +62,24 @@ async fn xfreerdp(port: u16, password: &str) -> (i32, String) {
         .env("TW_RDP_TIMEOUT", "40")
         .kill_on_drop(true)
         .output();
-    let out = tokio::time::timeout(Duration::from_secs(60), out).await.expect("rdp-client.sh ended").unwrap();
-    let verdict = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let out = tokio::time::timeout(Duration::from_secs(60), out)
+        .await
+        .expect("rdp-client.sh ended")
+        .unwrap();
+    let verdict = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     (out.status.code().unwrap_or(-1), verdict)
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -78,12 +93,20 @@ async fn real_rdp_desktop_through_client_relay_agent() {
 
     let relay = TestRelay::start().await;
     let target = format!("127.0.0.1:{rdp_port}").parse().unwrap();
-    let agent = relay.agent("pc-xrdp", CONNECTION_PASSWORD).target(target).run().await;
-    let client = TestClient::serve(relay.login("pc-xrdp", CONNECTION_PASSWORD).await.unwrap()).await;
+    let agent = relay
+        .agent("pc-xrdp", CONNECTION_PASSWORD)
+        .target(target)
+        .run()
+        .await;
+    let client =
+        TestClient::serve(relay.login("pc-xrdp", CONNECTION_PASSWORD).await.unwrap()).await;
 
     // The right Windows (here: Linux) password: the desktop appears in xfreerdp.
     let (code, verdict) = xfreerdp(client.local.port(), RDP_PASSWORD).await;
-    assert_eq!(code, 0, "desktop should appear through the relay: {verdict}");
+    assert_eq!(
+        code, 0,
+        "desktop should appear through the relay: {verdict}"
+    );
 
     // A wrong desktop password: xrdp refuses the login, through the same chain.
     let (code, verdict) = xfreerdp(client.local.port(), "not-the-password").await;

@@ -57,7 +57,10 @@ pub(crate) fn tunnel_keys(prk: &hkdf::Prk, role: Role) -> TunnelKeys {
         Role::Client => (c2a, a2c),
         Role::Agent => (a2c, c2a),
     };
-    TunnelKeys { sealer: Sealer::new(&seal), opener: Opener::new(&open) }
+    TunnelKeys {
+        sealer: Sealer::new(&seal),
+        opener: Opener::new(&open),
+    }
 }
 
 /// Keys after a password login: the first tunnel's record keys and the session's resumption
@@ -83,7 +86,10 @@ mod tests {
         let rec = agent.opener.open(&mut wire).unwrap().unwrap();
         assert_eq!(&rec.payload[..], b"hi");
         agent.sealer.seal_data(b"yo", &mut wire).unwrap();
-        assert_eq!(&client.opener.open(&mut wire).unwrap().unwrap().payload[..], b"yo");
+        assert_eq!(
+            &client.opener.open(&mut wire).unwrap().unwrap().payload[..],
+            b"yo"
+        );
     }
 
     #[test]

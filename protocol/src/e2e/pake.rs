@@ -89,7 +89,9 @@ impl PasswordRecord {
         bytes.extend_from_slice(&(setup_bytes.len() as u16).to_be_bytes());
         bytes.extend_from_slice(&setup_bytes);
         bytes.extend_from_slice(&file.serialize());
-        Ok(Self { bytes: Zeroizing::new(bytes) })
+        Ok(Self {
+            bytes: Zeroizing::new(bytes),
+        })
     }
 
     /// Reads a record saved with [`PasswordRecord::to_bytes`].
@@ -97,7 +99,9 @@ impl PasswordRecord {
     /// # Errors
     /// [`PakeError::BadRecord`] if the bytes are not a record.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, PakeError> {
-        let record = Self { bytes: Zeroizing::new(bytes.to_vec()) };
+        let record = Self {
+            bytes: Zeroizing::new(bytes.to_vec()),
+        };
         record.parts()?;
         Ok(record)
     }
@@ -121,8 +125,10 @@ impl PasswordRecord {
         ]) as usize;
         let setup_bytes = b.get(2..2 + len).ok_or(PakeError::BadRecord)?;
         let file_bytes = b.get(2 + len..).ok_or(PakeError::BadRecord)?;
-        let setup = ServerSetup::<Suite>::deserialize(setup_bytes).map_err(|_| PakeError::BadRecord)?;
-        let file = ServerRegistration::<Suite>::deserialize(file_bytes).map_err(|_| PakeError::BadRecord)?;
+        let setup =
+            ServerSetup::<Suite>::deserialize(setup_bytes).map_err(|_| PakeError::BadRecord)?;
+        let file = ServerRegistration::<Suite>::deserialize(file_bytes)
+            .map_err(|_| PakeError::BadRecord)?;
         Ok((setup, file))
     }
 }
@@ -150,7 +156,10 @@ impl ClientLogin {
     pub fn start(password: &[u8]) -> Result<(Self, Vec<u8>), PakeError> {
         let start = opaque_ke::ClientLogin::<Suite>::start(&mut OsRng, password)
             .map_err(|_| PakeError::Malformed)?;
-        Ok((Self { state: start.state }, start.message.serialize().to_vec()))
+        Ok((
+            Self { state: start.state },
+            start.message.serialize().to_vec(),
+        ))
     }
 
     /// Opens the agent's response with the password.
@@ -201,7 +210,10 @@ impl AgentLogin {
         let request =
             CredentialRequest::<Suite>::deserialize(request).map_err(|_| PakeError::Malformed)?;
         let ctx = context(id);
-        let params = ServerLoginParameters { context: Some(&ctx), ..Default::default() };
+        let params = ServerLoginParameters {
+            context: Some(&ctx),
+            ..Default::default()
+        };
         let start = opaque_ke::ServerLogin::start(
             &mut OsRng,
             &setup,
@@ -212,7 +224,13 @@ impl AgentLogin {
         )
         .map_err(|_| PakeError::Malformed)?;
         let response = start.message.serialize().to_vec();
-        Ok((Self { state: start.state, ctx }, response))
+        Ok((
+            Self {
+                state: start.state,
+                ctx,
+            },
+            response,
+        ))
     }
 
     /// Verifies the client's finalization.
@@ -222,8 +240,14 @@ impl AgentLogin {
     pub fn finish(self, finalization: &[u8]) -> Result<SessionKey, PakeError> {
         let fin = CredentialFinalization::<Suite>::deserialize(finalization)
             .map_err(|_| PakeError::Malformed)?;
-        let params = ServerLoginParameters { context: Some(&self.ctx), ..Default::default() };
-        let done = self.state.finish(fin, params).map_err(|_| PakeError::WrongPassword)?;
+        let params = ServerLoginParameters {
+            context: Some(&self.ctx),
+            ..Default::default()
+        };
+        let done = self
+            .state
+            .finish(fin, params)
+            .map_err(|_| PakeError::WrongPassword)?;
         Ok(Zeroizing::new(done.session_key.to_vec()))
     }
 }
@@ -254,7 +278,10 @@ mod tests {
         let record = PasswordRecord::create(b"right").unwrap();
         let (client, request) = ClientLogin::start(b"wrong").unwrap();
         let (_agent, response) = AgentLogin::start(&record, &request, &id()).unwrap();
-        assert!(matches!(client.finish(b"wrong", &response, &id()), Err(PakeError::WrongPassword)));
+        assert!(matches!(
+            client.finish(b"wrong", &response, &id()),
+            Err(PakeError::WrongPassword)
+        ));
     }
 
     #[test]

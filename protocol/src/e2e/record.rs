@@ -92,19 +92,29 @@ pub struct Sealer {
 impl Sealer {
     /// A sealer for a 32-byte key.
     pub fn new(k: &[u8; 32]) -> Self {
-        Self { key: key(k), counter: 0 }
+        Self {
+            key: key(k),
+            counter: 0,
+        }
     }
 
     /// Appends one record of `kind` holding `payload` to `dst`.
     ///
     /// # Errors
     /// [`RecordError::TooLarge`] if `payload` is over [`MAX_RECORD_PLAINTEXT`].
-    pub fn seal(&mut self, kind: RecordKind, payload: &[u8], dst: &mut BytesMut) -> Result<(), RecordError> {
+    pub fn seal(
+        &mut self,
+        kind: RecordKind,
+        payload: &[u8],
+        dst: &mut BytesMut,
+    ) -> Result<(), RecordError> {
         if payload.len() > MAX_RECORD_PLAINTEXT {
             return Err(RecordError::TooLarge(payload.len()));
         }
         let counter = self.counter;
-        self.counter = counter.checked_add(1).ok_or(RecordError::CounterExhausted)?;
+        self.counter = counter
+            .checked_add(1)
+            .ok_or(RecordError::CounterExhausted)?;
         let ct_len = payload.len() + 1 + TAG_LEN;
         let header = (ct_len as u16).to_be_bytes();
         dst.reserve(RECORD_HEADER_LEN + ct_len);
@@ -141,7 +151,10 @@ pub struct Opener {
 impl Opener {
     /// An opener for a 32-byte key.
     pub fn new(k: &[u8; 32]) -> Self {
-        Self { key: key(k), counter: 0 }
+        Self {
+            key: key(k),
+            counter: 0,
+        }
     }
 
     /// Takes one record off the front of `src` and opens it.
@@ -165,7 +178,9 @@ impl Opener {
         src.advance(RECORD_HEADER_LEN);
         let mut body = src.split_to(ct_len);
         let counter = self.counter;
-        self.counter = counter.checked_add(1).ok_or(RecordError::CounterExhausted)?;
+        self.counter = counter
+            .checked_add(1)
+            .ok_or(RecordError::CounterExhausted)?;
         let plain_len = self
             .key
             .open_in_place(nonce(counter), Aad::from(header), &mut body)
@@ -175,7 +190,10 @@ impl Opener {
         let kind_byte = body[plain_len - 1];
         body.truncate(plain_len - 1);
         let kind = RecordKind::from_byte(kind_byte).ok_or(RecordError::UnknownKind(kind_byte))?;
-        Ok(Some(Record { kind, payload: body }))
+        Ok(Some(Record {
+            kind,
+            payload: body,
+        }))
     }
 }
 
@@ -227,7 +245,10 @@ mod tests {
         let mut second = BytesMut::new();
         s.seal_data(b"two", &mut second).unwrap();
         // Reordered: second before first.
-        assert_eq!(o.open(&mut second.clone()).unwrap_err(), RecordError::Forged);
+        assert_eq!(
+            o.open(&mut second.clone()).unwrap_err(),
+            RecordError::Forged
+        );
         let (_, mut o) = pair();
         o.open(&mut first.clone()).unwrap().unwrap();
         // Replayed: first again.
@@ -242,6 +263,12 @@ mod tests {
         let mut huge = BytesMut::from(&[0xffu8, 0xff][..]);
         assert!(matches!(o.open(&mut huge), Err(RecordError::BadLength(_))));
         let (mut s, _) = pair();
-        assert!(s.seal(RecordKind::Data, &vec![0; MAX_RECORD_PLAINTEXT + 1], &mut BytesMut::new()).is_err());
+        assert!(s
+            .seal(
+                RecordKind::Data,
+                &vec![0; MAX_RECORD_PLAINTEXT + 1],
+                &mut BytesMut::new()
+            )
+            .is_err());
     }
 }

@@ -21,7 +21,12 @@ struct Schedule {
 }
 
 impl Schedule {
-    fn new(secret: &[u8; 32], session: SessionId, client_nonce: &[u8; 32], agent_nonce: &[u8; 32]) -> Self {
+    fn new(
+        secret: &[u8; 32],
+        session: SessionId,
+        client_nonce: &[u8; 32],
+        agent_nonce: &[u8; 32],
+    ) -> Self {
         let mut transcript = Vec::with_capacity(16 + 64 + 32);
         transcript.extend_from_slice(b"telework/1 resume");
         transcript.extend_from_slice(&session.0);
@@ -60,7 +65,11 @@ pub struct ClientResume {
 impl ClientResume {
     /// Starts a resumption; send `(session, nonce)` as the `Resume` message.
     pub fn start(session: SessionId, secret: &ResumptionSecret) -> Self {
-        Self { session, secret: secret.clone(), nonce: rand::random() }
+        Self {
+            session,
+            secret: secret.clone(),
+            nonce: rand::random(),
+        }
     }
 
     /// The nonce to send.
@@ -72,7 +81,11 @@ impl ClientResume {
     ///
     /// # Errors
     /// [`ResumeError`] if the agent's MAC is wrong.
-    pub fn finish(self, agent_nonce: &[u8; 32], agent_mac: &[u8; 32]) -> Result<([u8; 32], TunnelKeys), ResumeError> {
+    pub fn finish(
+        self,
+        agent_nonce: &[u8; 32],
+        agent_mac: &[u8; 32],
+    ) -> Result<([u8; 32], TunnelKeys), ResumeError> {
         let s = Schedule::new(&self.secret, self.session, &self.nonce, agent_nonce);
         s.verify(AGENT_CONFIRM, agent_mac)?;
         Ok((s.mac(CLIENT_CONFIRM), tunnel_keys(&s.prk, Role::Client)))
@@ -89,7 +102,10 @@ impl AgentResume {
     /// Answers a client's `Resume` for a session whose secret is `secret`.
     pub fn respond(session: SessionId, secret: &ResumptionSecret, client_nonce: &[u8; 32]) -> Self {
         let nonce: [u8; 32] = rand::random();
-        Self { schedule: Schedule::new(secret, session, client_nonce, &nonce), nonce }
+        Self {
+            schedule: Schedule::new(secret, session, client_nonce, &nonce),
+            nonce,
+        }
     }
 
     /// The agent's nonce and MAC to send.
@@ -124,7 +140,10 @@ mod tests {
         let mut ak = agent.finish(&client_mac).unwrap();
         let mut wire = BytesMut::new();
         ck.sealer.seal_data(b"x", &mut wire).unwrap();
-        assert_eq!(&ak.opener.open(&mut wire).unwrap().unwrap().payload[..], b"x");
+        assert_eq!(
+            &ak.opener.open(&mut wire).unwrap().unwrap().payload[..],
+            b"x"
+        );
     }
 
     #[test]

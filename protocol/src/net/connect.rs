@@ -22,7 +22,9 @@ pub struct RelayAddr {
 
 /// Text that is not `host:port`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("a relay address looks like host:port, for example relay.example.com:443 or 127.0.0.1:4433")]
+#[error(
+    "a relay address looks like host:port, for example relay.example.com:443 or 127.0.0.1:4433"
+)]
 pub struct BadRelayAddr;
 
 impl FromStr for RelayAddr {
@@ -31,11 +33,17 @@ impl FromStr for RelayAddr {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let (host, port) = s.rsplit_once(':').ok_or(BadRelayAddr)?;
         let port: u16 = port.parse().map_err(|_| BadRelayAddr)?;
-        let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+        let host = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host);
         if host.is_empty() || port == 0 {
             return Err(BadRelayAddr);
         }
-        Ok(Self { host: host.to_owned(), port })
+        Ok(Self {
+            host: host.to_owned(),
+            port,
+        })
     }
 }
 
@@ -105,17 +113,26 @@ pub enum ConnectError {
 ///
 /// # Errors
 /// [`ConnectError`], classified so the caller can print a plain sentence.
-pub async fn connect(addr: &RelayAddr, config: Arc<rustls::ClientConfig>) -> Result<TlsStream<TcpStream>, ConnectError> {
+pub async fn connect(
+    addr: &RelayAddr,
+    config: Arc<rustls::ClientConfig>,
+) -> Result<TlsStream<TcpStream>, ConnectError> {
     match tokio::time::timeout(HANDSHAKE_TIMEOUT, connect_inner(addr, config)).await {
         Ok(result) => result,
         Err(_) => Err(ConnectError::Timeout { addr: addr.clone() }),
     }
 }
 
-async fn connect_inner(addr: &RelayAddr, config: Arc<rustls::ClientConfig>) -> Result<TlsStream<TcpStream>, ConnectError> {
+async fn connect_inner(
+    addr: &RelayAddr,
+    config: Arc<rustls::ClientConfig>,
+) -> Result<TlsStream<TcpStream>, ConnectError> {
     let mut resolved = tokio::net::lookup_host((addr.host.as_str(), addr.port))
         .await
-        .map_err(|source| ConnectError::Resolve { addr: addr.clone(), source })?
+        .map_err(|source| ConnectError::Resolve {
+            addr: addr.clone(),
+            source,
+        })?
         .peekable();
     if resolved.peek().is_none() {
         return Err(ConnectError::Resolve {
@@ -151,10 +168,14 @@ async fn connect_inner(addr: &RelayAddr, config: Arc<rustls::ClientConfig>) -> R
 
 fn classify_tls_error(addr: &RelayAddr, source: io::Error) -> ConnectError {
     let addr = addr.clone();
-    match source.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()) {
-        Some(rustls::Error::InvalidCertificate(reason)) => {
-            ConnectError::CertificateRejected { addr, detail: format!("{reason:?}") }
-        }
+    match source
+        .get_ref()
+        .and_then(|e| e.downcast_ref::<rustls::Error>())
+    {
+        Some(rustls::Error::InvalidCertificate(reason)) => ConnectError::CertificateRejected {
+            addr,
+            detail: format!("{reason:?}"),
+        },
         Some(rustls::Error::AlertReceived(rustls::AlertDescription::NoApplicationProtocol))
         | Some(rustls::Error::NoApplicationProtocol) => ConnectError::VersionMismatch { addr },
         _ => ConnectError::Tls { addr, source },
@@ -167,7 +188,9 @@ fn classify_tls_error(addr: &RelayAddr, source: io::Error) -> ConnectError {
 /// Only if the handshake is unfinished.
 pub fn client_exporter(tls: &TlsStream<TcpStream>) -> Result<[u8; EXPORTER_LEN], rustls::Error> {
     let mut out = [0u8; EXPORTER_LEN];
-    tls.get_ref().1.export_keying_material(&mut out, EXPORTER_LABEL, None)?;
+    tls.get_ref()
+        .1
+        .export_keying_material(&mut out, EXPORTER_LABEL, None)?;
     Ok(out)
 }
 

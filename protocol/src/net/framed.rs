@@ -38,7 +38,10 @@ pub struct Framed<S> {
 impl<S> Framed<S> {
     /// Wraps a stream.
     pub fn new(io: S) -> Self {
-        Self { io, buf: BytesMut::new() }
+        Self {
+            io,
+            buf: BytesMut::new(),
+        }
     }
 
     /// Wraps a stream whose first bytes were already read into `buf`.
@@ -78,8 +81,13 @@ impl<S: AsyncRead + Unpin> Framed<S> {
     ///
     /// # Errors
     /// As [`Framed::read`], plus [`FrameError::Timeout`].
-    pub async fn read_within<T: DeserializeOwned>(&mut self, limit: Duration) -> Result<T, FrameError> {
-        tokio::time::timeout(limit, self.read()).await.map_err(|_| FrameError::Timeout)?
+    pub async fn read_within<T: DeserializeOwned>(
+        &mut self,
+        limit: Duration,
+    ) -> Result<T, FrameError> {
+        tokio::time::timeout(limit, self.read())
+            .await
+            .map_err(|_| FrameError::Timeout)?
     }
 }
 

@@ -59,7 +59,12 @@ pub struct SecureTunnel<S> {
 impl<S: Stream> SecureTunnel<S> {
     /// Starts the record layer on `io`; `leftover` holds bytes already read past the handshake.
     pub fn new(io: S, leftover: BytesMut, keys: TunnelKeys) -> Self {
-        Self { io, rbuf: leftover, sealer: keys.sealer, opener: keys.opener }
+        Self {
+            io,
+            rbuf: leftover,
+            sealer: keys.sealer,
+            opener: keys.opener,
+        }
     }
 
     /// Sends a control notice.
@@ -113,7 +118,12 @@ impl<S: Stream> SecureTunnel<S> {
     /// # Errors
     /// Any [`TunnelError`]; both directions stop at the first.
     pub async fn pump<L: Stream>(self, local: L) -> Result<PumpStats, TunnelError> {
-        let Self { io, mut rbuf, mut sealer, mut opener } = self;
+        let Self {
+            io,
+            mut rbuf,
+            mut sealer,
+            mut opener,
+        } = self;
         let (mut tr, mut tw) = tokio::io::split(io);
         let (mut lr, mut lw) = tokio::io::split(local);
 
@@ -151,7 +161,9 @@ impl<S: Stream> SecureTunnel<S> {
                         return Ok::<u64, TunnelError>(received);
                     }
                     RecordKind::Notice => match parse_notice(&record)? {
-                        AgentNotice::SessionEnded(reason) => return Err(TunnelError::Ended(reason)),
+                        AgentNotice::SessionEnded(reason) => {
+                            return Err(TunnelError::Ended(reason))
+                        }
                         _ => return Err(TunnelError::Unexpected),
                     },
                 }
@@ -210,11 +222,17 @@ mod tests {
     use super::*;
     use crate::e2e::keys::{after_login, Role};
 
-    fn tunnels() -> (SecureTunnel<tokio::io::DuplexStream>, SecureTunnel<tokio::io::DuplexStream>) {
+    fn tunnels() -> (
+        SecureTunnel<tokio::io::DuplexStream>,
+        SecureTunnel<tokio::io::DuplexStream>,
+    ) {
         let (a, b) = tokio::io::duplex(64);
         let (ck, _) = after_login(&[1; 64], Role::Client);
         let (ak, _) = after_login(&[1; 64], Role::Agent);
-        (SecureTunnel::new(a, BytesMut::new(), ck), SecureTunnel::new(b, BytesMut::new(), ak))
+        (
+            SecureTunnel::new(a, BytesMut::new(), ck),
+            SecureTunnel::new(b, BytesMut::new(), ak),
+        )
     }
 
     #[tokio::test]
@@ -251,15 +269,27 @@ mod tests {
         drop(agent);
         let (client_local, _app) = tokio::io::duplex(1024);
         let err = client.pump(client_local).await.unwrap_err();
-        assert!(matches!(err, TunnelError::Truncated | TunnelError::Io(_)), "{err:?}");
+        assert!(
+            matches!(err, TunnelError::Truncated | TunnelError::Io(_)),
+            "{err:?}"
+        );
     }
 
     #[tokio::test]
     async fn notices_round_trip() {
         let (mut client, mut agent) = tunnels();
-        agent.send_notice(&AgentNotice::TargetRefused).await.unwrap();
-        assert_eq!(client.recv_notice().await.unwrap(), AgentNotice::TargetRefused);
+        agent
+            .send_notice(&AgentNotice::TargetRefused)
+            .await
+            .unwrap();
+        assert_eq!(
+            client.recv_notice().await.unwrap(),
+            AgentNotice::TargetRefused
+        );
         agent.finish().await.unwrap();
-        assert!(matches!(client.recv_notice().await, Err(TunnelError::Truncated)));
+        assert!(matches!(
+            client.recv_notice().await,
+            Err(TunnelError::Truncated)
+        ));
     }
 }

@@ -40,7 +40,9 @@ pub enum TlsConfigError {
     #[error("invalid TLS configuration: {0}")]
     Rustls(#[from] rustls::Error),
     /// No trusted roots could be found.
-    #[error("no trusted root certificates found on this system; pass --relay-fingerprint or --relay-ca")]
+    #[error(
+        "no trusted root certificates found on this system; pass --relay-fingerprint or --relay-ca"
+    )]
     NoRoots,
 }
 
@@ -62,13 +64,19 @@ impl RelayTrust {
     ///
     /// # Errors
     /// [`TlsConfigError`] if the trust anchors cannot be loaded.
-    pub fn client_config(&self, alpn_id: &[u8]) -> Result<Arc<rustls::ClientConfig>, TlsConfigError> {
+    pub fn client_config(
+        &self,
+        alpn_id: &[u8],
+    ) -> Result<Arc<rustls::ClientConfig>, TlsConfigError> {
         let builder = rustls::ClientConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])?;
         let mut config = match self {
             Self::Fingerprint(fp) => builder
                 .dangerous()
-                .with_custom_certificate_verifier(Arc::new(PinnedCertificate { pin: *fp, provider: provider() }))
+                .with_custom_certificate_verifier(Arc::new(PinnedCertificate {
+                    pin: *fp,
+                    provider: provider(),
+                }))
                 .with_no_client_auth(),
             Self::Ca(certs) => {
                 let mut roots = rustls::RootCertStore::empty();
@@ -114,8 +122,15 @@ pub fn server_config(
 ///
 /// # Errors
 /// [`TlsConfigError::File`] if the file cannot be read or holds no certificate.
-pub fn load_certs(path: &Path, what: &'static str) -> Result<Vec<CertificateDer<'static>>, TlsConfigError> {
-    let file_err = |detail: String| TlsConfigError::File { what, path: path.display().to_string(), detail };
+pub fn load_certs(
+    path: &Path,
+    what: &'static str,
+) -> Result<Vec<CertificateDer<'static>>, TlsConfigError> {
+    let file_err = |detail: String| TlsConfigError::File {
+        what,
+        path: path.display().to_string(),
+        detail,
+    };
     let certs = CertificateDer::pem_file_iter(path)
         .map_err(|e| file_err(e.to_string()))?
         .collect::<Result<Vec<_>, _>>()
@@ -158,7 +173,9 @@ impl ServerCertVerifier for PinnedCertificate {
         if CertFingerprint::of_der(end_entity) == self.pin {
             Ok(ServerCertVerified::assertion())
         } else {
-            Err(rustls::Error::InvalidCertificate(rustls::CertificateError::ApplicationVerificationFailure))
+            Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::ApplicationVerificationFailure,
+            ))
         }
     }
 
@@ -168,7 +185,12 @@ impl ServerCertVerifier for PinnedCertificate {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -177,10 +199,17 @@ impl ServerCertVerifier for PinnedCertificate {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
