@@ -74,6 +74,35 @@ async fn xfreerdp(port: u16, password: &str) -> (i32, String) {
     (out.status.code().unwrap_or(-1), verdict)
 }
 
+/// On a fresh machine, as root, installs xrdp, FreeRDP, Xvfb and the test user (the same
+/// script `.ci/run` runs), so `cargo test` alone is enough. Without root, says what to do.
+fn ensure_rdp_installed() {
+    let have = |cmd: &str| {
+        Command::new("sh")
+            .args(["-c", &format!("command -v {cmd}")])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if have("xrdp") && have("xfreerdp") && have("Xvfb") {
+        return;
+    }
+    let uid = Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
+    assert_eq!(
+        uid.as_deref().unwrap_or(""),
+        "0",
+        "the real RDP test needs xrdp, xorgxrdp, freerdp2-x11 and Xvfb: run 'sudo bash tests/rdp/setup.sh' \
+         (or set TELEWORK_SKIP_RDP=1 to skip it)"
+    );
+    let status = Command::new("bash")
+        .arg(scripts().join("setup.sh"))
+        .status()
+        .expect("run setup.sh");
+    assert!(status.success(), "tests/rdp/setup.sh failed");
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -88,6 +117,7 @@ async fn real_rdp_desktop_through_client_relay_agent() {
         eprintln!("TELEWORK_SKIP_RDP is set: skipping the real RDP test");
         return;
     }
+    ensure_rdp_installed();
     let rdp_port = free_port();
     let _server = RdpServer::start(rdp_port);
 

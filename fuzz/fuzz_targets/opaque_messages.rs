@@ -1,0 +1,21 @@
+//! OPAQUE message parsing on both sides, and the stored password record.
+#![no_main]
+use std::sync::OnceLock;
+
+use libfuzzer_sys::fuzz_target;
+use telework_protocol::e2e::pake::{AgentLogin, ClientLogin, PasswordRecord};
+use telework_protocol::ComputerId;
+
+fn record() -> &'static PasswordRecord {
+    static RECORD: OnceLock<PasswordRecord> = OnceLock::new();
+    RECORD.get_or_init(|| PasswordRecord::create(b"fuzz password").expect("record"))
+}
+
+fuzz_target!(|data: &[u8]| {
+    let id: ComputerId = "fuzz-pc".parse().expect("id");
+    let _ = AgentLogin::start(record(), data, &id);
+    let _ = PasswordRecord::from_bytes(data);
+    if let Ok((client, _)) = ClientLogin::start(b"fuzz password") {
+        let _ = client.finish(b"fuzz password", data, &id);
+    }
+});
