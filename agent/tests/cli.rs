@@ -1,0 +1,167 @@
+//! The `telework-agent` binary as IT staff use it: register (with and without a token), set
+//! the password, run, and stop on SIGTERM.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use telework_relay::{Registration, RelayOptions};
+use telework_tests::{EchoServer, TestRelay};
+
+fn agent() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_telework-agent"))
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+async fn run_blocking(mut cmd: Command, stdin: Option<&'static str>) -> Output {
+    tokio::task::spawn_blocking(move || {
+        use std::io::Write;
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        let mut pipe = child.stdin.take().unwrap();
+        if let Some(s) = stdin {
+            pipe.write_all(s.as_bytes()).unwrap();
+        }
+        drop(pipe);
+        child.wait_with_output().unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn register_set_password_run_and_stop() {
+    let relay = TestRelay::start_with(RelayOptions {
+        registration: Registration::Token,
+        ..Default::default()
+    })
+    .await;
+    let desktop = EchoServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("agent");
+    let register = |token: Option<String>, fp: String| {
+        let mut cmd = agent();
+        cmd.args([
+            "register",
+            "--relay",
+            &relay.addr.to_string(),
+            "--id",
+            "PC-IT-01",
+            "--relay-fingerprint",
+            &fp,
+        ])
+        .arg("--data-dir")
+        .arg(&data);
+        if let Some(t) = token {
+            cmd.args(["--token", &t]);
+        }
+        cmd
+    };
+
+    let out = run_blocking(register(None, relay.fingerprint.to_string()), None).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out).contains("the relay requires an enrolment token"),
+        "{}",
+        text(&out)
+    );
+
+    let wrong_fp = format!("sha256:{}", "00".repeat(32));
+    let out = run_blocking(register(Some("tw1-x".into()), wrong_fp), None).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out).contains("certificate we do not trust"),
+        "{}",
+        text(&out)
+    );
+
+    let out = run_blocking(
+        register(Some("tw1-forged".into()), relay.fingerprint.to_string()),
+        None,
+    )
+    .await;
+    assert!(
+        text(&out).contains("enrolment token is not valid"),
+        "{}",
+        text(&out)
+    );
+
+    let token = relay.relay.registry.create_token(1, 3600).unwrap();
+    let out = run_blocking(register(Some(token), relay.fingerprint.to_string()), None).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("registered as computer ID: pc-it-01"));
+
+    let mut set = agent();
+    set.args(["set-password", "--password-stdin", "--data-dir"])
+        .arg(&data);
+    let out = run_blocking(set, Some("short\n")).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out).contains("at least 8 characters"),
+        "{}",
+        text(&out)
+    );
+    let mut set = agent();
+    set.args(["set-password", "--password-stdin", "--data-dir"])
+        .arg(&data);
+    let out = run_blocking(set, Some("it-staff-chose-this\n")).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let stored = std::fs::read(data.join("password.opaque")).unwrap();
+    assert!(!stored.windows(19).any(|w| w == b"it-staff-chose-this"));
+
+    let mut child = agent()
+        .args(["run", "--target", &desktop.addr.to_string(), "--data-dir"])
+        .arg(&data)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let id = "pc-it-01".parse().unwrap();
+    for _ in 0..100 {
+        if relay.relay.hub.is_online(&id) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(relay.relay.hub.is_online(&id), "agent came online");
+    let session = relay
+        .login("pc-it-01", "it-staff-chose-this")
+        .await
+        .unwrap();
+    session.opener().open().await.unwrap();
+    assert_eq!(desktop.connections(), 1);
+
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(status.success(), "{status}");
+}
+
+#[test]
+fn run_before_register_says_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = agent()
+        .args(["run", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out).contains("not registered yet: run 'telework-agent register' first"),
+        "{}",
+        text(&out)
+    );
+}

@@ -1,0 +1,124 @@
+//! The `telework` binary as an employee uses it, against a relay and agent run in process:
+//! connect, use the local address, Ctrl-C; and the one-line errors.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use telework_tests::{EchoServer, TestRelay};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::process::Command;
+
+const PW: &str = "employee-connection-password";
+
+fn telework(relay: &TestRelay, id: &str) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_telework"));
+    cmd.args([
+        "connect",
+        id,
+        "--relay",
+        &relay.addr.to_string(),
+        "--password-stdin",
+        "--launch",
+        "none",
+    ])
+    .args(["--relay-fingerprint", &relay.fingerprint.to_string()])
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .kill_on_drop(true);
+    cmd
+}
+
+/// Runs `telework connect` to completion with `password`; returns exit code and stderr.
+async fn run_to_end(relay: &TestRelay, id: &str, password: &str) -> (Option<i32>, String) {
+    let mut child = telework(relay, id).spawn().unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!("{password}\n").as_bytes())
+        .await
+        .unwrap();
+    let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_serves_the_local_address_until_ctrl_c() {
+    let relay = TestRelay::start().await;
+    let desktop = EchoServer::start().await;
+    let _agent = relay.agent("pc-cli", PW).target(desktop.addr).run().await;
+
+    let mut child = telework(&relay, "PC-CLI").spawn().unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!("{PW}\n").as_bytes())
+        .await
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = tokio::time::timeout(Duration::from_secs(20), stdout.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let addr = line
+        .strip_prefix("connected to pc-cli: point your RDP client at ")
+        .expect(&line)
+        .to_owned();
+
+    for _ in 0..2 {
+        let mut conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        conn.write_all(b"ping through the binary").await.unwrap();
+        conn.shutdown().await.unwrap();
+        let mut back = Vec::new();
+        conn.read_to_end(&mut back).await.unwrap();
+        assert_eq!(back, b"ping through the binary");
+    }
+    assert_eq!(desktop.connections(), 2);
+
+    std::process::Command::new("kill")
+        .args(["-INT", &child.id().unwrap().to_string()])
+        .status()
+        .unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "{status}");
+    let rest = stdout.next_line().await.unwrap().unwrap_or_default();
+    assert_eq!(rest, "session closed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_are_one_plain_line() {
+    let relay = TestRelay::start().await;
+    let desktop = EchoServer::start().await;
+    let _agent = relay.agent("pc-cli", PW).target(desktop.addr).run().await;
+
+    let (code, err) = run_to_end(&relay, "pc-cli", "not the password").await;
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("telework: wrong password, 4 tries left before the office PC locks out"),
+        "{err}"
+    );
+
+    let (code, err) = run_to_end(&relay, "pc-nobody", PW).await;
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("telework: no office PC is registered under that computer ID"),
+        "{err}"
+    );
+
+    let (code, err) = run_to_end(&relay, "bad id!", PW).await;
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("computer ID may only contain"), "{err}");
+}

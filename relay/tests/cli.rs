@@ -1,0 +1,152 @@
+//! The `telework-relay` binary as an operator uses it: first start, fingerprint, tokens, bad
+//! configuration, and a graceful stop on SIGTERM.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn relay() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_telework-relay"))
+}
+
+#[test]
+fn first_start_prints_a_fingerprint_that_the_fingerprint_command_repeats_and_sigterm_stops_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = relay()
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let listening = lines.next().unwrap().unwrap();
+    assert!(
+        listening.starts_with("telework-relay listening on 127.0.0.1:"),
+        "{listening}"
+    );
+    let fp_line = lines.next().unwrap().unwrap();
+    let printed = fp_line
+        .strip_prefix("certificate fingerprint: ")
+        .unwrap()
+        .to_owned();
+    assert!(
+        printed.starts_with("sha256:") && printed.len() == 7 + 64,
+        "{printed}"
+    );
+
+    let out = relay()
+        .args(["fingerprint", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8(out.stdout).unwrap().trim(), printed);
+
+    #[cfg(unix)]
+    {
+        let key = std::fs::metadata(dir.path().join("relay-key.pem")).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            key.permissions().mode() & 0o777,
+            0o600,
+            "private key is owner-only"
+        );
+    }
+
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let started = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success(), "graceful stop exits 0, got {status}");
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "relay did not stop on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn tokens_are_printed_and_machines_listed() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = relay()
+        .args(["token", "create", "--uses", "3", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let token = String::from_utf8(out.stdout).unwrap();
+    assert!(token.trim().starts_with("tw1-"), "{token}");
+    let out = relay()
+        .args(["machines", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+}
+
+#[test]
+fn bad_configuration_is_a_clear_error_before_anything_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("relay.toml");
+    std::fs::write(&bad, "listen = \"0.0.0.0:443\"\nmax_conections = 5\n").unwrap();
+    let out = relay()
+        .arg("serve")
+        .arg("--config")
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        err.contains("relay.toml") && err.contains("max_conections"),
+        "{err}"
+    );
+
+    let out = relay()
+        .args(["serve", "--listen", "not-an-address", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8(out.stderr)
+        .unwrap()
+        .contains("invalid setting listen"));
+
+    let out = relay()
+        .args(["serve", "--data-dir"])
+        .arg(dir.path())
+        .args([
+            "--cert",
+            "/nonexistent/cert.pem",
+            "--key",
+            "/nonexistent/key.pem",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8(out.stderr)
+        .unwrap()
+        .contains("/nonexistent/cert.pem"));
+
+    let out = relay().args(["serve", "--bogus-flag"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "clap usage error");
+
+    let out = relay()
+        .args(["fingerprint", "--data-dir"])
+        .arg(dir.path().join("empty"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8(out.stderr)
+        .unwrap()
+        .contains("start the relay once first"));
+}
