@@ -7,15 +7,20 @@
 //! - [`control`]: the control connection, keepalives and reconnects ([`backoff`]).
 //! - [`tunnel`]: one tunnel: ticket, end-to-end handshake, forwarding.
 //! - [`sessions`] and [`lockout`]: session secrets and wrong-password throttling.
+//! - [`policy`], [`devices`] and [`totp`]: what IT staff require of a login.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod activity;
 pub mod backoff;
 pub mod control;
+pub mod devices;
 pub mod lockout;
+pub mod policy;
 pub mod register;
 pub mod sessions;
 pub mod state;
+pub mod totp;
 pub mod tunnel;
 
 use std::future::Future;
@@ -79,6 +84,14 @@ pub enum AgentError {
     Timeout,
 }
 
+/// Seconds since the Unix epoch (0 if the clock is before it).
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
 /// A running agent's shared state.
 pub struct Agent {
     id: ComputerId,
@@ -90,6 +103,8 @@ pub struct Agent {
     target: String,
     sessions: Sessions,
     lockout: Mutex<Lockout>,
+    totp_last_step: Mutex<Option<u64>>,
+    devices_lock: Mutex<()>,
     online: watch::Sender<bool>,
     tunnel_slots: Arc<Semaphore>,
     tasks: TaskTracker,
@@ -104,6 +119,7 @@ impl Agent {
     pub fn load(data: DataDir, target: String) -> Result<Arc<Self>, AgentError> {
         let settings = data.settings()?;
         let trust = settings.relay_trust()?;
+        let lockout = data.lockout()?;
         Ok(Arc::new(Self {
             id: settings.computer_id.clone(),
             relay: settings.relay_addr()?,
@@ -113,7 +129,9 @@ impl Agent {
             data,
             target,
             sessions: Sessions::default(),
-            lockout: Mutex::new(Lockout::default()),
+            lockout: Mutex::new(lockout),
+            totp_last_step: Mutex::new(None),
+            devices_lock: Mutex::new(()),
             online: watch::channel(false).0,
             tunnel_slots: Arc::new(Semaphore::new(MAX_TUNNELS)),
             tasks: TaskTracker::new(),
@@ -138,6 +156,65 @@ impl Agent {
 
     fn lockout(&self) -> std::sync::MutexGuard<'_, Lockout> {
         self.lockout.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn save_lockout(&self, state: &Lockout) {
+        if let Err(e) = self.data.save_lockout(state) {
+            tracing::warn!(%e, "cannot save the wrong-password state");
+        }
+    }
+
+    fn lockout_begin(&self) -> Result<(), lockout::Refused> {
+        self.lockout().begin(unix_now())
+    }
+
+    fn lockout_fail(&self) -> Result<u32, Duration> {
+        let mut l = self.lockout();
+        let result = l.fail(unix_now());
+        self.save_lockout(&l);
+        result
+    }
+
+    fn lockout_succeed(&self) {
+        let mut l = self.lockout();
+        l.succeed();
+        self.save_lockout(&l);
+    }
+
+    fn lockout_abandon(&self) {
+        self.lockout().abandon();
+    }
+
+    /// Checks a one-time code; each code works once.
+    fn check_totp(&self, secret: &totp::TotpSecret, code: &str) -> bool {
+        let mut last = self
+            .totp_last_step
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        match secret.verify(code, unix_now(), *last) {
+            Some(step) => {
+                *last = Some(step);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Where a connecting device stands, recording new ones as pending.
+    fn device_status(&self, public_key: &[u8], name: &str) -> devices::DeviceStatus {
+        let _guard = self.devices_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let mut devices = match self.data.devices() {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(%e, "cannot read the device list; refusing the device");
+                return devices::DeviceStatus::Revoked;
+            }
+        };
+        let status = devices.on_connect(public_key, name, unix_now());
+        if let Err(e) = self.data.save_devices(&devices) {
+            tracing::warn!(%e, "cannot save the device list");
+        }
+        status
     }
 
     /// Runs until `shutdown` completes (or a permanent refusal), then ends sessions, telling

@@ -1,12 +1,15 @@
-//! Wrong-password throttling on the office PC: a pure policy with the clock passed in.
+//! Wrong-password throttling on the office PC: a pure policy with the clock passed in (Unix
+//! seconds), saved in the data dir so a restart does not reset it.
 //!
 //! Five tries, then a lockout that doubles each time (1 min, 2 min, 4 min, … capped at one
 //! hour) until a login succeeds. Attempts in flight count against the free tries, so an
 //! attacker cannot run many guesses in parallel before the first failure is recorded.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-/// Wrong passwords allowed before a lockout.
+use serde::{Deserialize, Serialize};
+
+/// Wrong passwords (or one-time codes) allowed before a lockout.
 pub const FREE_TRIES: u32 = 5;
 /// The first lockout.
 pub const FIRST_LOCKOUT: Duration = Duration::from_secs(60);
@@ -23,23 +26,27 @@ pub enum Refused {
 }
 
 /// Failure counter and lockout state for one machine.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Lockout {
     failures: u32,
-    in_flight: u32,
     lockouts: u32,
-    locked_until: Option<Instant>,
+    /// Unix seconds the current lockout ends.
+    locked_until: Option<u64>,
+    #[serde(skip)]
+    in_flight: u32,
 }
 
 impl Lockout {
-    /// Starts an attempt; call [`Lockout::fail`] or [`Lockout::succeed`] when it ends.
+    /// Starts an attempt at Unix time `now`; call [`Lockout::fail`], [`Lockout::succeed`] or
+    /// [`Lockout::abandon`] when it ends.
     ///
     /// # Errors
     /// [`Refused`] when locked out or when every remaining try is already in flight.
-    pub fn begin(&mut self, now: Instant) -> Result<(), Refused> {
+    pub fn begin(&mut self, now: u64) -> Result<(), Refused> {
         if let Some(until) = self.locked_until {
             if now < until {
-                return Err(Refused::LockedOut(until - now));
+                return Err(Refused::LockedOut(Duration::from_secs(until - now)));
             }
             self.locked_until = None;
         }
@@ -50,8 +57,8 @@ impl Lockout {
         Ok(())
     }
 
-    /// Records a wrong password. Returns the tries left, or the lockout that starts now.
-    pub fn fail(&mut self, now: Instant) -> Result<u32, Duration> {
+    /// Records a wrong password or code. Returns the tries left, or the lockout that starts.
+    pub fn fail(&mut self, now: u64) -> Result<u32, Duration> {
         self.in_flight = self.in_flight.saturating_sub(1);
         self.failures += 1;
         if self.failures < FREE_TRIES {
@@ -62,19 +69,19 @@ impl Lockout {
             .min(MAX_LOCKOUT);
         self.lockouts += 1;
         self.failures = 0;
-        self.locked_until = Some(now + lock);
+        self.locked_until = Some(now + lock.as_secs());
         Err(lock)
     }
 
-    /// Records a right password: the counters start over.
+    /// Records a full success: the counters start over.
     pub fn succeed(&mut self) {
         self.in_flight = self.in_flight.saturating_sub(1);
         self.failures = 0;
         self.lockouts = 0;
     }
 
-    /// Ends an attempt that was neither right nor wrong (the peer vanished before answering
-    /// counts as wrong: call [`Lockout::fail`] for that).
+    /// Ends an attempt that was neither right nor wrong (for example a device not yet
+    /// approved after a right password).
     pub fn abandon(&mut self) {
         self.in_flight = self.in_flight.saturating_sub(1);
     }
@@ -84,13 +91,14 @@ impl Lockout {
 mod tests {
     use super::*;
 
+    const T0: u64 = 1_700_000_000;
+
     #[test]
     fn five_failures_lock_for_a_minute_then_doubling() {
-        let t0 = Instant::now();
         let mut l = Lockout::default();
         for left in (0..FREE_TRIES).rev() {
-            l.begin(t0).unwrap();
-            match l.fail(t0) {
+            l.begin(T0).unwrap();
+            match l.fail(T0) {
                 Ok(n) => assert_eq!(n, left),
                 Err(lock) => {
                     assert_eq!(left, 0);
@@ -99,41 +107,45 @@ mod tests {
             }
         }
         assert_eq!(
-            l.begin(t0 + Duration::from_secs(59)),
+            l.begin(T0 + 59),
             Err(Refused::LockedOut(Duration::from_secs(1)))
         );
-        let t1 = t0 + FIRST_LOCKOUT;
+        let t1 = T0 + 60;
         for _ in 0..FREE_TRIES - 1 {
             l.begin(t1).unwrap();
             assert!(l.fail(t1).is_ok());
         }
         l.begin(t1).unwrap();
         assert_eq!(l.fail(t1), Err(2 * FIRST_LOCKOUT));
+        assert_eq!(
+            l.begin(t1 + 119),
+            Err(Refused::LockedOut(Duration::from_secs(1)))
+        );
+        l.begin(t1 + 120).unwrap();
     }
 
     #[test]
     fn success_resets_and_parallel_attempts_are_bounded() {
-        let t0 = Instant::now();
         let mut l = Lockout::default();
         for _ in 0..FREE_TRIES {
-            l.begin(t0).unwrap();
+            l.begin(T0).unwrap();
         }
-        assert_eq!(l.begin(t0), Err(Refused::Busy));
+        assert_eq!(l.begin(T0), Err(Refused::Busy));
         l.succeed();
-        l.begin(t0).unwrap();
+        l.begin(T0).unwrap();
         l.abandon();
         let mut l = Lockout::default();
-        l.begin(t0).unwrap();
-        l.fail(t0).unwrap();
-        l.begin(t0).unwrap();
+        l.begin(T0).unwrap();
+        l.fail(T0).unwrap();
+        l.begin(T0).unwrap();
         l.succeed();
-        l.begin(t0).unwrap();
-        assert_eq!(l.fail(t0), Ok(FREE_TRIES - 1));
+        l.begin(T0).unwrap();
+        assert_eq!(l.fail(T0), Ok(FREE_TRIES - 1));
     }
 
     #[test]
     fn lockout_is_capped() {
-        let mut now = Instant::now();
+        let mut now = T0;
         let mut l = Lockout::default();
         let mut last = Duration::ZERO;
         for _ in 0..20 {
@@ -141,10 +153,31 @@ mod tests {
                 l.begin(now).unwrap();
                 if let Err(lock) = l.fail(now) {
                     last = lock;
-                    now += lock;
+                    now += lock.as_secs();
                 }
             }
         }
         assert_eq!(last, MAX_LOCKOUT);
+    }
+
+    #[test]
+    fn saved_state_survives_a_restart() {
+        let mut l = Lockout::default();
+        for _ in 0..FREE_TRIES {
+            l.begin(T0).unwrap();
+            let _ = l.fail(T0);
+        }
+        l.in_flight = 3;
+        let saved = toml::to_string(&l).unwrap();
+        let mut restored: Lockout = toml::from_str(&saved).unwrap();
+        assert_eq!(
+            restored.in_flight, 0,
+            "attempts in flight died with the old process"
+        );
+        assert_eq!(
+            restored.begin(T0 + 30),
+            Err(Refused::LockedOut(Duration::from_secs(30)))
+        );
+        restored.begin(T0 + 60).unwrap();
     }
 }

@@ -7,7 +7,9 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
+use telework_agent::devices::DeviceStatus;
 use telework_agent::state::{AgentSettings, DataDir};
+use telework_agent::totp::TotpSecret;
 use telework_agent::{Agent, DEFAULT_TARGET};
 use telework_protocol::e2e::pake::PasswordRecord;
 use telework_protocol::{CertFingerprint, ComputerId};
@@ -53,6 +55,15 @@ enum Command {
         #[arg(long)]
         password_stdin: bool,
     },
+    /// Require a one-time code (TOTP) from an authenticator app as a second factor.
+    #[command(subcommand)]
+    Totp(TotpCommand),
+    /// Manage which client devices may connect.
+    #[command(subcommand)]
+    Devices(DevicesCommand),
+    /// Show or change the access policy (approved devices, idle timeout, session length).
+    #[command(subcommand)]
+    Policy(PolicyCommand),
     /// Stay connected to the relay and serve sessions.
     Run {
         /// The agent's data directory.
@@ -61,6 +72,73 @@ enum Command {
         /// The local desktop service to forward to.
         #[arg(long, default_value = DEFAULT_TARGET)]
         target: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum TotpCommand {
+    /// Create a secret and show it as text and as a QR code for an authenticator app.
+    Enable {
+        /// The agent's data directory.
+        #[arg(long, env = "TELEWORK_AGENT_DATA_DIR")]
+        data_dir: PathBuf,
+    },
+    /// Stop asking for one-time codes.
+    Disable {
+        /// The agent's data directory.
+        #[arg(long, env = "TELEWORK_AGENT_DATA_DIR")]
+        data_dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum DevicesCommand {
+    /// List known devices and their status.
+    List {
+        /// The agent's data directory.
+        #[arg(long, env = "TELEWORK_AGENT_DATA_DIR")]
+        data_dir: PathBuf,
+    },
+    /// Let a device connect (give its fingerprint or a unique prefix).
+    Approve {
+        /// Device fingerprint (or prefix).
+        device: String,
+        /// The agent's data directory.
+        #[arg(long, env = "TELEWORK_AGENT_DATA_DIR")]
+        data_dir: PathBuf,
+    },
+    /// Stop a device from connecting.
+    Revoke {
+        /// Device fingerprint (or prefix).
+        device: String,
+        /// The agent's data directory.
+        #[arg(long, env = "TELEWORK_AGENT_DATA_DIR")]
+        data_dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Print the policy.
+    Show {
+        /// The agent's data directory.
+        #[arg(long, env = "TELEWORK_AGENT_DATA_DIR")]
+        data_dir: PathBuf,
+    },
+    /// Change the policy (only the options given).
+    Set {
+        /// The agent's data directory.
+        #[arg(long, env = "TELEWORK_AGENT_DATA_DIR")]
+        data_dir: PathBuf,
+        /// Only approved devices may connect.
+        #[arg(long)]
+        require_approved_devices: Option<bool>,
+        /// End sessions without desktop traffic for this long (90s, 30m, 8h; 0 = never).
+        #[arg(long, value_parser = telework_agent::policy::parse_duration)]
+        idle_timeout: Option<std::time::Duration>,
+        /// End sessions after this long (0 = never).
+        #[arg(long, value_parser = telework_agent::policy::parse_duration)]
+        max_session: Option<std::time::Duration>,
     },
 }
 
@@ -151,6 +229,82 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("connection password set (stored as an OPAQUE record; the password itself is not kept)");
             Ok(())
         }
+        Command::Totp(TotpCommand::Enable { data_dir }) => {
+            let data = DataDir::open(&data_dir)?;
+            let account = data
+                .settings()
+                .map(|s| s.computer_id.to_string())
+                .unwrap_or_else(|_| "office-pc".into());
+            let secret = TotpSecret::generate();
+            let uri = secret.otpauth_uri(&account);
+            let qr = qrcode::QrCode::new(uri.as_bytes()).context("making the QR code")?;
+            let picture = qr
+                .render::<qrcode::render::unicode::Dense1x2>()
+                .dark_color(qrcode::render::unicode::Dense1x2::Light)
+                .light_color(qrcode::render::unicode::Dense1x2::Dark)
+                .build();
+            data.save_totp(Some(&secret))?;
+            println!("{picture}");
+            println!("Scan the code with an authenticator app, or enter this secret by hand:");
+            println!("  {}", secret.to_base32());
+            println!("({uri})");
+            println!("From now on every login also asks for the app's 6-digit code.");
+            Ok(())
+        }
+        Command::Totp(TotpCommand::Disable { data_dir }) => {
+            DataDir::open(&data_dir)?.save_totp(None)?;
+            println!("one-time codes are no longer required");
+            Ok(())
+        }
+        Command::Devices(DevicesCommand::List { data_dir }) => {
+            let devices = DataDir::open(&data_dir)?.devices()?;
+            if devices.devices.is_empty() {
+                println!("no devices have connected yet");
+            }
+            for d in devices.devices {
+                println!(
+                    "{}  {:<9} {:<24} first seen unix {}, last seen unix {}",
+                    d.fingerprint,
+                    format!("{:?}", d.status).to_lowercase(),
+                    d.name,
+                    d.first_seen,
+                    d.last_seen
+                );
+            }
+            Ok(())
+        }
+        Command::Devices(DevicesCommand::Approve { device, data_dir }) => {
+            set_device(&data_dir, &device, DeviceStatus::Approved)
+        }
+        Command::Devices(DevicesCommand::Revoke { device, data_dir }) => {
+            set_device(&data_dir, &device, DeviceStatus::Revoked)
+        }
+        Command::Policy(PolicyCommand::Show { data_dir }) => {
+            let policy = DataDir::open(&data_dir)?.policy()?;
+            print!("{}", toml::to_string(&policy)?);
+            Ok(())
+        }
+        Command::Policy(PolicyCommand::Set {
+            data_dir,
+            require_approved_devices,
+            idle_timeout,
+            max_session,
+        }) => {
+            let data = DataDir::open(&data_dir)?;
+            let mut policy = data.policy()?;
+            if let Some(v) = require_approved_devices {
+                policy.require_approved_devices = v;
+            }
+            if let Some(d) = idle_timeout {
+                policy.idle_timeout_secs = (d.as_secs() > 0).then_some(d.as_secs());
+            }
+            if let Some(d) = max_session {
+                policy.max_session_secs = (d.as_secs() > 0).then_some(d.as_secs());
+            }
+            data.save_policy(&policy)?;
+            print!("{}", toml::to_string(&policy)?);
+            Ok(())
+        }
         Command::Run { data_dir, target } => {
             let data = DataDir::open(&data_dir)?;
             if data.password()?.is_none() {
@@ -162,6 +316,24 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+fn set_device(
+    data_dir: &std::path::Path,
+    device: &str,
+    status: DeviceStatus,
+) -> anyhow::Result<()> {
+    let data = DataDir::open(data_dir)?;
+    let mut devices = data.devices()?;
+    let d = devices.set_status(device, status)?;
+    data.save_devices(&devices)?;
+    println!(
+        "device {} ({}) is now {}",
+        d.fingerprint,
+        d.name,
+        format!("{status:?}").to_lowercase()
+    );
+    Ok(())
 }
 
 fn suggested_id() -> anyhow::Result<ComputerId> {

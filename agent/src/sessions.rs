@@ -13,6 +13,8 @@ pub struct Session {
     pub secret: ResumptionSecret,
     /// Cancelled when the session ends; every tunnel of the session watches it.
     pub ended: CancellationToken,
+    /// When desktop bytes last moved in any tunnel of the session.
+    pub activity: Arc<crate::activity::Activity>,
 }
 
 /// The live sessions. A session's secret is forgotten the moment it ends, so resumption
@@ -33,6 +35,7 @@ impl Sessions {
         let session = Arc::new(Session {
             secret,
             ended: CancellationToken::new(),
+            activity: crate::activity::Activity::new(),
         });
         self.lock().insert(id, session.clone());
         (id, session)

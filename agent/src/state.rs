@@ -12,9 +12,18 @@ use telework_protocol::private_file::{create_private_dir, write_private};
 use telework_protocol::proof::MachineKey;
 use telework_protocol::{CertFingerprint, ComputerId};
 
+use crate::devices::Devices;
+use crate::lockout::Lockout;
+use crate::policy::Policy;
+use crate::totp::TotpSecret;
+
 const SETTINGS_FILE: &str = "agent.toml";
 const KEY_FILE: &str = "machine-key.pk8";
 const PASSWORD_FILE: &str = "password.opaque";
+const POLICY_FILE: &str = "policy.toml";
+const DEVICES_FILE: &str = "devices.toml";
+const TOTP_FILE: &str = "totp.secret";
+const LOCKOUT_FILE: &str = "lockout.toml";
 
 /// The agent's settings file (`agent.toml`), written by `register`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -160,6 +169,115 @@ impl DataDir {
     }
 }
 
+impl DataDir {
+    fn read_toml<T: serde::de::DeserializeOwned + Default>(
+        &self,
+        name: &str,
+    ) -> Result<T, StateError> {
+        let path = self.path(name);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => toml::from_str(&text).map_err(|e| StateError::Damaged {
+                path,
+                detail: e.to_string(),
+            }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(T::default()),
+            Err(e) => Err(StateError::Io(e)),
+        }
+    }
+
+    fn write_toml<T: Serialize>(&self, name: &str, value: &T) -> Result<(), StateError> {
+        let text = toml::to_string(value).map_err(|e| StateError::Damaged {
+            path: self.path(name),
+            detail: e.to_string(),
+        })?;
+        write_private(&self.path(name), text.as_bytes())?;
+        Ok(())
+    }
+
+    /// The access policy (all off when the file is missing).
+    ///
+    /// # Errors
+    /// If the file is damaged.
+    pub fn policy(&self) -> Result<Policy, StateError> {
+        self.read_toml(POLICY_FILE)
+    }
+
+    /// Saves the access policy.
+    ///
+    /// # Errors
+    /// If the file cannot be written.
+    pub fn save_policy(&self, policy: &Policy) -> Result<(), StateError> {
+        self.write_toml(POLICY_FILE, policy)
+    }
+
+    /// The device list.
+    ///
+    /// # Errors
+    /// If the file is damaged.
+    pub fn devices(&self) -> Result<Devices, StateError> {
+        self.read_toml(DEVICES_FILE)
+    }
+
+    /// Saves the device list.
+    ///
+    /// # Errors
+    /// If the file cannot be written.
+    pub fn save_devices(&self, devices: &Devices) -> Result<(), StateError> {
+        self.write_toml(DEVICES_FILE, devices)
+    }
+
+    /// The saved wrong-password state.
+    ///
+    /// # Errors
+    /// If the file is damaged.
+    pub fn lockout(&self) -> Result<Lockout, StateError> {
+        self.read_toml(LOCKOUT_FILE)
+    }
+
+    /// Saves the wrong-password state.
+    ///
+    /// # Errors
+    /// If the file cannot be written.
+    pub fn save_lockout(&self, lockout: &Lockout) -> Result<(), StateError> {
+        self.write_toml(LOCKOUT_FILE, lockout)
+    }
+
+    /// The TOTP secret, if a second factor is enabled.
+    ///
+    /// # Errors
+    /// If the file is damaged.
+    pub fn totp(&self) -> Result<Option<TotpSecret>, StateError> {
+        let path = self.path(TOTP_FILE);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => TotpSecret::from_base32(&text)
+                .map(Some)
+                .map_err(|e| StateError::Damaged {
+                    path,
+                    detail: e.to_string(),
+                }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(StateError::Io(e)),
+        }
+    }
+
+    /// Enables the second factor with `secret`, or disables it with `None`.
+    ///
+    /// # Errors
+    /// If the file cannot be written or removed.
+    pub fn save_totp(&self, secret: Option<&TotpSecret>) -> Result<(), StateError> {
+        let path = self.path(TOTP_FILE);
+        match secret {
+            Some(s) => write_private(&path, s.to_base32().as_bytes())?,
+            None => match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(StateError::Io(e)),
+            },
+        }
+        Ok(())
+    }
+}
+
 impl AgentSettings {
     /// The relay address.
     ///
@@ -205,6 +323,46 @@ impl AgentSettings {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lockout_policy_devices_and_totp_survive_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = DataDir::open(dir.path()).unwrap();
+        let mut l = data.lockout().unwrap();
+        for _ in 0..crate::lockout::FREE_TRIES {
+            l.begin(1000).unwrap();
+            let _ = l.fail(1000);
+        }
+        data.save_lockout(&l).unwrap();
+        let again = DataDir::open(dir.path()).unwrap();
+        assert!(
+            again.lockout().unwrap().begin(1030).is_err(),
+            "still locked after a restart"
+        );
+
+        let policy = Policy {
+            require_approved_devices: true,
+            idle_timeout_secs: Some(60),
+            max_session_secs: None,
+        };
+        data.save_policy(&policy).unwrap();
+        assert_eq!(again.policy().unwrap(), policy);
+
+        let mut devices = data.devices().unwrap();
+        devices.on_connect(&[1; 32], "home", 5);
+        data.save_devices(&devices).unwrap();
+        assert_eq!(again.devices().unwrap(), devices);
+
+        assert!(data.totp().unwrap().is_none());
+        let secret = TotpSecret::generate();
+        data.save_totp(Some(&secret)).unwrap();
+        assert_eq!(
+            again.totp().unwrap().unwrap().to_base32(),
+            secret.to_base32()
+        );
+        data.save_totp(None).unwrap();
+        assert!(again.totp().unwrap().is_none());
+    }
 
     #[test]
     fn key_is_created_once_and_owner_only() {

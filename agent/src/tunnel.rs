@@ -3,11 +3,11 @@
 //! to the desktop service and pump.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use telework_protocol::e2e::keys::{after_login, Role};
+use telework_protocol::e2e::keys::{after_login, device_binding, device_proof_message, Role};
 use telework_protocol::e2e::messages::{
-    AgentHandshake, AgentNotice, ClientHandshake, EndReason, Refusal,
+    AgentHandshake, AgentNotice, ClientHandshake, ClientNotice, EndReason, Refusal,
 };
 use telework_protocol::e2e::pake::AgentLogin;
 use telework_protocol::e2e::resume::AgentResume;
@@ -16,17 +16,23 @@ use telework_protocol::net::connect::connect;
 use telework_protocol::net::framed::{FrameError, Framed};
 use telework_protocol::net::pump::{SecureTunnel, TunnelError};
 use telework_protocol::net::HANDSHAKE_TIMEOUT;
+use telework_protocol::proof::{key_fingerprint, verify_signature};
 use telework_protocol::{SessionId, Ticket};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tracing::{debug, info, warn};
 
+use crate::devices::DeviceStatus;
 use crate::lockout::Refused;
+use crate::totp::TotpSecret;
 use crate::{Agent, AgentError};
 
 /// How long a client may take over each step of the end-to-end handshake. Generous because
 /// the client's side of a login includes Argon2id.
 pub const E2E_STEP_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// How long an employee may take to type the one-time code.
+pub const TOTP_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// How long the desktop service may take to accept a connection.
 pub const TARGET_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -66,7 +72,7 @@ pub async fn serve(agent: Arc<Agent>, ticket: Ticket) -> Result<(), AgentError> 
 
 async fn refuse(framed: &mut Tunnel, why: Refusal) -> Result<(), AgentError> {
     debug!(?why, "handshake refused");
-    let _ = framed.write(&AgentHandshake::Refused(why)).await;
+    let _ = framed.write(&AgentHandshake::Refused(why.clone())).await;
     Err(AgentError::HandshakeRefused(why))
 }
 
@@ -79,6 +85,17 @@ fn lockout_refusal(r: Refused) -> Refusal {
     }
 }
 
+/// Counts a failed password or code and says so to the client.
+fn failure_refusal(agent: &Agent, totp: bool) -> Refusal {
+    match agent.lockout_fail() {
+        Ok(tries_left) if totp => Refusal::WrongTotp { tries_left },
+        Ok(tries_left) => Refusal::WrongPassword { tries_left },
+        Err(lock) => Refusal::LockedOut {
+            retry_after_secs: lock.as_secs(),
+        },
+    }
+}
+
 async fn login(agent: Arc<Agent>, mut framed: Tunnel, request: Vec<u8>) -> Result<(), AgentError> {
     let record = match agent.data.password() {
         Ok(Some(r)) => r,
@@ -88,14 +105,13 @@ async fn login(agent: Arc<Agent>, mut framed: Tunnel, request: Vec<u8>) -> Resul
             return refuse(&mut framed, Refusal::NoPassword).await;
         }
     };
-    let allowed = agent.lockout().begin(Instant::now());
-    if let Err(r) = allowed {
+    if let Err(r) = agent.lockout_begin() {
         return refuse(&mut framed, lockout_refusal(r)).await;
     }
     let (state, response) = match AgentLogin::start(&record, &request, &agent.id) {
         Ok(s) => s,
         Err(_) => {
-            agent.lockout().abandon();
+            agent.lockout_abandon();
             return refuse(&mut framed, Refusal::ProtocolViolation).await;
         }
     };
@@ -117,22 +133,26 @@ async fn login(agent: Arc<Agent>, mut framed: Tunnel, request: Vec<u8>) -> Resul
     let Some(session_key) = outcome else {
         // A wrong password, a forged finalization, or a client that vanished mid-login all
         // count as a failed try: otherwise disconnecting would be a free guess.
-        let failed = agent.lockout().fail(Instant::now());
-        let why = match failed {
-            Ok(tries_left) => Refusal::WrongPassword { tries_left },
-            Err(lock) => Refusal::LockedOut {
-                retry_after_secs: lock.as_secs(),
-            },
-        };
+        let why = failure_refusal(&agent, false);
         warn!(?why, "login failed");
         return refuse(&mut framed, why).await;
     };
-    agent.lockout().succeed();
     let (keys, resumption) = after_login(&session_key, Role::Agent);
-    let (session_id, session) = agent.sessions.start(resumption);
-    info!(session = %session_id, "session started");
+    let binding = device_binding(&session_key);
     let (stream, leftover) = framed.into_parts();
     let mut tunnel = SecureTunnel::new(stream, leftover, keys);
+
+    // Inside the end-to-end channel now: the device check and the one-time code.
+    if let Err(why) = second_steps(&agent, &mut tunnel, &binding).await {
+        warn!(?why, "login refused after the password step");
+        let _ = tunnel.send_notice(&AgentNotice::Refused(why.clone())).await;
+        let _ = tunnel.finish().await;
+        return Err(AgentError::HandshakeRefused(why));
+    }
+    agent.lockout_succeed();
+
+    let (session_id, session) = agent.sessions.start(resumption);
+    info!(session = %session_id, "session started");
     tunnel
         .send_notice(&AgentNotice::SessionReady {
             session: session_id,
@@ -140,20 +160,116 @@ async fn login(agent: Arc<Agent>, mut framed: Tunnel, request: Vec<u8>) -> Resul
         .await?;
     // This first tunnel stays open for the session's life and carries no desktop bytes: its
     // close ends the session, and it is how the agent tells the client why a session ended.
+    let policy = agent.data.policy().unwrap_or_default();
+    let max_session = async {
+        match policy.max_session() {
+            Some(d) => tokio::time::sleep(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    let idle = async {
+        match policy.idle_timeout() {
+            Some(limit) => loop {
+                let idle_for = session.activity.idle_for();
+                if idle_for >= limit {
+                    break;
+                }
+                tokio::time::sleep(limit - idle_for).await;
+            },
+            None => std::future::pending().await,
+        }
+    };
+    let ending = |reason: EndReason| AgentNotice::SessionEnded(reason);
     let end = tokio::select! {
         r = tunnel.recv() => match r {
             Err(TunnelError::Truncated) | Ok(_) => "client closed the session".to_owned(),
             Err(e) => format!("session tunnel failed: {e}"),
         },
         _ = agent.shutdown.cancelled() => {
-            let _ = tunnel.send_notice(&AgentNotice::SessionEnded(EndReason::AgentShutdown)).await;
+            let _ = tunnel.send_notice(&ending(EndReason::AgentShutdown)).await;
             let _ = tunnel.finish().await;
             "agent shutting down".to_owned()
+        }
+        () = max_session => {
+            let _ = tunnel.send_notice(&ending(EndReason::MaxDuration)).await;
+            let _ = tunnel.finish().await;
+            "maximum session length reached".to_owned()
+        }
+        () = idle => {
+            let _ = tunnel.send_notice(&ending(EndReason::Idle)).await;
+            let _ = tunnel.finish().await;
+            "idle timeout".to_owned()
         }
         _ = session.ended.cancelled() => "session ended".to_owned(),
     };
     agent.sessions.end(&session_id);
     info!(session = %session_id, %end, "session ended");
+    Ok(())
+}
+
+/// The checks after a right password: the device (when IT staff require approved devices)
+/// and the one-time code (when enabled). Every failure here is a refusal with a reason.
+async fn second_steps(
+    agent: &Agent,
+    tunnel: &mut SecureTunnel<TlsStream<TcpStream>>,
+    binding: &[u8; 32],
+) -> Result<(), Refusal> {
+    let device =
+        tokio::time::timeout(E2E_STEP_TIMEOUT, tunnel.recv_control::<ClientNotice>()).await;
+    let Ok(Ok(ClientNotice::Device {
+        public_key,
+        name,
+        proof,
+    })) = device
+    else {
+        agent.lockout_abandon();
+        return Err(Refusal::ProtocolViolation);
+    };
+    if !verify_signature(&public_key, &device_proof_message(binding), &proof) {
+        agent.lockout_abandon();
+        return Err(Refusal::ProtocolViolation);
+    }
+    let policy = agent.data.policy().unwrap_or_default();
+    if policy.require_approved_devices {
+        let status = agent.device_status(&public_key, &name);
+        match status {
+            DeviceStatus::Approved => {}
+            DeviceStatus::Pending => {
+                agent.lockout_abandon();
+                return Err(Refusal::DeviceNotApproved {
+                    device: key_fingerprint(&public_key),
+                });
+            }
+            DeviceStatus::Revoked => {
+                agent.lockout_abandon();
+                return Err(Refusal::DeviceRevoked);
+            }
+        }
+    }
+    let totp = agent.data.totp().unwrap_or_else(|e| {
+        // A damaged secret must not silently turn the second factor off.
+        warn!(%e, "cannot read the TOTP secret; refusing logins until it is fixed");
+        Some(TotpSecret::generate())
+    });
+    if let Some(secret) = totp {
+        if tunnel
+            .send_notice(&AgentNotice::TotpRequired)
+            .await
+            .is_err()
+        {
+            agent.lockout_abandon();
+            return Err(Refusal::ProtocolViolation);
+        }
+        let answer =
+            tokio::time::timeout(TOTP_TIMEOUT, tunnel.recv_control::<ClientNotice>()).await;
+        let code = match answer {
+            Ok(Ok(ClientNotice::Totp { code })) => code,
+            _ => return Err(failure_refusal(agent, true)),
+        };
+        if !agent.check_totp(&secret, &code) {
+            return Err(failure_refusal(agent, true));
+        }
+    }
     Ok(())
 }
 
@@ -205,6 +321,8 @@ async fn resume(
             }
         };
     let _ = target.set_nodelay(true);
+    let target = crate::activity::Tracked::new(target, session.activity.clone());
+    session.activity.touch();
     tunnel.send_notice(&AgentNotice::TargetConnected).await?;
     debug!(session = %session_id, "forwarding to the desktop service");
     tokio::select! {

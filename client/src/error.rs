@@ -33,6 +33,23 @@ pub enum ClientError {
     /// The office PC's identity proof did not verify: someone in the middle is tampering.
     #[error("the office PC could not prove the session; the connection may be tampered with")]
     BadProof,
+    /// The office PC's identity key is not the one pinned at the first connection.
+    #[error(
+        "WARNING: the office PC {id} presented a different identity key ({presented}, pinned {pinned}). \
+         Someone may be impersonating it, or its telework agent was reinstalled. Nothing was sent. \
+         If IT staff confirm a reinstall, run 'telework forget {id}' and connect again."
+    )]
+    AgentKeyChanged {
+        /// The computer ID.
+        id: telework_protocol::ComputerId,
+        /// Fingerprint of the pinned key.
+        pinned: String,
+        /// Fingerprint of the presented key.
+        presented: String,
+    },
+    /// The user's profile (device key, pins) could not be read or written.
+    #[error("cannot use the telework profile: {0}")]
+    Profile(std::io::Error),
     /// TLS could not be configured (for example an unreadable CA file).
     #[error(transparent)]
     Tls(#[from] telework_protocol::net::tls::TlsConfigError),

@@ -3,6 +3,7 @@
 //!
 //! # Layout
 //! - [`session`]: the password login and the resumed tunnel for every local connection.
+//! - [`profile`]: the device key and pinned office-PC keys (trust on first use).
 //! - [`launch`]: choosing and starting the RDP client (platform-neutral planning).
 //! - [`error`]: every failure as a sentence an employee can act on.
 #![forbid(unsafe_code)]
@@ -10,7 +11,8 @@
 
 pub mod error;
 pub mod launch;
+pub mod profile;
 pub mod session;
 
 pub use error::ClientError;
-pub use session::{Session, Target, TunnelOpener};
+pub use session::{LoginOptions, Session, Target, TunnelOpener};

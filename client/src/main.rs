@@ -7,8 +7,12 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use std::sync::Arc;
 use telework_client::launch::{self, LaunchChoice, Os};
-use telework_client::{ClientError, Session, Target};
+
+use telework_client::profile::{self, Profile};
+use telework_client::session::TotpSource;
+use telework_client::{ClientError, LoginOptions, Session, Target};
 use telework_protocol::net::connect::RelayAddr;
 use telework_protocol::net::tls::RelayTrust;
 use telework_protocol::{CertFingerprint, ComputerId};
@@ -26,6 +30,14 @@ struct Cli {
 enum Command {
     /// Connect to an office PC and open its desktop in your RDP client.
     Connect(ConnectArgs),
+    /// Forget an office PC's pinned identity key (after IT staff confirm it was reinstalled).
+    Forget {
+        /// The office PC's computer ID.
+        id: ComputerId,
+        /// Profile directory [default: the user's config dir].
+        #[arg(long, env = "TELEWORK_CONFIG_DIR")]
+        config_dir: Option<PathBuf>,
+    },
 }
 
 #[derive(clap::Args)]
@@ -50,6 +62,14 @@ struct ConnectArgs {
     /// Which RDP client to start.
     #[arg(long, value_enum, default_value_t = LaunchChoice::Auto)]
     launch: LaunchChoice,
+    /// The one-time code from your authenticator app, if the office PC asks for one
+    /// (otherwise you are asked when needed).
+    #[arg(long)]
+    totp: Option<String>,
+    /// Profile directory for this device's key and pinned office-PC keys
+    /// [default: the user's config dir].
+    #[arg(long, env = "TELEWORK_CONFIG_DIR")]
+    config_dir: Option<PathBuf>,
 }
 
 /// Interactive password tries before giving up (the office PC has its own, stricter count).
@@ -63,8 +83,11 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let Command::Connect(args) = cli.command;
-    match connect(args) {
+    let result = match cli.command {
+        Command::Connect(args) => connect(args),
+        Command::Forget { id, config_dir } => forget(&id, config_dir),
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("telework: {e:#}");
@@ -91,6 +114,49 @@ fn read_password(args: &ConnectArgs) -> anyhow::Result<Zeroizing<String>> {
     }
 }
 
+fn profile(config_dir: Option<PathBuf>) -> anyhow::Result<Profile> {
+    let dir = config_dir
+        .or_else(profile::default_config_dir)
+        .context("cannot find a config directory: pass --config-dir")?;
+    Profile::open(&dir).with_context(|| format!("opening the profile in {}", dir.display()))
+}
+
+fn forget(id: &ComputerId, config_dir: Option<PathBuf>) -> anyhow::Result<()> {
+    if profile(config_dir)?.forget(id)? {
+        println!("forgot the pinned key of {id}: the next connection pins the key it presents");
+    } else {
+        println!("no key was pinned for {id}");
+    }
+    Ok(())
+}
+
+fn login_options(args: &ConnectArgs) -> anyhow::Result<LoginOptions> {
+    let profile = profile(args.config_dir.clone())?;
+    let device = profile.device_key()?;
+    let device_name = std::env::var("COMPUTERNAME")
+        .or_else(|_| std::env::var("HOSTNAME"))
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "home-pc".to_owned());
+    let totp: TotpSource = match args.totp.clone() {
+        Some(code) => Arc::new(move || Some(code.clone())),
+        None => Arc::new(|| {
+            rpassword::prompt_password("One-time code from your authenticator app: ")
+                .ok()
+                .map(|c| c.trim().to_owned())
+        }),
+    };
+    Ok(LoginOptions {
+        device: Arc::new(device),
+        device_name,
+        profile: Some(profile),
+        totp: Some(totp),
+        ..LoginOptions::default()
+    })
+}
+
 fn connect(args: ConnectArgs) -> anyhow::Result<()> {
     let trust = match (&args.relay_fingerprint, &args.relay_ca) {
         (Some(fp), _) => RelayTrust::Fingerprint(*fp),
@@ -102,13 +168,14 @@ fn connect(args: ConnectArgs) -> anyhow::Result<()> {
         trust,
         id: args.id.clone(),
     };
+    let options = login_options(&args)?;
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async {
         let mut tries = 0;
         let session = loop {
             let password = read_password(&args)?;
             eprintln!("connecting to {} through {} …", args.id, args.relay);
-            match Session::login(&target, password.as_bytes()).await {
+            match Session::login_with(&target, password.as_bytes(), &options).await {
                 Ok(s) => break s,
                 Err(e)
                     if e.is_wrong_password()

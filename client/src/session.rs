@@ -5,8 +5,12 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use telework_protocol::e2e::keys::{after_login, ResumptionSecret, Role};
-use telework_protocol::e2e::messages::{AgentHandshake, AgentNotice, ClientHandshake, Refusal};
+use telework_protocol::e2e::keys::{
+    after_login, device_binding, device_proof_message, ResumptionSecret, Role,
+};
+use telework_protocol::e2e::messages::{
+    AgentHandshake, AgentNotice, ClientHandshake, ClientNotice, Refusal,
+};
 use telework_protocol::e2e::pake::{ClientLogin, PakeError};
 use telework_protocol::e2e::resume::ClientResume;
 use telework_protocol::messages::{alpn, ClientToRelay, RelayToClient, PROTOCOL_VERSION};
@@ -22,6 +26,8 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn, Instrument};
 
 use crate::error::ClientError;
+use crate::profile::{PinCheck, Profile};
+use telework_protocol::proof::{key_fingerprint, MachineKey};
 
 /// How long the relay may take to pair us (its ticket TTL plus the handshake).
 const PAIRING_TIMEOUT: Duration = Duration::from_secs(25);
@@ -40,6 +46,40 @@ pub struct Target {
     pub trust: RelayTrust,
     /// The office PC.
     pub id: ComputerId,
+}
+
+/// Supplies a one-time code when the office PC asks (called on a blocking thread, so it may
+/// prompt on the terminal). `None` means "no code".
+pub type TotpSource = Arc<dyn Fn() -> Option<String> + Send + Sync>;
+
+/// Who is logging in, beyond the password.
+#[derive(Clone)]
+pub struct LoginOptions {
+    /// This device's key (proves which device connects when IT staff require approval).
+    pub device: Arc<MachineKey>,
+    /// A name IT staff see for this device.
+    pub device_name: String,
+    /// Where office PCs' keys are pinned; `None` skips pinning (tests and one-off tools).
+    pub profile: Option<Profile>,
+    /// Where one-time codes come from, if the office PC asks for one.
+    pub totp: Option<TotpSource>,
+    /// How long to wait for each step after the password (includes typing a code).
+    pub totp_wait: Duration,
+}
+
+impl Default for LoginOptions {
+    /// A throwaway device key, no pinning, no one-time codes.
+    fn default() -> Self {
+        #[allow(clippy::expect_used)]
+        let device = MachineKey::generate().expect("system random source");
+        Self {
+            device: Arc::new(device),
+            device_name: "telework-client".into(),
+            profile: None,
+            totp: None,
+            totp_wait: Duration::from_secs(150),
+        }
+    }
 }
 
 /// How a session ended when it was not an error.
@@ -86,6 +126,19 @@ impl Session {
     /// [`ClientError`]: relay unreachable or untrusted, office PC offline or unknown, wrong
     /// password, locked out, …
     pub async fn login(target: &Target, password: &[u8]) -> Result<Self, ClientError> {
+        Self::login_with(target, password, &LoginOptions::default()).await
+    }
+
+    /// Logs in with a device identity, key pinning and a one-time-code source.
+    ///
+    /// # Errors
+    /// As [`Session::login`], plus [`ClientError::AgentKeyChanged`] when the office PC's key
+    /// differs from the pinned one.
+    pub async fn login_with(
+        target: &Target,
+        password: &[u8],
+        options: &LoginOptions,
+    ) -> Result<Self, ClientError> {
         let tls = target.trust.client_config(alpn::CLIENT)?;
         let mut framed = pair(&target.relay, &tls, &target.id).await?;
         let (state, request) = ClientLogin::start(password).map_err(|_| ClientError::BadProof)?;
@@ -118,18 +171,65 @@ impl Session {
             }
             Err(_) => return Err(ClientError::BadProof),
         };
+        // The agent's static key is authenticated by OPAQUE (it came out of the envelope the
+        // password opened, and the 3DH step proved the agent holds its private half). Compare it
+        // with the pin before finishing: a changed key gets no finalization.
+        let pin = match &options.profile {
+            Some(profile) => profile
+                .check_pin(&target.id, &done.agent_public_key)
+                .map_err(ClientError::Profile)?,
+            None => PinCheck::Matches,
+        };
+        if let PinCheck::Changed { pinned, presented } = pin {
+            return Err(ClientError::AgentKeyChanged {
+                id: target.id.clone(),
+                pinned,
+                presented,
+            });
+        }
         framed
             .write(&ClientHandshake::LoginFinish {
                 finalization: done.finalization.clone(),
             })
             .await?;
         let (keys, secret) = after_login(&done.session_key, Role::Client);
+        let binding = device_binding(&done.session_key);
         let (stream, leftover) = framed.into_parts();
         let mut control = SecureTunnel::new(stream, leftover, keys);
-        let session = match tokio::time::timeout(E2E_STEP_TIMEOUT, control.recv_notice()).await {
-            Ok(Ok(AgentNotice::SessionReady { session })) => session,
-            Ok(Ok(_)) | Ok(Err(_)) | Err(_) => return Err(ClientError::BadProof),
+        control
+            .send_control(&ClientNotice::Device {
+                public_key: options.device.public_key(),
+                name: options.device_name.clone(),
+                proof: options.device.sign(&device_proof_message(&binding)),
+            })
+            .await?;
+        let session = loop {
+            match tokio::time::timeout(options.totp_wait, control.recv_notice()).await {
+                Ok(Ok(AgentNotice::SessionReady { session })) => break session,
+                Ok(Ok(AgentNotice::Refused(why))) => return Err(ClientError::Refused(why)),
+                Ok(Ok(AgentNotice::TotpRequired)) => {
+                    let Some(source) = options.totp.clone() else {
+                        return Err(ClientError::Refused(Refusal::TotpMissing));
+                    };
+                    let code = tokio::task::spawn_blocking(move || source())
+                        .await
+                        .ok()
+                        .flatten()
+                        .ok_or(ClientError::Refused(Refusal::TotpMissing))?;
+                    control.send_control(&ClientNotice::Totp { code }).await?;
+                }
+                Ok(Ok(_)) | Err(_) => return Err(ClientError::BadProof),
+                Ok(Err(e)) => return Err(ClientError::Tunnel(e)),
+            }
         };
+        if pin == PinCheck::FirstUse {
+            if let Some(profile) = &options.profile {
+                profile
+                    .pin(&target.id, &done.agent_public_key)
+                    .map_err(ClientError::Profile)?;
+                info!(id = %target.id, key = %key_fingerprint(&done.agent_public_key), "pinned the office PC's key");
+            }
+        }
         info!(%session, "logged in");
         Ok(Self {
             relay: target.relay.clone(),
@@ -261,7 +361,10 @@ impl TunnelOpener {
             Ok(Ok(AgentNotice::TargetConnected)) => Ok(tunnel),
             Ok(Ok(AgentNotice::TargetRefused)) => Err(ClientError::TargetRefused),
             Ok(Ok(AgentNotice::SessionEnded(r))) => Err(ClientError::Ended(r)),
-            Ok(Ok(AgentNotice::SessionReady { .. })) => Err(ClientError::BadProof),
+            Ok(Ok(AgentNotice::SessionReady { .. } | AgentNotice::TotpRequired)) => {
+                Err(ClientError::BadProof)
+            }
+            Ok(Ok(AgentNotice::Refused(why))) => Err(ClientError::Refused(why)),
             Ok(Err(e)) => Err(ClientError::Tunnel(e)),
             Err(_) => Err(ClientError::Tunnel(TunnelError::Truncated)),
         }

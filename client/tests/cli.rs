@@ -23,6 +23,10 @@ fn telework(relay: &TestRelay, id: &str) -> Command {
         "none",
     ])
     .args(["--relay-fingerprint", &relay.fingerprint.to_string()])
+    .env(
+        "TELEWORK_CONFIG_DIR",
+        std::env::temp_dir().join(format!("tw-cli-profile-{}", rand::random::<u64>())),
+    )
     .stdin(Stdio::piped())
     .stdout(Stdio::piped())
     .stderr(Stdio::piped())
@@ -33,13 +37,13 @@ fn telework(relay: &TestRelay, id: &str) -> Command {
 /// Runs `telework connect` to completion with `password`; returns exit code and stderr.
 async fn run_to_end(relay: &TestRelay, id: &str, password: &str) -> (Option<i32>, String) {
     let mut child = telework(relay, id).spawn().unwrap();
-    child
+    // A usage error exits before reading the password: a broken pipe is fine here.
+    let _ = child
         .stdin
         .take()
         .unwrap()
         .write_all(format!("{password}\n").as_bytes())
-        .await
-        .unwrap();
+        .await;
     let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
         .await
         .unwrap()
@@ -65,11 +69,16 @@ async fn connect_serves_the_local_address_until_ctrl_c() {
         .await
         .unwrap();
     let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
-    let line = tokio::time::timeout(Duration::from_secs(20), stdout.next_line())
+    let Some(line) = tokio::time::timeout(Duration::from_secs(20), stdout.next_line())
         .await
         .unwrap()
         .unwrap()
-        .unwrap();
+    else {
+        let mut err = String::new();
+        let mut pipe = child.stderr.take().unwrap();
+        pipe.read_to_string(&mut err).await.unwrap();
+        panic!("telework printed no address; stderr: {err}");
+    };
     let addr = line
         .strip_prefix("connected to pc-cli: point your RDP client at ")
         .expect(&line)

@@ -69,6 +69,11 @@ impl MachineKey {
         self.pair.public_key().as_ref().to_vec()
     }
 
+    /// Signs arbitrary bytes (device proofs use the same key type).
+    pub fn sign(&self, msg: &[u8]) -> Vec<u8> {
+        self.pair.sign(msg).as_ref().to_vec()
+    }
+
     /// Signs the proof for `id` on a session with exporter value `exporter`.
     pub fn prove(&self, id: &ComputerId, exporter: &[u8; EXPORTER_LEN]) -> Vec<u8> {
         self.pair
@@ -76,6 +81,20 @@ impl MachineKey {
             .as_ref()
             .to_vec()
     }
+}
+
+/// Checks an Ed25519 signature by `public_key` over `msg`.
+pub fn verify_signature(public_key: &[u8], msg: &[u8], sig: &[u8]) -> bool {
+    public_key.len() == PUBLIC_KEY_LEN
+        && signature::UnparsedPublicKey::new(&signature::ED25519, public_key)
+            .verify(msg, sig)
+            .is_ok()
+}
+
+/// A short, stable name for a public key: the first 8 bytes of its SHA-256, in hex.
+pub fn key_fingerprint(public_key: &[u8]) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, public_key);
+    hex::encode(&digest.as_ref()[..8])
 }
 
 /// Checks a proof made by [`MachineKey::prove`].

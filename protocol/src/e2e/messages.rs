@@ -54,7 +54,7 @@ pub enum AgentHandshake {
 }
 
 /// Why an agent refuses a handshake.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Refusal {
     /// Wrong password; `tries_left` more before a lockout.
     WrongPassword {
@@ -74,6 +74,20 @@ pub enum Refusal {
     Busy,
     /// The handshake broke the protocol.
     ProtocolViolation,
+    /// The one-time code was wrong or stale; `tries_left` more before a lockout.
+    WrongTotp {
+        /// Failures left before the lockout starts.
+        tries_left: u32,
+    },
+    /// The office PC asks for a one-time code and none was given.
+    TotpMissing,
+    /// This device is not approved on the office PC yet.
+    DeviceNotApproved {
+        /// The device's fingerprint, for IT staff to approve.
+        device: String,
+    },
+    /// This device was revoked on the office PC.
+    DeviceRevoked,
 }
 
 impl std::fmt::Display for Refusal {
@@ -93,6 +107,19 @@ impl std::fmt::Display for Refusal {
             Self::SessionInvalid => f.write_str("the session has ended on the office PC"),
             Self::Busy => f.write_str("the office PC is serving too many sessions"),
             Self::ProtocolViolation => f.write_str("the office PC rejected a malformed handshake"),
+            Self::WrongTotp { tries_left } => write!(
+                f,
+                "wrong one-time code, {tries_left} tries left before the office PC locks out"
+            ),
+            Self::TotpMissing => f.write_str(
+                "the office PC asks for a one-time code from your authenticator app (use --totp or answer the prompt)",
+            ),
+            Self::DeviceNotApproved { device } => write!(
+                f,
+                "this device ({device}) is waiting for approval: ask IT staff to run \
+                 'telework-agent devices approve {device}' on the office PC, then connect again"
+            ),
+            Self::DeviceRevoked => f.write_str("this device's access to the office PC was revoked by IT staff"),
         }
     }
 }
@@ -120,6 +147,30 @@ pub enum AgentNotice {
     TargetRefused,
     /// The session is over, with the reason.
     SessionEnded(EndReason),
+    /// Send the current one-time code ([`ClientNotice::Totp`]).
+    TotpRequired,
+    /// The login is refused after the password step (device or one-time code).
+    Refused(Refusal),
+}
+
+/// Control messages a client sends inside the record layer, right after the password step.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClientNotice {
+    /// The client's device key, and its signature over this session's device binding
+    /// ([`super::keys::device_binding`]), so the proof is good for this session only.
+    Device {
+        /// Ed25519 public key of the device.
+        public_key: Vec<u8>,
+        /// A name for IT staff (the home PC's host name).
+        name: String,
+        /// Signature over [`super::keys::device_proof_message`].
+        proof: Vec<u8>,
+    },
+    /// The one-time code from the employee's authenticator app.
+    Totp {
+        /// Six digits.
+        code: String,
+    },
 }
 
 /// Why an agent ended a session.

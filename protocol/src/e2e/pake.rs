@@ -68,8 +68,21 @@ impl PasswordRecord {
     /// # Errors
     /// Only on an internal OPAQUE failure.
     pub fn create(password: &[u8]) -> Result<Self, PakeError> {
+        Self::create_with(ServerSetup::<Suite>::new(&mut OsRng), password)
+    }
+
+    /// Replaces the password but keeps the agent's identity (its OPAQUE static key and OPRF
+    /// seed), so clients that pinned the key keep trusting the office PC.
+    ///
+    /// # Errors
+    /// [`PakeError::BadRecord`] if the old record is damaged.
+    pub fn change_password(&self, password: &[u8]) -> Result<Self, PakeError> {
+        let (setup, _) = self.parts()?;
+        Self::create_with(setup, password)
+    }
+
+    fn create_with(setup: ServerSetup<Suite>, password: &[u8]) -> Result<Self, PakeError> {
         let mut rng = OsRng;
-        let setup = ServerSetup::<Suite>::new(&mut rng);
         let start = opaque_ke::ClientRegistration::<Suite>::start(&mut rng, password)
             .map_err(|_| PakeError::Malformed)?;
         let response = ServerRegistration::<Suite>::start(&setup, start.message, CREDENTIAL_ID)
@@ -271,6 +284,23 @@ mod tests {
         assert_eq!(done.session_key, agent_key);
         assert_eq!(done.agent_public_key, record.agent_public_key().unwrap());
         assert!(!record.to_bytes().windows(13).any(|w| w == b"correct horse"));
+    }
+
+    #[test]
+    fn changing_the_password_keeps_the_agent_key() {
+        let first = PasswordRecord::create(b"old password").unwrap();
+        let second = first.change_password(b"new password").unwrap();
+        assert_eq!(
+            first.agent_public_key().unwrap(),
+            second.agent_public_key().unwrap()
+        );
+        let (client, request) = ClientLogin::start(b"new password").unwrap();
+        let (agent, response) = AgentLogin::start(&second, &request, &id()).unwrap();
+        let done = client.finish(b"new password", &response, &id()).unwrap();
+        agent.finish(&done.finalization).unwrap();
+        let (client, request) = ClientLogin::start(b"old password").unwrap();
+        let (_, response) = AgentLogin::start(&second, &request, &id()).unwrap();
+        assert!(client.finish(b"old password", &response, &id()).is_err());
     }
 
     #[test]

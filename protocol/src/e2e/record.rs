@@ -27,8 +27,9 @@ pub enum RecordKind {
     Data = 0,
     /// The sender will send no more data (authenticated half-close).
     Eof = 1,
-    /// A postcard-encoded [`super::messages::AgentNotice`].
-    Notice = 2,
+    /// A postcard-encoded control message ([`super::messages::AgentNotice`] from the agent,
+    /// [`super::messages::ClientNotice`] from the client).
+    Control = 2,
 }
 
 impl RecordKind {
@@ -36,7 +37,7 @@ impl RecordKind {
         match b {
             0 => Some(Self::Data),
             1 => Some(Self::Eof),
-            2 => Some(Self::Notice),
+            2 => Some(Self::Control),
             _ => None,
         }
     }
@@ -220,7 +221,7 @@ mod tests {
                 match r.kind {
                     RecordKind::Data => data.extend_from_slice(&r.payload),
                     RecordKind::Eof => eof = true,
-                    RecordKind::Notice => panic!("no notice sent"),
+                    RecordKind::Control => panic!("no control record sent"),
                 }
             }
         }

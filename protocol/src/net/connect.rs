@@ -61,20 +61,20 @@ impl fmt::Display for RelayAddr {
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
     /// The host name did not resolve.
-    #[error("cannot find the relay host {addr}: {source}")]
+    #[error("cannot find the relay host {addr}: {error}")]
     Resolve {
         /// The relay.
         addr: RelayAddr,
         /// The resolver's error.
-        source: io::Error,
+        error: io::Error,
     },
     /// TCP failed (refused, unreachable).
-    #[error("cannot reach the relay at {addr}: {source}")]
+    #[error("cannot reach the relay at {addr}: {error}")]
     Unreachable {
         /// The relay.
         addr: RelayAddr,
         /// The socket error.
-        source: io::Error,
+        error: io::Error,
     },
     /// The connection or TLS handshake took longer than the handshake deadline.
     #[error("the relay at {addr} did not answer within {} seconds", HANDSHAKE_TIMEOUT.as_secs())]
@@ -100,12 +100,12 @@ pub enum ConnectError {
         addr: RelayAddr,
     },
     /// Another TLS failure.
-    #[error("TLS with the relay at {addr} failed: {source}")]
+    #[error("TLS with the relay at {addr} failed: {error}")]
     Tls {
         /// The relay.
         addr: RelayAddr,
         /// The error.
-        source: io::Error,
+        error: io::Error,
     },
 }
 
@@ -129,15 +129,15 @@ async fn connect_inner(
 ) -> Result<TlsStream<TcpStream>, ConnectError> {
     let mut resolved = tokio::net::lookup_host((addr.host.as_str(), addr.port))
         .await
-        .map_err(|source| ConnectError::Resolve {
+        .map_err(|error| ConnectError::Resolve {
             addr: addr.clone(),
-            source,
+            error,
         })?
         .peekable();
     if resolved.peek().is_none() {
         return Err(ConnectError::Resolve {
             addr: addr.clone(),
-            source: io::Error::new(io::ErrorKind::NotFound, "no addresses"),
+            error: io::Error::new(io::ErrorKind::NotFound, "no addresses"),
         });
     }
     let mut last_err = None;
@@ -153,22 +153,22 @@ async fn connect_inner(
     }
     let tcp = tcp.ok_or_else(|| ConnectError::Unreachable {
         addr: addr.clone(),
-        source: last_err.unwrap_or_else(|| io::Error::other("no address worked")),
+        error: last_err.unwrap_or_else(|| io::Error::other("no address worked")),
     })?;
     let _ = tcp.set_nodelay(true);
     let name = ServerName::try_from(addr.host.clone()).map_err(|e| ConnectError::Tls {
         addr: addr.clone(),
-        source: io::Error::new(io::ErrorKind::InvalidInput, e),
+        error: io::Error::new(io::ErrorKind::InvalidInput, e),
     })?;
     TlsConnector::from(config)
         .connect(name, tcp)
         .await
-        .map_err(|source| classify_tls_error(addr, source))
+        .map_err(|error| classify_tls_error(addr, error))
 }
 
-fn classify_tls_error(addr: &RelayAddr, source: io::Error) -> ConnectError {
+fn classify_tls_error(addr: &RelayAddr, error: io::Error) -> ConnectError {
     let addr = addr.clone();
-    match source
+    match error
         .get_ref()
         .and_then(|e| e.downcast_ref::<rustls::Error>())
     {
@@ -178,7 +178,7 @@ fn classify_tls_error(addr: &RelayAddr, source: io::Error) -> ConnectError {
         },
         Some(rustls::Error::AlertReceived(rustls::AlertDescription::NoApplicationProtocol))
         | Some(rustls::Error::NoApplicationProtocol) => ConnectError::VersionMismatch { addr },
-        _ => ConnectError::Tls { addr, source },
+        _ => ConnectError::Tls { addr, error },
     }
 }
 

@@ -67,14 +67,22 @@ impl<S: Stream> SecureTunnel<S> {
         }
     }
 
-    /// Sends a control notice.
+    /// Sends an agent notice.
     ///
     /// # Errors
     /// Socket errors.
     pub async fn send_notice(&mut self, notice: &AgentNotice) -> Result<(), TunnelError> {
-        let payload = postcard::to_allocvec(notice).map_err(|_| TunnelError::Unexpected)?;
+        self.send_control(notice).await
+    }
+
+    /// Sends a control message (an [`AgentNotice`] or a client notice).
+    ///
+    /// # Errors
+    /// Socket errors.
+    pub async fn send_control<T: serde::Serialize>(&mut self, msg: &T) -> Result<(), TunnelError> {
+        let payload = postcard::to_allocvec(msg).map_err(|_| TunnelError::Unexpected)?;
         let mut out = BytesMut::new();
-        self.sealer.seal(RecordKind::Notice, &payload, &mut out)?;
+        self.sealer.seal(RecordKind::Control, &payload, &mut out)?;
         self.io.write_all(&out).await?;
         self.io.flush().await?;
         Ok(())
@@ -106,8 +114,17 @@ impl<S: Stream> SecureTunnel<S> {
     /// # Errors
     /// As [`SecureTunnel::recv`], plus [`TunnelError::Unexpected`] for a non-notice record.
     pub async fn recv_notice(&mut self) -> Result<AgentNotice, TunnelError> {
+        self.recv_control().await
+    }
+
+    /// Receives the next control message of type `T`, failing on anything else.
+    ///
+    /// # Errors
+    /// As [`SecureTunnel::recv`], plus [`TunnelError::Unexpected`] for a data record or a
+    /// control message that is not a `T`.
+    pub async fn recv_control<T: serde::de::DeserializeOwned>(&mut self) -> Result<T, TunnelError> {
         let record = self.recv().await?;
-        parse_notice(&record)
+        parse_control(&record)
     }
 
     /// Moves bytes both ways between `local` and the tunnel until both directions have ended.
@@ -160,7 +177,7 @@ impl<S: Stream> SecureTunnel<S> {
                         drain(&mut tr).await;
                         return Ok::<u64, TunnelError>(received);
                     }
-                    RecordKind::Notice => match parse_notice(&record)? {
+                    RecordKind::Control => match parse_control::<AgentNotice>(&record)? {
                         AgentNotice::SessionEnded(reason) => {
                             return Err(TunnelError::Ended(reason))
                         }
@@ -191,9 +208,9 @@ async fn drain<R: tokio::io::AsyncRead + Unpin>(io: &mut R) {
     .await;
 }
 
-fn parse_notice(record: &Record) -> Result<AgentNotice, TunnelError> {
+fn parse_control<T: serde::de::DeserializeOwned>(record: &Record) -> Result<T, TunnelError> {
     match record.kind {
-        RecordKind::Notice => decode_payload(&record.payload).map_err(|_| TunnelError::Unexpected),
+        RecordKind::Control => decode_payload(&record.payload).map_err(|_| TunnelError::Unexpected),
         RecordKind::Eof => Err(TunnelError::Truncated),
         RecordKind::Data => Err(TunnelError::Unexpected),
     }
