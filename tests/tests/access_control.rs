@@ -1,0 +1,304 @@
+//! What IT staff require of a login, and what a client trusts: pinned office-PC keys,
+//! approved devices, one-time codes, session limits.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use telework_agent::devices::DeviceStatus;
+use telework_agent::policy::Policy;
+use telework_agent::state::DataDir;
+use telework_agent::totp::TotpSecret;
+use telework_client::profile::Profile;
+use telework_client::{ClientError, LoginOptions, Session};
+use telework_protocol::e2e::messages::{EndReason, Refusal};
+use telework_protocol::proof::MachineKey;
+use telework_tests::{EchoServer, TestClient, TestRelay};
+
+const PW: &str = "access-control-password";
+
+fn options_with_profile(profile: &Profile) -> LoginOptions {
+    LoginOptions {
+        device: Arc::new(profile.device_key().unwrap()),
+        device_name: "home-laptop".into(),
+        profile: Some(profile.clone()),
+        ..LoginOptions::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_office_pc_key_is_refused_until_forgotten() {
+    let home = tempfile::tempdir().unwrap();
+    let profile = Profile::open(home.path()).unwrap();
+    let options = options_with_profile(&profile);
+    let desktop = EchoServer::start().await;
+
+    let relay1 = TestRelay::start().await;
+    let _genuine = relay1.agent("pc-tofu", PW).target(desktop.addr).run().await;
+    Session::login_with(&relay1.target("pc-tofu"), PW.as_bytes(), &options)
+        .await
+        .unwrap();
+    // Second login: the pin matches.
+    Session::login_with(&relay1.target("pc-tofu"), PW.as_bytes(), &options)
+        .await
+        .unwrap();
+
+    // An impostor (another relay, another agent with the same ID and even the same password).
+    let relay2 = TestRelay::start().await;
+    let _impostor = relay2.agent("pc-tofu", PW).target(desktop.addr).run().await;
+    let err = Session::login_with(&relay2.target("pc-tofu"), PW.as_bytes(), &options)
+        .await
+        .err()
+        .unwrap();
+    assert!(
+        matches!(err, ClientError::AgentKeyChanged { .. }),
+        "{err:?}"
+    );
+    let text = err.to_string();
+    assert!(
+        text.starts_with("WARNING: the office PC pc-tofu presented a different identity key"),
+        "{text}"
+    );
+    assert!(text.contains("telework forget pc-tofu"), "{text}");
+    assert_eq!(desktop.connections(), 0);
+
+    // After IT staff confirm a reinstall, the employee forgets the pin and connects.
+    assert!(profile.forget(&"pc-tofu".parse().unwrap()).unwrap());
+    Session::login_with(&relay2.target("pc-tofu"), PW.as_bytes(), &options)
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changing_the_password_keeps_the_pinned_key() {
+    let home = tempfile::tempdir().unwrap();
+    let profile = Profile::open(home.path()).unwrap();
+    let options = options_with_profile(&profile);
+    let relay = TestRelay::start().await;
+    let agent = relay.agent("pc-repw", PW).run().await;
+    Session::login_with(&relay.target("pc-repw"), PW.as_bytes(), &options)
+        .await
+        .unwrap();
+    let data = DataDir::open(agent.dir.path()).unwrap();
+    let new = data
+        .password()
+        .unwrap()
+        .unwrap()
+        .change_password(b"the new password")
+        .unwrap();
+    data.save_password(&new).unwrap();
+    Session::login_with(&relay.target("pc-repw"), b"the new password", &options)
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unapproved_device_waits_and_is_admitted_after_approval() {
+    let relay = TestRelay::start().await;
+    let desktop = EchoServer::start().await;
+    let agent = relay.agent("pc-dev", PW).target(desktop.addr).run().await;
+    let data = DataDir::open(agent.dir.path()).unwrap();
+    data.save_policy(&Policy {
+        require_approved_devices: true,
+        ..Policy::default()
+    })
+    .unwrap();
+
+    let device = Arc::new(MachineKey::generate().unwrap());
+    let options = LoginOptions {
+        device: device.clone(),
+        device_name: "tanaka-home".into(),
+        ..LoginOptions::default()
+    };
+    let err = Session::login_with(&relay.target("pc-dev"), PW.as_bytes(), &options)
+        .await
+        .err()
+        .unwrap();
+    let ClientError::Refused(Refusal::DeviceNotApproved {
+        device: fingerprint,
+    }) = &err
+    else {
+        panic!("{err:?}");
+    };
+    assert!(err.to_string().contains("waiting for approval"), "{err}");
+    assert!(err
+        .to_string()
+        .contains(&format!("telework-agent devices approve {fingerprint}")));
+
+    let mut devices = data.devices().unwrap();
+    assert_eq!(devices.devices.len(), 1);
+    assert_eq!(devices.devices[0].name, "tanaka-home");
+    assert_eq!(devices.devices[0].status, DeviceStatus::Pending);
+    devices
+        .set_status(&fingerprint[..8], DeviceStatus::Approved)
+        .unwrap();
+    data.save_devices(&devices).unwrap();
+
+    let session = Session::login_with(&relay.target("pc-dev"), PW.as_bytes(), &options)
+        .await
+        .unwrap();
+    session.opener().open().await.unwrap();
+
+    // Another device is still refused; a revoked one is refused with its own reason.
+    let stranger = LoginOptions::default();
+    assert!(matches!(
+        Session::login_with(&relay.target("pc-dev"), PW.as_bytes(), &stranger).await,
+        Err(ClientError::Refused(Refusal::DeviceNotApproved { .. }))
+    ));
+    let mut devices = data.devices().unwrap();
+    devices
+        .set_status(fingerprint, DeviceStatus::Revoked)
+        .unwrap();
+    data.save_devices(&devices).unwrap();
+    assert!(matches!(
+        Session::login_with(&relay.target("pc-dev"), PW.as_bytes(), &options).await,
+        Err(ClientError::Refused(Refusal::DeviceRevoked))
+    ));
+    assert_eq!(
+        desktop.connections(),
+        1,
+        "only the approved session reached the desktop"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn totp_is_required_checked_and_counted() {
+    let relay = TestRelay::start().await;
+    let desktop = EchoServer::start().await;
+    let agent = relay.agent("pc-otp", PW).target(desktop.addr).run().await;
+    let secret = TotpSecret::generate();
+    DataDir::open(agent.dir.path())
+        .unwrap()
+        .save_totp(Some(&secret))
+        .unwrap();
+
+    let no_code = LoginOptions::default();
+    let err = Session::login_with(&relay.target("pc-otp"), PW.as_bytes(), &no_code)
+        .await
+        .err()
+        .unwrap();
+    assert!(
+        matches!(err, ClientError::Refused(Refusal::TotpMissing)),
+        "{err:?}"
+    );
+
+    let wrong = LoginOptions {
+        totp: Some(Arc::new(|| Some("000000".into()))),
+        ..LoginOptions::default()
+    };
+    let now = telework_agent::unix_now();
+    if secret.code_at(now) != "000000"
+        && secret.code_at(now + 30) != "000000"
+        && secret.code_at(now - 30) != "000000"
+    {
+        let err = Session::login_with(&relay.target("pc-otp"), PW.as_bytes(), &wrong)
+            .await
+            .err()
+            .unwrap();
+        assert!(
+            matches!(err, ClientError::Refused(Refusal::WrongTotp { .. })),
+            "{err:?}"
+        );
+        assert!(err.to_string().starts_with("wrong one-time code"), "{err}");
+    }
+
+    let s = secret.clone();
+    let right = LoginOptions {
+        totp: Some(Arc::new(move || {
+            Some(s.code_at(telework_agent::unix_now()))
+        })),
+        ..LoginOptions::default()
+    };
+    let session = Session::login_with(&relay.target("pc-otp"), PW.as_bytes(), &right)
+        .await
+        .unwrap();
+    session.opener().open().await.unwrap();
+    // The same code a second time (within its 30 s) is a replay and fails.
+    let code = secret.code_at(telework_agent::unix_now());
+    let replay = LoginOptions {
+        totp: Some(Arc::new(move || Some(code.clone()))),
+        ..LoginOptions::default()
+    };
+    let second = Session::login_with(&relay.target("pc-otp"), PW.as_bytes(), &replay).await;
+    assert!(
+        matches!(second, Err(ClientError::Refused(Refusal::WrongTotp { .. }))) || second.is_ok(),
+        "a replayed code is refused unless the 30-second step moved on"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_and_maximum_session_limits_end_sessions_with_a_reason() {
+    let relay = TestRelay::start().await;
+    let desktop = EchoServer::start().await;
+    let agent = relay
+        .agent("pc-limits", PW)
+        .target(desktop.addr)
+        .run()
+        .await;
+    let data = DataDir::open(agent.dir.path()).unwrap();
+
+    data.save_policy(&Policy {
+        idle_timeout_secs: Some(1),
+        ..Policy::default()
+    })
+    .unwrap();
+    let client = TestClient::serve(relay.login("pc-limits", PW).await.unwrap()).await;
+    let ended = tokio::time::timeout(Duration::from_secs(10), client.task)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        matches!(ended, Err(ClientError::Ended(EndReason::Idle))),
+        "{ended:?}"
+    );
+
+    data.save_policy(&Policy {
+        max_session_secs: Some(1),
+        ..Policy::default()
+    })
+    .unwrap();
+    let client = TestClient::serve(relay.login("pc-limits", PW).await.unwrap()).await;
+    let ended = tokio::time::timeout(Duration::from_secs(10), client.task)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        matches!(ended, Err(ClientError::Ended(EndReason::MaxDuration))),
+        "{ended:?}"
+    );
+    assert_eq!(
+        ClientError::Ended(EndReason::MaxDuration).to_string(),
+        "the session ended: the session reached its maximum length"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lockout_survives_an_agent_restart() {
+    let relay = TestRelay::start().await;
+    let agent = relay.agent("pc-lock", PW).run().await;
+    for _ in 0..5 {
+        let _ = relay.login("pc-lock", "wrong guess").await;
+    }
+    let dir = agent.dir.path().to_path_buf();
+    let keep = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), keep.path().join(entry.file_name())).unwrap();
+    }
+    agent.stop().await;
+    let restarted =
+        telework_agent::Agent::load(DataDir::open(keep.path()).unwrap(), "127.0.0.1:9".into())
+            .unwrap();
+    let mut online = restarted.online();
+    let task = tokio::spawn(restarted.clone().run(std::future::pending()));
+    tokio::time::timeout(Duration::from_secs(10), online.wait_for(|up| *up))
+        .await
+        .unwrap()
+        .unwrap();
+    let err = relay.login("pc-lock", PW).await.err().unwrap();
+    assert!(
+        matches!(err, ClientError::Refused(Refusal::LockedOut { .. })),
+        "{err:?}"
+    );
+    task.abort();
+}
