@@ -37,6 +37,16 @@ pub async fn serve(relay: Arc<Relay>, mut conn: Accepted) {
     let span = tracing::info_span!("session", %id, peer = %conn.peer);
     async move {
         let refuse = |code: ErrorCode| RelayToClient::Error(code);
+        let ip = conn.peer.ip();
+        let now = Instant::now();
+        if !relay.limiters.failures.has_token(ip, now) || !relay.limiters.lookups.take(ip, now) {
+            info!("rate limited");
+            let _ = conn.framed.write(&refuse(ErrorCode::RateLimited)).await;
+            return;
+        }
+        let failed = || {
+            relay.limiters.failures.take(ip, Instant::now());
+        };
         if version < MIN_PROTOCOL_VERSION {
             let _ = conn.framed.write(&refuse(ErrorCode::VersionTooOld)).await;
             return;
@@ -44,6 +54,7 @@ pub async fn serve(relay: Arc<Relay>, mut conn: Accepted) {
         match relay.registry.machine(&id) {
             Ok(Some(_)) => {}
             Ok(None) => {
+                failed();
                 let _ = conn.framed.write(&refuse(ErrorCode::UnknownId)).await;
                 return;
             }
@@ -57,6 +68,7 @@ pub async fn serve(relay: Arc<Relay>, mut conn: Accepted) {
         let (ticket, waiting) = match relay.hub.request_tunnel(&id, started) {
             Ok(t) => t,
             Err(RequestError::Offline) => {
+                failed();
                 let _ = conn.framed.write(&refuse(ErrorCode::Offline)).await;
                 return;
             }
@@ -70,6 +82,7 @@ pub async fn serve(relay: Arc<Relay>, mut conn: Accepted) {
             _ => {
                 relay.hub.cancel(&ticket);
                 info!("agent did not attach in time");
+                failed();
                 let _ = conn.framed.write(&refuse(ErrorCode::AgentTimeout)).await;
                 return;
             }

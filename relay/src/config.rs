@@ -194,6 +194,7 @@ impl RelayConfig {
             max_unauthenticated: self.max_unauthenticated,
             shutdown_grace: self.shutdown_grace,
             handshake_timeout: RelayOptions::default().handshake_timeout,
+            limits: crate::limits::Limits::default(),
             splice_tap: None,
         }
     }

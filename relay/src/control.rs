@@ -55,6 +55,15 @@ pub async fn serve(relay: Arc<Relay>, mut conn: Accepted) {
     let Some(exporter) = exporter(conn.framed.get_ref()) else {
         return;
     };
+    let ip = conn.peer.ip();
+    if !relay
+        .limiters
+        .failures
+        .has_token(ip, std::time::Instant::now())
+    {
+        refuse(&mut conn.framed, ErrorCode::RateLimited).await;
+        return;
+    }
     match first {
         AgentToRelay::Register {
             version,
@@ -81,6 +90,7 @@ pub async fn serve(relay: Arc<Relay>, mut conn: Accepted) {
                             .await;
                     }
                     Err(code) => {
+                        relay.limiters.failures.take(ip, std::time::Instant::now());
                         warn!(peer = %conn.peer, ?code, "registration refused");
                         refuse(&mut conn.framed, code).await;
                     }
@@ -143,6 +153,10 @@ async fn online(
         Ok(Some(m)) => m,
         Ok(None) => {
             warn!(peer = %conn.peer, "hello from an unregistered computer ID");
+            relay
+                .limiters
+                .failures
+                .take(conn.peer.ip(), std::time::Instant::now());
             return refuse(&mut conn.framed, ErrorCode::UnknownId).await;
         }
         Err(e) => {
@@ -152,6 +166,10 @@ async fn online(
     };
     if !verify_proof(&machine.public_key, &id, &exporter, &proof) {
         warn!(peer = %conn.peer, "machine-key proof failed");
+        relay
+            .limiters
+            .failures
+            .take(conn.peer.ip(), std::time::Instant::now());
         return refuse(&mut conn.framed, ErrorCode::BadProof).await;
     }
     drop(conn.unauthenticated);

@@ -9,6 +9,7 @@
 //! - [`identity`]: the TLS certificate (operator's files, or self-signed on first start).
 //! - [`registry`]: SQLite registry of machines and enrolment tokens.
 //! - [`hub`]: presence and one-time tickets.
+//! - [`limits`]: per-address rate limits on connections, lookups and failures.
 //! - [`conn`]: accepting a connection and dispatching on its ALPN role to [`control`],
 //!   [`client_conn`] or [`tunnel`].
 //! - [`splice`]: the byte copy between a paired client and agent.
@@ -21,6 +22,7 @@ pub mod conn;
 pub mod control;
 pub mod hub;
 pub mod identity;
+pub mod limits;
 pub mod registry;
 pub mod splice;
 pub mod tunnel;
@@ -69,6 +71,8 @@ pub struct RelayOptions {
     pub handshake_timeout: Duration,
     /// How long sessions may go on after shutdown starts.
     pub shutdown_grace: Duration,
+    /// Per-source-address rate limits.
+    pub limits: limits::Limits,
     /// Test hook: sees every spliced byte.
     pub splice_tap: Option<SpliceTap>,
 }
@@ -81,6 +85,7 @@ impl Default for RelayOptions {
             max_unauthenticated: 1_000,
             handshake_timeout: telework_protocol::net::HANDSHAKE_TIMEOUT,
             shutdown_grace: Duration::from_secs(10),
+            limits: limits::Limits::default(),
             splice_tap: None,
         }
     }
@@ -92,6 +97,8 @@ pub struct Relay {
     pub registry: Registry,
     /// Presence and tickets.
     pub hub: Hub,
+    /// Rate limits per source address.
+    pub limiters: limits::Limiters,
     acceptor: TlsAcceptor,
     options: RelayOptions,
     next_conn_id: AtomicU64,
@@ -115,6 +122,7 @@ impl Relay {
         Ok(Arc::new(Self {
             registry,
             hub: Hub::default(),
+            limiters: limits::Limiters::new(options.limits),
             acceptor: TlsAcceptor::from(tls),
             options,
             next_conn_id: AtomicU64::new(1),
@@ -144,6 +152,14 @@ impl Relay {
                     }
                 },
             };
+            if !self
+                .limiters
+                .connections
+                .take(peer.ip(), std::time::Instant::now())
+            {
+                tracing::debug!(%peer, "connection rate limit; closing");
+                continue;
+            }
             let Ok(conn_permit) = connections.clone().try_acquire_owned() else {
                 warn!(%peer, "connection limit reached; closing");
                 continue;

@@ -29,6 +29,17 @@ pub async fn serve(relay: Arc<Relay>, mut conn: Accepted) {
             return;
         }
     };
+    if !relay
+        .limiters
+        .failures
+        .has_token(conn.peer.ip(), Instant::now())
+    {
+        let _ = conn
+            .framed
+            .write(&RelayToTunnel::Error(ErrorCode::RateLimited))
+            .await;
+        return;
+    }
     if version < MIN_PROTOCOL_VERSION {
         let _ = conn
             .framed
@@ -47,6 +58,7 @@ pub async fn serve(relay: Arc<Relay>, mut conn: Accepted) {
         Ok(id) => debug!(%id, "tunnel attached"),
         Err(tunnel) => {
             info!(peer = %conn.peer, "tunnel with an invalid ticket refused");
+            relay.limiters.failures.take(conn.peer.ip(), Instant::now());
             let mut framed = Framed::with_buffer(tunnel.stream, tunnel.leftover);
             let _ = framed
                 .write(&RelayToTunnel::Error(ErrorCode::BadTicket))

@@ -194,3 +194,46 @@ async fn garbage_inside_a_paired_tunnel_is_refused_by_the_agent() {
     assert_eq!(desktop.connections(), 0);
     relay_still_serves(&relay).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probing_for_computer_ids_is_rate_limited() {
+    use telework_relay::limits::{Limits, Rate};
+    let limits = Limits {
+        failures: Rate {
+            per_sec: 0.01,
+            burst: 5.0,
+        },
+        ..Limits::default()
+    };
+    let relay = TestRelay::start_with(RelayOptions {
+        limits,
+        ..Default::default()
+    })
+    .await;
+    let desktop = EchoServer::start().await;
+    let _agent = relay.agent("pc-ok", PW).target(desktop.addr).run().await;
+    let mut answers = Vec::new();
+    for i in 0..8 {
+        let err = relay
+            .login(&format!("pc-guess-{i}"), PW)
+            .await
+            .err()
+            .unwrap();
+        answers.push(err.to_string());
+    }
+    assert!(
+        answers[..5]
+            .iter()
+            .all(|a| a.contains("no office PC is registered")),
+        "{answers:?}"
+    );
+    assert!(
+        answers[5..]
+            .iter()
+            .all(|a| a.contains("too many attempts from this address")),
+        "{answers:?}"
+    );
+    // Once the failures are used up, even a real ID gets the same answer: nothing to learn.
+    let err = relay.login("pc-ok", PW).await.err().unwrap();
+    assert!(err.to_string().contains("too many attempts"), "{err}");
+}

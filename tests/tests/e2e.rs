@@ -102,7 +102,12 @@ async fn half_close_passes_through_the_chain() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_concurrent_sessions() {
-    let relay = TestRelay::start().await;
+    // A load test from one address: per-address limits would be the thing measured.
+    let options = telework_relay::RelayOptions {
+        limits: telework_relay::limits::Limits::unlimited(),
+        ..Default::default()
+    };
+    let relay = TestRelay::start_with(options).await;
     let desktop = EchoServer::start().await;
     let _a = relay.agent("pc-a", PW).target(desktop.addr).run().await;
     let _b = relay
