@@ -96,6 +96,17 @@ pub async fn serve(relay: Arc<Relay>, mut conn: Accepted) {
         info!(setup_ms = started.elapsed().as_millis() as u64, "paired");
         let (client_stream, client_left) = conn.framed.into_parts();
         let (agent_stream, agent_left) = agent_framed.into_parts();
+        if let Some(hook) = relay.options.splice_hook.clone() {
+            let pair = crate::splice::SplicePair {
+                id: id.clone(),
+                client: client_stream,
+                client_left,
+                agent: agent_stream,
+                agent_left,
+            };
+            hook.splice(pair).await;
+            return;
+        }
         let result = tokio::select! {
             r = splice(client_stream, client_left, agent_stream, agent_left, relay.options.splice_tap.clone()) => r,
             _ = relay.hard_stop.cancelled() => Err(std::io::Error::other("relay stopped")),

@@ -196,6 +196,7 @@ impl RelayConfig {
             handshake_timeout: RelayOptions::default().handshake_timeout,
             limits: crate::limits::Limits::default(),
             splice_tap: None,
+            splice_hook: None,
         }
     }
 }

@@ -75,6 +75,8 @@ pub struct RelayOptions {
     pub limits: limits::Limits,
     /// Test hook: sees every spliced byte.
     pub splice_tap: Option<SpliceTap>,
+    /// Test hook: takes over splicing entirely (a malicious relay).
+    pub splice_hook: Option<Arc<dyn splice::SpliceHook>>,
 }
 
 impl Default for RelayOptions {
@@ -87,6 +89,7 @@ impl Default for RelayOptions {
             shutdown_grace: Duration::from_secs(10),
             limits: limits::Limits::default(),
             splice_tap: None,
+            splice_hook: None,
         }
     }
 }

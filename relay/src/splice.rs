@@ -18,6 +18,30 @@ pub const SPLICE_BUFFER: usize = 64 * 1024;
 /// operator. `None` in production.
 pub type SpliceTap = Arc<dyn Fn(&[u8]) + Send + Sync>;
 
+/// A paired client and agent, handed to a [`SpliceHook`].
+pub struct SplicePair {
+    /// The computer ID the client asked for.
+    pub id: telework_protocol::ComputerId,
+    /// The client's connection.
+    pub client: RelayStream,
+    /// Bytes already read from the client.
+    pub client_left: BytesMut,
+    /// The agent's tunnel connection.
+    pub agent: RelayStream,
+    /// Bytes already read from the agent.
+    pub agent_left: BytesMut,
+}
+
+/// Replaces the relay's byte copy. Tests use it to play a malicious relay (tamper, replay,
+/// reorder, truncate, swap); production never sets it.
+pub trait SpliceHook: Send + Sync {
+    /// Takes over a paired client and agent until the hook is done with them.
+    fn splice(
+        &self,
+        pair: SplicePair,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+}
+
 /// Splices two streams until both directions have ended, passing half-closes through.
 /// Returns bytes copied client→agent and agent→client.
 ///

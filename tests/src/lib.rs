@@ -15,6 +15,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod desktop;
+pub mod evil;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

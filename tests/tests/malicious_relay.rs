@@ -1,0 +1,351 @@
+//! A malicious relay records, replays, reorders, truncates and flips bytes in tunnels, swaps
+//! tunnels between sessions, and replays tickets and machine proofs. Every attack must end in
+//! a refused or closed session, never in altered plaintext accepted as genuine and never in a
+//! connection to the desktop service without the password.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use telework_protocol::e2e::messages::{AgentHandshake, Refusal};
+use telework_protocol::frame::decode_frame;
+use telework_protocol::messages::{
+    alpn, AgentToRelay, ClientToRelay, RelayToAgent, RelayToClient, RelayToTunnel, TunnelToRelay,
+};
+use telework_protocol::net::connect::{client_exporter, connect};
+use telework_protocol::net::framed::Framed;
+use telework_protocol::net::tls::RelayTrust;
+use telework_protocol::{ErrorCode, Ticket};
+use telework_relay::limits::Limits;
+use telework_relay::RelayOptions;
+use telework_tests::evil::{Attack, Direction, EvilRelay};
+use telework_tests::{EchoServer, TestRelay};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const PW: &str = "malicious-relay-password";
+
+async fn evil_relay(hook: Arc<EvilRelay>) -> TestRelay {
+    TestRelay::start_with(RelayOptions {
+        splice_hook: Some(hook),
+        limits: Limits::unlimited(),
+        ..Default::default()
+    })
+    .await
+}
+
+fn attacks(offsets: &[usize]) -> Vec<Attack> {
+    let mut out = Vec::new();
+    for &direction in &[Direction::ToAgent, Direction::ToClient] {
+        for &offset in offsets {
+            out.push(Attack::FlipBit { direction, offset });
+            out.push(Attack::Truncate { direction, offset });
+        }
+        out.push(Attack::Duplicate {
+            direction,
+            offset: 0,
+        });
+        out.push(Attack::Reorder {
+            direction,
+            offset: 0,
+        });
+        out.push(Attack::Duplicate {
+            direction,
+            offset: offsets[offsets.len() / 2],
+        });
+    }
+    out
+}
+
+/// One login through a relay that attacks the login tunnel; returns (attack applied, login
+/// succeeded, desktop connections).
+async fn attacked_login(attack: Attack) -> (bool, bool, usize) {
+    let hook = EvilRelay::new(vec![attack]);
+    let relay = evil_relay(hook.clone()).await;
+    let desktop = EchoServer::start().await;
+    let _agent = relay.agent("pc-evil", PW).target(desktop.addr).run().await;
+    let login = tokio::time::timeout(Duration::from_secs(40), relay.login("pc-evil", PW)).await;
+    let ok = matches!(login, Ok(Ok(_)));
+    (
+        hook.applied.load(Ordering::SeqCst),
+        ok,
+        desktop.connections(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tampering_with_the_login_never_logs_in_or_reaches_the_desktop() {
+    let cases = attacks(&[0, 3, 4, 10, 40, 80, 150, 300, 600]);
+    let results = futures_join_all(cases.iter().map(|a| attacked_login(*a))).await;
+    let mut applied = 0;
+    for (attack, (was_applied, ok, connections)) in cases.iter().zip(results) {
+        assert_eq!(connections, 0, "{attack:?} reached the desktop");
+        if was_applied {
+            applied += 1;
+            assert!(!ok, "{attack:?} was applied but the login succeeded");
+        }
+    }
+    assert!(applied >= 20, "only {applied} attacks touched the login");
+}
+
+/// A login, then one tunnel through an attacked splice, carrying 100 kB to an echo service.
+/// Returns (applied, tunnel refused or pump failed, received bytes are a prefix of sent).
+async fn attacked_tunnel(attack: Attack) -> (bool, bool, bool) {
+    let hook = EvilRelay::new(vec![Attack::None, attack]);
+    let relay = evil_relay(hook.clone()).await;
+    let desktop = EchoServer::start().await;
+    let _agent = relay.agent("pc-evil", PW).target(desktop.addr).run().await;
+    let session = relay.login("pc-evil", PW).await.unwrap();
+    let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+    let run = async {
+        let tunnel = match session.opener().open().await {
+            Ok(t) => t,
+            Err(_) => return (true, Vec::new()),
+        };
+        let (local, app) = tokio::io::duplex(64 * 1024);
+        let pump = tokio::spawn(tunnel.pump(local));
+        let (mut app_r, mut app_w) = tokio::io::split(app);
+        let to_send = data.clone();
+        let writer = tokio::spawn(async move {
+            let _ = app_w.write_all(&to_send).await;
+            let _ = app_w.shutdown().await;
+        });
+        let mut received = Vec::new();
+        let _ = app_r.read_to_end(&mut received).await;
+        let _ = writer.await;
+        let failed = !matches!(pump.await, Ok(Ok(_)));
+        (failed, received)
+    };
+    let (failed, received) = tokio::time::timeout(Duration::from_secs(40), run)
+        .await
+        .unwrap_or((true, Vec::new()));
+    let prefix = received.len() <= data.len() && received == data[..received.len()];
+    (hook.applied.load(Ordering::SeqCst), failed, prefix)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tampering_with_a_tunnel_is_detected_and_never_delivers_altered_bytes() {
+    let cases = attacks(&[0, 20, 60, 100, 200, 1_000, 20_000, 60_000, 99_000]);
+    let results = futures_join_all(cases.iter().map(|a| attacked_tunnel(*a))).await;
+    let mut applied = 0;
+    for (attack, (was_applied, failed, prefix)) in cases.iter().zip(results) {
+        assert!(prefix, "{attack:?} delivered bytes that were not sent");
+        if was_applied {
+            applied += 1;
+            assert!(
+                failed,
+                "{attack:?} was applied but the tunnel ended cleanly"
+            );
+        }
+    }
+    assert!(applied >= 20, "only {applied} attacks touched the tunnel");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn swapping_tunnels_between_sessions_fails_closed() {
+    // Logins crossed: the client for pc-a talks to pc-b's agent (same password even).
+    let relay = evil_relay(EvilRelay::swapping(0)).await;
+    let desktop = EchoServer::start().await;
+    let _a = relay.agent("pc-a", PW).target(desktop.addr).run().await;
+    let _b = relay.agent("pc-b", PW).target(desktop.addr).run().await;
+    let (ra, rb) = tokio::join!(relay.login("pc-a", PW), relay.login("pc-b", PW));
+    assert!(ra.is_err() && rb.is_err(), "crossed logins must fail");
+    assert_eq!(desktop.connections(), 0);
+
+    // Sessions set up honestly, then their tunnels crossed.
+    let relay = evil_relay(EvilRelay::swapping(2)).await;
+    let _a = relay.agent("pc-a", PW).target(desktop.addr).run().await;
+    let _b = relay.agent("pc-b", PW).target(desktop.addr).run().await;
+    let sa = relay.login("pc-a", PW).await.unwrap();
+    let sb = relay.login("pc-b", PW).await.unwrap();
+    let (opener_a, opener_b) = (sa.opener(), sb.opener());
+    let (oa, ob) = tokio::join!(opener_a.open(), opener_b.open());
+    assert!(oa.is_err() && ob.is_err(), "crossed tunnels must fail");
+    assert_eq!(
+        desktop.connections(),
+        0,
+        "no desktop connection for a crossed tunnel"
+    );
+}
+
+/// Sends recorded client bytes on a fresh pairing and returns what the agent answered.
+async fn replay(relay: &TestRelay, id: &str, bytes: &[u8]) -> Vec<AgentHandshake> {
+    let config = RelayTrust::Fingerprint(relay.fingerprint)
+        .client_config(alpn::CLIENT)
+        .unwrap();
+    let mut f = Framed::new(
+        connect(&relay.addr.to_string().parse().unwrap(), config)
+            .await
+            .unwrap(),
+    );
+    f.write(&ClientToRelay::Connect {
+        version: 1,
+        id: id.parse().unwrap(),
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        f.read::<RelayToClient>().await.unwrap(),
+        RelayToClient::Paired
+    );
+    let (mut s, _) = f.into_parts();
+    let _ = s.write_all(bytes).await;
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut answer)).await;
+    let mut buf = BytesMut::from(&answer[..]);
+    let mut frames = Vec::new();
+    while let Ok(Some(m)) = decode_frame::<AgentHandshake>(&mut buf) {
+        frames.push(m);
+    }
+    frames
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recorded_logins_and_tunnels_cannot_be_replayed() {
+    let hook = EvilRelay::new(vec![]);
+    let relay = evil_relay(hook.clone()).await;
+    let desktop = EchoServer::start().await;
+    let _agent = relay.agent("pc-rec", PW).target(desktop.addr).run().await;
+    let session = relay.login("pc-rec", PW).await.unwrap();
+    let tunnel = session.opener().open().await.unwrap();
+    let (local, mut app) = tokio::io::duplex(1024);
+    let pump = tokio::spawn(tunnel.pump(local));
+    app.write_all(b"recorded desktop bytes").await.unwrap();
+    app.shutdown().await.unwrap();
+    let mut back = Vec::new();
+    app.read_to_end(&mut back).await.unwrap();
+    pump.await.unwrap().unwrap();
+    assert_eq!(desktop.connections(), 1);
+    let recorded = hook.recorded.lock().unwrap().clone();
+    assert_eq!(recorded.len(), 2);
+
+    // The recorded login: the agent answers with a fresh challenge, so the old finalization
+    // does not verify; it counts as a wrong password.
+    let answers = replay(&relay, "pc-rec", &recorded[0]).await;
+    assert!(
+        matches!(answers.first(), Some(AgentHandshake::LoginChallenge { .. })),
+        "{answers:?}"
+    );
+    assert!(
+        matches!(
+            answers.get(1),
+            Some(AgentHandshake::Refused(Refusal::WrongPassword { .. }))
+        ),
+        "{answers:?}"
+    );
+
+    // The recorded tunnel: a fresh agent nonce, so the old MAC fails.
+    let answers = replay(&relay, "pc-rec", &recorded[1]).await;
+    assert!(
+        matches!(
+            answers.first(),
+            Some(AgentHandshake::ResumeChallenge { .. })
+        ),
+        "{answers:?}"
+    );
+    assert_eq!(
+        answers.get(1),
+        Some(&AgentHandshake::Refused(Refusal::SessionInvalid))
+    );
+    assert_eq!(
+        desktop.connections(),
+        1,
+        "replays never reached the desktop"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replayed_tickets_and_machine_proofs_are_refused() {
+    let relay = TestRelay::start().await;
+    let desktop = EchoServer::start().await;
+    let agent = relay.agent("pc-proof", PW).target(desktop.addr).run().await;
+    let id: telework_protocol::ComputerId = "pc-proof".parse().unwrap();
+
+    // A ticket, used once by the agent, then replayed.
+    let (ticket, waiting) = relay
+        .relay
+        .hub
+        .request_tunnel(&id, std::time::Instant::now())
+        .unwrap();
+    let attached = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .unwrap()
+        .unwrap();
+    drop(attached);
+    let tunnel_config = RelayTrust::Fingerprint(relay.fingerprint)
+        .client_config(alpn::TUNNEL)
+        .unwrap();
+    let addr = relay.addr.to_string().parse().unwrap();
+    let mut f = Framed::new(connect(&addr, tunnel_config.clone()).await.unwrap());
+    f.write(&TunnelToRelay::Attach { version: 1, ticket })
+        .await
+        .unwrap();
+    assert_eq!(
+        f.read::<RelayToTunnel>().await.unwrap(),
+        RelayToTunnel::Error(ErrorCode::BadTicket)
+    );
+
+    // A relay that sends the agent tickets nobody waits for: the agent's attach is refused
+    // and it keeps serving.
+    let (_t, waiting) = relay
+        .relay
+        .hub
+        .request_tunnel(&id, std::time::Instant::now())
+        .unwrap();
+    drop(waiting);
+    let _ = Ticket::random();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(relay.relay.hub.is_online(&id));
+    relay
+        .login("pc-proof", PW)
+        .await
+        .unwrap()
+        .opener()
+        .open()
+        .await
+        .unwrap();
+
+    // A machine proof made for one TLS session, replayed on another.
+    let key = telework_agent::state::DataDir::open(agent.dir.path())
+        .unwrap()
+        .machine_key()
+        .unwrap();
+    let control_config = RelayTrust::Fingerprint(relay.fingerprint)
+        .client_config(alpn::CONTROL)
+        .unwrap();
+    let first = connect(&addr, control_config.clone()).await.unwrap();
+    let proof = key.prove(&id, &client_exporter(&first).unwrap());
+    let mut second = Framed::new(connect(&addr, control_config).await.unwrap());
+    second
+        .write(&AgentToRelay::Hello {
+            version: 1,
+            id: id.clone(),
+            proof,
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        second.read::<RelayToAgent>().await.unwrap(),
+        RelayToAgent::Error(ErrorCode::BadProof)
+    );
+    assert!(
+        relay.relay.hub.is_online(&id),
+        "the genuine agent stays online"
+    );
+}
+
+async fn futures_join_all<F: std::future::Future>(
+    futures: impl Iterator<Item = F>,
+) -> Vec<F::Output>
+where
+    F: Send + 'static,
+    F::Output: Send + 'static,
+{
+    let handles: Vec<_> = futures.map(tokio::spawn).collect();
+    let mut out = Vec::with_capacity(handles.len());
+    for h in handles {
+        out.push(h.await.unwrap());
+    }
+    out
+}
