@@ -21,6 +21,9 @@ pub enum Direction {
     ToClient,
 }
 
+/// Client-to-agent bytes of each splice, in the order splices began.
+pub type Recording = Arc<Mutex<Vec<Vec<u8>>>>;
+
 /// What the relay does to one splice (counted from 0 in the order sessions pair up).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Attack {
@@ -66,7 +69,7 @@ pub struct EvilRelay {
     next: AtomicUsize,
     waiting: Mutex<Option<SplicePair>>,
     /// Client-to-agent bytes of each splice, in order.
-    pub recorded: Arc<Mutex<Vec<Vec<u8>>>>,
+    pub recorded: Recording,
     /// Set once an attack actually touched a byte.
     pub applied: Arc<AtomicBool>,
 }
@@ -135,12 +138,7 @@ impl SpliceHook for EvilRelay {
     }
 }
 
-async fn run(
-    pair: SplicePair,
-    attack: Attack,
-    recorded: Arc<Mutex<Vec<Vec<u8>>>>,
-    applied: Arc<AtomicBool>,
-) {
+async fn run(pair: SplicePair, attack: Attack, recorded: Recording, applied: Arc<AtomicBool>) {
     let slot = {
         let mut r = recorded.lock().unwrap();
         r.push(pair.client_left.to_vec());
@@ -169,7 +167,7 @@ async fn copy(
     mut to: WriteHalf<RelayStream>,
     direction: Direction,
     attack: Attack,
-    record: Option<(Arc<Mutex<Vec<Vec<u8>>>>, usize)>,
+    record: Option<(Recording, usize)>,
     applied: Arc<AtomicBool>,
 ) {
     let mut buf = vec![0u8; 16 * 1024];
