@@ -31,6 +31,9 @@ pub struct Settings {
     pub max_unauthenticated: Option<usize>,
     /// Seconds sessions may continue after a shutdown signal.
     pub shutdown_grace_secs: Option<u64>,
+    /// Per-source-address rate limits (on by default). Turn off only behind a load balancer
+    /// that hides client addresses, or for load tests from one address.
+    pub per_address_limits: Option<bool>,
 }
 
 /// A checked configuration.
@@ -52,6 +55,8 @@ pub struct RelayConfig {
     pub max_unauthenticated: usize,
     /// See [`Settings::shutdown_grace_secs`].
     pub shutdown_grace: Duration,
+    /// See [`Settings::per_address_limits`].
+    pub per_address_limits: bool,
 }
 
 /// A configuration problem, said precisely.
@@ -123,6 +128,7 @@ impl Settings {
             max_connections: over.max_connections.or(self.max_connections),
             max_unauthenticated: over.max_unauthenticated.or(self.max_unauthenticated),
             shutdown_grace_secs: over.shutdown_grace_secs.or(self.shutdown_grace_secs),
+            per_address_limits: over.per_address_limits.or(self.per_address_limits),
         }
     }
 
@@ -181,6 +187,7 @@ impl Settings {
                 .shutdown_grace_secs
                 .map(Duration::from_secs)
                 .unwrap_or(defaults.shutdown_grace),
+            per_address_limits: self.per_address_limits.unwrap_or(true),
         })
     }
 }
@@ -194,7 +201,11 @@ impl RelayConfig {
             max_unauthenticated: self.max_unauthenticated,
             shutdown_grace: self.shutdown_grace,
             handshake_timeout: RelayOptions::default().handshake_timeout,
-            limits: crate::limits::Limits::default(),
+            limits: if self.per_address_limits {
+                crate::limits::Limits::default()
+            } else {
+                crate::limits::Limits::unlimited()
+            },
             splice_tap: None,
             splice_hook: None,
         }
@@ -215,6 +226,7 @@ mod tests {
             hostnames = ["relay.example.com"]
             max_connections = 500
             shutdown_grace_secs = 30
+            per_address_limits = false
             "#,
         )
         .unwrap();
@@ -227,6 +239,8 @@ mod tests {
         assert_eq!(cfg.registration, Registration::Token);
         assert_eq!(cfg.max_connections, 500);
         assert_eq!(cfg.shutdown_grace, Duration::from_secs(30));
+        assert!(!cfg.per_address_limits);
+        assert!(cfg.options().limits.lookups.burst > 1e6);
     }
 
     #[test]

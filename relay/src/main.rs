@@ -84,6 +84,10 @@ struct ServeArgs {
     /// A host name to put in the self-signed certificate (repeatable).
     #[arg(long = "hostname")]
     hostnames: Vec<String>,
+    /// Turn off per-source-address rate limits (behind a load balancer that hides client
+    /// addresses, or for load tests from one address).
+    #[arg(long)]
+    no_per_address_limits: bool,
 }
 
 fn main() -> ExitCode {
@@ -171,6 +175,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         key: args.key,
         registration: args.registration,
         hostnames: (!args.hostnames.is_empty()).then_some(args.hostnames),
+        per_address_limits: args.no_per_address_limits.then_some(false),
         ..Default::default()
     };
     let config = file.overridden_by(flags).validate()?;
