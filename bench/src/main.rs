@@ -1,0 +1,351 @@
+//! `telework-bench`: how fast and how lean the relay chain is, beside baselines measured in
+//! the same run (a direct TCP connection and a plain tokio copy-loop forwarder).
+//!
+//! Build everything first, then run: `cargo build --release --bins && target/release/telework-bench`.
+#![forbid(unsafe_code)]
+
+mod agents;
+mod procs;
+mod scenarios;
+mod stats;
+mod target;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use serde::Serialize;
+
+use crate::procs::{start_forwarder, Chain, BENCH_ID, BENCH_PASSWORD};
+use crate::stats::{median, percentile};
+
+/// Benchmarks for telework on loopback.
+#[derive(Parser)]
+#[command(about)]
+struct Cli {
+    #[command(subcommand)]
+    mode: Option<Mode>,
+    /// Seconds per throughput run, each way.
+    #[arg(long, default_value_t = 10.0)]
+    seconds: f64,
+    /// Runs per scenario (medians are reported).
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Idle agents for the memory scenario.
+    #[arg(long, default_value_t = 10_000)]
+    agents: usize,
+    /// Idle sessions for the memory scenario.
+    #[arg(long, default_value_t = 1_000)]
+    sessions: usize,
+    /// Where to write the JSON results.
+    #[arg(long, default_value = "bench-results.json")]
+    json: PathBuf,
+    /// A short smoke run (1 run, 1 s, 500 agents, 100 sessions).
+    #[arg(long)]
+    quick: bool,
+}
+
+#[derive(Subcommand)]
+enum Mode {
+    /// Run the plain forwarder baseline (used by the bench itself).
+    Forwarder {
+        /// Where to forward.
+        #[arg(long)]
+        target: SocketAddr,
+    },
+}
+
+#[derive(Serialize, Default)]
+struct Throughput {
+    direct_gbps: f64,
+    forwarder_gbps: f64,
+    telework_gbps: f64,
+    ratio_to_direct: f64,
+    relay_cpu_s_per_gb: f64,
+    agent_cpu_s_per_gb: f64,
+    client_cpu_s_per_gb: f64,
+    total_cpu_s_per_gb: f64,
+}
+
+#[derive(Serialize, Default)]
+struct Results {
+    machine: String,
+    runs: usize,
+    upload: Throughput,
+    download: Throughput,
+    latency_direct_p50_us: f64,
+    latency_direct_p99_us: f64,
+    latency_forwarder_p50_us: f64,
+    latency_telework_p50_us: f64,
+    latency_telework_p99_us: f64,
+    added_p50_us: f64,
+    added_p99_us: f64,
+    new_session_ttfb_ms: f64,
+    tunnels_per_sec: f64,
+    idle_agents: usize,
+    relay_kib_per_idle_agent: f64,
+    idle_sessions: usize,
+    relay_kib_per_idle_session: f64,
+    slow_reader_relay_growth_mib: f64,
+    slow_reader_agent_growth_mib: f64,
+    wall_seconds: f64,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    match cli.mode {
+        Some(Mode::Forwarder { target }) => runtime.block_on(forwarder(target)),
+        None => runtime.block_on(bench(cli)),
+    }
+}
+
+/// The baseline: accept, connect to the target, copy both ways with tokio's copy loop.
+async fn forwarder(target: SocketAddr) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    println!("forwarder listening on {}", listener.local_addr()?);
+    loop {
+        let (mut inbound, _) = listener.accept().await?;
+        tokio::spawn(async move {
+            let _ = inbound.set_nodelay(true);
+            if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
+                let _ = outbound.set_nodelay(true);
+                let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+            }
+        });
+    }
+}
+
+fn gbps(bytes_per_sec: f64) -> f64 {
+    bytes_per_sec * 8.0 / 1e9
+}
+
+async fn bench(mut cli: Cli) -> anyhow::Result<()> {
+    if cli.quick {
+        cli.runs = 1;
+        cli.seconds = 1.0;
+        cli.agents = 500;
+        cli.sessions = 100;
+    }
+    let wall = Instant::now();
+    let target = target::start().await?;
+    let (forwarder, forwarder_addr) = start_forwarder(target)?;
+    let mut r = Results {
+        runs: cli.runs,
+        machine: machine(),
+        ..Results::default()
+    };
+
+    // 1. Throughput, each way, each path; CPU of our processes per GB.
+    let chain = Chain::start(target)?;
+    for (upload, out) in [(true, &mut r.upload), (false, &mut r.download)] {
+        let (mut d, mut f, mut t) = (vec![], vec![], vec![]);
+        let (mut relay_c, mut agent_c, mut client_c) = (vec![], vec![], vec![]);
+        for _ in 0..cli.runs {
+            let run = |addr| async move {
+                if upload {
+                    scenarios::upload(addr, cli.seconds).await
+                } else {
+                    scenarios::download(addr, cli.seconds).await
+                }
+            };
+            d.push(run(target).await?.0);
+            f.push(run(forwarder_addr).await?.0);
+            let before = (
+                chain.relay.cpu_secs(),
+                chain.agent.cpu_secs(),
+                chain.client.cpu_secs(),
+            );
+            let (rate, bytes) = run(chain.client_addr).await?;
+            let gb = bytes as f64 / 1e9;
+            t.push(rate);
+            relay_c.push((chain.relay.cpu_secs() - before.0) / gb);
+            agent_c.push((chain.agent.cpu_secs() - before.1) / gb);
+            client_c.push((chain.client.cpu_secs() - before.2) / gb);
+        }
+        out.direct_gbps = gbps(median(&d));
+        out.forwarder_gbps = gbps(median(&f));
+        out.telework_gbps = gbps(median(&t));
+        out.ratio_to_direct = out.telework_gbps / out.direct_gbps;
+        out.relay_cpu_s_per_gb = median(&relay_c);
+        out.agent_cpu_s_per_gb = median(&agent_c);
+        out.client_cpu_s_per_gb = median(&client_c);
+        out.total_cpu_s_per_gb =
+            out.relay_cpu_s_per_gb + out.agent_cpu_s_per_gb + out.client_cpu_s_per_gb;
+        eprintln!(
+            "throughput {}: done",
+            if upload { "upload" } else { "download" }
+        );
+    }
+
+    // 2. Latency of 64-byte round trips.
+    let (mut dp50, mut dp99, mut fp50, mut tp50, mut tp99) =
+        (vec![], vec![], vec![], vec![], vec![]);
+    for _ in 0..cli.runs {
+        let d = scenarios::latency(target, 2000).await?;
+        let f = scenarios::latency(forwarder_addr, 2000).await?;
+        let t = scenarios::latency(chain.client_addr, 2000).await?;
+        dp50.push(percentile(&d, 50.0));
+        dp99.push(percentile(&d, 99.0));
+        fp50.push(percentile(&f, 50.0));
+        tp50.push(percentile(&t, 50.0));
+        tp99.push(percentile(&t, 99.0));
+    }
+    r.latency_direct_p50_us = median(&dp50);
+    r.latency_direct_p99_us = median(&dp99);
+    r.latency_forwarder_p50_us = median(&fp50);
+    r.latency_telework_p50_us = median(&tp50);
+    r.latency_telework_p99_us = median(&tp99);
+    r.added_p50_us = r.latency_telework_p50_us - r.latency_direct_p50_us;
+    r.added_p99_us = r.latency_telework_p99_us - r.latency_direct_p99_us;
+    eprintln!("latency: done");
+
+    // 3. New session (password handshake) to first byte; tunnels per second in a session.
+    let mut ttfb = vec![];
+    let mut tps = vec![];
+    for _ in 0..cli.runs.max(5) {
+        ttfb.push(
+            scenarios::time_to_first_byte(
+                chain.relay_addr,
+                &chain.fingerprint,
+                BENCH_ID,
+                BENCH_PASSWORD,
+            )
+            .await?,
+        );
+    }
+    for _ in 0..cli.runs {
+        tps.push(
+            scenarios::tunnels_per_sec(chain.client_addr, 8, (cli.seconds / 3.0).max(1.0)).await?,
+        );
+    }
+    r.new_session_ttfb_ms = median(&ttfb);
+    r.tunnels_per_sec = median(&tps);
+    eprintln!("set-up: done");
+
+    // 5. Slow reader: memory stays bounded by the buffer caps.
+    let (mut rg, mut ag) = (vec![], vec![]);
+    for _ in 0..cli.runs {
+        let (relay_kib, agent_kib) = scenarios::slow_reader(
+            chain.client_addr,
+            &chain.relay,
+            &chain.agent,
+            cli.seconds.min(8.0),
+        )
+        .await?;
+        rg.push(relay_kib as f64 / 1024.0);
+        ag.push(agent_kib as f64 / 1024.0);
+    }
+    r.slow_reader_relay_growth_mib = median(&rg);
+    r.slow_reader_agent_growth_mib = median(&ag);
+    eprintln!("slow reader: done");
+    drop(chain);
+
+    // 4. Memory: idle agents and idle sessions, each run on a fresh relay.
+    let (mut per_agent, mut per_session) = (vec![], vec![]);
+    for _ in 0..cli.runs {
+        let chain = Chain::start(target)?;
+        let before = chain.relay.rss_kib();
+        let conns = agents::bring_online(chain.relay_addr, &chain.fingerprint, cli.agents, 32)
+            .await
+            .context("idle agents")?;
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        per_agent.push(chain.relay.rss_kib().saturating_sub(before) as f64 / cli.agents as f64);
+        drop(conns);
+        drop(chain);
+        let chain = Chain::start(target)?;
+        target::reset_idle_count();
+        let (kib, conns) = scenarios::idle_sessions(chain.client_addr, &chain.relay, cli.sessions)
+            .await
+            .context("idle sessions")?;
+        per_session.push(kib);
+        drop(conns);
+    }
+    r.idle_agents = cli.agents;
+    r.relay_kib_per_idle_agent = median(&per_agent);
+    r.idle_sessions = cli.sessions;
+    r.relay_kib_per_idle_session = median(&per_session);
+    eprintln!("memory: done");
+    drop(forwarder);
+
+    r.wall_seconds = wall.elapsed().as_secs_f64();
+    print_table(&r);
+    std::fs::write(&cli.json, serde_json::to_string_pretty(&r)?)?;
+    println!("\nJSON written to {}", cli.json.display());
+    Ok(())
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    format!("{cores} cores, {cpu}")
+}
+
+fn print_table(r: &Results) {
+    println!(
+        "telework benchmark ({} runs each, medians; {})",
+        r.runs, r.machine
+    );
+    println!();
+    println!("| scenario | direct | forwarder | telework | ratio / added | target |");
+    println!("|---|---|---|---|---|---|");
+    for (name, t) in [
+        ("upload Gbit/s", &r.upload),
+        ("download Gbit/s", &r.download),
+    ] {
+        println!(
+            "| {name} | {:.2} | {:.2} | {:.2} | {:.2} of direct | >= 0.17 |",
+            t.direct_gbps, t.forwarder_gbps, t.telework_gbps, t.ratio_to_direct
+        );
+        println!(
+            "| {name}: CPU s/GB relay / agent / client / total | | | {:.2} / {:.2} / {:.2} / {:.2} | | relay <= 1.0, total <= 3.0 |",
+            t.relay_cpu_s_per_gb, t.agent_cpu_s_per_gb, t.client_cpu_s_per_gb, t.total_cpu_s_per_gb
+        );
+    }
+    println!(
+        "| 64 B round trip p50 (us) | {:.0} | {:.0} | {:.0} | +{:.0} | added <= 100 |",
+        r.latency_direct_p50_us,
+        r.latency_forwarder_p50_us,
+        r.latency_telework_p50_us,
+        r.added_p50_us
+    );
+    println!(
+        "| 64 B round trip p99 (us) | {:.0} | | {:.0} | +{:.0} | added p99 <= 2 x added p50 |",
+        r.latency_direct_p99_us, r.latency_telework_p99_us, r.added_p99_us
+    );
+    println!(
+        "| new session to first byte (ms) | | | {:.1} | | < 20 |",
+        r.new_session_ttfb_ms
+    );
+    println!(
+        "| new tunnels per second in a session | | | {:.0} | | >= 1000 |",
+        r.tunnels_per_sec
+    );
+    println!(
+        "| relay KiB per idle agent ({}) | | | {:.1} | | <= 16 |",
+        r.idle_agents, r.relay_kib_per_idle_agent
+    );
+    println!(
+        "| relay KiB per idle session ({}) | | | {:.1} | | <= 48 |",
+        r.idle_sessions, r.relay_kib_per_idle_session
+    );
+    println!(
+        "| slow reader growth MiB relay / agent | | | {:.1} / {:.1} | | relay < 16 |",
+        r.slow_reader_relay_growth_mib, r.slow_reader_agent_growth_mib
+    );
+    println!("\nwall time {:.0} s", r.wall_seconds);
+}

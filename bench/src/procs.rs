@@ -1,0 +1,268 @@
+//! Starting the real relay, agent and client binaries as separate processes, and reading
+//! their CPU time and memory from /proc.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+/// A child process that is killed when dropped.
+pub struct Proc {
+    /// The process.
+    pub child: Child,
+}
+
+impl Proc {
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// CPU seconds (user + system) used so far.
+    pub fn cpu_secs(&self) -> f64 {
+        cpu_secs(self.pid())
+    }
+
+    /// Resident memory in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        rss_kib(self.pid())
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// CPU seconds used by `pid` (fields 14 and 15 of /proc/PID/stat, in clock ticks of 1/100 s).
+pub fn cpu_secs(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // The command name may contain spaces; fields resume after the closing parenthesis.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // After ')' the fields are numbered from 3 (state); utime is 14, stime is 15.
+    (ticks(14 - 3) + ticks(15 - 3)) / 100.0
+}
+
+/// Resident set size of `pid` in KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Where the telework binaries are: next to this one (cargo puts every workspace binary in
+/// the same target directory).
+pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
+    let me = std::env::current_exe()?;
+    let path = me.parent().context("binary directory")?.join(name);
+    if !path.exists() {
+        bail!(
+            "{} not found: build all binaries first (cargo build --release --bins)",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+fn read_line_with(child: &mut Child, prefix: &str, limit: Duration) -> anyhow::Result<String> {
+    let stdout = child.stdout.take().context("stdout")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let wanted = prefix.to_owned();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(rest) = line.strip_prefix(&wanted) {
+                let _ = tx.send(rest.to_owned());
+            }
+        }
+    });
+    rx.recv_timeout(limit)
+        .with_context(|| format!("waiting for {prefix:?}"))
+}
+
+/// A relay, agent and client started as processes, forwarding to `target`.
+pub struct Chain {
+    /// The relay process.
+    pub relay: Proc,
+    /// The agent process.
+    pub agent: Proc,
+    /// The client process (`telework connect`).
+    pub client: Proc,
+    /// Where the client listens (what an RDP client would connect to).
+    pub client_addr: SocketAddr,
+    /// The relay's address.
+    pub relay_addr: SocketAddr,
+    /// The relay's certificate fingerprint.
+    pub fingerprint: String,
+    _dir: tempfile::TempDir,
+}
+
+/// The computer ID and password the bench registers.
+pub const BENCH_ID: &str = "bench-pc";
+/// See [`BENCH_ID`].
+pub const BENCH_PASSWORD: &str = "bench-connection-password";
+
+impl Chain {
+    /// Starts the three processes and waits until the client listens.
+    pub fn start(target: SocketAddr) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let relay_dir = dir.path().join("relay");
+        let agent_dir = dir.path().join("agent");
+        let mut relay = Command::new(binary("telework-relay")?)
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--no-per-address-limits",
+                "--data-dir",
+            ])
+            .arg(&relay_dir)
+            .env("RUST_LOG", "error")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let listening = read_line_with(
+            &mut relay,
+            "telework-relay listening on ",
+            Duration::from_secs(10),
+        )?;
+        let relay_addr: SocketAddr = listening.trim().parse()?;
+        let relay = Proc { child: relay };
+        let fingerprint = fingerprint_of(&relay_dir)?;
+
+        let agent_bin = binary("telework-agent")?;
+        let status = Command::new(&agent_bin)
+            .args([
+                "register",
+                "--relay",
+                &relay_addr.to_string(),
+                "--relay-fingerprint",
+                &fingerprint,
+                "--id",
+                BENCH_ID,
+            ])
+            .arg("--data-dir")
+            .arg(&agent_dir)
+            .stdout(Stdio::null())
+            .status()?;
+        if !status.success() {
+            bail!("agent registration failed");
+        }
+        let mut set = Command::new(&agent_bin)
+            .args(["set-password", "--password-stdin", "--data-dir"])
+            .arg(&agent_dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()?;
+        set.stdin
+            .take()
+            .context("stdin")?
+            .write_all(format!("{BENCH_PASSWORD}\n").as_bytes())?;
+        if !set.wait()?.success() {
+            bail!("set-password failed");
+        }
+        let agent = Command::new(&agent_bin)
+            .args(["run", "--target", &target.to_string(), "--data-dir"])
+            .arg(&agent_dir)
+            .env("RUST_LOG", "error")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let agent = Proc { child: agent };
+
+        // The agent needs a moment to come online; the client retries until it is.
+        let started = Instant::now();
+        let (client, client_addr) = loop {
+            let mut client = Command::new(binary("telework")?)
+                .args([
+                    "connect",
+                    BENCH_ID,
+                    "--relay",
+                    &relay_addr.to_string(),
+                    "--relay-fingerprint",
+                    &fingerprint,
+                ])
+                .args([
+                    "--password-stdin",
+                    "--launch",
+                    "none",
+                    "--listen",
+                    "127.0.0.1:0",
+                ])
+                .env("TELEWORK_CONFIG_DIR", dir.path().join("client"))
+                .env("RUST_LOG", "error")
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()?;
+            client
+                .stdin
+                .take()
+                .context("stdin")?
+                .write_all(format!("{BENCH_PASSWORD}\n").as_bytes())?;
+            let prefix = format!("connected to {BENCH_ID}: point your RDP client at ");
+            match read_line_with(&mut client, &prefix, Duration::from_secs(5)) {
+                Ok(addr) => break (client, addr.trim().parse::<SocketAddr>()?),
+                Err(_) if started.elapsed() < Duration::from_secs(20) => {
+                    let _ = client.kill();
+                    let _ = client.wait();
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                Err(e) => bail!("client did not connect: {e}"),
+            }
+        };
+        Ok(Self {
+            relay,
+            agent,
+            client: Proc { child: client },
+            client_addr,
+            relay_addr,
+            fingerprint,
+            _dir: dir,
+        })
+    }
+}
+
+fn fingerprint_of(relay_dir: &Path) -> anyhow::Result<String> {
+    let out = Command::new(binary("telework-relay")?)
+        .args(["fingerprint", "--data-dir"])
+        .arg(relay_dir)
+        .output()?;
+    if !out.status.success() {
+        bail!("telework-relay fingerprint failed");
+    }
+    Ok(String::from_utf8(out.stdout)?.trim().to_owned())
+}
+
+/// The plain forwarder baseline, run as a separate process (this binary, `forwarder` mode).
+pub fn start_forwarder(target: SocketAddr) -> anyhow::Result<(Proc, SocketAddr)> {
+    let mut child = Command::new(std::env::current_exe()?)
+        .args(["forwarder", "--target", &target.to_string()])
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let addr = read_line_with(
+        &mut child,
+        "forwarder listening on ",
+        Duration::from_secs(5),
+    )?;
+    Ok((Proc { child }, addr.trim().parse()?))
+}

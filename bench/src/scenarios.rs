@@ -1,0 +1,193 @@
+//! The measurements. Each function does one run; `main` repeats them and takes medians.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::procs::Proc;
+use crate::target;
+
+async fn open(addr: SocketAddr, mode: u8) -> anyhow::Result<TcpStream> {
+    let mut conn = TcpStream::connect(addr).await?;
+    conn.set_nodelay(true)?;
+    conn.write_all(&[mode]).await?;
+    Ok(conn)
+}
+
+/// Sends as fast as possible for `secs`; returns bytes per second as counted by the target.
+pub async fn upload(addr: SocketAddr, secs: f64) -> anyhow::Result<(f64, u64)> {
+    let mut conn = open(addr, target::SINK).await?;
+    let chunk = vec![0x5au8; 256 * 1024];
+    let started = Instant::now();
+    while started.elapsed().as_secs_f64() < secs {
+        conn.write_all(&chunk).await?;
+    }
+    conn.shutdown().await?;
+    let mut count = [0u8; 8];
+    conn.read_exact(&mut count).await.context("sink count")?;
+    let bytes = u64::from_be_bytes(count);
+    Ok((bytes as f64 / started.elapsed().as_secs_f64(), bytes))
+}
+
+/// Receives for `secs` while the target sends as fast as it can; returns bytes per second.
+pub async fn download(addr: SocketAddr, secs: f64) -> anyhow::Result<(f64, u64)> {
+    let mut conn = open(addr, target::SOURCE).await?;
+    conn.write_all(&((secs * 1000.0) as u32).to_be_bytes())
+        .await?;
+    let started = Instant::now();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut bytes = 0u64;
+    loop {
+        let n = conn.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        bytes += n as u64;
+    }
+    Ok((bytes as f64 / started.elapsed().as_secs_f64(), bytes))
+}
+
+/// Round-trip times of 64-byte messages, in microseconds.
+pub async fn latency(addr: SocketAddr, samples: usize) -> anyhow::Result<Vec<f64>> {
+    let mut conn = open(addr, target::ECHO).await?;
+    let msg = [7u8; 64];
+    let mut back = [0u8; 64];
+    for _ in 0..200 {
+        conn.write_all(&msg).await?;
+        conn.read_exact(&mut back).await?;
+    }
+    let mut out = Vec::with_capacity(samples);
+    for _ in 0..samples {
+        let t = Instant::now();
+        conn.write_all(&msg).await?;
+        conn.read_exact(&mut back).await?;
+        out.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    Ok(out)
+}
+
+/// New TCP connections through an authenticated session (each: connect, one byte each way,
+/// close), `workers` at a time for `secs`; returns tunnels per second.
+pub async fn tunnels_per_sec(addr: SocketAddr, workers: usize, secs: f64) -> anyhow::Result<f64> {
+    let done = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..workers {
+        let done = done.clone();
+        tasks.push(tokio::spawn(async move {
+            while started.elapsed().as_secs_f64() < secs {
+                let mut c = open(addr, target::ECHO).await?;
+                c.write_all(b"x").await?;
+                let mut b = [0u8; 1];
+                c.read_exact(&mut b).await?;
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok::<(), anyhow::Error>(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    Ok(done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64())
+}
+
+/// A new session including the password handshake (OPAQUE with Argon2id) up to the first
+/// echoed byte through a new tunnel, in milliseconds.
+pub async fn time_to_first_byte(
+    relay: SocketAddr,
+    fingerprint: &str,
+    id: &str,
+    password: &str,
+) -> anyhow::Result<f64> {
+    let target = telework_client::Target {
+        relay: relay.to_string().parse()?,
+        trust: telework_protocol::net::tls::RelayTrust::Fingerprint(fingerprint.parse()?),
+        id: id.parse()?,
+    };
+    let options = telework_client::LoginOptions::default();
+    let started = Instant::now();
+    let session =
+        telework_client::Session::login_with(&target, password.as_bytes(), &options).await?;
+    let tunnel = session.opener().open().await?;
+    let (local, mut app) = tokio::io::duplex(1024);
+    let pump = tokio::spawn(tunnel.pump(local));
+    app.write_all(&[target::ECHO, b'!']).await?;
+    let mut b = [0u8; 1];
+    tokio::time::timeout(Duration::from_secs(30), app.read_exact(&mut b)).await??;
+    let ms = started.elapsed().as_secs_f64() * 1e3;
+    drop(app);
+    pump.abort();
+    Ok(ms)
+}
+
+/// Holds `n` idle connections through the chain and returns the relay's RSS growth per
+/// connection in KiB.
+pub async fn idle_sessions(
+    addr: SocketAddr,
+    relay: &Proc,
+    n: usize,
+) -> anyhow::Result<(f64, Vec<TcpStream>)> {
+    let before = relay.rss_kib();
+    let mut conns = Vec::with_capacity(n);
+    for _ in 0..n {
+        let mut c = open(addr, target::IDLE).await?;
+        // Make sure the tunnel is up: the byte is only read by the target once paired.
+        c.flush().await?;
+        conns.push(c);
+    }
+    // Wait until the relay has paired them all (RSS stops growing).
+    let mut last = 0;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = relay.rss_kib();
+        if now == last && target::idle_count() >= n as u64 {
+            break;
+        }
+        last = now;
+    }
+    anyhow::ensure!(
+        target::idle_count() >= n as u64,
+        "only {} of {n} idle sessions reached the target",
+        target::idle_count()
+    );
+    let after = relay.rss_kib();
+    Ok((after.saturating_sub(before) as f64 / n as f64, conns))
+}
+
+/// Writes as fast as possible for `secs` to a target that reads at 1 MB/s; returns the
+/// largest RSS growth (KiB) seen in the relay and in the agent.
+pub async fn slow_reader(
+    addr: SocketAddr,
+    relay: &Proc,
+    agent: &Proc,
+    secs: f64,
+) -> anyhow::Result<(u64, u64)> {
+    let (r0, a0) = (relay.rss_kib(), agent.rss_kib());
+    let mut conn = open(addr, target::SLOW).await?;
+    let started = Instant::now();
+    let writer = tokio::spawn(async move {
+        let chunk = vec![1u8; 64 * 1024];
+        while started.elapsed().as_secs_f64() < secs {
+            if tokio::time::timeout(Duration::from_millis(200), conn.write_all(&chunk))
+                .await
+                .is_err()
+            {
+                continue;
+            }
+        }
+        conn
+    });
+    let (mut rmax, mut amax) = (r0, a0);
+    while started.elapsed().as_secs_f64() < secs {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        rmax = rmax.max(relay.rss_kib());
+        amax = amax.max(agent.rss_kib());
+    }
+    drop(writer.await?);
+    Ok((rmax.saturating_sub(r0), amax.saturating_sub(a0)))
+}
