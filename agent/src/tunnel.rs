@@ -12,14 +12,13 @@ use telework_protocol::e2e::messages::{
 use telework_protocol::e2e::pake::AgentLogin;
 use telework_protocol::e2e::resume::AgentResume;
 use telework_protocol::messages::{RelayToTunnel, TunnelToRelay, PROTOCOL_VERSION};
-use telework_protocol::net::connect::connect;
+use telework_protocol::net::connect::{connect, RelayConnection};
 use telework_protocol::net::framed::{FrameError, Framed};
 use telework_protocol::net::pump::{SecureTunnel, TunnelError};
 use telework_protocol::net::HANDSHAKE_TIMEOUT;
 use telework_protocol::proof::{key_fingerprint, verify_signature};
 use telework_protocol::{SessionId, Ticket};
 use tokio::net::TcpStream;
-use tokio_rustls::client::TlsStream;
 use tracing::{debug, info, warn};
 
 use crate::devices::DeviceStatus;
@@ -37,7 +36,7 @@ pub const TOTP_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long the desktop service may take to accept a connection.
 pub const TARGET_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-type Tunnel = Framed<TlsStream<TcpStream>>;
+type Tunnel = Framed<RelayConnection>;
 
 /// Opens the tunnel for `ticket` and serves it to its end.
 pub async fn serve(agent: Arc<Agent>, ticket: Ticket) -> Result<(), AgentError> {
@@ -211,7 +210,7 @@ async fn login(agent: Arc<Agent>, mut framed: Tunnel, request: Vec<u8>) -> Resul
 /// and the one-time code (when enabled). Every failure here is a refusal with a reason.
 async fn second_steps(
     agent: &Agent,
-    tunnel: &mut SecureTunnel<TlsStream<TcpStream>>,
+    tunnel: &mut SecureTunnel<RelayConnection>,
     binding: &[u8; 32],
 ) -> Result<(), Refusal> {
     let device =

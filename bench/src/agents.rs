@@ -7,15 +7,14 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use telework_protocol::messages::{alpn, AgentToRelay, RelayToAgent, PROTOCOL_VERSION};
-use telework_protocol::net::connect::{client_exporter, connect, RelayAddr};
+use telework_protocol::net::connect::{client_exporter, connect, RelayAddr, RelayConnection};
 use telework_protocol::net::framed::Framed;
 use telework_protocol::net::tls::RelayTrust;
 use telework_protocol::proof::MachineKey;
 use telework_protocol::ComputerId;
-use tokio::net::TcpStream;
 
 /// An idle agent's control connection.
-pub type Stream = Framed<tokio_rustls::client::TlsStream<TcpStream>>;
+pub type Stream = Framed<RelayConnection>;
 
 async fn one(
     relay: &RelayAddr,

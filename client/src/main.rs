@@ -169,7 +169,13 @@ fn connect(args: ConnectArgs) -> anyhow::Result<()> {
         id: args.id.clone(),
     };
     let options = login_options(&args)?;
-    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    // One thread: a client serves one person's session, and a single-threaded runtime
+    // avoids cross-thread wake-ups on every record (lower latency, less CPU). Argon2id runs
+    // on the blocking pool.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
     runtime.block_on(async {
         let mut tries = 0;
         let session = loop {

@@ -14,14 +14,13 @@ use telework_protocol::e2e::messages::{
 use telework_protocol::e2e::pake::{ClientLogin, PakeError};
 use telework_protocol::e2e::resume::ClientResume;
 use telework_protocol::messages::{alpn, ClientToRelay, RelayToClient, PROTOCOL_VERSION};
-use telework_protocol::net::connect::{connect, RelayAddr};
+use telework_protocol::net::connect::{connect, RelayAddr, RelayConnection};
 use telework_protocol::net::framed::Framed;
 use telework_protocol::net::pump::{SecureTunnel, TunnelError};
 use telework_protocol::net::tls::RelayTrust;
 use telework_protocol::net::HANDSHAKE_TIMEOUT;
 use telework_protocol::{ComputerId, SessionId};
-use tokio::net::{TcpListener, TcpStream};
-use tokio_rustls::client::TlsStream;
+use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn, Instrument};
 
@@ -35,7 +34,7 @@ const PAIRING_TIMEOUT: Duration = Duration::from_secs(25);
 const E2E_STEP_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// A tunnel to the office PC, already authenticated and connected to its desktop service.
-pub type Tunnel = SecureTunnel<TlsStream<TcpStream>>;
+pub type Tunnel = SecureTunnel<RelayConnection>;
 
 /// Where and what to connect to.
 #[derive(Debug, Clone)]
@@ -104,7 +103,7 @@ async fn pair(
     relay: &RelayAddr,
     tls: &Arc<rustls::ClientConfig>,
     id: &ComputerId,
-) -> Result<Framed<TlsStream<TcpStream>>, ClientError> {
+) -> Result<Framed<RelayConnection>, ClientError> {
     let stream = connect(relay, tls.clone()).await?;
     let mut framed = Framed::new(stream);
     framed

@@ -10,8 +10,12 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
+use super::read_ahead::ReadAhead;
 use super::HANDSHAKE_TIMEOUT;
 use crate::proof::{EXPORTER_LABEL, EXPORTER_LEN};
+
+/// A TLS connection to the relay, as [`connect`] returns it.
+pub type RelayConnection = TlsStream<ReadAhead>;
 
 /// A relay address: `host:port`, where host is a name, an IPv4 address or `[IPv6]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -116,7 +120,7 @@ pub enum ConnectError {
 pub async fn connect(
     addr: &RelayAddr,
     config: Arc<rustls::ClientConfig>,
-) -> Result<TlsStream<TcpStream>, ConnectError> {
+) -> Result<TlsStream<ReadAhead>, ConnectError> {
     match tokio::time::timeout(HANDSHAKE_TIMEOUT, connect_inner(addr, config)).await {
         Ok(result) => result,
         Err(_) => Err(ConnectError::Timeout { addr: addr.clone() }),
@@ -126,7 +130,7 @@ pub async fn connect(
 async fn connect_inner(
     addr: &RelayAddr,
     config: Arc<rustls::ClientConfig>,
-) -> Result<TlsStream<TcpStream>, ConnectError> {
+) -> Result<TlsStream<ReadAhead>, ConnectError> {
     let mut resolved = tokio::net::lookup_host((addr.host.as_str(), addr.port))
         .await
         .map_err(|error| ConnectError::Resolve {
@@ -161,7 +165,7 @@ async fn connect_inner(
         error: io::Error::new(io::ErrorKind::InvalidInput, e),
     })?;
     TlsConnector::from(config)
-        .connect(name, tcp)
+        .connect(name, ReadAhead::new(tcp))
         .await
         .map_err(|error| classify_tls_error(addr, error))
 }
@@ -186,7 +190,7 @@ fn classify_tls_error(addr: &RelayAddr, error: io::Error) -> ConnectError {
 ///
 /// # Errors
 /// Only if the handshake is unfinished.
-pub fn client_exporter(tls: &TlsStream<TcpStream>) -> Result<[u8; EXPORTER_LEN], rustls::Error> {
+pub fn client_exporter(tls: &TlsStream<ReadAhead>) -> Result<[u8; EXPORTER_LEN], rustls::Error> {
     let mut out = [0u8; EXPORTER_LEN];
     tls.get_ref()
         .1

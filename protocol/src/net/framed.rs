@@ -9,6 +9,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::frame::{decode_frame, encode_frame, DecodeError, EncodeError};
 
+/// Bytes asked of the socket per read while waiting for a frame.
+const READ_CHUNK: usize = 512;
+
 /// Why a framed read or write failed.
 #[derive(Debug, thiserror::Error)]
 pub enum FrameError {
@@ -70,7 +73,9 @@ impl<S: AsyncRead + Unpin> Framed<S> {
             if let Some(msg) = decode_frame(&mut self.buf)? {
                 return Ok(msg);
             }
-            self.buf.reserve(4096);
+            // Small reads: control messages are tiny, and an idle connection should not hold a
+            // large buffer. `decode_frame` reserves the whole frame once its length is known.
+            self.buf.reserve(READ_CHUNK);
             if self.io.read_buf(&mut self.buf).await? == 0 {
                 return Err(FrameError::Closed);
             }

@@ -5,6 +5,7 @@
 //! - [`framed`]: a stream that reads and writes typed frames with deadlines.
 //! - [`connect`]: dialling the relay in a role, with errors a person can act on.
 //! - [`pump`]: moving desktop bytes between a plain local socket and an encrypted tunnel.
+//! - [`read_ahead`]: large socket reads under rustls's small ones.
 //!
 //! Everything here works on any `AsyncRead + AsyncWrite` stream, which is the seam where QUIC
 //! streams will slot in beside TLS over TCP.
@@ -12,6 +13,7 @@
 pub mod connect;
 pub mod framed;
 pub mod pump;
+pub mod read_ahead;
 pub mod tls;
 
 use tokio::io::{AsyncRead, AsyncWrite};

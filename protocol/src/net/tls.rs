@@ -115,6 +115,12 @@ pub fn server_config(
         .with_no_client_auth()
         .with_single_cert(chain, key)?;
     config.alpn_protocols = alpn::ALL.iter().map(|p| p.to_vec()).collect();
+    // Stateless TLS 1.3 resumption: agents and clients that reconnect (every new tunnel is a
+    // new connection) skip the certificate signature, and the relay keeps no per-session
+    // cache. One ticket is enough: a client uses each ticket once.
+    config.ticketer = rustls::crypto::ring::Ticketer::new()?;
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    config.send_tls13_tickets = 1;
     Ok(Arc::new(config))
 }
 
