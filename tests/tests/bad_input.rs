@@ -20,7 +20,7 @@ use tokio::net::TcpStream;
 
 const PW: &str = "bad-input-password";
 
-async fn tls(relay: &TestRelay, role: &[u8]) -> tokio_rustls::client::TlsStream<TcpStream> {
+async fn tls(relay: &TestRelay, role: &[u8]) -> telework_protocol::net::connect::RelayConnection {
     let config = RelayTrust::Fingerprint(relay.fingerprint)
         .client_config(role)
         .unwrap();
