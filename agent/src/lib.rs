@@ -47,7 +47,7 @@ use crate::state::{DataDir, StateError};
 pub const DEFAULT_TARGET: &str = "127.0.0.1:3389";
 
 /// Most tunnels open at once.
-pub const MAX_TUNNELS: usize = 256;
+pub const MAX_TUNNELS: usize = 2048;
 
 /// How long open tunnels get to finish when the agent stops.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);

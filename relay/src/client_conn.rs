@@ -107,16 +107,27 @@ pub async fn serve(relay: Arc<Relay>, mut conn: Accepted) {
             hook.splice(pair).await;
             return;
         }
-        let result = tokio::select! {
-            r = splice(client_stream, client_left, agent_stream, agent_left, relay.options.splice_tap.clone()) => r,
-            _ = relay.hard_stop.cancelled() => Err(std::io::Error::other("relay stopped")),
-        };
-        match result {
-            Ok((up, down)) => info!(up, down, secs = started.elapsed().as_secs(), "session ended"),
-            Err(e) => info!(%e, secs = started.elapsed().as_secs(), "session ended with error"),
-        }
-        drop(agent._connection);
-        drop(conn.connection);
+        // The splice gets a small task of its own; this (larger) set-up task ends here.
+        let stop = relay.hard_stop.clone();
+        let tap = relay.options.splice_tap.clone();
+        let agent_permit = agent._connection;
+        let client_permit = conn.connection;
+        crate::conn::spawn(&relay, async move {
+            let result = tokio::select! {
+                r = splice(client_stream, client_left, agent_stream, agent_left, tap) => r,
+                _ = stop.cancelled() => Err(std::io::Error::other("relay stopped")),
+            };
+            match result {
+                Ok((up, down)) => info!(
+                    up,
+                    down,
+                    secs = started.elapsed().as_secs(),
+                    "session ended"
+                ),
+                Err(e) => info!(%e, secs = started.elapsed().as_secs(), "session ended with error"),
+            }
+            drop((agent_permit, client_permit));
+        });
     }
     .instrument(span)
     .await;

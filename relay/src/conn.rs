@@ -9,7 +9,7 @@ use telework_protocol::messages::alpn;
 use telework_protocol::net::framed::Framed;
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
-use tracing::debug;
+use tracing::{debug, Instrument};
 
 use crate::{client_conn, control, tunnel, Relay};
 
@@ -65,12 +65,20 @@ pub async fn handle(
         connection,
     };
     match role.as_deref() {
-        Some(r) if r == alpn::CONTROL => control::serve(relay, accepted).await,
-        Some(r) if r == alpn::CLIENT => client_conn::serve(relay, accepted).await,
-        Some(r) if r == alpn::TUNNEL => tunnel::serve(relay, accepted).await,
+        // Each role runs in a task of its own: the handshake's large future (TLS accept state)
+        // is freed now instead of living as long as the connection. An idle agent then costs
+        // only its small control loop.
+        Some(r) if r == alpn::CONTROL => spawn(&relay, control::serve(relay.clone(), accepted)),
+        Some(r) if r == alpn::CLIENT => spawn(&relay, client_conn::serve(relay.clone(), accepted)),
+        Some(r) if r == alpn::TUNNEL => spawn(&relay, tunnel::serve(relay.clone(), accepted)),
         // rustls already refuses unknown ALPN ids; a peer that offered none is not ours.
         _ => debug!("connection without a telework ALPN role; closing"),
     }
+}
+
+/// Runs `fut` as a tracked task in the current span.
+pub fn spawn(relay: &Relay, fut: impl std::future::Future<Output = ()> + Send + 'static) {
+    relay.tasks.spawn(fut.instrument(tracing::Span::current()));
 }
 
 /// Time left until `deadline`, for a read that must finish by then.

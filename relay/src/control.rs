@@ -101,9 +101,10 @@ pub async fn serve(relay: Arc<Relay>, mut conn: Accepted) {
         }
         AgentToRelay::Hello { version, id, proof } => {
             let span = tracing::info_span!("agent", %id);
-            online(relay, conn, version, id, proof, exporter)
-                .instrument(span)
-                .await;
+            crate::conn::spawn(
+                &relay.clone(),
+                online(relay, conn, version, id, proof, exporter).instrument(span),
+            );
         }
         AgentToRelay::Ping(_) => refuse(&mut conn.framed, ErrorCode::ProtocolViolation).await,
     }
@@ -138,7 +139,7 @@ fn register(
         })
 }
 
-async fn online(
+pub(crate) async fn online(
     relay: Arc<Relay>,
     mut conn: Accepted,
     version: u16,

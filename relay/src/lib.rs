@@ -109,6 +109,8 @@ pub struct Relay {
     shutdown: CancellationToken,
     /// Cancelled when the grace period is over: cut remaining sessions.
     hard_stop: CancellationToken,
+    /// Every connection's tasks, so shutdown can wait for them.
+    tasks: TaskTracker,
 }
 
 impl Relay {
@@ -131,6 +133,7 @@ impl Relay {
             next_conn_id: AtomicU64::new(1),
             shutdown: CancellationToken::new(),
             hard_stop: CancellationToken::new(),
+            tasks: TaskTracker::new(),
         }))
     }
 
@@ -138,7 +141,7 @@ impl Relay {
     /// steps: stop accepting and tell agents to go; let sessions finish for the grace period;
     /// cut what is left.
     pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
-        let tracker = TaskTracker::new();
+        let tracker = self.tasks.clone();
         let connections = Arc::new(Semaphore::new(self.options.max_connections));
         let unauthenticated = Arc::new(Semaphore::new(self.options.max_unauthenticated));
         tokio::pin!(shutdown);

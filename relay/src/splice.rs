@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::BytesMut;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use crate::conn::RelayStream;
 
@@ -61,29 +61,50 @@ pub async fn splice(
     agent.write_all(&client_left).await?;
     client.write_all(&agent_left).await?;
     match tap {
-        None => {
-            tokio::io::copy_bidirectional_with_sizes(
-                &mut client,
-                &mut agent,
-                SPLICE_BUFFER,
-                SPLICE_BUFFER,
-            )
-            .await
-        }
+        None => copy_both_ways(client, agent).await,
         Some(tap) => {
-            let mut client = Tapped {
+            let client = Tapped {
                 inner: client,
                 tap: tap.clone(),
             };
-            let mut agent = Tapped { inner: agent, tap };
-            tokio::io::copy_bidirectional_with_sizes(
-                &mut client,
-                &mut agent,
-                SPLICE_BUFFER,
-                SPLICE_BUFFER,
-            )
-            .await
+            let agent = Tapped { inner: agent, tap };
+            copy_both_ways(client, agent).await
         }
+    }
+}
+
+/// Copies `a`→`b` and `b`→`a` until both directions end; an end of stream on one side shuts
+/// down the other side's writing half.
+async fn copy_both_ways<A, B>(a: A, b: B) -> io::Result<(u64, u64)>
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    let (ar, aw) = tokio::io::split(a);
+    let (br, bw) = tokio::io::split(b);
+    tokio::try_join!(copy_one_way(ar, bw), copy_one_way(br, aw))
+}
+
+/// One direction of a splice. The buffer is allocated on first use and never zero-filled, so
+/// a session that carries little costs only the pages its bytes touched (an idle relay holds
+/// thousands of these).
+async fn copy_one_way<R, W>(mut from: R, mut to: W) -> io::Result<u64>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut buf = BytesMut::new();
+    let mut total = 0u64;
+    loop {
+        buf.clear();
+        buf.reserve(SPLICE_BUFFER);
+        let n = from.read_buf(&mut buf).await?;
+        if n == 0 {
+            to.shutdown().await?;
+            return Ok(total);
+        }
+        to.write_all(&buf).await?;
+        total += n as u64;
     }
 }
 
