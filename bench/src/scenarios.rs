@@ -125,6 +125,15 @@ pub async fn time_to_first_byte(
     Ok(ms)
 }
 
+/// One run of the key-stretching function the client's OPAQUE login uses (Argon2id with the
+/// `argon2` crate's defaults, as in `telework_protocol::e2e::pake::Suite`), in milliseconds.
+pub fn argon2id_ms() -> f64 {
+    let mut out = [0u8; 64];
+    let started = Instant::now();
+    let _ = argon2::Argon2::default().hash_password_into(&[1u8; 64], &[0u8; 16], &mut out);
+    started.elapsed().as_secs_f64() * 1e3
+}
+
 /// Holds `n` idle connections through the chain and returns the relay's RSS growth per
 /// connection in KiB.
 pub async fn idle_sessions(
