@@ -91,6 +91,7 @@ struct Results {
     relay_kib_per_idle_session: f64,
     slow_reader_relay_growth_mib: f64,
     slow_reader_agent_growth_mib: f64,
+    slow_reader_written_mb_per_s: f64,
     wall_seconds: f64,
 }
 
@@ -231,20 +232,18 @@ async fn bench(mut cli: Cli) -> anyhow::Result<()> {
     eprintln!("set-up: done");
 
     // 5. Slow reader: memory stays bounded by the buffer caps.
-    let (mut rg, mut ag) = (vec![], vec![]);
+    let (mut rg, mut ag, mut wr) = (vec![], vec![], vec![]);
     for _ in 0..cli.runs {
-        let (relay_kib, agent_kib) = scenarios::slow_reader(
-            chain.client_addr,
-            &chain.relay,
-            &chain.agent,
-            cli.seconds.min(8.0),
-        )
-        .await?;
+        let secs = cli.seconds.min(8.0);
+        let (relay_kib, agent_kib, written) =
+            scenarios::slow_reader(chain.client_addr, &chain.relay, &chain.agent, secs).await?;
+        wr.push(written as f64 / 1e6 / secs);
         rg.push(relay_kib as f64 / 1024.0);
         ag.push(agent_kib as f64 / 1024.0);
     }
     r.slow_reader_relay_growth_mib = median(&rg);
     r.slow_reader_agent_growth_mib = median(&ag);
+    r.slow_reader_written_mb_per_s = median(&wr);
     eprintln!("slow reader: done");
     drop(chain);
 
@@ -351,8 +350,8 @@ fn print_table(r: &Results) {
         r.idle_sessions, r.relay_kib_per_idle_session
     );
     println!(
-        "| slow reader growth MiB relay / agent | | | {:.1} / {:.1} | | relay < 16 |",
-        r.slow_reader_relay_growth_mib, r.slow_reader_agent_growth_mib
+        "| slow reader (1 MB/s) growth MiB relay / agent; writer MB/s | | | {:.1} / {:.1}; {:.2} | | relay < 16 |",
+        r.slow_reader_relay_growth_mib, r.slow_reader_agent_growth_mib, r.slow_reader_written_mb_per_s
     );
     println!("\nwall time {:.0} s", r.wall_seconds);
 }

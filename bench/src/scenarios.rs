@@ -169,27 +169,29 @@ pub async fn idle_sessions(
 }
 
 /// Writes as fast as possible for `secs` to a target that reads at 1 MB/s; returns the
-/// largest RSS growth (KiB) seen in the relay and in the agent.
+/// largest RSS growth (KiB) seen in the relay and in the agent, and the bytes the writer got
+/// rid of (about 1 MB/s plus the buffers on the way shows backpressure reached it).
 pub async fn slow_reader(
     addr: SocketAddr,
     relay: &Proc,
     agent: &Proc,
     secs: f64,
-) -> anyhow::Result<(u64, u64)> {
+) -> anyhow::Result<(u64, u64, u64)> {
     let (r0, a0) = (relay.rss_kib(), agent.rss_kib());
     let mut conn = open(addr, target::SLOW).await?;
     let started = Instant::now();
     let writer = tokio::spawn(async move {
         let chunk = vec![1u8; 64 * 1024];
+        let mut written = 0u64;
         while started.elapsed().as_secs_f64() < secs {
-            if tokio::time::timeout(Duration::from_millis(200), conn.write_all(&chunk))
-                .await
-                .is_err()
+            // `write` (not `write_all`) so a blocked socket still lets us count and stop.
+            if let Ok(Ok(n)) =
+                tokio::time::timeout(Duration::from_millis(200), conn.write(&chunk)).await
             {
-                continue;
+                written += n as u64;
             }
         }
-        conn
+        (conn, written)
     });
     let (mut rmax, mut amax) = (r0, a0);
     while started.elapsed().as_secs_f64() < secs {
@@ -197,6 +199,7 @@ pub async fn slow_reader(
         rmax = rmax.max(relay.rss_kib());
         amax = amax.max(agent.rss_kib());
     }
-    drop(writer.await?);
-    Ok((rmax.saturating_sub(r0), amax.saturating_sub(a0)))
+    let (conn, written) = writer.await?;
+    drop(conn);
+    Ok((rmax.saturating_sub(r0), amax.saturating_sub(a0), written))
 }
