@@ -12,6 +12,7 @@ use telework_agent::state::{AgentSettings, DataDir};
 use telework_agent::totp::TotpSecret;
 use telework_agent::{Agent, DEFAULT_TARGET};
 use telework_protocol::e2e::pake::PasswordRecord;
+use telework_protocol::net::signal::shutdown_signal;
 use telework_protocol::{CertFingerprint, ComputerId};
 
 /// The telework agent for the office PC: registers with the relay, keeps a connection open,
@@ -350,19 +351,4 @@ fn suggested_id() -> anyhow::Result<ComputerId> {
     ComputerId::suggest_from_hostname(host.trim()).with_context(|| {
         format!("cannot make a computer ID from the host name {host:?}; pass --id")
     })
-}
-
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {},
-                _ = term.recv() => {},
-            }
-            return;
-        }
-    }
-    let _ = tokio::signal::ctrl_c().await;
 }

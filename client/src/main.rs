@@ -217,9 +217,7 @@ fn connect(args: ConnectArgs) -> anyhow::Result<()> {
         }
         eprintln!("press Ctrl-C to end the session");
         match session
-            .serve(listener, async {
-                let _ = tokio::signal::ctrl_c().await;
-            })
+            .serve(listener, telework_protocol::net::signal::shutdown_signal())
             .await
         {
             Ok(_) => {

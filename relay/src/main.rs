@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use telework_protocol::net::signal::shutdown_signal;
 use telework_relay::config::Settings;
 use telework_relay::identity::{self, TlsIdentity};
 use telework_relay::registry::Registry;
@@ -202,30 +203,12 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         if config.registration == Registration::Open {
             warn!("registration is open: anyone who reaches this relay can register a computer ID (use --registration token in production)");
         }
-        relay.serve(listener, shutdown_signal()).await;
+        relay
+            .serve(listener, async {
+                shutdown_signal().await;
+                info!("shutdown signal received");
+            })
+            .await;
         Ok::<(), anyhow::Error>(())
     })
-}
-
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {},
-                    _ = term.recv() => {},
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
-    info!("shutdown signal received");
 }

@@ -6,6 +6,7 @@
 //! - [`connect`]: dialling the relay in a role, with errors a person can act on.
 //! - [`pump`]: moving desktop bytes between a plain local socket and an encrypted tunnel.
 //! - [`read_ahead`]: large socket reads under rustls's small ones.
+//! - [`signal`]: waiting for Ctrl-C or SIGTERM.
 //!
 //! Everything here works on any `AsyncRead + AsyncWrite` stream, which is the seam where QUIC
 //! streams will slot in beside TLS over TCP.
@@ -14,6 +15,7 @@ pub mod connect;
 pub mod framed;
 pub mod pump;
 pub mod read_ahead;
+pub mod signal;
 pub mod tls;
 
 use tokio::io::{AsyncRead, AsyncWrite};
