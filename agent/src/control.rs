@@ -27,6 +27,7 @@ pub async fn run(agent: Arc<Agent>) -> Result<(), AgentError> {
     loop {
         let result = online_once(&agent, &mut backoff).await;
         agent.online.send_replace(false);
+        *agent.reports.lock().unwrap_or_else(|e| e.into_inner()) = None;
         if agent.shutdown.is_cancelled() {
             return Ok(());
         }
@@ -74,9 +75,16 @@ async fn online_once(agent: &Arc<Agent>, backoff: &mut Backoff) -> Result<(), Ag
     let mut ping = tokio::time::interval_at(Instant::now() + KEEPALIVE, KEEPALIVE);
     let mut seq = 0u64;
     let mut last_heard = Instant::now();
+    let (reports_tx, mut reports) = tokio::sync::mpsc::channel::<AgentToRelay>(64);
+    *agent.reports.lock().unwrap_or_else(|e| e.into_inner()) = Some(reports_tx);
     loop {
         tokio::select! {
             _ = agent.shutdown.cancelled() => return Ok(()),
+            Some(report) = reports.recv() => {
+                tokio::time::timeout(KEEPALIVE, framed.write(&report))
+                    .await
+                    .map_err(|_| AgentError::Timeout)??;
+            }
             _ = ping.tick() => {
                 seq += 1;
                 tokio::time::timeout(KEEPALIVE, framed.write(&AgentToRelay::Ping(seq)))

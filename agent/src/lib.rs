@@ -101,10 +101,13 @@ pub struct Agent {
     key: MachineKey,
     data: DataDir,
     target: String,
+    client_silence: Duration,
     sessions: Sessions,
     lockout: Mutex<Lockout>,
     totp_last_step: Mutex<Option<u64>>,
     devices_lock: Mutex<()>,
+    /// Messages for the relay from tunnel tasks, sent on the current control connection.
+    reports: Mutex<Option<tokio::sync::mpsc::Sender<telework_protocol::messages::AgentToRelay>>>,
     online: watch::Sender<bool>,
     tunnel_slots: Arc<Semaphore>,
     tasks: TaskTracker,
@@ -117,6 +120,19 @@ impl Agent {
     /// # Errors
     /// [`AgentError::State`] if the machine is not registered or a file is damaged.
     pub fn load(data: DataDir, target: String) -> Result<Arc<Self>, AgentError> {
+        Self::load_with(data, target, tunnel::CLIENT_SILENCE)
+    }
+
+    /// As [`Agent::load`], with how long a session's client may stay silent before the
+    /// session ends (tests shorten it).
+    ///
+    /// # Errors
+    /// As [`Agent::load`].
+    pub fn load_with(
+        data: DataDir,
+        target: String,
+        client_silence: Duration,
+    ) -> Result<Arc<Self>, AgentError> {
         let settings = data.settings()?;
         let trust = settings.relay_trust()?;
         let lockout = data.lockout()?;
@@ -128,10 +144,12 @@ impl Agent {
             key: data.machine_key()?,
             data,
             target,
+            client_silence,
             sessions: Sessions::default(),
             lockout: Mutex::new(lockout),
             totp_last_step: Mutex::new(None),
             devices_lock: Mutex::new(()),
+            reports: Mutex::new(None),
             online: watch::channel(false).0,
             tunnel_slots: Arc::new(Semaphore::new(MAX_TUNNELS)),
             tasks: TaskTracker::new(),
@@ -201,20 +219,37 @@ impl Agent {
     }
 
     /// Where a connecting device stands, recording new ones as pending.
-    fn device_status(&self, public_key: &[u8], name: &str) -> devices::DeviceStatus {
+    ///
+    /// # Errors
+    /// If the device list cannot be read (the caller refuses the login).
+    fn device_status(
+        &self,
+        public_key: &[u8],
+        name: &str,
+    ) -> Result<devices::DeviceStatus, StateError> {
         let _guard = self.devices_lock.lock().unwrap_or_else(|e| e.into_inner());
-        let mut devices = match self.data.devices() {
-            Ok(d) => d,
-            Err(e) => {
-                tracing::warn!(%e, "cannot read the device list; refusing the device");
-                return devices::DeviceStatus::Revoked;
-            }
-        };
+        let mut devices = self.data.devices()?;
         let status = devices.on_connect(public_key, name, unix_now());
         if let Err(e) = self.data.save_devices(&devices) {
             tracing::warn!(%e, "cannot save the device list");
         }
-        status
+        Ok(status)
+    }
+
+    /// Tells the relay that the client paired through `ticket` failed the login, so the relay
+    /// can charge the client's address. Best effort: dropped if the control connection is down
+    /// or backed up.
+    fn report_failed_pairing(&self, ticket: telework_protocol::Ticket) {
+        let sender = self
+            .reports
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if let Some(tx) = sender {
+            let _ = tx.try_send(telework_protocol::messages::AgentToRelay::PairingFailed(
+                ticket,
+            ));
+        }
     }
 
     /// Runs until `shutdown` completes (or a permanent refusal), then ends sessions, telling

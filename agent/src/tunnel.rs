@@ -23,7 +23,6 @@ use tracing::{debug, info, warn};
 
 use crate::devices::DeviceStatus;
 use crate::lockout::Refused;
-use crate::totp::TotpSecret;
 use crate::{Agent, AgentError};
 
 /// How long a client may take over each step of the end-to-end handshake. Generous because
@@ -60,7 +59,7 @@ pub async fn serve(agent: Arc<Agent>, ticket: Ticket) -> Result<(), AgentError> 
         .read_within::<ClientHandshake>(E2E_STEP_TIMEOUT)
         .await;
     match first {
-        Ok(ClientHandshake::Login { request }) => login(agent, framed, request).await,
+        Ok(ClientHandshake::Login { request }) => login(agent, framed, ticket, request).await,
         Ok(ClientHandshake::Resume { session, nonce }) => {
             resume(agent, framed, session, nonce).await
         }
@@ -84,8 +83,10 @@ fn lockout_refusal(r: Refused) -> Refusal {
     }
 }
 
-/// Counts a failed password or code and says so to the client.
-fn failure_refusal(agent: &Agent, totp: bool) -> Refusal {
+/// Counts a failed password or code, reports it to the relay (which charges the client's
+/// address), and says so to the client.
+fn failure_refusal(agent: &Agent, ticket: Ticket, totp: bool) -> Refusal {
+    agent.report_failed_pairing(ticket);
     match agent.lockout_fail() {
         Ok(tries_left) if totp => Refusal::WrongTotp { tries_left },
         Ok(tries_left) => Refusal::WrongPassword { tries_left },
@@ -95,13 +96,23 @@ fn failure_refusal(agent: &Agent, totp: bool) -> Refusal {
     }
 }
 
-async fn login(agent: Arc<Agent>, mut framed: Tunnel, request: Vec<u8>) -> Result<(), AgentError> {
+/// How long the client may stay silent on the session's first tunnel (it pings every 15 s)
+/// before the agent ends the session: a laptop that sleeps or loses its network sends no
+/// close, and its session must not live on.
+pub const CLIENT_SILENCE: Duration = Duration::from_secs(45);
+
+async fn login(
+    agent: Arc<Agent>,
+    mut framed: Tunnel,
+    ticket: Ticket,
+    request: Vec<u8>,
+) -> Result<(), AgentError> {
     let record = match agent.data.password() {
         Ok(Some(r)) => r,
         Ok(None) => return refuse(&mut framed, Refusal::NoPassword).await,
         Err(e) => {
-            warn!(%e, "cannot read the password record");
-            return refuse(&mut framed, Refusal::NoPassword).await;
+            warn!(%e, "cannot read the password record: run 'telework-agent set-password' again");
+            return refuse(&mut framed, Refusal::Misconfigured).await;
         }
     };
     if let Err(r) = agent.lockout_begin() {
@@ -132,7 +143,7 @@ async fn login(agent: Arc<Agent>, mut framed: Tunnel, request: Vec<u8>) -> Resul
     let Some(session_key) = outcome else {
         // A wrong password, a forged finalization, or a client that vanished mid-login all
         // count as a failed try: otherwise disconnecting would be a free guess.
-        let why = failure_refusal(&agent, false);
+        let why = failure_refusal(&agent, ticket, false);
         warn!(?why, "login failed");
         return refuse(&mut framed, why).await;
     };
@@ -142,24 +153,43 @@ async fn login(agent: Arc<Agent>, mut framed: Tunnel, request: Vec<u8>) -> Resul
     let mut tunnel = SecureTunnel::new(stream, leftover, keys);
 
     // Inside the end-to-end channel now: the device check and the one-time code.
-    if let Err(why) = second_steps(&agent, &mut tunnel, &binding).await {
-        warn!(?why, "login refused after the password step");
-        let _ = tunnel.send_notice(&AgentNotice::Refused(why.clone())).await;
-        let _ = tunnel.finish().await;
-        return Err(AgentError::HandshakeRefused(why));
-    }
+    let policy = match second_steps(&agent, &mut tunnel, ticket, &binding).await {
+        Ok(policy) => policy,
+        Err(why) => {
+            warn!(?why, "login refused after the password step");
+            let _ = tunnel.send_notice(&AgentNotice::Refused(why.clone())).await;
+            let _ = tunnel.finish().await;
+            return Err(AgentError::HandshakeRefused(why));
+        }
+    };
     agent.lockout_succeed();
 
     let (session_id, session) = agent.sessions.start(resumption);
     info!(session = %session_id, "session started");
-    tunnel
+    let end = hold_session(&agent, &mut tunnel, session_id, &session, &policy).await;
+    agent.sessions.end(&session_id);
+    info!(session = %session_id, %end, "session ended");
+    Ok(())
+}
+
+/// Keeps a session's first tunnel open for the session's life. It carries no desktop bytes,
+/// only the client's pings one way and the reason a session ends the other. Returns why the
+/// session ended.
+async fn hold_session(
+    agent: &Agent,
+    tunnel: &mut SecureTunnel<RelayConnection>,
+    session_id: SessionId,
+    session: &crate::sessions::Session,
+    policy: &crate::policy::Policy,
+) -> String {
+    if let Err(e) = tunnel
         .send_notice(&AgentNotice::SessionReady {
             session: session_id,
         })
-        .await?;
-    // This first tunnel stays open for the session's life and carries no desktop bytes: its
-    // close ends the session, and it is how the agent tells the client why a session ended.
-    let policy = agent.data.policy().unwrap_or_default();
+        .await
+    {
+        return format!("could not confirm the session: {e}");
+    }
     let max_session = async {
         match policy.max_session() {
             Some(d) => tokio::time::sleep(d).await,
@@ -178,41 +208,42 @@ async fn login(agent: Arc<Agent>, mut framed: Tunnel, request: Vec<u8>) -> Resul
             None => std::future::pending().await,
         }
     };
+    tokio::pin!(max_session, idle);
     let ending = |reason: EndReason| AgentNotice::SessionEnded(reason);
-    let end = tokio::select! {
-        r = tunnel.recv() => match r {
-            Err(TunnelError::Truncated) | Ok(_) => "client closed the session".to_owned(),
-            Err(e) => format!("session tunnel failed: {e}"),
-        },
-        _ = agent.shutdown.cancelled() => {
-            let _ = tunnel.send_notice(&ending(EndReason::AgentShutdown)).await;
-            let _ = tunnel.finish().await;
-            "agent shutting down".to_owned()
-        }
-        () = max_session => {
-            let _ = tunnel.send_notice(&ending(EndReason::MaxDuration)).await;
-            let _ = tunnel.finish().await;
-            "maximum session length reached".to_owned()
-        }
-        () = idle => {
-            let _ = tunnel.send_notice(&ending(EndReason::Idle)).await;
-            let _ = tunnel.finish().await;
-            "idle timeout".to_owned()
-        }
-        _ = session.ended.cancelled() => "session ended".to_owned(),
-    };
-    agent.sessions.end(&session_id);
-    info!(session = %session_id, %end, "session ended");
-    Ok(())
+    loop {
+        let reason = tokio::select! {
+            r = tokio::time::timeout(agent.client_silence, tunnel.recv_control::<ClientNotice>()) => match r {
+                Ok(Ok(ClientNotice::Ping)) => continue,
+                Ok(Ok(_)) | Ok(Err(TunnelError::Truncated)) => return "client closed the session".to_owned(),
+                Ok(Err(e)) => return format!("session tunnel failed: {e}"),
+                Err(_) => return format!("the client went silent (no ping for {} s)", agent.client_silence.as_secs()),
+            },
+            _ = agent.shutdown.cancelled() => EndReason::AgentShutdown,
+            () = &mut max_session => EndReason::MaxDuration,
+            () = &mut idle => EndReason::Idle,
+            _ = session.ended.cancelled() => return "session ended".to_owned(),
+        };
+        let _ = tunnel.send_notice(&ending(reason)).await;
+        let _ = tunnel.finish().await;
+        return reason.to_string();
+    }
 }
 
 /// The checks after a right password: the device (when IT staff require approved devices)
 /// and the one-time code (when enabled). Every failure here is a refusal with a reason.
+/// Settings that cannot be read refuse the login: a damaged file must never switch a check
+/// off. Returns the policy in force for the session.
 async fn second_steps(
     agent: &Agent,
     tunnel: &mut SecureTunnel<RelayConnection>,
+    ticket: Ticket,
     binding: &[u8; 32],
-) -> Result<(), Refusal> {
+) -> Result<crate::policy::Policy, Refusal> {
+    let misconfigured = |what: &str, e: &dyn std::fmt::Display| {
+        warn!(%e, "cannot read the {what}; refusing logins until it is fixed");
+        agent.lockout_abandon();
+        Refusal::Misconfigured
+    };
     let device =
         tokio::time::timeout(E2E_STEP_TIMEOUT, tunnel.recv_control::<ClientNotice>()).await;
     let Ok(Ok(ClientNotice::Device {
@@ -228,9 +259,14 @@ async fn second_steps(
         agent.lockout_abandon();
         return Err(Refusal::ProtocolViolation);
     }
-    let policy = agent.data.policy().unwrap_or_default();
+    let policy = agent
+        .data
+        .policy()
+        .map_err(|e| misconfigured("access policy", &e))?;
     if policy.require_approved_devices {
-        let status = agent.device_status(&public_key, &name);
+        let status = agent
+            .device_status(&public_key, &name)
+            .map_err(|e| misconfigured("device list", &e))?;
         match status {
             DeviceStatus::Approved => {}
             DeviceStatus::Pending => {
@@ -245,11 +281,10 @@ async fn second_steps(
             }
         }
     }
-    let totp = agent.data.totp().unwrap_or_else(|e| {
-        // A damaged secret must not silently turn the second factor off.
-        warn!(%e, "cannot read the TOTP secret; refusing logins until it is fixed");
-        Some(TotpSecret::generate())
-    });
+    let totp = agent
+        .data
+        .totp()
+        .map_err(|e| misconfigured("one-time-code secret", &e))?;
     if let Some(secret) = totp {
         if tunnel
             .send_notice(&AgentNotice::TotpRequired)
@@ -263,13 +298,13 @@ async fn second_steps(
             tokio::time::timeout(TOTP_TIMEOUT, tunnel.recv_control::<ClientNotice>()).await;
         let code = match answer {
             Ok(Ok(ClientNotice::Totp { code })) => code,
-            _ => return Err(failure_refusal(agent, true)),
+            _ => return Err(failure_refusal(agent, ticket, true)),
         };
         if !agent.check_totp(&secret, &code) {
-            return Err(failure_refusal(agent, true));
+            return Err(failure_refusal(agent, ticket, true));
         }
     }
-    Ok(())
+    Ok(policy)
 }
 
 async fn resume(

@@ -18,6 +18,13 @@ pub enum ClientError {
     /// The office PC refused the login (wrong password, locked out, …).
     #[error("{0}")]
     Refused(Refusal),
+    /// The password did not open the office PC's answer, and the office PC did not say how many
+    /// tries are left.
+    #[error("wrong password (the office PC did not confirm how many tries are left)")]
+    WrongPasswordUnconfirmed,
+    /// The office PC did not answer a step of the login in time.
+    #[error("the office PC did not answer in time")]
+    Timeout,
     /// The office PC's desktop service did not accept the connection.
     #[error("the office PC's remote desktop service refused the connection (is Remote Desktop enabled on it?)")]
     TargetRefused,
@@ -58,7 +65,10 @@ pub enum ClientError {
 impl ClientError {
     /// Whether asking for the password again could help.
     pub fn is_wrong_password(&self) -> bool {
-        matches!(self, Self::Refused(Refusal::WrongPassword { .. }))
+        matches!(
+            self,
+            Self::Refused(Refusal::WrongPassword { .. }) | Self::WrongPasswordUnconfirmed
+        )
     }
 }
 

@@ -47,6 +47,32 @@ pub struct Target {
     pub id: ComputerId,
 }
 
+/// How often the client tells the office PC it is still there (the agent ends a session
+/// after 45 s of silence).
+pub const SESSION_PING: Duration = Duration::from_secs(15);
+
+/// A refusal that arrived in plaintext, before the end-to-end channel: only the kinds the
+/// agent sends at that stage are believed; anything else was forged on the way.
+fn plaintext_refusal(why: Refusal) -> ClientError {
+    if why.allowed_before_authentication() {
+        ClientError::Refused(why)
+    } else {
+        ClientError::BadProof
+    }
+}
+
+/// A refusal from inside the end-to-end channel. The device fingerprint shown to the
+/// employee (to read out to IT staff) is computed here from our own key, never taken from
+/// the message.
+fn authenticated_refusal(why: Refusal, device: &MachineKey) -> ClientError {
+    match why {
+        Refusal::DeviceNotApproved { .. } => ClientError::Refused(Refusal::DeviceNotApproved {
+            device: key_fingerprint(&device.public_key()),
+        }),
+        other => ClientError::Refused(other),
+    }
+}
+
 /// Supplies a one-time code when the office PC asks (called on a blocking thread, so it may
 /// prompt on the terminal). `None` means "no code".
 pub type TotpSource = Arc<dyn Fn() -> Option<String> + Send + Sync>;
@@ -64,6 +90,8 @@ pub struct LoginOptions {
     pub totp: Option<TotpSource>,
     /// How long to wait for each step after the password (includes typing a code).
     pub totp_wait: Duration,
+    /// How often to tell the office PC the session is still wanted.
+    pub ping_every: Duration,
 }
 
 impl Default for LoginOptions {
@@ -77,6 +105,7 @@ impl Default for LoginOptions {
             profile: None,
             totp: None,
             totp_wait: Duration::from_secs(150),
+            ping_every: SESSION_PING,
         }
     }
 }
@@ -97,6 +126,7 @@ pub struct Session {
     secret: ResumptionSecret,
     control: Tunnel,
     agent_key: Vec<u8>,
+    ping_every: Duration,
 }
 
 async fn pair(
@@ -147,7 +177,7 @@ impl Session {
             .await?
         {
             AgentHandshake::LoginChallenge { response } => response,
-            AgentHandshake::Refused(why) => return Err(ClientError::Refused(why)),
+            AgentHandshake::Refused(why) => return Err(plaintext_refusal(why)),
             AgentHandshake::ResumeChallenge { .. } => return Err(ClientError::BadProof),
         };
         // Argon2id takes tens of milliseconds: keep it off the async workers.
@@ -162,10 +192,8 @@ impl Session {
             Err(PakeError::WrongPassword) => {
                 framed.write(&ClientHandshake::LoginFailed).await?;
                 return match framed.read_within::<AgentHandshake>(E2E_STEP_TIMEOUT).await {
-                    Ok(AgentHandshake::Refused(why)) => Err(ClientError::Refused(why)),
-                    _ => Err(ClientError::Refused(Refusal::WrongPassword {
-                        tries_left: 0,
-                    })),
+                    Ok(AgentHandshake::Refused(why)) => Err(plaintext_refusal(why)),
+                    _ => Err(ClientError::WrongPasswordUnconfirmed),
                 };
             }
             Err(_) => return Err(ClientError::BadProof),
@@ -205,7 +233,9 @@ impl Session {
         let session = loop {
             match tokio::time::timeout(options.totp_wait, control.recv_notice()).await {
                 Ok(Ok(AgentNotice::SessionReady { session })) => break session,
-                Ok(Ok(AgentNotice::Refused(why))) => return Err(ClientError::Refused(why)),
+                Ok(Ok(AgentNotice::Refused(why))) => {
+                    return Err(authenticated_refusal(why, &options.device))
+                }
                 Ok(Ok(AgentNotice::TotpRequired)) => {
                     let Some(source) = options.totp.clone() else {
                         return Err(ClientError::Refused(Refusal::TotpMissing));
@@ -217,7 +247,8 @@ impl Session {
                         .ok_or(ClientError::Refused(Refusal::TotpMissing))?;
                     control.send_control(&ClientNotice::Totp { code }).await?;
                 }
-                Ok(Ok(_)) | Err(_) => return Err(ClientError::BadProof),
+                Ok(Ok(_)) => return Err(ClientError::BadProof),
+                Err(_) => return Err(ClientError::Timeout),
                 Ok(Err(e)) => return Err(ClientError::Tunnel(e)),
             }
         };
@@ -238,6 +269,7 @@ impl Session {
             secret,
             control,
             agent_key: done.agent_public_key,
+            ping_every: options.ping_every,
         })
     }
 
@@ -271,11 +303,21 @@ impl Session {
         let opener = self.opener();
         let tasks = TaskTracker::new();
         tokio::pin!(shutdown);
+        let mut ping = tokio::time::interval_at(
+            tokio::time::Instant::now() + self.ping_every,
+            self.ping_every,
+        );
         let result = loop {
             tokio::select! {
                 () = &mut shutdown => {
                     let _ = self.control.finish().await;
                     break Ok(Ended::Stopped);
+                }
+                _ = ping.tick() => {
+                    // Receiving is cancel-safe, so leaving the select to send loses nothing.
+                    if let Err(e) = self.control.send_control(&ClientNotice::Ping).await {
+                        break Err(ClientError::Tunnel(e));
+                    }
                 }
                 notice = self.control.recv_notice() => break match notice {
                     Ok(AgentNotice::SessionEnded(reason)) => Err(ClientError::Ended(reason)),
@@ -345,7 +387,7 @@ impl TunnelOpener {
             .await?
         {
             AgentHandshake::ResumeChallenge { nonce, mac } => (nonce, mac),
-            AgentHandshake::Refused(why) => return Err(ClientError::Refused(why)),
+            AgentHandshake::Refused(why) => return Err(plaintext_refusal(why)),
             AgentHandshake::LoginChallenge { .. } => return Err(ClientError::BadProof),
         };
         let (client_mac, keys) = resume
@@ -365,7 +407,47 @@ impl TunnelOpener {
             }
             Ok(Ok(AgentNotice::Refused(why))) => Err(ClientError::Refused(why)),
             Ok(Err(e)) => Err(ClientError::Tunnel(e)),
-            Err(_) => Err(ClientError::Tunnel(TunnelError::Truncated)),
+            Err(_) => Err(ClientError::Timeout),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plaintext_refusals_that_only_the_agent_can_send_are_not_believed() {
+        let forged = Refusal::DeviceNotApproved {
+            device: "attacker-device'; rm -rf /".into(),
+        };
+        assert!(matches!(plaintext_refusal(forged), ClientError::BadProof));
+        assert!(matches!(
+            plaintext_refusal(Refusal::DeviceRevoked),
+            ClientError::BadProof
+        ));
+        assert!(matches!(
+            plaintext_refusal(Refusal::TotpMissing),
+            ClientError::BadProof
+        ));
+        assert!(matches!(
+            plaintext_refusal(Refusal::WrongPassword { tries_left: 3 }),
+            ClientError::Refused(Refusal::WrongPassword { tries_left: 3 })
+        ));
+    }
+
+    #[test]
+    fn the_device_fingerprint_shown_is_our_own() {
+        let device = MachineKey::generate().unwrap();
+        let err = authenticated_refusal(
+            Refusal::DeviceNotApproved {
+                device: "spoofed".into(),
+            },
+            &device,
+        );
+        let ClientError::Refused(Refusal::DeviceNotApproved { device: shown }) = err else {
+            panic!("{err:?}");
+        };
+        assert_eq!(shown, key_fingerprint(&device.public_key()));
     }
 }

@@ -56,6 +56,9 @@ pub enum AgentToRelay {
     },
     /// Keepalive; the relay answers [`RelayToAgent::Pong`].
     Ping(u64),
+    /// The client paired through `ticket` failed the end-to-end login (wrong password or
+    /// code): the relay charges the client's address, so guessing also costs the guesser.
+    PairingFailed(Ticket),
 }
 
 /// Messages the relay sends on an agent's control connection.

@@ -65,7 +65,7 @@ pub async fn serve(relay: Arc<Relay>, mut conn: Accepted) {
             }
         }
         let started = Instant::now();
-        let (ticket, waiting) = match relay.hub.request_tunnel(&id, started) {
+        let (ticket, waiting) = match relay.hub.request_tunnel(&id, ip, started) {
             Ok(t) => t,
             Err(RequestError::Offline) => {
                 failed();

@@ -45,6 +45,7 @@ pub async fn handle(
     let started = Instant::now();
     let deadline = started + relay.options.handshake_timeout;
     let _ = tcp.set_nodelay(true);
+    telework_protocol::net::enable_keepalive(&tcp);
     let tls = match tokio::time::timeout_at(deadline.into(), relay.acceptor.accept(tcp)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {

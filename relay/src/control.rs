@@ -55,15 +55,9 @@ pub async fn serve(relay: Arc<Relay>, mut conn: Accepted) {
     let Some(exporter) = exporter(conn.framed.get_ref()) else {
         return;
     };
+    // Verify first and charge the address only on failure: offices put many PCs behind one
+    // address, and one broken PC must not take the others offline.
     let ip = conn.peer.ip();
-    if !relay
-        .limiters
-        .failures
-        .has_token(ip, std::time::Instant::now())
-    {
-        refuse(&mut conn.framed, ErrorCode::RateLimited).await;
-        return;
-    }
     match first {
         AgentToRelay::Register {
             version,
@@ -106,7 +100,9 @@ pub async fn serve(relay: Arc<Relay>, mut conn: Accepted) {
                 online(relay, conn, version, id, proof, exporter).instrument(span),
             );
         }
-        AgentToRelay::Ping(_) => refuse(&mut conn.framed, ErrorCode::ProtocolViolation).await,
+        AgentToRelay::Ping(_) | AgentToRelay::PairingFailed(_) => {
+            refuse(&mut conn.framed, ErrorCode::ProtocolViolation).await
+        }
     }
 }
 
@@ -205,6 +201,14 @@ pub(crate) async fn online(
                 Ok(AgentToRelay::Ping(n)) => {
                     last_heard = Instant::now();
                     outgoing = Some(RelayToAgent::Pong(n));
+                }
+                Ok(AgentToRelay::PairingFailed(ticket)) => {
+                    last_heard = Instant::now();
+                    let now = std::time::Instant::now();
+                    if let Some(client) = relay.hub.failed_pairing(&ticket, &id, now) {
+                        info!(%client, "failed end-to-end login charged to the client's address");
+                        relay.limiters.failures.take(client, now);
+                    }
                 }
                 Ok(other) => {
                     debug!(?other, "unexpected message on control connection");

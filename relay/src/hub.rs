@@ -4,6 +4,7 @@
 //! waiting client is a one-shot sender that the matching tunnel connection is handed through.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -38,9 +39,24 @@ struct OnlineAgent {
 
 struct Pending<T> {
     id: ComputerId,
+    client: IpAddr,
     expires: Instant,
     deliver: oneshot::Sender<T>,
 }
+
+/// A redeemed ticket, remembered for a while so its agent can report a failed login and the
+/// relay can charge the client's address.
+struct Paired {
+    id: ComputerId,
+    client: IpAddr,
+    at: Instant,
+}
+
+/// How long a paired ticket can still be reported as a failed login.
+pub const FAILURE_REPORT_WINDOW: Duration = Duration::from_secs(120);
+
+/// Most paired tickets remembered at once.
+const MAX_PAIRED: usize = 100_000;
 
 /// Why a tunnel could not be requested.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,6 +70,7 @@ pub enum RequestError {
 struct Inner<T> {
     agents: HashMap<ComputerId, OnlineAgent>,
     pending: HashMap<Ticket, Pending<T>>,
+    paired: HashMap<Ticket, Paired>,
 }
 
 /// Shared presence and ticket state. `T` is what a redeemed ticket hands over: an
@@ -68,6 +85,7 @@ impl<T> Default for Hub<T> {
             inner: Mutex::new(Inner {
                 agents: HashMap::new(),
                 pending: HashMap::new(),
+                paired: HashMap::new(),
             }),
         }
     }
@@ -118,6 +136,7 @@ impl<T> Hub<T> {
     pub fn request_tunnel(
         &self,
         id: &ComputerId,
+        client: IpAddr,
         now: Instant,
     ) -> Result<(Ticket, oneshot::Receiver<T>), RequestError> {
         let mut inner = self.lock();
@@ -138,6 +157,7 @@ impl<T> Hub<T> {
             ticket,
             Pending {
                 id: id.clone(),
+                client,
                 expires: now + TICKET_TTL,
                 deliver,
             },
@@ -154,14 +174,41 @@ impl<T> Hub<T> {
     /// On success the tunnel is handed to the waiting client and its computer ID returned;
     /// on failure the tunnel comes back so the caller can refuse it.
     pub fn redeem(&self, ticket: &Ticket, tunnel: T, now: Instant) -> Result<ComputerId, T> {
-        let Some(pending) = self.lock().pending.remove(ticket) else {
+        let mut inner = self.lock();
+        let Some(pending) = inner.pending.remove(ticket) else {
             return Err(tunnel);
         };
         if pending.expires <= now {
             return Err(tunnel);
         }
         let id = pending.id;
-        pending.deliver.send(tunnel).map(|()| id)
+        pending.deliver.send(tunnel)?;
+        if inner.paired.len() >= MAX_PAIRED {
+            inner
+                .paired
+                .retain(|_, p| now.saturating_duration_since(p.at) < FAILURE_REPORT_WINDOW);
+            if inner.paired.len() >= MAX_PAIRED {
+                inner.paired.clear();
+            }
+        }
+        inner.paired.insert(
+            *ticket,
+            Paired {
+                id: id.clone(),
+                client: pending.client,
+                at: now,
+            },
+        );
+        Ok(id)
+    }
+
+    /// The client address behind a recently paired `ticket`, if `id` is the agent it was
+    /// paired with (an agent can only report its own tunnels). Each ticket is reported once.
+    pub fn failed_pairing(&self, ticket: &Ticket, id: &ComputerId, now: Instant) -> Option<IpAddr> {
+        let mut inner = self.lock();
+        let paired = inner.paired.remove(ticket)?;
+        (paired.id == *id && now.saturating_duration_since(paired.at) < FAILURE_REPORT_WINDOW)
+            .then_some(paired.client)
     }
 
     /// Number of tickets waiting.
@@ -181,6 +228,37 @@ impl<T> Hub<T> {
 mod tests {
     use super::*;
 
+    fn ip() -> IpAddr {
+        "192.0.2.7".parse().unwrap()
+    }
+
+    #[test]
+    fn failed_pairings_are_traced_to_the_client_once_and_only_by_their_agent() {
+        let hub = Hub::<u32>::default();
+        let id: ComputerId = "pc".parse().unwrap();
+        let other: ComputerId = "pc-other".parse().unwrap();
+        let _rx = online(&hub, &id, 1);
+        let now = Instant::now();
+        let (ticket, _waiting) = hub.request_tunnel(&id, ip(), now).unwrap();
+        hub.redeem(&ticket, 1, now).unwrap();
+        assert_eq!(
+            hub.failed_pairing(&ticket, &other, now),
+            None,
+            "another agent cannot report it"
+        );
+        let (ticket, _waiting) = hub.request_tunnel(&id, ip(), now).unwrap();
+        hub.redeem(&ticket, 1, now).unwrap();
+        assert_eq!(hub.failed_pairing(&ticket, &id, now), Some(ip()));
+        assert_eq!(hub.failed_pairing(&ticket, &id, now), None, "reported once");
+        let (ticket, _waiting) = hub.request_tunnel(&id, ip(), now).unwrap();
+        hub.redeem(&ticket, 1, now).unwrap();
+        assert_eq!(
+            hub.failed_pairing(&ticket, &id, now + FAILURE_REPORT_WINDOW),
+            None,
+            "too late"
+        );
+    }
+
     fn online(hub: &Hub<u32>, id: &ComputerId, conn: u64) -> mpsc::Receiver<RelayToAgent> {
         let (tx, rx) = mpsc::channel(AGENT_QUEUE);
         hub.agent_online(id.clone(), conn, tx);
@@ -193,7 +271,7 @@ mod tests {
         let id: ComputerId = "pc".parse().unwrap();
         let mut agent_rx = online(&hub, &id, 1);
         let now = Instant::now();
-        let (ticket, mut rx) = hub.request_tunnel(&id, now).unwrap();
+        let (ticket, mut rx) = hub.request_tunnel(&id, ip(), now).unwrap();
         assert_eq!(
             agent_rx.try_recv().unwrap(),
             RelayToAgent::OpenTunnel(ticket)
@@ -214,9 +292,9 @@ mod tests {
         let id: ComputerId = "pc".parse().unwrap();
         let _agent_rx = online(&hub, &id, 1);
         let now = Instant::now();
-        let (ticket, _rx) = hub.request_tunnel(&id, now).unwrap();
+        let (ticket, _rx) = hub.request_tunnel(&id, ip(), now).unwrap();
         assert_eq!(hub.redeem(&ticket, 1, now + TICKET_TTL), Err(1));
-        let (ticket, rx) = hub.request_tunnel(&id, now).unwrap();
+        let (ticket, rx) = hub.request_tunnel(&id, ip(), now).unwrap();
         drop(rx);
         assert_eq!(hub.redeem(&ticket, 2, now), Err(2));
         assert_eq!(hub.pending_tickets(), 0);
@@ -227,7 +305,7 @@ mod tests {
         let hub = Hub::<u32>::default();
         let id: ComputerId = "pc".parse().unwrap();
         assert_eq!(
-            hub.request_tunnel(&id, Instant::now()).err(),
+            hub.request_tunnel(&id, ip(), Instant::now()).err(),
             Some(RequestError::Offline)
         );
         let _first = online(&hub, &id, 1);
@@ -244,10 +322,10 @@ mod tests {
         let id: ComputerId = "pc".parse().unwrap();
         let _rx = online(&hub, &id, 1);
         for _ in 0..AGENT_QUEUE {
-            hub.request_tunnel(&id, Instant::now()).unwrap();
+            hub.request_tunnel(&id, ip(), Instant::now()).unwrap();
         }
         assert_eq!(
-            hub.request_tunnel(&id, Instant::now()).err(),
+            hub.request_tunnel(&id, ip(), Instant::now()).err(),
             Some(RequestError::Busy)
         );
     }

@@ -29,17 +29,6 @@ pub async fn serve(relay: Arc<Relay>, mut conn: Accepted) {
             return;
         }
     };
-    if !relay
-        .limiters
-        .failures
-        .has_token(conn.peer.ip(), Instant::now())
-    {
-        let _ = conn
-            .framed
-            .write(&RelayToTunnel::Error(ErrorCode::RateLimited))
-            .await;
-        return;
-    }
     if version < MIN_PROTOCOL_VERSION {
         let _ = conn
             .framed

@@ -302,3 +302,99 @@ async fn lockout_survives_an_agent_restart() {
     );
     task.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn damaged_settings_refuse_logins_instead_of_switching_checks_off() {
+    let relay = TestRelay::start().await;
+    let desktop = EchoServer::start().await;
+    let agent = relay
+        .agent("pc-broken", PW)
+        .target(desktop.addr)
+        .run()
+        .await;
+    // A typo in a hand-edited policy must not turn device approval off.
+    std::fs::write(
+        agent.dir.path().join("policy.toml"),
+        "require_aproved_devices = true\n",
+    )
+    .unwrap();
+    let err = relay.login("pc-broken", PW).await.err().unwrap();
+    assert!(
+        matches!(err, ClientError::Refused(Refusal::Misconfigured)),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("settings are damaged"), "{err}");
+    // Nor a damaged one-time-code secret turn the second factor off (or lock the employee out).
+    std::fs::remove_file(agent.dir.path().join("policy.toml")).unwrap();
+    std::fs::write(agent.dir.path().join("totp.secret"), "not base32 !!").unwrap();
+    for _ in 0..6 {
+        let err = relay.login("pc-broken", PW).await.err().unwrap();
+        assert!(
+            matches!(err, ClientError::Refused(Refusal::Misconfigured)),
+            "{err:?}"
+        );
+    }
+    std::fs::remove_file(agent.dir.path().join("totp.secret")).unwrap();
+    relay
+        .login("pc-broken", PW)
+        .await
+        .expect("no lockout was charged for the agent's own fault");
+    assert_eq!(desktop.connections(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_goes_silent_loses_its_session() {
+    let relay = TestRelay::start().await;
+    let desktop = EchoServer::start().await;
+    let started = relay.agent("pc-quiet", PW).target(desktop.addr).run().await;
+    // The same machine, restarted with a short silence limit.
+    let dir = started.dir.path().to_path_buf();
+    let keep = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), keep.path().join(entry.file_name())).unwrap();
+    }
+    started.stop().await;
+    let agent = telework_agent::Agent::load_with(
+        DataDir::open(keep.path()).unwrap(),
+        desktop.addr.to_string(),
+        Duration::from_secs(1),
+    )
+    .unwrap();
+    let mut online = agent.online();
+    let task = tokio::spawn(agent.clone().run(std::future::pending()));
+    tokio::time::timeout(Duration::from_secs(10), online.wait_for(|up| *up))
+        .await
+        .unwrap()
+        .unwrap();
+
+    // A session that keeps pinging (TestClient serves it like `telework connect`) lives on...
+    let pinging = LoginOptions {
+        ping_every: Duration::from_millis(200),
+        ..LoginOptions::default()
+    };
+    let kept = TestClient::serve(
+        Session::login_with(&relay.target("pc-quiet"), PW.as_bytes(), &pinging)
+            .await
+            .unwrap(),
+    )
+    .await;
+    // ...one whose client never pings (a laptop that went to sleep) is ended by the agent.
+    let silent = relay.login("pc-quiet", PW).await.unwrap();
+    assert_eq!(agent.sessions(), 2);
+    let opener = silent.opener();
+    for _ in 0..50 {
+        if agent.sessions() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(agent.sessions(), 1, "the silent session was ended");
+    assert!(matches!(
+        opener.open().await,
+        Err(ClientError::Refused(Refusal::SessionInvalid))
+    ));
+    drop(silent);
+    kept.stop().await.unwrap();
+    task.abort();
+}

@@ -237,3 +237,41 @@ async fn probing_for_computer_ids_is_rate_limited() {
     let err = relay.login("pc-ok", PW).await.err().unwrap();
     assert!(err.to_string().contains("too many attempts"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_passwords_also_cost_the_guessers_address_at_the_relay() {
+    use telework_relay::limits::{Limits, Rate};
+    let limits = Limits {
+        failures: Rate {
+            per_sec: 0.001,
+            burst: 3.0,
+        },
+        ..Limits::default()
+    };
+    let relay = TestRelay::start_with(RelayOptions {
+        limits,
+        ..Default::default()
+    })
+    .await;
+    let desktop = EchoServer::start().await;
+    let _agent = relay.agent("pc-ok", PW).target(desktop.addr).run().await;
+    for _ in 0..3 {
+        let err = relay.login("pc-ok", "a guess").await.err().unwrap();
+        assert!(err.to_string().starts_with("wrong password"), "{err}");
+    }
+    // The agent reported each failure; the relay charged this address. The agent's own
+    // lockout (5 tries) has not even started.
+    let mut refused = false;
+    for _ in 0..20 {
+        let err = relay.login("pc-ok", "another guess").await.err().unwrap();
+        if err
+            .to_string()
+            .contains("too many attempts from this address")
+        {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(refused, "the relay never throttled the guessing address");
+}

@@ -266,7 +266,7 @@ async fn replayed_tickets_and_machine_proofs_are_refused() {
     let (ticket, waiting) = relay
         .relay
         .hub
-        .request_tunnel(&id, std::time::Instant::now())
+        .request_tunnel(&id, "127.0.0.1".parse().unwrap(), std::time::Instant::now())
         .unwrap();
     let attached = tokio::time::timeout(Duration::from_secs(5), waiting)
         .await
@@ -291,7 +291,7 @@ async fn replayed_tickets_and_machine_proofs_are_refused() {
     let (_t, waiting) = relay
         .relay
         .hub
-        .request_tunnel(&id, std::time::Instant::now())
+        .request_tunnel(&id, "127.0.0.1".parse().unwrap(), std::time::Instant::now())
         .unwrap();
     drop(waiting);
     let _ = Ticket::random();

@@ -88,6 +88,27 @@ pub enum Refusal {
     },
     /// This device was revoked on the office PC.
     DeviceRevoked,
+    /// The office PC's telework settings (policy, one-time-code secret, device list or
+    /// password record) are damaged; it refuses rather than guess.
+    Misconfigured,
+}
+
+impl Refusal {
+    /// Whether the agent may send this refusal in plaintext, before the end-to-end channel
+    /// exists. Anything else arriving in plaintext was forged on the way (the relay can write
+    /// plaintext frames), and the client must not show it.
+    pub fn allowed_before_authentication(&self) -> bool {
+        matches!(
+            self,
+            Self::WrongPassword { .. }
+                | Self::LockedOut { .. }
+                | Self::NoPassword
+                | Self::SessionInvalid
+                | Self::Busy
+                | Self::ProtocolViolation
+                | Self::Misconfigured
+        )
+    }
 }
 
 impl std::fmt::Display for Refusal {
@@ -98,14 +119,14 @@ impl std::fmt::Display for Refusal {
             }
             Self::LockedOut { retry_after_secs } => write!(
                 f,
-                "too many wrong passwords: the office PC accepts a new try in {}",
+                "too many failed logins: the office PC accepts a new try in {}",
                 human_seconds(*retry_after_secs)
             ),
             Self::NoPassword => f.write_str(
                 "no connection password is set on the office PC (IT staff: run 'telework-agent set-password')",
             ),
             Self::SessionInvalid => f.write_str("the session has ended on the office PC"),
-            Self::Busy => f.write_str("the office PC is serving too many sessions"),
+            Self::Busy => f.write_str("other login attempts are in progress on the office PC; try again shortly"),
             Self::ProtocolViolation => f.write_str("the office PC rejected a malformed handshake"),
             Self::WrongTotp { tries_left } => write!(
                 f,
@@ -120,6 +141,9 @@ impl std::fmt::Display for Refusal {
                  'telework-agent devices approve {device}' on the office PC, then connect again"
             ),
             Self::DeviceRevoked => f.write_str("this device's access to the office PC was revoked by IT staff"),
+            Self::Misconfigured => f.write_str(
+                "the office PC's telework settings are damaged, so it refuses logins (IT staff: see the agent's log)",
+            ),
         }
     }
 }
@@ -171,6 +195,9 @@ pub enum ClientNotice {
         /// Six digits.
         code: String,
     },
+    /// Keepalive on the session's first tunnel: the agent ends a session whose client has
+    /// been silent too long (a laptop that slept or lost its network sends no close).
+    Ping,
 }
 
 /// Why an agent ended a session.

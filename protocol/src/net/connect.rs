@@ -160,6 +160,7 @@ async fn connect_inner(
         error: last_err.unwrap_or_else(|| io::Error::other("no address worked")),
     })?;
     let _ = tcp.set_nodelay(true);
+    super::enable_keepalive(&tcp);
     let name = ServerName::try_from(addr.host.clone()).map_err(|e| ConnectError::Tls {
         addr: addr.clone(),
         error: io::Error::new(io::ErrorKind::InvalidInput, e),

@@ -27,3 +27,17 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Stream for T {}
 
 /// Deadline for a TCP connect plus TLS handshake plus the first hello.
 pub const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// TCP keepalive probes start after this much silence.
+pub const TCP_KEEPALIVE_IDLE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Turns on TCP keepalive, so a peer that vanished without a close (a laptop that slept, a
+/// pulled cable) is noticed by the kernel even on a connection nobody writes to.
+pub fn enable_keepalive(tcp: &tokio::net::TcpStream) {
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(TCP_KEEPALIVE_IDLE)
+        .with_interval(std::time::Duration::from_secs(10));
+    if let Err(e) = socket2::SockRef::from(tcp).set_tcp_keepalive(&keepalive) {
+        tracing::debug!(%e, "cannot enable TCP keepalive");
+    }
+}
