@@ -195,8 +195,10 @@ impl Agent {
 
     fn lockout_succeed(&self) {
         let mut l = self.lockout();
-        l.succeed();
-        self.save_lockout(&l);
+        // Most logins change nothing; skip the write (and its fsync) then.
+        if l.succeed() {
+            self.save_lockout(&l);
+        }
     }
 
     fn lockout_abandon(&self) {

@@ -74,10 +74,13 @@ impl Lockout {
     }
 
     /// Records a full success: the counters start over.
-    pub fn succeed(&mut self) {
+    /// Returns whether the saved state changed (so an unchanged state need not be written).
+    pub fn succeed(&mut self) -> bool {
         self.in_flight = self.in_flight.saturating_sub(1);
+        let changed = self.failures != 0 || self.lockouts != 0;
         self.failures = 0;
         self.lockouts = 0;
+        changed
     }
 
     /// Ends an attempt that was neither right nor wrong (for example a device not yet

@@ -113,7 +113,15 @@ pub async fn time_to_first_byte(
     let started = Instant::now();
     let session =
         telework_client::Session::login_with(&target, password.as_bytes(), &options).await?;
+    let logged_in = started.elapsed();
     let tunnel = session.opener().open().await?;
+    if std::env::var_os("TELEWORK_BENCH_VERBOSE").is_some() {
+        eprintln!(
+            "login {:.1} ms, first tunnel {:.1} ms",
+            logged_in.as_secs_f64() * 1e3,
+            (started.elapsed() - logged_in).as_secs_f64() * 1e3
+        );
+    }
     let (local, mut app) = tokio::io::duplex(1024);
     let pump = tokio::spawn(tunnel.pump(local));
     app.write_all(&[target::ECHO, b'!']).await?;
