@@ -219,6 +219,17 @@ pub struct TestAgent {
 }
 
 impl TestAgent {
+    /// A copy of the agent's data dir, to start the same machine again (its files outlive
+    /// this agent, whose own dir is removed when it is dropped).
+    pub fn copy_data_dir(&self) -> tempfile::TempDir {
+        let copy = tempfile::tempdir().unwrap();
+        for entry in std::fs::read_dir(self.dir.path()).unwrap() {
+            let entry = entry.unwrap();
+            std::fs::copy(entry.path(), copy.path().join(entry.file_name())).unwrap();
+        }
+        copy
+    }
+
     /// Stops the agent and waits for it.
     pub async fn stop(mut self) {
         if let Some(stop) = self.stop.take() {

@@ -279,12 +279,7 @@ async fn lockout_survives_an_agent_restart() {
     for _ in 0..5 {
         let _ = relay.login("pc-lock", "wrong guess").await;
     }
-    let dir = agent.dir.path().to_path_buf();
-    let keep = tempfile::tempdir().unwrap();
-    for entry in std::fs::read_dir(&dir).unwrap() {
-        let entry = entry.unwrap();
-        std::fs::copy(entry.path(), keep.path().join(entry.file_name())).unwrap();
-    }
+    let keep = agent.copy_data_dir();
     agent.stop().await;
     let restarted =
         telework_agent::Agent::load(DataDir::open(keep.path()).unwrap(), "127.0.0.1:9".into())
@@ -348,12 +343,7 @@ async fn a_client_that_goes_silent_loses_its_session() {
     let desktop = EchoServer::start().await;
     let started = relay.agent("pc-quiet", PW).target(desktop.addr).run().await;
     // The same machine, restarted with a short silence limit.
-    let dir = started.dir.path().to_path_buf();
-    let keep = tempfile::tempdir().unwrap();
-    for entry in std::fs::read_dir(&dir).unwrap() {
-        let entry = entry.unwrap();
-        std::fs::copy(entry.path(), keep.path().join(entry.file_name())).unwrap();
-    }
+    let keep = started.copy_data_dir();
     started.stop().await;
     let agent = telework_agent::Agent::load_with(
         DataDir::open(keep.path()).unwrap(),
