@@ -202,10 +202,14 @@ async fn totp_is_required_checked_and_counted() {
         assert!(err.to_string().starts_with("wrong one-time code"), "{err}");
     }
 
-    let s = secret.clone();
+    // Remember the exact code the first login sends, so the replay below is the same code.
+    let sent = Arc::new(std::sync::Mutex::new(String::new()));
+    let (s, record) = (secret.clone(), sent.clone());
     let right = LoginOptions {
         totp: Some(Arc::new(move || {
-            Some(s.code_at(telework_agent::unix_now()))
+            let code = s.code_at(telework_agent::unix_now());
+            *record.lock().unwrap() = code.clone();
+            Some(code)
         })),
         ..LoginOptions::default()
     };
@@ -213,21 +217,24 @@ async fn totp_is_required_checked_and_counted() {
         .await
         .unwrap();
     session.opener().open().await.unwrap();
-    // The same code a second time (within its 30 s) is a replay and fails.
-    let code = secret.code_at(telework_agent::unix_now());
+    // The same code again is a replay: its time step is not after the last one accepted.
+    let code = sent.lock().unwrap().clone();
     let replay = LoginOptions {
         totp: Some(Arc::new(move || Some(code.clone()))),
         ..LoginOptions::default()
     };
     let second = Session::login_with(&relay.target("pc-otp"), PW.as_bytes(), &replay).await;
     assert!(
-        matches!(second, Err(ClientError::Refused(Refusal::WrongTotp { .. }))) || second.is_ok(),
-        "a replayed code is refused unless the 30-second step moved on"
+        matches!(second, Err(ClientError::Refused(Refusal::WrongTotp { .. }))),
+        "a replayed code must be refused: {:?}",
+        second.err()
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn idle_and_maximum_session_limits_end_sessions_with_a_reason() {
+/// Logs in to an agent whose policy is `policy`, serves the session, and returns how it ended.
+async fn session_ending_under(
+    policy: Policy,
+) -> Result<telework_client::session::Ended, ClientError> {
     let relay = TestRelay::start().await;
     let desktop = EchoServer::start().await;
     let agent = relay
@@ -235,36 +242,36 @@ async fn idle_and_maximum_session_limits_end_sessions_with_a_reason() {
         .target(desktop.addr)
         .run()
         .await;
-    let data = DataDir::open(agent.dir.path()).unwrap();
+    DataDir::open(agent.dir.path())
+        .unwrap()
+        .save_policy(&policy)
+        .unwrap();
+    let client = TestClient::serve(relay.login("pc-limits", PW).await.unwrap()).await;
+    tokio::time::timeout(Duration::from_secs(10), client.task)
+        .await
+        .unwrap()
+        .unwrap()
+}
 
-    data.save_policy(&Policy {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_and_maximum_session_limits_end_sessions_with_a_reason() {
+    let idle = session_ending_under(Policy {
         idle_timeout_secs: Some(1),
         ..Policy::default()
     })
-    .unwrap();
-    let client = TestClient::serve(relay.login("pc-limits", PW).await.unwrap()).await;
-    let ended = tokio::time::timeout(Duration::from_secs(10), client.task)
-        .await
-        .unwrap()
-        .unwrap();
+    .await;
     assert!(
-        matches!(ended, Err(ClientError::Ended(EndReason::Idle))),
-        "{ended:?}"
+        matches!(idle, Err(ClientError::Ended(EndReason::Idle))),
+        "{idle:?}"
     );
-
-    data.save_policy(&Policy {
+    let max = session_ending_under(Policy {
         max_session_secs: Some(1),
         ..Policy::default()
     })
-    .unwrap();
-    let client = TestClient::serve(relay.login("pc-limits", PW).await.unwrap()).await;
-    let ended = tokio::time::timeout(Duration::from_secs(10), client.task)
-        .await
-        .unwrap()
-        .unwrap();
+    .await;
     assert!(
-        matches!(ended, Err(ClientError::Ended(EndReason::MaxDuration))),
-        "{ended:?}"
+        matches!(max, Err(ClientError::Ended(EndReason::MaxDuration))),
+        "{max:?}"
     );
     assert_eq!(
         ClientError::Ended(EndReason::MaxDuration).to_string(),

@@ -17,7 +17,7 @@ use telework_protocol::messages::{
 use telework_protocol::net::connect::{client_exporter, connect};
 use telework_protocol::net::framed::Framed;
 use telework_protocol::net::tls::RelayTrust;
-use telework_protocol::{ErrorCode, Ticket};
+use telework_protocol::ErrorCode;
 use telework_relay::limits::Limits;
 use telework_relay::RelayOptions;
 use telework_tests::evil::{Attack, Direction, EvilRelay};
@@ -294,7 +294,6 @@ async fn replayed_tickets_and_machine_proofs_are_refused() {
         .request_tunnel(&id, "127.0.0.1".parse().unwrap(), std::time::Instant::now())
         .unwrap();
     drop(waiting);
-    let _ = Ticket::random();
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(relay.relay.hub.is_online(&id));
     relay
