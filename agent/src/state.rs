@@ -153,36 +153,39 @@ impl DataDir {
     /// # Errors
     /// If the file exists but is damaged.
     pub fn password(&self) -> Result<Option<PasswordRecord>, StateError> {
-        let path = self.path(PASSWORD_FILE);
-        match std::fs::read(&path) {
-            Ok(bytes) => {
-                PasswordRecord::from_bytes(&bytes)
-                    .map(Some)
-                    .map_err(|e| StateError::Damaged {
-                        path,
-                        detail: e.to_string(),
-                    })
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(StateError::Io(e)),
-        }
+        self.read_parsed(PASSWORD_FILE, |bytes| {
+            PasswordRecord::from_bytes(bytes).map_err(|e| e.to_string())
+        })
     }
 }
 
 impl DataDir {
+    /// Reads and parses one file of the data dir: `None` when it does not exist, an error
+    /// naming the file when it cannot be read or parsed.
+    fn read_parsed<T>(
+        &self,
+        name: &str,
+        parse: impl FnOnce(&[u8]) -> Result<T, String>,
+    ) -> Result<Option<T>, StateError> {
+        let path = self.path(name);
+        match std::fs::read(&path) {
+            Ok(bytes) => parse(&bytes)
+                .map(Some)
+                .map_err(|detail| StateError::Damaged { path, detail }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(StateError::Io(e)),
+        }
+    }
+
     fn read_toml<T: serde::de::DeserializeOwned + Default>(
         &self,
         name: &str,
     ) -> Result<T, StateError> {
-        let path = self.path(name);
-        match std::fs::read_to_string(&path) {
-            Ok(text) => toml::from_str(&text).map_err(|e| StateError::Damaged {
-                path,
-                detail: e.to_string(),
-            }),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(T::default()),
-            Err(e) => Err(StateError::Io(e)),
-        }
+        let parsed = self.read_parsed(name, |bytes| {
+            let text = std::str::from_utf8(bytes).map_err(|e| e.to_string())?;
+            toml::from_str(text).map_err(|e| e.to_string())
+        })?;
+        Ok(parsed.unwrap_or_default())
     }
 
     fn write_toml<T: Serialize>(&self, name: &str, value: &T) -> Result<(), StateError> {
@@ -247,17 +250,10 @@ impl DataDir {
     /// # Errors
     /// If the file is damaged.
     pub fn totp(&self) -> Result<Option<TotpSecret>, StateError> {
-        let path = self.path(TOTP_FILE);
-        match std::fs::read_to_string(&path) {
-            Ok(text) => TotpSecret::from_base32(&text)
-                .map(Some)
-                .map_err(|e| StateError::Damaged {
-                    path,
-                    detail: e.to_string(),
-                }),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(StateError::Io(e)),
-        }
+        self.read_parsed(TOTP_FILE, |bytes| {
+            let text = std::str::from_utf8(bytes).map_err(|e| e.to_string())?;
+            TotpSecret::from_base32(text).map_err(|e| e.to_string())
+        })
     }
 
     /// Enables the second factor with `secret`, or disables it with `None`.
