@@ -118,7 +118,7 @@ async fn login(
     if let Err(r) = agent.lockout_begin() {
         return refuse(&mut framed, lockout_refusal(r)).await;
     }
-    let (state, response) = match AgentLogin::start(&record, &request, &agent.id) {
+    let (state, response, stretch) = match AgentLogin::start(&record, &request, &agent.id) {
         Ok(s) => s,
         Err(_) => {
             agent.lockout_abandon();
@@ -127,7 +127,7 @@ async fn login(
     };
     let outcome = async {
         framed
-            .write(&AgentHandshake::LoginChallenge { response })
+            .write(&AgentHandshake::LoginChallenge { response, stretch })
             .await
             .ok()?;
         match framed

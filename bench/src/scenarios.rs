@@ -133,12 +133,12 @@ pub async fn time_to_first_byte(
     Ok(ms)
 }
 
-/// One run of the key-stretching function the client's OPAQUE login uses (Argon2id with the
-/// `argon2` crate's defaults, as in `telework_protocol::e2e::pake::Suite`), in milliseconds.
+/// One run of the key-stretching function the client's OPAQUE login uses (Argon2id in fresh
+/// working memory, as in a new client process), in milliseconds.
 pub fn argon2id_ms() -> f64 {
     let mut out = [0u8; 64];
     let started = Instant::now();
-    let _ = argon2::Argon2::default().hash_password_into(&[1u8; 64], &[0u8; 16], &mut out);
+    let _ = telework_protocol::e2e::stretch::Stretch::default().hash_into(&[1u8; 64], &mut out);
     started.elapsed().as_secs_f64() * 1e3
 }
 

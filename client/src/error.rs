@@ -40,6 +40,9 @@ pub enum ClientError {
     /// The office PC's identity proof did not verify: someone in the middle is tampering.
     #[error("the office PC could not prove the session; the connection may be tampered with")]
     BadProof,
+    /// The office PC asked for password stretching outside what this client accepts.
+    #[error("cannot log in: {0} (update telework on this computer and the office PC)")]
+    Stretch(telework_protocol::e2e::stretch::StretchParamsError),
     /// The office PC's identity key is not the one pinned at the first connection.
     #[error(
         "WARNING: the office PC {id} presented a different identity key ({presented}, pinned {pinned}). \

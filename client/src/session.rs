@@ -172,21 +172,22 @@ impl Session {
         let mut framed = pair(&target.relay, &tls, &target.id).await?;
         let (state, request) = ClientLogin::start(password).map_err(|_| ClientError::BadProof)?;
         framed.write(&ClientHandshake::Login { request }).await?;
-        let response = match framed
+        let (response, stretch) = match framed
             .read_within::<AgentHandshake>(E2E_STEP_TIMEOUT)
             .await?
         {
-            AgentHandshake::LoginChallenge { response } => response,
+            AgentHandshake::LoginChallenge { response, stretch } => (response, stretch),
             AgentHandshake::Refused(why) => return Err(plaintext_refusal(why)),
             AgentHandshake::ResumeChallenge { .. } => return Err(ClientError::BadProof),
         };
         // Argon2id takes tens of milliseconds: keep it off the async workers.
         let password_owned = zeroize::Zeroizing::new(password.to_vec());
         let id = target.id.clone();
-        let finished =
-            tokio::task::spawn_blocking(move || state.finish(&password_owned, &response, &id))
-                .await
-                .map_err(|_| ClientError::BadProof)?;
+        let finished = tokio::task::spawn_blocking(move || {
+            state.finish(&password_owned, &response, stretch, &id)
+        })
+        .await
+        .map_err(|_| ClientError::BadProof)?;
         let done = match finished {
             Ok(done) => done,
             Err(PakeError::WrongPassword) => {
@@ -196,6 +197,7 @@ impl Session {
                     _ => Err(ClientError::WrongPasswordUnconfirmed),
                 };
             }
+            Err(PakeError::Stretch(why)) => return Err(ClientError::Stretch(why)),
             Err(_) => return Err(ClientError::BadProof),
         };
         // The agent's static key is authenticated by OPAQUE (it came out of the envelope the

@@ -4,6 +4,7 @@ use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
 use telework_protocol::e2e::pake::{AgentLogin, ClientLogin, PasswordRecord};
+use telework_protocol::e2e::stretch::StretchParams;
 use telework_protocol::ComputerId;
 
 fn record() -> &'static PasswordRecord {
@@ -16,6 +17,6 @@ fuzz_target!(|data: &[u8]| {
     let _ = AgentLogin::start(record(), data, &id);
     let _ = PasswordRecord::from_bytes(data);
     if let Ok((client, _)) = ClientLogin::start(b"fuzz password") {
-        let _ = client.finish(b"fuzz password", data, &id);
+        let _ = client.finish(b"fuzz password", data, StretchParams::CURRENT, &id);
     }
 });

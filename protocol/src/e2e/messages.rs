@@ -41,6 +41,9 @@ pub enum AgentHandshake {
     LoginChallenge {
         /// Serialized OPAQUE credential response.
         response: Vec<u8>,
+        /// The Argon2id parameters the agent's record was made with; the client checks them
+        /// (a changed value only makes the login fail).
+        stretch: crate::e2e::stretch::StretchParams,
     },
     /// The answer to a resumption: the agent's nonce and confirmation MAC.
     ResumeChallenge {

@@ -8,6 +8,7 @@
 //! 3. **Resume** ([`resume`]): every further tunnel of the same session authenticates with the
 //!    resumption secret and fresh nonces from both sides, so no second password prompt and no
 //!    replay.
+//!    The password-stretching function is in [`stretch`].
 //! 4. **Records** ([`record`]): AES-256-GCM records with counter nonces carry desktop bytes,
 //!    an authenticated end-of-stream, and control messages ([`messages::AgentNotice`]).
 
@@ -16,3 +17,4 @@ pub mod messages;
 pub mod pake;
 pub mod record;
 pub mod resume;
+pub mod stretch;

@@ -16,18 +16,22 @@ use opaque_ke::{
 use rand::rngs::OsRng;
 use zeroize::Zeroizing;
 
+use super::stretch::{Stretch, StretchParams};
 use crate::ids::ComputerId;
 
 /// The OPAQUE cipher suite: ristretto255 for the OPRF and 3DH, SHA-512, Argon2id as the
-/// key-stretching function (RFC 9106 second recommended parameters, the `argon2` crate's
-/// default: 19 MiB, 2 passes).
+/// key-stretching function (the `argon2` crate's default, OWASP's minimum: 19 MiB, 2 passes;
+/// see [`super::stretch`]).
 pub struct Suite;
 
 impl opaque_ke::CipherSuite for Suite {
     type OprfCs = opaque_ke::Ristretto255;
     type KeyExchange = opaque_ke::TripleDh<opaque_ke::Ristretto255, sha2::Sha512>;
-    type Ksf = argon2::Argon2<'static>;
+    type Ksf = super::stretch::Stretch;
 }
+
+/// The first bytes of a record that names its stretching parameters.
+const RECORD_TAG: [u8; 2] = [0xff, 0x02];
 
 /// The OPAQUE credential identifier; one password per machine, so a constant.
 const CREDENTIAL_ID: &[u8] = b"telework-connection-password";
@@ -48,6 +52,9 @@ pub enum PakeError {
     /// A stored record could not be read.
     #[error("the stored password record is damaged")]
     BadRecord,
+    /// The agent named password-stretching parameters a client does not accept.
+    #[error(transparent)]
+    Stretch(#[from] super::stretch::StretchParamsError),
 }
 
 fn context(id: &ComputerId) -> Vec<u8> {
@@ -82,6 +89,15 @@ impl PasswordRecord {
     }
 
     fn create_with(setup: ServerSetup<Suite>, password: &[u8]) -> Result<Self, PakeError> {
+        Self::create_with_params(setup, password, StretchParams::CURRENT)
+    }
+
+    fn create_with_params(
+        setup: ServerSetup<Suite>,
+        password: &[u8],
+        stretch_params: StretchParams,
+    ) -> Result<Self, PakeError> {
+        let stretch = Stretch::new(stretch_params).map_err(|_| PakeError::Malformed)?;
         let mut rng = OsRng;
         let start = opaque_ke::ClientRegistration::<Suite>::start(&mut rng, password)
             .map_err(|_| PakeError::Malformed)?;
@@ -93,12 +109,20 @@ impl PasswordRecord {
                 &mut rng,
                 password,
                 response.message,
-                ClientRegistrationFinishParameters::default(),
+                ClientRegistrationFinishParameters::new(Default::default(), Some(&stretch)),
             )
             .map_err(|_| PakeError::Malformed)?;
         let file = ServerRegistration::<Suite>::finish(finish.message);
         let setup_bytes = setup.serialize();
-        let mut bytes = Vec::with_capacity(2 + setup_bytes.len() + 200);
+        let mut bytes = Vec::with_capacity(RECORD_TAG.len() + 12 + 2 + setup_bytes.len() + 200);
+        bytes.extend_from_slice(&RECORD_TAG);
+        for n in [
+            stretch_params.memory_kib,
+            stretch_params.passes,
+            stretch_params.lanes,
+        ] {
+            bytes.extend_from_slice(&n.to_be_bytes());
+        }
         bytes.extend_from_slice(&(setup_bytes.len() as u16).to_be_bytes());
         bytes.extend_from_slice(&setup_bytes);
         bytes.extend_from_slice(&file.serialize());
@@ -130,19 +154,57 @@ impl PasswordRecord {
         Ok(setup.keypair().public().serialize().to_vec())
     }
 
+    /// The Argon2id parameters this record's password was stretched with; the agent tells
+    /// the client.
+    ///
+    /// # Errors
+    /// [`PakeError::BadRecord`] if the record is damaged.
+    pub fn stretch_params(&self) -> Result<StretchParams, PakeError> {
+        Ok(self.layout()?.0)
+    }
+
     fn parts(&self) -> Result<(ServerSetup<Suite>, ServerRegistration<Suite>), PakeError> {
+        let (_, setup_bytes, file_bytes) = self.layout()?;
+        let setup =
+            ServerSetup::<Suite>::deserialize(setup_bytes).map_err(|_| PakeError::BadRecord)?;
+        let file = ServerRegistration::<Suite>::deserialize(file_bytes)
+            .map_err(|_| PakeError::BadRecord)?;
+        Ok((setup, file))
+    }
+
+    /// Splits the bytes into stretching parameters, server setup and registration file.
+    ///
+    /// Current records: `RECORD_TAG`, memory KiB, passes, lanes (u32 each, big-endian), then
+    /// as before. Records from before the tag were `u16` setup length, setup, file, stretched
+    /// with [`StretchParams::LEGACY`]; the setup is far shorter than 0xff00 bytes, so a
+    /// legacy record never starts with the tag.
+    fn layout(&self) -> Result<(StretchParams, &[u8], &[u8]), PakeError> {
         let b = &self.bytes[..];
+        let (params, b) = match b.strip_prefix(&RECORD_TAG[..]) {
+            Some(rest) => {
+                let n = |i: usize| -> Result<u32, PakeError> {
+                    let bytes = rest.get(4 * i..4 * i + 4).ok_or(PakeError::BadRecord)?;
+                    Ok(u32::from_be_bytes(
+                        bytes.try_into().map_err(|_| PakeError::BadRecord)?,
+                    ))
+                };
+                let params = StretchParams {
+                    memory_kib: n(0)?,
+                    passes: n(1)?,
+                    lanes: n(2)?,
+                };
+                let params = params.check().map_err(|_| PakeError::BadRecord)?;
+                (params, rest.get(12..).ok_or(PakeError::BadRecord)?)
+            }
+            None => (StretchParams::LEGACY, b),
+        };
         let len = u16::from_be_bytes([
             *b.first().ok_or(PakeError::BadRecord)?,
             *b.get(1).ok_or(PakeError::BadRecord)?,
         ]) as usize;
         let setup_bytes = b.get(2..2 + len).ok_or(PakeError::BadRecord)?;
         let file_bytes = b.get(2 + len..).ok_or(PakeError::BadRecord)?;
-        let setup =
-            ServerSetup::<Suite>::deserialize(setup_bytes).map_err(|_| PakeError::BadRecord)?;
-        let file = ServerRegistration::<Suite>::deserialize(file_bytes)
-            .map_err(|_| PakeError::BadRecord)?;
-        Ok((setup, file))
+        Ok((params, setup_bytes, file_bytes))
     }
 }
 
@@ -175,21 +237,27 @@ impl ClientLogin {
         ))
     }
 
-    /// Opens the agent's response with the password.
+    /// Opens the agent's response with the password, stretched with the parameters the
+    /// agent named.
     ///
     /// # Errors
-    /// [`PakeError::WrongPassword`] when the password does not match (or the response was
-    /// tampered with); [`PakeError::Malformed`] for bytes that are not a response.
+    /// [`PakeError::WrongPassword`] when the password does not match (or the response or
+    /// parameters were tampered with); [`PakeError::Malformed`] for bytes that are not a
+    /// response; [`PakeError::Stretch`] for parameters outside what a client accepts.
     pub fn finish(
         self,
         password: &[u8],
         response: &[u8],
+        stretch: StretchParams,
         id: &ComputerId,
     ) -> Result<ClientLoginDone, PakeError> {
+        let stretch = Stretch::new(stretch.check().map_err(PakeError::Stretch)?)
+            .map_err(|_| PakeError::Malformed)?;
         let response =
             CredentialResponse::<Suite>::deserialize(response).map_err(|_| PakeError::Malformed)?;
         let ctx = context(id);
-        let params = ClientLoginFinishParameters::new(Some(&ctx), Default::default(), None);
+        let params =
+            ClientLoginFinishParameters::new(Some(&ctx), Default::default(), Some(&stretch));
         let done = self
             .state
             .finish(&mut OsRng, password, response, params)
@@ -209,7 +277,8 @@ pub struct AgentLogin {
 }
 
 impl AgentLogin {
-    /// Answers a client's request; returns the state and the response to send.
+    /// Answers a client's request; returns the state, the response to send and the
+    /// stretching parameters to send with it.
     ///
     /// # Errors
     /// [`PakeError::Malformed`] for a request that is not OPAQUE; [`PakeError::BadRecord`]
@@ -218,8 +287,9 @@ impl AgentLogin {
         record: &PasswordRecord,
         request: &[u8],
         id: &ComputerId,
-    ) -> Result<(Self, Vec<u8>), PakeError> {
+    ) -> Result<(Self, Vec<u8>, StretchParams), PakeError> {
         let (setup, file) = record.parts()?;
+        let stretch = record.stretch_params()?;
         let request =
             CredentialRequest::<Suite>::deserialize(request).map_err(|_| PakeError::Malformed)?;
         let ctx = context(id);
@@ -243,6 +313,7 @@ impl AgentLogin {
                 ctx,
             },
             response,
+            stretch,
         ))
     }
 
@@ -268,6 +339,7 @@ impl AgentLogin {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::e2e::stretch::StretchParamsError;
 
     fn id() -> ComputerId {
         "pc-1".parse().unwrap()
@@ -278,8 +350,10 @@ mod tests {
         let record = PasswordRecord::create(b"correct horse").unwrap();
         let record = PasswordRecord::from_bytes(record.to_bytes()).unwrap();
         let (client, request) = ClientLogin::start(b"correct horse").unwrap();
-        let (agent, response) = AgentLogin::start(&record, &request, &id()).unwrap();
-        let done = client.finish(b"correct horse", &response, &id()).unwrap();
+        let (agent, response, _) = AgentLogin::start(&record, &request, &id()).unwrap();
+        let done = client
+            .finish(b"correct horse", &response, StretchParams::CURRENT, &id())
+            .unwrap();
         let agent_key = agent.finish(&done.finalization).unwrap();
         assert_eq!(done.session_key, agent_key);
         assert_eq!(done.agent_public_key, record.agent_public_key().unwrap());
@@ -295,21 +369,25 @@ mod tests {
             second.agent_public_key().unwrap()
         );
         let (client, request) = ClientLogin::start(b"new password").unwrap();
-        let (agent, response) = AgentLogin::start(&second, &request, &id()).unwrap();
-        let done = client.finish(b"new password", &response, &id()).unwrap();
+        let (agent, response, _) = AgentLogin::start(&second, &request, &id()).unwrap();
+        let done = client
+            .finish(b"new password", &response, StretchParams::CURRENT, &id())
+            .unwrap();
         agent.finish(&done.finalization).unwrap();
         let (client, request) = ClientLogin::start(b"old password").unwrap();
-        let (_, response) = AgentLogin::start(&second, &request, &id()).unwrap();
-        assert!(client.finish(b"old password", &response, &id()).is_err());
+        let (_, response, _) = AgentLogin::start(&second, &request, &id()).unwrap();
+        assert!(client
+            .finish(b"old password", &response, StretchParams::CURRENT, &id())
+            .is_err());
     }
 
     #[test]
     fn wrong_password_fails_on_the_client() {
         let record = PasswordRecord::create(b"right").unwrap();
         let (client, request) = ClientLogin::start(b"wrong").unwrap();
-        let (_agent, response) = AgentLogin::start(&record, &request, &id()).unwrap();
+        let (_agent, response, _) = AgentLogin::start(&record, &request, &id()).unwrap();
         assert!(matches!(
-            client.finish(b"wrong", &response, &id()),
+            client.finish(b"wrong", &response, StretchParams::CURRENT, &id()),
             Err(PakeError::WrongPassword)
         ));
     }
@@ -319,9 +397,9 @@ mod tests {
         let record = PasswordRecord::create(b"pw").unwrap();
         let (client, request) = ClientLogin::start(b"pw").unwrap();
         let other: ComputerId = "pc-2".parse().unwrap();
-        let (agent, response) = AgentLogin::start(&record, &request, &other).unwrap();
+        let (agent, response, _) = AgentLogin::start(&record, &request, &other).unwrap();
         // The client thinks it talks to pc-1; the agent to pc-2: contexts differ.
-        match client.finish(b"pw", &response, &id()) {
+        match client.finish(b"pw", &response, StretchParams::CURRENT, &id()) {
             Err(_) => {}
             Ok(done) => assert!(agent.finish(&done.finalization).is_err()),
         }
@@ -334,6 +412,69 @@ mod tests {
         assert!(PasswordRecord::from_bytes(b"").is_err());
         assert!(PasswordRecord::from_bytes(&[0, 200, 1]).is_err());
         let (client, _) = ClientLogin::start(b"pw").unwrap();
-        assert!(client.finish(b"pw", &[0; 10], &id()).is_err());
+        assert!(client
+            .finish(b"pw", &[0; 10], StretchParams::CURRENT, &id())
+            .is_err());
+    }
+
+    /// A record made before records named their parameters: the old layout, stretched with
+    /// the legacy parameters.
+    fn legacy_record(password: &[u8]) -> PasswordRecord {
+        let current = PasswordRecord::create_with_params(
+            ServerSetup::<Suite>::new(&mut OsRng),
+            password,
+            StretchParams::LEGACY,
+        )
+        .unwrap();
+        PasswordRecord::from_bytes(&current.to_bytes()[RECORD_TAG.len() + 12..]).unwrap()
+    }
+
+    #[test]
+    fn records_name_their_stretching_and_old_records_still_open() {
+        let record = PasswordRecord::create(b"pw").unwrap();
+        assert_eq!(record.stretch_params(), Ok(StretchParams::CURRENT));
+        let old = legacy_record(b"pw");
+        assert_eq!(old.stretch_params(), Ok(StretchParams::LEGACY));
+        let (client, request) = ClientLogin::start(b"pw").unwrap();
+        let (agent, response, _) = AgentLogin::start(&old, &request, &id()).unwrap();
+        let done = client
+            .finish(b"pw", &response, StretchParams::LEGACY, &id())
+            .unwrap();
+        agent.finish(&done.finalization).unwrap();
+        // Changing the password moves the record to the current parameters.
+        let upgraded = old.change_password(b"pw2").unwrap();
+        assert_eq!(upgraded.stretch_params(), Ok(StretchParams::CURRENT));
+        assert_eq!(
+            upgraded.agent_public_key().unwrap(),
+            old.agent_public_key().unwrap()
+        );
+    }
+
+    #[test]
+    fn altered_or_weak_parameters_never_log_in() {
+        let record = PasswordRecord::create(b"pw").unwrap();
+        // A relay that swaps the parameters only makes the login fail.
+        let (client, request) = ClientLogin::start(b"pw").unwrap();
+        let (_, response, _) = AgentLogin::start(&record, &request, &id()).unwrap();
+        assert!(matches!(
+            client.finish(b"pw", &response, StretchParams::LEGACY, &id()),
+            Err(PakeError::WrongPassword)
+        ));
+        // Weak parameters are refused before any stretching.
+        let (client, request) = ClientLogin::start(b"pw").unwrap();
+        let (_, response, _) = AgentLogin::start(&record, &request, &id()).unwrap();
+        let weak = StretchParams {
+            memory_kib: 1024,
+            passes: 1,
+            lanes: 1,
+        };
+        assert!(matches!(
+            client.finish(b"pw", &response, weak, &id()),
+            Err(PakeError::Stretch(StretchParamsError::TooWeak))
+        ));
+        // A record naming weak parameters is damaged, not obeyed.
+        let mut bytes = record.to_bytes().to_vec();
+        bytes[RECORD_TAG.len()..RECORD_TAG.len() + 4].copy_from_slice(&1024u32.to_be_bytes());
+        assert!(PasswordRecord::from_bytes(&bytes).is_err());
     }
 }
