@@ -45,6 +45,19 @@ struct Cli {
     /// A short smoke run (1 run, 1 s, 500 agents, 100 sessions).
     #[arg(long)]
     quick: bool,
+    /// Run only these scenarios (for profiling one of them); the others report zeros.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    only: Vec<Scenario>,
+}
+
+/// The scenarios, as `--only` names them.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Scenario {
+    Throughput,
+    Latency,
+    Setup,
+    SlowReader,
+    Memory,
 }
 
 #[derive(Subcommand)]
@@ -143,9 +156,14 @@ async fn bench(mut cli: Cli) -> anyhow::Result<()> {
         ..Results::default()
     };
 
+    let wanted = |s: Scenario| cli.only.is_empty() || cli.only.contains(&s);
+
     // 1. Throughput, each way, each path; CPU of our processes per GB.
     let chain = Chain::start(target)?;
     for (upload, out) in [(true, &mut r.upload), (false, &mut r.download)] {
+        if !wanted(Scenario::Throughput) {
+            break;
+        }
         let (mut d, mut f, mut t) = (vec![], vec![], vec![]);
         let (mut relay_c, mut agent_c, mut client_c) = (vec![], vec![], vec![]);
         for _ in 0..cli.runs {
@@ -189,6 +207,9 @@ async fn bench(mut cli: Cli) -> anyhow::Result<()> {
     let (mut dp50, mut dp99, mut fp50, mut tp50, mut tp99) =
         (vec![], vec![], vec![], vec![], vec![]);
     for _ in 0..cli.runs {
+        if !wanted(Scenario::Latency) {
+            break;
+        }
         let d = scenarios::latency(target, 2000).await?;
         let f = scenarios::latency(forwarder_addr, 2000).await?;
         let t = scenarios::latency(chain.client_addr, 2000).await?;
@@ -211,6 +232,9 @@ async fn bench(mut cli: Cli) -> anyhow::Result<()> {
     let mut ttfb = vec![];
     let mut tps = vec![];
     for _ in 0..cli.runs.max(5) {
+        if !wanted(Scenario::Setup) {
+            break;
+        }
         ttfb.push(
             scenarios::time_to_first_byte(
                 chain.relay_addr,
@@ -222,6 +246,9 @@ async fn bench(mut cli: Cli) -> anyhow::Result<()> {
         );
     }
     for _ in 0..cli.runs {
+        if !wanted(Scenario::Setup) {
+            break;
+        }
         tps.push(
             scenarios::tunnels_per_sec(chain.client_addr, 8, (cli.seconds / 3.0).max(1.0)).await?,
         );
@@ -234,6 +261,9 @@ async fn bench(mut cli: Cli) -> anyhow::Result<()> {
     // 5. Slow reader: memory stays bounded by the buffer caps.
     let (mut rg, mut ag, mut wr) = (vec![], vec![], vec![]);
     for _ in 0..cli.runs {
+        if !wanted(Scenario::SlowReader) {
+            break;
+        }
         let secs = cli.seconds.min(8.0);
         let (relay_kib, agent_kib, written) =
             scenarios::slow_reader(chain.client_addr, &chain.relay, &chain.agent, secs).await?;
@@ -250,6 +280,9 @@ async fn bench(mut cli: Cli) -> anyhow::Result<()> {
     // 4. Memory: idle agents and idle sessions, each run on a fresh relay.
     let (mut per_agent, mut per_session) = (vec![], vec![]);
     for _ in 0..cli.runs {
+        if !wanted(Scenario::Memory) {
+            break;
+        }
         let chain = Chain::start(target)?;
         let before = chain.relay.rss_kib();
         let conns = agents::bring_online(chain.relay_addr, &chain.fingerprint, cli.agents, 32)

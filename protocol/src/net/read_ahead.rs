@@ -7,8 +7,9 @@
 
 use std::io;
 use std::pin::Pin;
-use std::task::{ready, Context, Poll};
+use std::task::{Context, Poll};
 
+use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
@@ -19,9 +20,8 @@ pub const READ_AHEAD: usize = 64 * 1024;
 #[derive(Debug)]
 pub struct ReadAhead {
     inner: TcpStream,
-    /// Read-ahead bytes; `start..` not yet handed out. No capacity while idle.
-    buf: Vec<u8>,
-    start: usize,
+    /// Read-ahead bytes not yet handed out. No capacity while idle.
+    buf: BytesMut,
 }
 
 impl ReadAhead {
@@ -29,8 +29,7 @@ impl ReadAhead {
     pub fn new(inner: TcpStream) -> Self {
         Self {
             inner,
-            buf: Vec::new(),
-            start: 0,
+            buf: BytesMut::new(),
         }
     }
 
@@ -48,35 +47,41 @@ impl AsyncRead for ReadAhead {
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
         loop {
-            if this.start < this.buf.len() {
-                let n = out.remaining().min(this.buf.len() - this.start);
-                out.put_slice(&this.buf[this.start..this.start + n]);
-                this.start += n;
+            if !this.buf.is_empty() {
+                let n = out.remaining().min(this.buf.len());
+                out.put_slice(&this.buf[..n]);
+                this.buf.advance(n);
                 return Poll::Ready(Ok(()));
             }
             // A caller with room for a whole chunk reads straight from the socket.
             if out.remaining() >= READ_AHEAD {
-                this.buf = Vec::new();
+                this.buf = BytesMut::new();
                 return Pin::new(&mut this.inner).poll_read(cx, out);
             }
-            if let Err(e) = ready!(this.inner.poll_read_ready(cx)) {
-                return Poll::Ready(Err(e));
+            match this.inner.poll_read_ready(cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => {
+                    // Nothing more for now: give the memory back while we wait.
+                    this.buf = BytesMut::new();
+                    return Poll::Pending;
+                }
             }
-            this.buf.clear();
-            this.start = 0;
-            // Uninitialised spare capacity: the kernel touches only the pages it fills.
-            this.buf.reserve_exact(READ_AHEAD);
-            match this.inner.try_read_buf(&mut this.buf) {
-                Ok(0) => {
-                    this.buf = Vec::new();
+            // Uninitialised spare capacity: the kernel touches only the pages it fills. Reading
+            // through the socket's own `poll_read` lets tokio treat a short read as "drained",
+            // which saves the `recv` that would only say "would block".
+            this.buf.reserve(READ_AHEAD);
+            match tokio_util::io::poll_read_buf(Pin::new(&mut this.inner), cx, &mut this.buf) {
+                Poll::Ready(Ok(0)) => {
+                    this.buf = BytesMut::new();
                     return Poll::Ready(Ok(()));
                 }
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    // Nothing more for now: give the memory back while we wait.
-                    this.buf = Vec::new();
+                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => {
+                    this.buf = BytesMut::new();
+                    return Poll::Pending;
                 }
-                Err(e) => return Poll::Ready(Err(e)),
             }
         }
     }
