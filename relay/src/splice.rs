@@ -6,13 +6,12 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use bytes::BytesMut;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use std::task::ready;
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use crate::conn::RelayStream;
-
-/// Buffer per direction. Bounded: a slow reader slows the writer through TCP backpressure.
-pub const SPLICE_BUFFER: usize = 64 * 1024;
 
 /// An observer of every byte the relay forwards, for tests that play a curious relay
 /// operator. `None` in production.
@@ -73,41 +72,106 @@ pub async fn splice(
     }
 }
 
+/// Bytes read at once per direction. Bounded: a slow reader slows the writer through TCP
+/// backpressure.
+pub const SPLICE_BUFFER: usize = 64 * 1024;
+
 /// Copies `a`→`b` and `b`→`a` until both directions end; an end of stream on one side shuts
-/// down the other side's writing half.
-async fn copy_both_ways<A, B>(a: A, b: B) -> io::Result<(u64, u64)>
+/// down the other side's writing half. Both directions run in one future, with no lock
+/// between them.
+async fn copy_both_ways<A, B>(mut a: A, mut b: B) -> io::Result<(u64, u64)>
 where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
-    let (ar, aw) = tokio::io::split(a);
-    let (br, bw) = tokio::io::split(b);
-    tokio::try_join!(copy_one_way(ar, bw), copy_one_way(br, aw))
+    let mut a_to_b = Direction::default();
+    let mut b_to_a = Direction::default();
+    std::future::poll_fn(|cx| {
+        let forward = a_to_b.poll(cx, &mut a, &mut b)?;
+        let back = b_to_a.poll(cx, &mut b, &mut a)?;
+        match (forward, back) {
+            (Poll::Ready(forward), Poll::Ready(back)) => Poll::Ready(Ok((forward, back))),
+            _ => Poll::Pending,
+        }
+    })
+    .await
 }
 
-/// One direction of a splice. The buffer is allocated on first use and never zero-filled, so
-/// a session that carries little costs only the pages its bytes touched (an idle relay holds
-/// thousands of these).
-async fn copy_one_way<R, W>(mut from: R, mut to: W) -> io::Result<u64>
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    let mut buf = BytesMut::new();
-    let mut total = 0u64;
-    loop {
-        buf.clear();
-        buf.reserve(SPLICE_BUFFER);
-        let n = from.read_buf(&mut buf).await?;
-        if n == 0 {
-            to.shutdown().await?;
-            return Ok(total);
+/// One direction of a splice.
+#[derive(Default)]
+struct Direction {
+    /// Read but not yet written. Allocated on first use and never zero-filled, so a session
+    /// that carries little costs only the pages its bytes touched (an idle relay holds
+    /// thousands of these). Whole records at a time: one read takes every decrypted record
+    /// waiting, and one write sends them on.
+    buf: BytesMut,
+    /// Bytes written since the last flush. A TLS writer may accept bytes it could not send
+    /// yet; they must be flushed before waiting for more input, or they would wait with us.
+    unflushed: bool,
+    state: DirectionState,
+    total: u64,
+}
+
+#[derive(Default, PartialEq, Eq)]
+enum DirectionState {
+    #[default]
+    Copying,
+    ShuttingDown,
+    Done,
+}
+
+impl Direction {
+    fn poll<R, W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        from: &mut R,
+        to: &mut W,
+    ) -> Poll<io::Result<u64>>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        loop {
+            match self.state {
+                DirectionState::Copying => {
+                    if self.buf.is_empty() {
+                        self.buf.reserve(SPLICE_BUFFER);
+                        match tokio_util::io::poll_read_buf(Pin::new(&mut *from), cx, &mut self.buf)
+                        {
+                            Poll::Ready(Ok(0)) => {
+                                self.state = DirectionState::ShuttingDown;
+                                continue;
+                            }
+                            Poll::Ready(Ok(_)) => {}
+                            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                            Poll::Pending => {
+                                if self.unflushed {
+                                    ready!(Pin::new(&mut *to).poll_flush(cx))?;
+                                    self.unflushed = false;
+                                }
+                                return Poll::Pending;
+                            }
+                        }
+                    }
+                    let n = ready!(Pin::new(&mut *to).poll_write(cx, &self.buf))?;
+                    if n == 0 {
+                        return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                    }
+                    self.buf.advance(n);
+                    self.unflushed = true;
+                    self.total += n as u64;
+                }
+                DirectionState::ShuttingDown => {
+                    ready!(Pin::new(&mut *to).poll_shutdown(cx))?;
+                    self.state = DirectionState::Done;
+                }
+                DirectionState::Done => return Poll::Ready(Ok(self.total)),
+            }
         }
-        to.write_all(&buf).await?;
-        total += n as u64;
     }
 }
 
+/// Shows the tap every byte written, which is every byte the splice forwards, once.
 struct Tapped<S> {
     inner: S,
     tap: SpliceTap,
@@ -119,12 +183,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Tapped<S> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let poll = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if let Poll::Ready(Ok(())) = &poll {
-            (self.tap)(&buf.filled()[before..]);
-        }
-        poll
+        Pin::new(&mut self.inner).poll_read(cx, buf)
     }
 }
 
@@ -134,7 +193,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tapped<S> {
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, data)
+        let n = ready!(Pin::new(&mut self.inner).poll_write(cx, data))?;
+        (self.tap)(&data[..n]);
+        Poll::Ready(Ok(n))
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -143,5 +204,126 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tapped<S> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, DuplexStream};
+
+    /// A writer with the contract of a TLS stream: `poll_write` may accept bytes it has not
+    /// sent, and only a flush (or shutdown) is sure to send them.
+    struct HoldsUntilFlush {
+        inner: DuplexStream,
+        held: Vec<u8>,
+    }
+
+    impl AsyncWrite for HoldsUntilFlush {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            data: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            self.held.extend_from_slice(data);
+            Poll::Ready(Ok(data.len()))
+        }
+
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            let this = &mut *self;
+            while !this.held.is_empty() {
+                let n = ready!(Pin::new(&mut this.inner).poll_write(cx, &this.held))?;
+                this.held.drain(..n);
+            }
+            Pin::new(&mut this.inner).poll_flush(cx)
+        }
+
+        fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            ready!(self.as_mut().poll_flush(cx))?;
+            Pin::new(&mut self.inner).poll_shutdown(cx)
+        }
+    }
+
+    /// Joins a reader and a writer into one stream.
+    struct Joined<R, W>(R, W);
+
+    impl<R: AsyncRead + Unpin, W: Unpin> AsyncRead for Joined<R, W> {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.0).poll_read(cx, buf)
+        }
+    }
+
+    impl<R: Unpin, W: AsyncWrite + Unpin> AsyncWrite for Joined<R, W> {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            data: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            Pin::new(&mut self.1).poll_write(cx, data)
+        }
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.1).poll_flush(cx)
+        }
+        fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.1).poll_shutdown(cx)
+        }
+    }
+
+    /// Two sides of the splice, each with a peer the test drives.
+    fn side() -> (
+        Joined<DuplexStream, HoldsUntilFlush>,
+        DuplexStream,
+        DuplexStream,
+    ) {
+        let (to_splice, from_peer) = tokio::io::duplex(1 << 16);
+        let (from_splice, to_peer) = tokio::io::duplex(1 << 16);
+        let stream = Joined(
+            from_peer,
+            HoldsUntilFlush {
+                inner: from_splice,
+                held: Vec::new(),
+            },
+        );
+        (stream, to_splice, to_peer)
+    }
+
+    #[tokio::test]
+    async fn bytes_a_writer_held_are_flushed_while_the_sender_stays_open() {
+        let (a, mut a_in, mut a_out) = side();
+        let (b, mut b_in, mut b_out) = side();
+        let splice = tokio::spawn(copy_both_ways(a, b));
+        a_in.write_all(b"to b").await.unwrap();
+        b_in.write_all(b"to a").await.unwrap();
+        // Neither sender closes: the bytes must arrive all the same.
+        let mut got = [0u8; 4];
+        tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            b_out.read_exact(&mut got),
+        )
+        .await
+        .expect("bytes held in the writer")
+        .unwrap();
+        assert_eq!(&got, b"to b");
+        tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            a_out.read_exact(&mut got),
+        )
+        .await
+        .expect("bytes held in the writer")
+        .unwrap();
+        assert_eq!(&got, b"to a");
+        // End of stream passes on as a half-close, and the totals add up.
+        drop(a_in);
+        drop(b_in);
+        let (forward, back) = splice.await.unwrap().unwrap();
+        assert_eq!((forward, back), (4, 4));
+        let mut rest = Vec::new();
+        b_out.read_to_end(&mut rest).await.unwrap();
+        a_out.read_to_end(&mut rest).await.unwrap();
+        assert!(rest.is_empty());
     }
 }

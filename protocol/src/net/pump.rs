@@ -159,6 +159,9 @@ impl<S: Stream> SecureTunnel<S> {
                 }
                 sealer.seal_data(&chunk[..n], &mut out)?;
                 tw.write_all(&out).await?;
+                // A TLS writer may accept bytes it cannot send yet; only a flush is sure to
+                // send them before we wait for the next local bytes, however long that is.
+                tw.flush().await?;
                 sent += n as u64;
             }
         };
@@ -308,5 +311,84 @@ mod tests {
             client.recv_notice().await,
             Err(TunnelError::Truncated)
         ));
+    }
+
+    /// A transport with the contract of a TLS stream: writes may be held until a flush.
+    struct HoldsUntilFlush {
+        inner: tokio::io::DuplexStream,
+        held: Vec<u8>,
+    }
+
+    impl tokio::io::AsyncRead for HoldsUntilFlush {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+        }
+    }
+
+    impl tokio::io::AsyncWrite for HoldsUntilFlush {
+        fn poll_write(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            data: &[u8],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            self.held.extend_from_slice(data);
+            std::task::Poll::Ready(Ok(data.len()))
+        }
+
+        fn poll_flush(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            let this = &mut *self;
+            while !this.held.is_empty() {
+                let n = std::task::ready!(
+                    std::pin::Pin::new(&mut this.inner).poll_write(cx, &this.held)
+                )?;
+                this.held.drain(..n);
+            }
+            std::pin::Pin::new(&mut this.inner).poll_flush(cx)
+        }
+
+        fn poll_shutdown(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::ready!(self.as_mut().poll_flush(cx))?;
+            std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+        }
+    }
+
+    #[tokio::test]
+    async fn local_bytes_are_sent_while_the_local_side_stays_open() {
+        let (a, b) = tokio::io::duplex(1 << 16);
+        let (ck, _) = after_login(&[1; 64], Role::Client);
+        let (ak, _) = after_login(&[1; 64], Role::Agent);
+        let client = SecureTunnel::new(
+            HoldsUntilFlush {
+                inner: a,
+                held: Vec::new(),
+            },
+            BytesMut::new(),
+            ck,
+        );
+        let agent = SecureTunnel::new(b, BytesMut::new(), ak);
+        let (client_local, mut app) = tokio::io::duplex(1024);
+        let (agent_local, mut desktop) = tokio::io::duplex(1024);
+        let _c = tokio::spawn(client.pump(client_local));
+        let _a = tokio::spawn(agent.pump(agent_local));
+        app.write_all(b"hello").await.unwrap();
+        let mut got = [0u8; 5];
+        tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            desktop.read_exact(&mut got),
+        )
+        .await
+        .expect("bytes held in the transport's writer")
+        .unwrap();
+        assert_eq!(&got, b"hello");
     }
 }
