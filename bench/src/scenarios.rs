@@ -151,13 +151,20 @@ pub async fn idle_sessions(
 ) -> anyhow::Result<(f64, Vec<TcpStream>)> {
     let before = relay.rss_kib();
     let mut conns = Vec::with_capacity(n);
-    for _ in 0..n {
-        let mut c = open(addr, target::IDLE).await?;
-        // Make sure the tunnel is up: the byte is only read by the target once paired.
-        c.flush().await?;
-        conns.push(c);
+    // In batches, each waited for at the target: a burst of a thousand tunnels opened in the
+    // same millisecond would meet the relay's cap on connections still in their handshake,
+    // which exists to refuse exactly such bursts.
+    const BATCH: usize = 50;
+    while conns.len() < n {
+        for _ in 0..BATCH.min(n - conns.len()) {
+            conns.push(open(addr, target::IDLE).await?);
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while target::idle_count() < conns.len() as u64 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
-    // Wait until the relay has paired them all (RSS stops growing).
+    // Wait until the relay's memory settles (RSS stops growing).
     let mut last = 0;
     for _ in 0..100 {
         tokio::time::sleep(Duration::from_millis(100)).await;
