@@ -10,10 +10,13 @@ use crate::error_code::ErrorCode;
 use crate::ids::{ComputerId, Ticket};
 
 /// Minor protocol version spoken by this build, sent in every hello.
-pub const PROTOCOL_VERSION: u16 = 1;
+///
+/// 2: the agent's login answer names its password-stretching parameters, which a version-1
+/// client cannot read; relays refuse version 1 so that old software is told to update.
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// Oldest minor version a relay accepts.
-pub const MIN_PROTOCOL_VERSION: u16 = 1;
+pub const MIN_PROTOCOL_VERSION: u16 = 2;
 
 /// ALPN protocol ids, one per connection role. The `1` is the major version: a relay that does
 /// not speak it fails the TLS handshake with `no_application_protocol`.

@@ -100,7 +100,7 @@ async fn forged_ticket_is_refused() {
     let _agent = relay.agent("pc-ok", PW).target(desktop.addr).run().await;
     let mut f = Framed::new(tls(&relay, alpn::TUNNEL).await);
     f.write(&TunnelToRelay::Attach {
-        version: 1,
+        version: telework_protocol::messages::PROTOCOL_VERSION,
         ticket: Ticket([7; 16]),
     })
     .await
@@ -170,7 +170,7 @@ async fn garbage_inside_a_paired_tunnel_is_refused_by_the_agent() {
     let _agent = relay.agent("pc-ok", PW).target(desktop.addr).run().await;
     let mut f = Framed::new(tls(&relay, alpn::CLIENT).await);
     f.write(&telework_protocol::messages::ClientToRelay::Connect {
-        version: 1,
+        version: telework_protocol::messages::PROTOCOL_VERSION,
         id: "pc-ok".parse().unwrap(),
     })
     .await
@@ -274,4 +274,35 @@ async fn wrong_passwords_also_cost_the_guessers_address_at_the_relay() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(refused, "the relay never throttled the guessing address");
+}
+
+/// Software from before the login answer named its stretching parameters (minor version 1)
+/// is told to update, on every role, instead of failing inside the end-to-end handshake.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_minor_versions_are_told_to_update() {
+    let relay = TestRelay::start().await;
+    let desktop = EchoServer::start().await;
+    let _agent = relay.agent("pc-ok", PW).target(desktop.addr).run().await;
+    let mut f = Framed::new(tls(&relay, alpn::CLIENT).await);
+    f.write(&telework_protocol::messages::ClientToRelay::Connect {
+        version: 1,
+        id: "pc-ok".parse().unwrap(),
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        f.read::<RelayToClient>().await.unwrap(),
+        RelayToClient::Error(ErrorCode::VersionTooOld)
+    );
+    let mut f = Framed::new(tls(&relay, alpn::TUNNEL).await);
+    f.write(&TunnelToRelay::Attach {
+        version: 1,
+        ticket: Ticket([7; 16]),
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        f.read::<RelayToTunnel>().await.unwrap(),
+        RelayToTunnel::Error(ErrorCode::VersionTooOld)
+    );
 }

@@ -180,7 +180,7 @@ async fn replay(relay: &TestRelay, id: &str, bytes: &[u8]) -> Vec<AgentHandshake
             .unwrap(),
     );
     f.write(&ClientToRelay::Connect {
-        version: 1,
+        version: telework_protocol::messages::PROTOCOL_VERSION,
         id: id.parse().unwrap(),
     })
     .await
@@ -278,9 +278,12 @@ async fn replayed_tickets_and_machine_proofs_are_refused() {
         .unwrap();
     let addr = relay.addr.to_string().parse().unwrap();
     let mut f = Framed::new(connect(&addr, tunnel_config.clone()).await.unwrap());
-    f.write(&TunnelToRelay::Attach { version: 1, ticket })
-        .await
-        .unwrap();
+    f.write(&TunnelToRelay::Attach {
+        version: telework_protocol::messages::PROTOCOL_VERSION,
+        ticket,
+    })
+    .await
+    .unwrap();
     assert_eq!(
         f.read::<RelayToTunnel>().await.unwrap(),
         RelayToTunnel::Error(ErrorCode::BadTicket)
@@ -318,7 +321,7 @@ async fn replayed_tickets_and_machine_proofs_are_refused() {
     let mut second = Framed::new(connect(&addr, control_config).await.unwrap());
     second
         .write(&AgentToRelay::Hello {
-            version: 1,
+            version: telework_protocol::messages::PROTOCOL_VERSION,
             id: id.clone(),
             proof,
         })
