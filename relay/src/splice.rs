@@ -210,99 +210,27 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tapped<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use telework_protocol::net::holds_until_flush::HoldsUntilFlush;
     use tokio::io::{AsyncReadExt, DuplexStream};
 
-    /// A writer with the contract of a TLS stream: `poll_write` may accept bytes it has not
-    /// sent, and only a flush (or shutdown) is sure to send them.
-    struct HoldsUntilFlush {
-        inner: DuplexStream,
-        held: Vec<u8>,
-    }
-
-    impl AsyncWrite for HoldsUntilFlush {
-        fn poll_write(
-            mut self: Pin<&mut Self>,
-            _: &mut Context<'_>,
-            data: &[u8],
-        ) -> Poll<io::Result<usize>> {
-            self.held.extend_from_slice(data);
-            Poll::Ready(Ok(data.len()))
-        }
-
-        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-            let this = &mut *self;
-            while !this.held.is_empty() {
-                let n = ready!(Pin::new(&mut this.inner).poll_write(cx, &this.held))?;
-                this.held.drain(..n);
-            }
-            Pin::new(&mut this.inner).poll_flush(cx)
-        }
-
-        fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-            ready!(self.as_mut().poll_flush(cx))?;
-            Pin::new(&mut self.inner).poll_shutdown(cx)
-        }
-    }
-
-    /// Joins a reader and a writer into one stream.
-    struct Joined<R, W>(R, W);
-
-    impl<R: AsyncRead + Unpin, W: Unpin> AsyncRead for Joined<R, W> {
-        fn poll_read(
-            mut self: Pin<&mut Self>,
-            cx: &mut Context<'_>,
-            buf: &mut ReadBuf<'_>,
-        ) -> Poll<io::Result<()>> {
-            Pin::new(&mut self.0).poll_read(cx, buf)
-        }
-    }
-
-    impl<R: Unpin, W: AsyncWrite + Unpin> AsyncWrite for Joined<R, W> {
-        fn poll_write(
-            mut self: Pin<&mut Self>,
-            cx: &mut Context<'_>,
-            data: &[u8],
-        ) -> Poll<io::Result<usize>> {
-            Pin::new(&mut self.1).poll_write(cx, data)
-        }
-        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-            Pin::new(&mut self.1).poll_flush(cx)
-        }
-        fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-            Pin::new(&mut self.1).poll_shutdown(cx)
-        }
-    }
-
-    /// Two sides of the splice, each with a peer the test drives.
-    fn side() -> (
-        Joined<DuplexStream, HoldsUntilFlush>,
-        DuplexStream,
-        DuplexStream,
-    ) {
-        let (to_splice, from_peer) = tokio::io::duplex(1 << 16);
-        let (from_splice, to_peer) = tokio::io::duplex(1 << 16);
-        let stream = Joined(
-            from_peer,
-            HoldsUntilFlush {
-                inner: from_splice,
-                held: Vec::new(),
-            },
-        );
-        (stream, to_splice, to_peer)
+    /// One side of the splice, whose writes are held until flushed, and its peer.
+    fn side() -> (HoldsUntilFlush<DuplexStream>, DuplexStream) {
+        let (ours, peer) = tokio::io::duplex(1 << 16);
+        (HoldsUntilFlush::new(ours), peer)
     }
 
     #[tokio::test]
     async fn bytes_a_writer_held_are_flushed_while_the_sender_stays_open() {
-        let (a, mut a_in, mut a_out) = side();
-        let (b, mut b_in, mut b_out) = side();
+        let (a, mut a_peer) = side();
+        let (b, mut b_peer) = side();
         let splice = tokio::spawn(copy_both_ways(a, b));
-        a_in.write_all(b"to b").await.unwrap();
-        b_in.write_all(b"to a").await.unwrap();
+        a_peer.write_all(b"to b").await.unwrap();
+        b_peer.write_all(b"to a").await.unwrap();
         // Neither sender closes: the bytes must arrive all the same.
         let mut got = [0u8; 4];
         tokio::time::timeout(
             std::time::Duration::from_secs(5),
-            b_out.read_exact(&mut got),
+            b_peer.read_exact(&mut got),
         )
         .await
         .expect("bytes held in the writer")
@@ -310,20 +238,20 @@ mod tests {
         assert_eq!(&got, b"to b");
         tokio::time::timeout(
             std::time::Duration::from_secs(5),
-            a_out.read_exact(&mut got),
+            a_peer.read_exact(&mut got),
         )
         .await
         .expect("bytes held in the writer")
         .unwrap();
         assert_eq!(&got, b"to a");
         // End of stream passes on as a half-close, and the totals add up.
-        drop(a_in);
-        drop(b_in);
+        a_peer.shutdown().await.unwrap();
+        b_peer.shutdown().await.unwrap();
         let (forward, back) = splice.await.unwrap().unwrap();
         assert_eq!((forward, back), (4, 4));
         let mut rest = Vec::new();
-        b_out.read_to_end(&mut rest).await.unwrap();
-        a_out.read_to_end(&mut rest).await.unwrap();
+        b_peer.read_to_end(&mut rest).await.unwrap();
+        a_peer.read_to_end(&mut rest).await.unwrap();
         assert!(rest.is_empty());
     }
 }

@@ -7,12 +7,16 @@
 //! - [`pump`]: moving desktop bytes between a plain local socket and an encrypted tunnel.
 //! - [`read_ahead`]: large socket reads under rustls's small ones.
 //! - [`signal`]: waiting for Ctrl-C or SIGTERM.
+//! - `holds_until_flush` (tests only, feature `test-util`): a transport that holds writes
+//!   until flushed, to test that writers flush.
 //!
 //! Everything here works on any `AsyncRead + AsyncWrite` stream, which is the seam where QUIC
 //! streams will slot in beside TLS over TCP.
 
 pub mod connect;
 pub mod framed;
+#[cfg(any(test, feature = "test-util"))]
+pub mod holds_until_flush;
 pub mod pump;
 pub mod read_ahead;
 pub mod signal;

@@ -313,65 +313,13 @@ mod tests {
         ));
     }
 
-    /// A transport with the contract of a TLS stream: writes may be held until a flush.
-    struct HoldsUntilFlush {
-        inner: tokio::io::DuplexStream,
-        held: Vec<u8>,
-    }
-
-    impl tokio::io::AsyncRead for HoldsUntilFlush {
-        fn poll_read(
-            mut self: std::pin::Pin<&mut Self>,
-            cx: &mut std::task::Context<'_>,
-            buf: &mut tokio::io::ReadBuf<'_>,
-        ) -> std::task::Poll<std::io::Result<()>> {
-            std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
-        }
-    }
-
-    impl tokio::io::AsyncWrite for HoldsUntilFlush {
-        fn poll_write(
-            mut self: std::pin::Pin<&mut Self>,
-            _: &mut std::task::Context<'_>,
-            data: &[u8],
-        ) -> std::task::Poll<std::io::Result<usize>> {
-            self.held.extend_from_slice(data);
-            std::task::Poll::Ready(Ok(data.len()))
-        }
-
-        fn poll_flush(
-            mut self: std::pin::Pin<&mut Self>,
-            cx: &mut std::task::Context<'_>,
-        ) -> std::task::Poll<std::io::Result<()>> {
-            let this = &mut *self;
-            while !this.held.is_empty() {
-                let n = std::task::ready!(
-                    std::pin::Pin::new(&mut this.inner).poll_write(cx, &this.held)
-                )?;
-                this.held.drain(..n);
-            }
-            std::pin::Pin::new(&mut this.inner).poll_flush(cx)
-        }
-
-        fn poll_shutdown(
-            mut self: std::pin::Pin<&mut Self>,
-            cx: &mut std::task::Context<'_>,
-        ) -> std::task::Poll<std::io::Result<()>> {
-            std::task::ready!(self.as_mut().poll_flush(cx))?;
-            std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
-        }
-    }
-
     #[tokio::test]
     async fn local_bytes_are_sent_while_the_local_side_stays_open() {
         let (a, b) = tokio::io::duplex(1 << 16);
         let (ck, _) = after_login(&[1; 64], Role::Client);
         let (ak, _) = after_login(&[1; 64], Role::Agent);
         let client = SecureTunnel::new(
-            HoldsUntilFlush {
-                inner: a,
-                held: Vec::new(),
-            },
+            crate::net::holds_until_flush::HoldsUntilFlush::new(a),
             BytesMut::new(),
             ck,
         );
