@@ -58,7 +58,9 @@ pub async fn splice(
         t(&agent_left);
     }
     agent.write_all(&client_left).await?;
+    agent.flush().await?;
     client.write_all(&agent_left).await?;
+    client.flush().await?;
     match tap {
         None => copy_both_ways(client, agent).await,
         Some(tap) => {
