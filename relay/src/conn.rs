@@ -14,9 +14,8 @@ use tracing::{debug, Instrument};
 use crate::{client_conn, control, tunnel, Relay};
 
 /// A TLS connection accepted by the relay. (No read-ahead buffer here, unlike the programs'
-/// connections: with thousands of mostly idle connections, transient 64 KiB buffers fragment
-/// the heap and cost more memory than the saved syscalls are worth; measured with
-/// `telework-bench`.)
+/// connections: measured twice with `telework-bench`, it saved no relay CPU per GB, and with
+/// thousands of mostly idle connections its transient 64 KiB buffers cost memory.)
 pub type RelayStream = tokio_rustls::server::TlsStream<TcpStream>;
 
 /// What a role handler gets: the framed stream, when its hello must have arrived, and the

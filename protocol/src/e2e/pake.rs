@@ -75,7 +75,11 @@ impl PasswordRecord {
     /// # Errors
     /// Only on an internal OPAQUE failure.
     pub fn create(password: &[u8]) -> Result<Self, PakeError> {
-        Self::create_with(ServerSetup::<Suite>::new(&mut OsRng), password)
+        Self::create_with(
+            ServerSetup::<Suite>::new(&mut OsRng),
+            password,
+            StretchParams::CURRENT,
+        )
     }
 
     /// Replaces the password but keeps the agent's identity (its OPAQUE static key and OPRF
@@ -85,14 +89,10 @@ impl PasswordRecord {
     /// [`PakeError::BadRecord`] if the old record is damaged.
     pub fn change_password(&self, password: &[u8]) -> Result<Self, PakeError> {
         let (setup, _) = self.parts()?;
-        Self::create_with(setup, password)
+        Self::create_with(setup, password, StretchParams::CURRENT)
     }
 
-    fn create_with(setup: ServerSetup<Suite>, password: &[u8]) -> Result<Self, PakeError> {
-        Self::create_with_params(setup, password, StretchParams::CURRENT)
-    }
-
-    fn create_with_params(
+    fn create_with(
         setup: ServerSetup<Suite>,
         password: &[u8],
         stretch_params: StretchParams,
@@ -420,7 +420,7 @@ mod tests {
     /// A record made before records named their parameters: the old layout, stretched with
     /// the legacy parameters.
     fn legacy_record(password: &[u8]) -> PasswordRecord {
-        let current = PasswordRecord::create_with_params(
+        let current = PasswordRecord::create_with(
             ServerSetup::<Suite>::new(&mut OsRng),
             password,
             StretchParams::LEGACY,
