@@ -195,21 +195,22 @@ async fn garbage_inside_a_paired_tunnel_is_refused_by_the_agent() {
     relay_still_serves(&relay).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn probing_for_computer_ids_is_rate_limited() {
+/// A relay whose per-address failure budget is `burst`, refilled at `per_sec`.
+async fn relay_with_failure_budget(per_sec: f64, burst: f64) -> TestRelay {
     use telework_relay::limits::{Limits, Rate};
-    let limits = Limits {
-        failures: Rate {
-            per_sec: 0.01,
-            burst: 5.0,
+    TestRelay::start_with(RelayOptions {
+        limits: Limits {
+            failures: Rate { per_sec, burst },
+            ..Limits::default()
         },
-        ..Limits::default()
-    };
-    let relay = TestRelay::start_with(RelayOptions {
-        limits,
         ..Default::default()
     })
-    .await;
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probing_for_computer_ids_is_rate_limited() {
+    let relay = relay_with_failure_budget(0.01, 5.0).await;
     let desktop = EchoServer::start().await;
     let _agent = relay.agent("pc-ok", PW).target(desktop.addr).run().await;
     let mut answers = Vec::new();
@@ -240,19 +241,7 @@ async fn probing_for_computer_ids_is_rate_limited() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_passwords_also_cost_the_guessers_address_at_the_relay() {
-    use telework_relay::limits::{Limits, Rate};
-    let limits = Limits {
-        failures: Rate {
-            per_sec: 0.001,
-            burst: 3.0,
-        },
-        ..Limits::default()
-    };
-    let relay = TestRelay::start_with(RelayOptions {
-        limits,
-        ..Default::default()
-    })
-    .await;
+    let relay = relay_with_failure_budget(0.001, 3.0).await;
     let desktop = EchoServer::start().await;
     let _agent = relay.agent("pc-ok", PW).target(desktop.addr).run().await;
     for _ in 0..3 {
