@@ -20,6 +20,11 @@ const TAG_LEN: usize = 16;
 /// Largest ciphertext a record may announce.
 pub const MAX_RECORD_CIPHERTEXT: usize = MAX_RECORD_PLAINTEXT + 1 + TAG_LEN;
 
+/// Plaintext per record when sealing bulk data: a sealed record is then exactly 16 KiB, one
+/// full TLS record, so the TLS layer under the tunnel never cuts a record in two and never sends
+/// a runt record for the remainder. Receivers accept anything up to [`MAX_RECORD_PLAINTEXT`].
+pub const BULK_RECORD_PLAINTEXT: usize = 16 * 1024 - RECORD_HEADER_LEN - 1 - TAG_LEN;
+
 /// What a record carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RecordKind {
@@ -131,12 +136,13 @@ impl Sealer {
         Ok(())
     }
 
-    /// Seals desktop bytes of any length, split into as many records as needed.
+    /// Seals desktop bytes of any length, split into as many records as needed, each of at
+    /// most [`BULK_RECORD_PLAINTEXT`] bytes.
     ///
     /// # Errors
     /// Only [`RecordError::CounterExhausted`].
     pub fn seal_data(&mut self, data: &[u8], dst: &mut BytesMut) -> Result<(), RecordError> {
-        for chunk in data.chunks(MAX_RECORD_PLAINTEXT) {
+        for chunk in data.chunks(BULK_RECORD_PLAINTEXT) {
             self.seal(RecordKind::Data, chunk, dst)?;
         }
         Ok(())
@@ -227,6 +233,34 @@ mod tests {
         }
         assert_eq!(data, vec![7u8; 40_000]);
         assert!(eof);
+    }
+
+    #[test]
+    fn bulk_records_are_one_full_tls_record_each() {
+        let (mut s, mut o) = pair();
+        let mut wire = BytesMut::new();
+        s.seal_data(&vec![7u8; 4 * BULK_RECORD_PLAINTEXT], &mut wire)
+            .unwrap();
+        assert_eq!(wire.len(), 4 * 16 * 1024);
+        for _ in 0..4 {
+            let r = o.open(&mut wire).unwrap().unwrap();
+            assert_eq!(r.payload.len(), BULK_RECORD_PLAINTEXT);
+        }
+        assert!(wire.is_empty());
+    }
+
+    #[test]
+    fn records_up_to_the_full_limit_are_accepted() {
+        let (mut s, mut o) = pair();
+        let mut wire = BytesMut::new();
+        s.seal(
+            RecordKind::Data,
+            &vec![1u8; MAX_RECORD_PLAINTEXT],
+            &mut wire,
+        )
+        .unwrap();
+        let r = o.open(&mut wire).unwrap().unwrap();
+        assert_eq!(r.payload.len(), MAX_RECORD_PLAINTEXT);
     }
 
     #[test]
