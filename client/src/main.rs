@@ -76,6 +76,7 @@ struct ConnectArgs {
 const PROMPT_TRIES: u32 = 3;
 
 fn main() -> ExitCode {
+    telework_protocol::net::memcpy_tuning::reexec_if_needed();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(

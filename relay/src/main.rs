@@ -92,6 +92,7 @@ struct ServeArgs {
 }
 
 fn main() -> ExitCode {
+    telework_protocol::net::memcpy_tuning::reexec_if_needed();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(

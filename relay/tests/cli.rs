@@ -150,3 +150,38 @@ fn bad_configuration_is_a_clear_error_before_anything_starts() {
         .unwrap()
         .contains("start the relay once first"));
 }
+
+/// On an AMD CPU with fast short `rep movsb` the relay runs with glibc's copy threshold raised
+/// (it executes itself again, keeping its pid); elsewhere its environment is left alone.
+#[cfg(all(target_os = "linux", target_env = "gnu", target_arch = "x86_64"))]
+#[test]
+fn the_relay_runs_with_vector_memcpy_exactly_where_rep_movsb_is_slow() {
+    use telework_protocol::net::memcpy_tuning::{wanted_tunables, REEXEC_MARK};
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = relay()
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .env("RUST_LOG", "warn")
+        .env_remove("GLIBC_TUNABLES")
+        .env_remove(REEXEC_MARK)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let listening = lines.next().unwrap().unwrap();
+    assert!(
+        listening.starts_with("telework-relay listening on"),
+        "{listening}"
+    );
+    let environ = std::fs::read(format!("/proc/{}/environ", child.id())).unwrap();
+    let environ = String::from_utf8_lossy(&environ);
+    let tunables = environ
+        .split('\0')
+        .find_map(|kv| kv.strip_prefix("GLIBC_TUNABLES="));
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap();
+    let expected = wanted_tunables(&cpuinfo, None);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(tunables, expected.as_deref());
+}
