@@ -179,6 +179,8 @@ fn the_relay_runs_with_vector_memcpy_exactly_where_rep_movsb_is_slow() {
     let tunables = environ
         .split('\0')
         .find_map(|kv| kv.strip_prefix("GLIBC_TUNABLES="));
+    let name = std::fs::read_to_string(format!("/proc/{}/comm", child.id())).unwrap();
+    assert_eq!(name.trim(), "telework-relay", "keeps its name in ps");
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap();
     let expected = wanted_tunables(&cpuinfo, None);
     child.kill().unwrap();

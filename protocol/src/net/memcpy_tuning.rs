@@ -67,8 +67,12 @@ pub fn reexec_if_needed() {
         let Some(tunables) = wanted_tunables(&cpuinfo, current.as_deref()) else {
             return;
         };
+        // The resolved path, not `/proc/self/exe`, so that the process keeps its name in `ps`.
+        let Ok(exe) = std::env::current_exe() else {
+            return;
+        };
         let mut args = std::env::args_os();
-        let mut command = std::process::Command::new("/proc/self/exe");
+        let mut command = std::process::Command::new(exe);
         if let Some(arg0) = args.next() {
             command.arg0(arg0);
         }
