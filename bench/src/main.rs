@@ -80,6 +80,15 @@ struct Throughput {
     agent_cpu_s_per_gb: f64,
     client_cpu_s_per_gb: f64,
     total_cpu_s_per_gb: f64,
+    /// CPU of the bench's own sender and receiver per GB on the direct path: what one TCP hop
+    /// costs, both ends, at full speed.
+    direct_hop_cpu_s_per_gb: f64,
+    /// The least CPU our three processes can need per GB: each of them receives on one hop and
+    /// sends on the next (three hops' worth) and runs two AES-256-GCM passes.
+    floor_cpu_s_per_gb: f64,
+    /// The most any design with our three processes can reach on this machine's cores, from the
+    /// floor plus the sender's and receiver's own hop: as a fraction of direct.
+    ceiling_ratio_to_direct: f64,
 }
 
 #[derive(Serialize, Default)]
@@ -97,6 +106,8 @@ struct Results {
     added_p99_us: f64,
     new_session_ttfb_ms: f64,
     argon2id_ms: f64,
+    /// One AES-256-GCM pass over 16 KiB records (our record layer's sealer), CPU s per GB.
+    aes_gcm_s_per_gb: f64,
     tunnels_per_sec: f64,
     idle_agents: usize,
     relay_kib_per_idle_agent: f64,
@@ -160,11 +171,18 @@ async fn bench(mut cli: Cli) -> anyhow::Result<()> {
 
     // 1. Throughput, each way, each path; CPU of our processes per GB.
     let chain = Chain::start(target)?;
+    if wanted(Scenario::Throughput) {
+        r.aes_gcm_s_per_gb = median(
+            &(0..cli.runs)
+                .map(|_| scenarios::aes_gcm_pass())
+                .collect::<Vec<_>>(),
+        );
+    }
     for (upload, out) in [(true, &mut r.upload), (false, &mut r.download)] {
         if !wanted(Scenario::Throughput) {
             break;
         }
-        let (mut d, mut f, mut t) = (vec![], vec![], vec![]);
+        let (mut d, mut d_cpu, mut f, mut t) = (vec![], vec![], vec![], vec![]);
         let (mut relay_c, mut agent_c, mut client_c) = (vec![], vec![], vec![]);
         for _ in 0..cli.runs {
             let run = |addr| async move {
@@ -174,7 +192,10 @@ async fn bench(mut cli: Cli) -> anyhow::Result<()> {
                     scenarios::download(addr, cli.seconds).await
                 }
             };
-            d.push(run(target).await?.0);
+            let before = procs::cpu_secs(std::process::id());
+            let (rate, bytes) = run(target).await?;
+            d.push(rate);
+            d_cpu.push((procs::cpu_secs(std::process::id()) - before) / (bytes as f64 / 1e9));
             f.push(run(forwarder_addr).await?.0);
             let before = (
                 chain.relay.cpu_secs(),
@@ -197,6 +218,12 @@ async fn bench(mut cli: Cli) -> anyhow::Result<()> {
         out.client_cpu_s_per_gb = median(&client_c);
         out.total_cpu_s_per_gb =
             out.relay_cpu_s_per_gb + out.agent_cpu_s_per_gb + out.client_cpu_s_per_gb;
+        out.direct_hop_cpu_s_per_gb = median(&d_cpu);
+        out.floor_cpu_s_per_gb = 3.0 * out.direct_hop_cpu_s_per_gb + 6.0 * r.aes_gcm_s_per_gb;
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        let ceiling_gbps =
+            gbps(cores * 1e9 / (out.floor_cpu_s_per_gb + out.direct_hop_cpu_s_per_gb));
+        out.ceiling_ratio_to_direct = ceiling_gbps / out.direct_gbps;
         eprintln!(
             "throughput {}: done",
             if upload { "upload" } else { "download" }
@@ -348,6 +375,10 @@ fn print_table(r: &Results) {
         println!(
             "| {name}: CPU s/GB relay / agent / client / total | | | {:.2} / {:.2} / {:.2} / {:.2} | | relay <= 1.0, total <= 3.0 |",
             t.relay_cpu_s_per_gb, t.agent_cpu_s_per_gb, t.client_cpu_s_per_gb, t.total_cpu_s_per_gb
+        );
+        println!(
+            "| {name}: floor CPU s/GB (3 x direct hop {:.2} + 6 x AES-GCM {:.2}); CPU-bound ceiling | | | {:.2}; {:.2} of direct | | |",
+            t.direct_hop_cpu_s_per_gb, r.aes_gcm_s_per_gb, t.floor_cpu_s_per_gb, t.ceiling_ratio_to_direct
         );
     }
     println!(
