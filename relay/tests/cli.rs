@@ -10,23 +10,37 @@ fn relay() -> Command {
     Command::new(env!("CARGO_BIN_EXE_telework-relay"))
 }
 
-#[test]
-fn first_start_prints_a_fingerprint_that_the_fingerprint_command_repeats_and_sigterm_stops_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut child = relay()
+/// Starts `relay serve` on a free loopback port with `dir` as its data dir; returns it with its
+/// stdout lines, the first of which (the listening line) has been checked.
+fn serve(
+    dir: &std::path::Path,
+    configure: impl FnOnce(&mut Command),
+) -> (
+    std::process::Child,
+    std::io::Lines<BufReader<std::process::ChildStdout>>,
+) {
+    let mut command = relay();
+    command
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(dir.path())
+        .arg(dir)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+        .stderr(Stdio::null());
+    configure(&mut command);
+    let mut child = command.spawn().unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let listening = lines.next().unwrap().unwrap();
     assert!(
         listening.starts_with("telework-relay listening on 127.0.0.1:"),
         "{listening}"
     );
+    (child, lines)
+}
+
+#[test]
+fn first_start_prints_a_fingerprint_that_the_fingerprint_command_repeats_and_sigterm_stops_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, mut lines) = serve(dir.path(), |_| {});
     let fp_line = lines.next().unwrap().unwrap();
     let printed = fp_line
         .strip_prefix("certificate fingerprint: ")
@@ -158,22 +172,9 @@ fn bad_configuration_is_a_clear_error_before_anything_starts() {
 fn the_relay_runs_with_vector_memcpy_exactly_where_rep_movsb_is_slow() {
     use telework_protocol::net::memcpy_tuning::{wanted_tunables, REEXEC_MARK};
     let dir = tempfile::tempdir().unwrap();
-    let mut child = relay()
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(dir.path())
-        .env("RUST_LOG", "warn")
-        .env_remove("GLIBC_TUNABLES")
-        .env_remove(REEXEC_MARK)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let listening = lines.next().unwrap().unwrap();
-    assert!(
-        listening.starts_with("telework-relay listening on"),
-        "{listening}"
-    );
+    let (mut child, _lines) = serve(dir.path(), |c| {
+        c.env_remove("GLIBC_TUNABLES").env_remove(REEXEC_MARK);
+    });
     let environ = std::fs::read(format!("/proc/{}/environ", child.id())).unwrap();
     let environ = String::from_utf8_lossy(&environ);
     let tunables = environ
