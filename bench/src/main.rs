@@ -120,6 +120,9 @@ struct Results {
 }
 
 fn main() -> anyhow::Result<()> {
+    // The same memcpy as the programs under test, so the baselines and the floor compare like
+    // with like.
+    telework_protocol::net::memcpy_tuning::reexec_if_needed();
     let cli = Cli::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -163,10 +163,16 @@ pub fn launch(plan: &LaunchPlan) -> std::io::Result<std::process::Child> {
     if let Some((path, contents)) = &plan.rdp_file {
         std::fs::write(path, contents)?;
     }
-    std::process::Command::new(&plan.program)
-        .args(&plan.args)
-        .stdin(std::process::Stdio::null())
-        .spawn()
+    let mut command = std::process::Command::new(&plan.program);
+    command.args(&plan.args).stdin(std::process::Stdio::null());
+    // The RDP client gets the environment we were started with, not our memcpy tuning.
+    for (name, value) in telework_protocol::net::memcpy_tuning::child_env() {
+        match value {
+            Some(value) => command.env(name, value),
+            None => command.env_remove(name),
+        };
+    }
+    command.spawn()
 }
 
 #[cfg(test)]

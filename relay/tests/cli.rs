@@ -166,25 +166,55 @@ fn bad_configuration_is_a_clear_error_before_anything_starts() {
 }
 
 /// On an AMD CPU with fast short `rep movsb` the relay runs with glibc's copy threshold raised
-/// (it executes itself again, keeping its pid); elsewhere its environment is left alone.
+/// (it executes itself again, keeping its pid and name, and the operator's own tunables);
+/// elsewhere its environment is left alone.
 #[cfg(all(target_os = "linux", target_env = "gnu", target_arch = "x86_64"))]
 #[test]
 fn the_relay_runs_with_vector_memcpy_exactly_where_rep_movsb_is_slow() {
-    use telework_protocol::net::memcpy_tuning::{wanted_tunables, REEXEC_MARK};
+    use telework_protocol::net::memcpy_tuning::{wanted_tunables, Start, REEXEC_MARK};
+    let operators = "glibc.malloc.arena_max=2";
     let dir = tempfile::tempdir().unwrap();
     let (mut child, _lines) = serve(dir.path(), |c| {
-        c.env_remove("GLIBC_TUNABLES").env_remove(REEXEC_MARK);
+        c.env("GLIBC_TUNABLES", operators).env_remove(REEXEC_MARK);
     });
     let environ = std::fs::read(format!("/proc/{}/environ", child.id())).unwrap();
-    let environ = String::from_utf8_lossy(&environ);
-    let tunables = environ
-        .split('\0')
-        .find_map(|kv| kv.strip_prefix("GLIBC_TUNABLES="));
+    let environ = String::from_utf8_lossy(&environ).into_owned();
+    let var = |name: &str| {
+        environ
+            .split('\0')
+            .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+            .map(str::to_owned)
+    };
     let name = std::fs::read_to_string(format!("/proc/{}/comm", child.id())).unwrap();
-    assert_eq!(name.trim(), "telework-relay", "keeps its name in ps");
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap();
-    let expected = wanted_tunables(&cpuinfo, None);
     child.kill().unwrap();
     child.wait().unwrap();
-    assert_eq!(tunables, expected.as_deref());
+    assert_eq!(name.trim(), "telework-relay", "keeps its name in ps");
+
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap();
+    let expected = wanted_tunables(Start {
+        cpuinfo: &cpuinfo,
+        tunables: Some(operators),
+        marked: false,
+        secure: false,
+    });
+    match expected {
+        Some(tuned) => {
+            // glibc 2.36 cuts the variable short in place once it has parsed it, so
+            // /proc/PID/environ shows only a prefix of what the relay set.
+            let seen = var("GLIBC_TUNABLES").unwrap();
+            assert!(
+                seen.starts_with(operators) && tuned.starts_with(&seen),
+                "{seen} / {tuned}"
+            );
+            assert_eq!(var(REEXEC_MARK).as_deref(), Some("1"));
+            assert_eq!(
+                var("TELEWORK_ORIGINAL_GLIBC_TUNABLES").as_deref(),
+                Some(operators)
+            );
+        }
+        None => {
+            assert_eq!(var("GLIBC_TUNABLES").as_deref(), Some(operators));
+            assert_eq!(var(REEXEC_MARK), None);
+        }
+    }
 }

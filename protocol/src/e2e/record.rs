@@ -20,9 +20,11 @@ const TAG_LEN: usize = 16;
 /// Largest ciphertext a record may announce.
 pub const MAX_RECORD_CIPHERTEXT: usize = MAX_RECORD_PLAINTEXT + 1 + TAG_LEN;
 
-/// Plaintext per record when sealing bulk data: a sealed record is then exactly 16 KiB, one
-/// full TLS record, so the TLS layer under the tunnel never cuts a record in two and never sends
-/// a runt record for the remainder. Receivers accept anything up to [`MAX_RECORD_PLAINTEXT`].
+/// Plaintext per record when sealing bulk data: a sealed record is then exactly 16 KiB, the
+/// plaintext of one full TLS record, so that four of them (what the pump seals from one local
+/// read) fill four TLS records instead of four and a runt. TLS layers may still cut records
+/// elsewhere (a part-full send buffer, the relay's own reads); this only removes the usual
+/// case. Receivers accept anything up to [`MAX_RECORD_PLAINTEXT`].
 pub const BULK_RECORD_PLAINTEXT: usize = 16 * 1024 - RECORD_HEADER_LEN - 1 - TAG_LEN;
 
 /// What a record carries.

@@ -7,26 +7,49 @@
 //! (EPYC, family 25) a 16 KiB copy runs at 2.7 GB/s in that placement and at 90 GB/s in others.
 //! Every record our programs move is copied a few times (by rustls, and by us into write
 //! batches), and where the allocator happens to put those buffers decides the placement, so a
-//! process was either fast or 25 % slower for its whole life. Newer glibc releases stop using
-//! `rep movsb` below the L2 cache size on these CPUs; this does the same for older ones, through
-//! glibc's own documented tunable, which can only be set before the process starts. So on an
-//! affected machine the program executes itself again, once, with the tunable set.
+//! process was either fast or up to a quarter slower per GB for its whole life. Newer glibc
+//! releases stop using `rep movsb` below the L2 cache size on these CPUs; this does the same for
+//! older ones, through glibc's own documented tunable, which can only be set before the process
+//! starts. So on an affected machine the program executes itself again, once, with the tunable
+//! set.
 //!
-//! Nothing changes when the CPU is not affected, when the operator already set the tunable, on
-//! other C libraries or systems, or when the re-execution fails (the program then simply runs
-//! as it is). Setting `TELEWORK_MEMCPY_TUNED=1` turns the re-execution off.
+//! Nothing changes when the CPU is not affected, when the operator already set the tunable, when
+//! the program runs with raised privileges (glibc ignores tunables then), on other C libraries or
+//! systems, or when the re-execution fails (the program then runs as it is). Setting
+//! `TELEWORK_MEMCPY_TUNED` (to anything) turns the re-execution off.
+
+use std::ffi::OsString;
 
 /// The glibc tunable, and the size up to which copies then use vector loops (above L2 sizes).
 const TUNABLE: &str = "glibc.cpu.x86_rep_movsb_threshold";
 const THRESHOLD: usize = 1 << 20;
 
-/// Set on the re-executed process so that it never executes itself again (glibc drops tunables
-/// for set-user-ID programs, which would otherwise loop).
+/// Set on the re-executed process so that it never executes itself again.
 pub const REEXEC_MARK: &str = "TELEWORK_MEMCPY_TUNED";
 
-/// The `GLIBC_TUNABLES` value to run with, given `/proc/cpuinfo` and the current value; `None`
-/// when nothing should change.
-pub fn wanted_tunables(cpuinfo: &str, current: Option<&str>) -> Option<String> {
+/// On the re-executed process: the operator's own `GLIBC_TUNABLES`, if there was one, so that
+/// programs we start (the RDP client) get the environment they would have had.
+const ORIGINAL_TUNABLES: &str = "TELEWORK_ORIGINAL_GLIBC_TUNABLES";
+
+/// What the process is started with, as far as the decision goes.
+#[derive(Debug, Clone, Copy)]
+pub struct Start<'a> {
+    /// `/proc/cpuinfo`.
+    pub cpuinfo: &'a str,
+    /// `GLIBC_TUNABLES`, if set.
+    pub tunables: Option<&'a str>,
+    /// Whether [`REEXEC_MARK`] is set.
+    pub marked: bool,
+    /// Whether the process runs in secure mode (set-user-ID, file capabilities: `AT_SECURE`).
+    pub secure: bool,
+}
+
+/// The `GLIBC_TUNABLES` value to execute again with; `None` when nothing should change.
+pub fn wanted_tunables(start: Start<'_>) -> Option<String> {
+    if start.marked || start.secure {
+        return None;
+    }
+    let cpuinfo = start.cpuinfo;
     let affected = cpuinfo_field(cpuinfo, "vendor_id") == Some("AuthenticAMD")
         && cpuinfo_field(cpuinfo, "flags")
             .is_some_and(|f| f.split_whitespace().any(|x| x == "fsrm"));
@@ -34,7 +57,7 @@ pub fn wanted_tunables(cpuinfo: &str, current: Option<&str>) -> Option<String> {
         return None;
     }
     let ours = format!("{TUNABLE}={THRESHOLD}");
-    match current {
+    match start.tunables {
         Some(c) if c.contains(TUNABLE) => None,
         Some(c) if !c.is_empty() => Some(format!("{c}:{ours}")),
         _ => Some(ours),
@@ -49,6 +72,23 @@ fn cpuinfo_field<'a>(cpuinfo: &'a str, name: &str) -> Option<&'a str> {
     })
 }
 
+/// Whether an auxiliary vector (`/proc/self/auxv`, native-endian 64-bit pairs) says
+/// `AT_SECURE`. Unreadable or odd input counts as secure, so the program is left alone.
+pub fn auxv_is_secure(auxv: &[u8]) -> bool {
+    const AT_SECURE: u64 = 23;
+    if auxv.is_empty() || auxv.len() % 16 != 0 {
+        return true;
+    }
+    let word = |b: &[u8]| {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(b);
+        u64::from_ne_bytes(w)
+    };
+    auxv.chunks_exact(16)
+        .find(|pair| word(&pair[..8]) == AT_SECURE)
+        .is_some_and(|pair| word(&pair[8..]) != 0)
+}
+
 /// Executes this program again with the tunable set, if this machine needs it. Call it first
 /// thing in `main`, before any thread starts. Returns only when nothing was done or the
 /// execution failed.
@@ -57,14 +97,17 @@ pub fn reexec_if_needed() {
     {
         use std::os::unix::process::CommandExt;
 
-        if std::env::var_os(REEXEC_MARK).is_some() {
-            return;
-        }
         let Ok(cpuinfo) = std::fs::read_to_string("/proc/cpuinfo") else {
             return;
         };
-        let current = std::env::var("GLIBC_TUNABLES").ok();
-        let Some(tunables) = wanted_tunables(&cpuinfo, current.as_deref()) else {
+        let tunables = std::env::var("GLIBC_TUNABLES").ok();
+        let start = Start {
+            cpuinfo: &cpuinfo,
+            tunables: tunables.as_deref(),
+            marked: std::env::var_os(REEXEC_MARK).is_some(),
+            secure: std::fs::read("/proc/self/auxv").map_or(true, |a| auxv_is_secure(&a)),
+        };
+        let Some(wanted) = wanted_tunables(start) else {
             return;
         };
         // The resolved path, not `/proc/self/exe`, so that the process keeps its name in `ps`.
@@ -76,14 +119,47 @@ pub fn reexec_if_needed() {
         if let Some(arg0) = args.next() {
             command.arg0(arg0);
         }
-        // `exec` replaces this process (same pid, same open files) and returns only on failure,
-        // in which case the program carries on untuned.
+        if let Some(original) = &tunables {
+            command.env(ORIGINAL_TUNABLES, original);
+        }
+        // `exec` replaces this process (same pid, same open files) and returns only on failure.
         let _ = command
             .args(args)
-            .env("GLIBC_TUNABLES", tunables)
+            .env("GLIBC_TUNABLES", wanted)
             .env(REEXEC_MARK, "1")
             .exec();
+        // A failed `exec` has already put SIGPIPE back to its default action, which would let
+        // a write to a closed socket kill the program; catching it restores what the Rust
+        // runtime had set up (writes then fail with EPIPE instead).
+        let _ = signal_hook::flag::register(
+            signal_hook::consts::SIGPIPE,
+            std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)),
+        );
     }
+}
+
+/// The environment changes that give a program we start the environment this one was started
+/// with: `(name, Some(value))` to set, `(name, None)` to remove. Empty when this process was
+/// not re-executed.
+pub fn child_env() -> Vec<(&'static str, Option<OsString>)> {
+    child_env_for(
+        std::env::var_os(REEXEC_MARK).is_some(),
+        std::env::var_os(ORIGINAL_TUNABLES),
+    )
+}
+
+fn child_env_for(
+    reexecuted: bool,
+    original: Option<OsString>,
+) -> Vec<(&'static str, Option<OsString>)> {
+    if !reexecuted {
+        return Vec::new();
+    }
+    vec![
+        ("GLIBC_TUNABLES", original),
+        (ORIGINAL_TUNABLES, None),
+        (REEXEC_MARK, None),
+    ]
 }
 
 #[cfg(test)]
@@ -94,31 +170,92 @@ mod tests {
                         flags\t\t: fpu sse2 avx2 erms fsrm vaes\n\nprocessor\t: 1\n";
     const ZEN2: &str = "vendor_id\t: AuthenticAMD\ncpu family\t: 23\nflags\t\t: fpu avx2 erms\n";
     const INTEL: &str = "vendor_id\t: GenuineIntel\nflags\t\t: fpu avx2 erms fsrm\n";
+    const OURS: &str = "glibc.cpu.x86_rep_movsb_threshold=1048576";
+
+    fn start(cpuinfo: &str) -> Start<'_> {
+        Start {
+            cpuinfo,
+            tunables: None,
+            marked: false,
+            secure: false,
+        }
+    }
 
     #[test]
     fn only_amd_cpus_with_fast_short_rep_movsb_are_tuned() {
-        assert_eq!(
-            wanted_tunables(ZEN3, None).as_deref(),
-            Some("glibc.cpu.x86_rep_movsb_threshold=1048576")
-        );
-        assert_eq!(wanted_tunables(ZEN2, None), None);
-        assert_eq!(wanted_tunables(INTEL, None), None);
-        assert_eq!(wanted_tunables("", None), None);
+        assert_eq!(wanted_tunables(start(ZEN3)).as_deref(), Some(OURS));
+        assert_eq!(wanted_tunables(start(ZEN2)), None);
+        assert_eq!(wanted_tunables(start(INTEL)), None);
+        assert_eq!(wanted_tunables(start("")), None);
     }
 
     #[test]
     fn the_operators_tunables_are_kept_and_their_own_threshold_wins() {
+        let with = |t| {
+            wanted_tunables(Start {
+                tunables: Some(t),
+                ..start(ZEN3)
+            })
+        };
         assert_eq!(
-            wanted_tunables(ZEN3, Some("glibc.malloc.arena_max=2")).as_deref(),
+            with("glibc.malloc.arena_max=2").as_deref(),
             Some("glibc.malloc.arena_max=2:glibc.cpu.x86_rep_movsb_threshold=1048576")
         );
+        assert_eq!(with("glibc.cpu.x86_rep_movsb_threshold=4096"), None);
+        assert_eq!(with("").as_deref(), Some(OURS));
+    }
+
+    #[test]
+    fn never_twice_and_never_with_raised_privileges() {
+        let marked = Start {
+            marked: true,
+            ..start(ZEN3)
+        };
+        assert_eq!(wanted_tunables(marked), None);
+        let secure = Start {
+            secure: true,
+            ..start(ZEN3)
+        };
+        assert_eq!(wanted_tunables(secure), None);
+    }
+
+    #[test]
+    fn children_get_the_environment_we_were_started_with() {
+        assert!(child_env_for(false, None).is_empty());
         assert_eq!(
-            wanted_tunables(ZEN3, Some("glibc.cpu.x86_rep_movsb_threshold=4096")),
-            None
+            child_env_for(true, None),
+            vec![
+                ("GLIBC_TUNABLES", None),
+                (ORIGINAL_TUNABLES, None),
+                (REEXEC_MARK, None)
+            ]
         );
         assert_eq!(
-            wanted_tunables(ZEN3, Some("")).as_deref(),
-            Some("glibc.cpu.x86_rep_movsb_threshold=1048576")
+            child_env_for(true, Some("glibc.malloc.arena_max=2".into()))[0],
+            ("GLIBC_TUNABLES", Some("glibc.malloc.arena_max=2".into()))
         );
+    }
+
+    #[test]
+    fn secure_mode_is_read_from_the_auxiliary_vector() {
+        let auxv = |pairs: &[(u64, u64)]| -> Vec<u8> {
+            pairs
+                .iter()
+                .flat_map(|(k, v)| [k.to_ne_bytes(), v.to_ne_bytes()].concat())
+                .collect()
+        };
+        assert!(!auxv_is_secure(&auxv(&[(6, 4096), (23, 0), (0, 0)])));
+        assert!(auxv_is_secure(&auxv(&[(6, 4096), (23, 1), (0, 0)])));
+        assert!(!auxv_is_secure(&auxv(&[(6, 4096), (0, 0)])));
+        assert!(auxv_is_secure(&[]), "unreadable counts as secure");
+        assert!(auxv_is_secure(&[1, 2, 3]), "malformed counts as secure");
+    }
+
+    #[test]
+    fn this_process_reads_as_not_secure() {
+        let auxv = std::fs::read("/proc/self/auxv").unwrap_or_default();
+        if !auxv.is_empty() {
+            assert!(!auxv_is_secure(&auxv));
+        }
     }
 }
