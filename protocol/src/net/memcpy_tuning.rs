@@ -128,14 +128,19 @@ pub fn reexec_if_needed() {
             .env("GLIBC_TUNABLES", wanted)
             .env(REEXEC_MARK, "1")
             .exec();
-        // A failed `exec` has already put SIGPIPE back to its default action, which would let
-        // a write to a closed socket kill the program; catching it restores what the Rust
-        // runtime had set up (writes then fail with EPIPE instead).
-        let _ = signal_hook::flag::register(
-            signal_hook::consts::SIGPIPE,
-            std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)),
-        );
+        survive_sigpipe_again();
     }
+}
+
+/// A failed `exec` has already put SIGPIPE back to its default action, which would let a write
+/// to a closed socket kill the program; catching it restores what the Rust runtime had set up
+/// (writes then fail with EPIPE instead).
+#[cfg(all(target_os = "linux", target_env = "gnu", target_arch = "x86_64"))]
+fn survive_sigpipe_again() {
+    let _ = signal_hook::flag::register(
+        signal_hook::consts::SIGPIPE,
+        std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)),
+    );
 }
 
 /// The environment changes that give a program we start the environment this one was started
@@ -249,6 +254,23 @@ mod tests {
         assert!(!auxv_is_secure(&auxv(&[(6, 4096), (0, 0)])));
         assert!(auxv_is_secure(&[]), "unreadable counts as secure");
         assert!(auxv_is_secure(&[1, 2, 3]), "malformed counts as secure");
+    }
+
+    /// If this fails, the test process dies of SIGPIPE.
+    #[cfg(all(target_os = "linux", target_env = "gnu", target_arch = "x86_64"))]
+    #[test]
+    fn a_failed_exec_does_not_leave_sigpipe_fatal() {
+        use std::io::Write;
+        use std::os::unix::process::CommandExt;
+        let err = std::process::Command::new("/nonexistent/telework-relay").exec();
+        assert_eq!(err.kind(), std::io::ErrorKind::NotFound);
+        survive_sigpipe_again();
+        let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        drop(b);
+        let err = (&a)
+            .write_vectored(&[std::io::IoSlice::new(b"x")])
+            .unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::BrokenPipe);
     }
 
     #[test]
