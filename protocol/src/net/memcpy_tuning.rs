@@ -100,7 +100,12 @@ pub fn reexec_if_needed() {
         let Ok(cpuinfo) = std::fs::read_to_string("/proc/cpuinfo") else {
             return;
         };
-        let tunables = std::env::var("GLIBC_TUNABLES").ok();
+        // Tunables are ASCII; anything else is the operator's business, left alone.
+        let tunables = match std::env::var_os("GLIBC_TUNABLES").map(OsString::into_string) {
+            None => None,
+            Some(Ok(tunables)) => Some(tunables),
+            Some(Err(_)) => return,
+        };
         let start = Start {
             cpuinfo: &cpuinfo,
             tunables: tunables.as_deref(),
