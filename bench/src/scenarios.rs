@@ -71,6 +71,25 @@ pub fn aes_gcm_pass() -> f64 {
     started.elapsed().as_secs_f64() / (TOTAL as f64 / 1e9)
 }
 
+/// GB/s of 16 KiB copies from a page-aligned source to a destination `past` bytes further on
+/// modulo 4 KiB: the placement glibc's `rep movsb` is sensitive to on AMD Zen 3 and later
+/// (see `telework_protocol::net::memcpy_tuning`).
+pub fn memcpy_gb_per_s(past: usize) -> f64 {
+    const LEN: usize = 16 * 1024;
+    const ROUNDS: usize = 100_000;
+    let src_buf = vec![0x5au8; LEN + 4096];
+    let mut dst_buf = vec![0u8; LEN + 8192];
+    let src_at = (4096 - src_buf.as_ptr() as usize % 4096) % 4096;
+    let dst_at = (4096 - dst_buf.as_ptr() as usize % 4096) % 4096 + past % 4096;
+    let src = &src_buf[src_at..src_at + LEN];
+    let started = Instant::now();
+    for _ in 0..ROUNDS {
+        dst_buf[dst_at..dst_at + LEN].copy_from_slice(std::hint::black_box(src));
+        std::hint::black_box(&mut dst_buf);
+    }
+    (ROUNDS * LEN) as f64 / 1e9 / started.elapsed().as_secs_f64()
+}
+
 /// Round-trip times of 64-byte messages, in microseconds.
 pub async fn latency(addr: SocketAddr, samples: usize) -> anyhow::Result<Vec<f64>> {
     let mut conn = open(addr, target::ECHO).await?;
