@@ -163,18 +163,28 @@ async fn unauthenticated_connections_are_capped() {
     assert!(matches!(n, Ok(0) | Err(_)));
 }
 
+/// A client connection that has asked the relay for `pc-ok`, speaking minor `version`.
+async fn client_asking_for_pc_ok(
+    relay: &TestRelay,
+    version: u16,
+) -> Framed<telework_protocol::net::connect::RelayConnection> {
+    let mut f = Framed::new(tls(relay, alpn::CLIENT).await);
+    f.write(&telework_protocol::messages::ClientToRelay::Connect {
+        version,
+        id: "pc-ok".parse().unwrap(),
+    })
+    .await
+    .unwrap();
+    f
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_inside_a_paired_tunnel_is_refused_by_the_agent() {
     let relay = TestRelay::start().await;
     let desktop = EchoServer::start().await;
     let _agent = relay.agent("pc-ok", PW).target(desktop.addr).run().await;
-    let mut f = Framed::new(tls(&relay, alpn::CLIENT).await);
-    f.write(&telework_protocol::messages::ClientToRelay::Connect {
-        version: telework_protocol::messages::PROTOCOL_VERSION,
-        id: "pc-ok".parse().unwrap(),
-    })
-    .await
-    .unwrap();
+    let mut f =
+        client_asking_for_pc_ok(&relay, telework_protocol::messages::PROTOCOL_VERSION).await;
     assert_eq!(
         f.read::<RelayToClient>().await.unwrap(),
         RelayToClient::Paired
@@ -272,13 +282,7 @@ async fn old_minor_versions_are_told_to_update() {
     let relay = TestRelay::start().await;
     let desktop = EchoServer::start().await;
     let _agent = relay.agent("pc-ok", PW).target(desktop.addr).run().await;
-    let mut f = Framed::new(tls(&relay, alpn::CLIENT).await);
-    f.write(&telework_protocol::messages::ClientToRelay::Connect {
-        version: 1,
-        id: "pc-ok".parse().unwrap(),
-    })
-    .await
-    .unwrap();
+    let mut f = client_asking_for_pc_ok(&relay, 1).await;
     assert_eq!(
         f.read::<RelayToClient>().await.unwrap(),
         RelayToClient::Error(ErrorCode::VersionTooOld)
