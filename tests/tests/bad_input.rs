@@ -98,15 +98,8 @@ async fn forged_ticket_is_refused() {
     let relay = TestRelay::start().await;
     let desktop = EchoServer::start().await;
     let _agent = relay.agent("pc-ok", PW).target(desktop.addr).run().await;
-    let mut f = Framed::new(tls(&relay, alpn::TUNNEL).await);
-    f.write(&TunnelToRelay::Attach {
-        version: telework_protocol::messages::PROTOCOL_VERSION,
-        ticket: Ticket([7; 16]),
-    })
-    .await
-    .unwrap();
     assert_eq!(
-        f.read::<RelayToTunnel>().await.unwrap(),
+        attach_made_up_ticket(&relay, telework_protocol::messages::PROTOCOL_VERSION).await,
         RelayToTunnel::Error(ErrorCode::BadTicket)
     );
     relay_still_serves(&relay).await;
@@ -161,6 +154,18 @@ async fn unauthenticated_connections_are_capped() {
         .await
         .expect("closed at once");
     assert!(matches!(n, Ok(0) | Err(_)));
+}
+
+/// The relay's answer to a tunnel attaching a ticket it never issued, speaking minor `version`.
+async fn attach_made_up_ticket(relay: &TestRelay, version: u16) -> RelayToTunnel {
+    let mut f = Framed::new(tls(relay, alpn::TUNNEL).await);
+    f.write(&TunnelToRelay::Attach {
+        version,
+        ticket: Ticket([7; 16]),
+    })
+    .await
+    .unwrap();
+    f.read::<RelayToTunnel>().await.unwrap()
 }
 
 /// A client connection that has asked the relay for `pc-ok`, speaking minor `version`.
@@ -287,15 +292,8 @@ async fn old_minor_versions_are_told_to_update() {
         f.read::<RelayToClient>().await.unwrap(),
         RelayToClient::Error(ErrorCode::VersionTooOld)
     );
-    let mut f = Framed::new(tls(&relay, alpn::TUNNEL).await);
-    f.write(&TunnelToRelay::Attach {
-        version: 1,
-        ticket: Ticket([7; 16]),
-    })
-    .await
-    .unwrap();
     assert_eq!(
-        f.read::<RelayToTunnel>().await.unwrap(),
+        attach_made_up_ticket(&relay, 1).await,
         RelayToTunnel::Error(ErrorCode::VersionTooOld)
     );
 }
