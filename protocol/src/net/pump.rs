@@ -192,20 +192,16 @@ impl<S: Stream> SecureTunnel<S> {
                     None => continue,
                     Some(record) => record?,
                 };
-                match record.kind {
-                    RecordKind::Data => return Err(TunnelError::Unexpected),
-                    RecordKind::Eof => {
-                        lw.shutdown().await?;
-                        drain(&mut tr).await;
-                        return Ok::<u64, TunnelError>(received);
-                    }
-                    RecordKind::Control => match parse_control::<AgentNotice>(&record)? {
-                        AgentNotice::SessionEnded(reason) => {
-                            return Err(TunnelError::Ended(reason))
-                        }
-                        _ => return Err(TunnelError::Unexpected),
-                    },
+                if record.kind == RecordKind::Eof {
+                    lw.shutdown().await?;
+                    drain(&mut tr).await;
+                    return Ok::<u64, TunnelError>(received);
                 }
+                // Otherwise a notice: `gather_data` batched every data record.
+                return Err(match parse_control::<AgentNotice>(&record)? {
+                    AgentNotice::SessionEnded(reason) => TunnelError::Ended(reason),
+                    _ => TunnelError::Unexpected,
+                });
             }
         };
 
@@ -361,7 +357,13 @@ mod tests {
         wire_write.write_all(&bytes).await.unwrap();
 
         let mut got = [0u8; 12];
-        desktop.read_exact(&mut got).await.unwrap();
+        tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            desktop.read_exact(&mut got),
+        )
+        .await
+        .expect("the data before the forged record was held back")
+        .unwrap();
         assert_eq!(&got, b"first second");
         let err = pump.await.unwrap().unwrap_err();
         assert!(
