@@ -18,7 +18,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use serde::Serialize;
 
-use crate::procs::{start_forwarder, Chain, BENCH_ID, BENCH_PASSWORD};
+use crate::procs::{start_forwarder, start_forwarder_chain, Chain, BENCH_ID, BENCH_PASSWORD};
 use crate::stats::{median, percentile};
 
 /// Benchmarks for telework on loopback.
@@ -100,6 +100,12 @@ struct Results {
     latency_direct_p50_us: f64,
     latency_direct_p99_us: f64,
     latency_forwarder_p50_us: f64,
+    /// Three plain forwarders in series: as many processes and crossings as our chain (client,
+    /// relay, agent) with no protocol and no crypto, so its added latency is what this machine
+    /// charges for the crossings alone.
+    latency_three_forwarders_p50_us: f64,
+    latency_three_forwarders_p99_us: f64,
+    three_forwarders_added_p50_us: f64,
     latency_telework_p50_us: f64,
     latency_telework_p99_us: f64,
     added_p50_us: f64,
@@ -169,6 +175,7 @@ async fn bench(mut cli: Cli) -> anyhow::Result<()> {
     let wall = Instant::now();
     let target = target::start().await?;
     let (forwarder, forwarder_addr) = start_forwarder(target)?;
+    let (three_forwarders, three_forwarders_addr) = start_forwarder_chain(target, 3)?;
     let mut r = Results {
         runs: cli.runs,
         machine: machine(),
@@ -243,13 +250,17 @@ async fn bench(mut cli: Cli) -> anyhow::Result<()> {
     // 2. Latency of 64-byte round trips.
     let (mut dp50, mut dp99, mut fp50, mut tp50, mut tp99) =
         (vec![], vec![], vec![], vec![], vec![]);
+    let (mut f3p50, mut f3p99) = (vec![], vec![]);
     for _ in 0..cli.runs {
         if !wanted(Scenario::Latency) {
             break;
         }
         let d = scenarios::latency(target, 2000).await?;
         let f = scenarios::latency(forwarder_addr, 2000).await?;
+        let f3 = scenarios::latency(three_forwarders_addr, 2000).await?;
         let t = scenarios::latency(chain.client_addr, 2000).await?;
+        f3p50.push(percentile(&f3, 50.0));
+        f3p99.push(percentile(&f3, 99.0));
         dp50.push(percentile(&d, 50.0));
         dp99.push(percentile(&d, 99.0));
         fp50.push(percentile(&f, 50.0));
@@ -259,6 +270,9 @@ async fn bench(mut cli: Cli) -> anyhow::Result<()> {
     r.latency_direct_p50_us = median(&dp50);
     r.latency_direct_p99_us = median(&dp99);
     r.latency_forwarder_p50_us = median(&fp50);
+    r.latency_three_forwarders_p50_us = median(&f3p50);
+    r.latency_three_forwarders_p99_us = median(&f3p99);
+    r.three_forwarders_added_p50_us = r.latency_three_forwarders_p50_us - r.latency_direct_p50_us;
     r.latency_telework_p50_us = median(&tp50);
     r.latency_telework_p99_us = median(&tp99);
     r.added_p50_us = r.latency_telework_p50_us - r.latency_direct_p50_us;
@@ -343,6 +357,7 @@ async fn bench(mut cli: Cli) -> anyhow::Result<()> {
     r.relay_kib_per_idle_session = median(&per_session);
     eprintln!("memory: done");
     drop(forwarder);
+    drop(three_forwarders);
 
     r.wall_seconds = wall.elapsed().as_secs_f64();
     print_table(&r);
@@ -401,6 +416,12 @@ fn print_table(r: &Results) {
         r.latency_forwarder_p50_us,
         r.latency_telework_p50_us,
         r.added_p50_us
+    );
+    println!(
+        "| 64 B round trip p50 (us), three plain forwarders in series | {:.0} | {:.0} | | +{:.0} | |",
+        r.latency_direct_p50_us,
+        r.latency_three_forwarders_p50_us,
+        r.three_forwarders_added_p50_us
     );
     println!(
         "| 64 B round trip p99 (us) | {:.0} | | {:.0} | +{:.0} | added p99 <= 2 x added p50 |",

@@ -266,3 +266,19 @@ pub fn start_forwarder(target: SocketAddr) -> anyhow::Result<(Proc, SocketAddr)>
     )?;
     Ok((Proc { child }, addr.trim().parse()?))
 }
+
+/// `count` plain forwarders in series in front of `target`; returns them and the first one's
+/// address.
+pub fn start_forwarder_chain(
+    target: SocketAddr,
+    count: usize,
+) -> anyhow::Result<(Vec<Proc>, SocketAddr)> {
+    let mut procs = Vec::with_capacity(count);
+    let mut next = target;
+    for _ in 0..count {
+        let (proc, addr) = start_forwarder(next)?;
+        procs.push(proc);
+        next = addr;
+    }
+    Ok((procs, next))
+}
