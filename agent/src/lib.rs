@@ -105,7 +105,6 @@ pub struct Agent {
     sessions: Sessions,
     lockout: Mutex<Lockout>,
     totp_last_step: Mutex<Option<u64>>,
-    devices_lock: Mutex<()>,
     /// Messages for the relay from tunnel tasks, sent on the current control connection.
     reports: Mutex<Option<tokio::sync::mpsc::Sender<telework_protocol::messages::AgentToRelay>>>,
     online: watch::Sender<bool>,
@@ -148,7 +147,6 @@ impl Agent {
             sessions: Sessions::default(),
             lockout: Mutex::new(lockout),
             totp_last_step: Mutex::new(None),
-            devices_lock: Mutex::new(()),
             reports: Mutex::new(None),
             online: watch::channel(false).0,
             tunnel_slots: Arc::new(Semaphore::new(MAX_TUNNELS)),
@@ -229,10 +227,9 @@ impl Agent {
         public_key: &[u8],
         name: &str,
     ) -> Result<devices::DeviceStatus, StateError> {
-        let _guard = self.devices_lock.lock().unwrap_or_else(|e| e.into_inner());
-        let mut devices = self.data.devices()?;
+        let mut devices = self.data.lock_devices()?;
         let status = devices.on_connect(public_key, name, unix_now());
-        if let Err(e) = self.data.save_devices(&devices) {
+        if let Err(e) = devices.save() {
             tracing::warn!(%e, "cannot save the device list");
         }
         Ok(status)

@@ -331,9 +331,9 @@ fn set_device(
     status: DeviceStatus,
 ) -> anyhow::Result<()> {
     let data = DataDir::open(data_dir)?;
-    let mut devices = data.devices()?;
+    let mut devices = data.lock_devices()?;
     let d = devices.set_status(device, status)?;
-    data.save_devices(&devices)?;
+    devices.save()?;
     println!(
         "device {} ({}) is now {}",
         d.fingerprint,

@@ -1,8 +1,11 @@
 //! What the agent keeps in its data dir: its settings, its machine key, and the password
 //! record. Secrets are written owner-only.
 
+use std::fs::{File, OpenOptions, TryLockError};
 use std::io;
+use std::ops::{Deref, DerefMut};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use telework_protocol::e2e::pake::PasswordRecord;
@@ -22,8 +25,14 @@ const KEY_FILE: &str = "machine-key.pk8";
 const PASSWORD_FILE: &str = "password.opaque";
 const POLICY_FILE: &str = "policy.toml";
 const DEVICES_FILE: &str = "devices.toml";
+const DEVICES_LOCK_FILE: &str = "devices.lock";
 const TOTP_FILE: &str = "totp.secret";
 const LOCKOUT_FILE: &str = "lockout.toml";
+
+/// How long a change to the device list waits for another process's change to finish. Each
+/// holds the lock for one read and one write; a wait this long means that process is stuck.
+const DEVICES_LOCK_WAIT: Duration = Duration::from_secs(2);
+const LOCK_RETRY: Duration = Duration::from_millis(10);
 
 /// The agent's settings file (`agent.toml`), written by `register`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -48,6 +57,9 @@ pub enum StateError {
     /// The machine is not registered yet.
     #[error("this office PC is not registered yet: run 'telework-agent register' first ({0} is missing)")]
     NotRegistered(PathBuf),
+    /// Another process has held a lock for too long.
+    #[error("{0} is held by another telework-agent process; try again in a moment")]
+    Busy(PathBuf),
     /// A file is damaged.
     #[error("{path} is damaged: {detail}")]
     Damaged {
@@ -159,6 +171,38 @@ impl DataDir {
     }
 }
 
+/// The device list read under its lock (see [`DataDir::lock_devices`]); the lock is released
+/// when this is saved or dropped.
+pub struct LockedDevices<'a> {
+    devices: Devices,
+    data: &'a DataDir,
+    _lock: File,
+}
+
+impl LockedDevices<'_> {
+    /// Writes the list back, then releases the lock.
+    ///
+    /// # Errors
+    /// If the file cannot be written.
+    pub fn save(self) -> Result<(), StateError> {
+        self.data.write_toml(DEVICES_FILE, &self.devices)
+    }
+}
+
+impl Deref for LockedDevices<'_> {
+    type Target = Devices;
+
+    fn deref(&self) -> &Devices {
+        &self.devices
+    }
+}
+
+impl DerefMut for LockedDevices<'_> {
+    fn deref_mut(&mut self) -> &mut Devices {
+        &mut self.devices
+    }
+}
+
 impl DataDir {
     /// Reads and parses one file of the data dir: `None` when it does not exist, an error
     /// naming the file when it cannot be read or parsed.
@@ -221,12 +265,50 @@ impl DataDir {
         self.read_toml(DEVICES_FILE)
     }
 
-    /// Saves the device list.
+    /// The device list, locked against other processes until it is saved or dropped: the
+    /// daemon recording a connection and a `telework-agent devices` command approving or
+    /// revoking a device each read, change and write the whole file, and without the lock one
+    /// could write back a list read before the other's change (a revoked device would return).
     ///
     /// # Errors
-    /// If the file cannot be written.
-    pub fn save_devices(&self, devices: &Devices) -> Result<(), StateError> {
-        self.write_toml(DEVICES_FILE, devices)
+    /// [`StateError::Busy`] if another process holds the lock for over 2 s; otherwise as
+    /// [`DataDir::devices`].
+    pub fn lock_devices(&self) -> Result<LockedDevices<'_>, StateError> {
+        self.lock_devices_within(DEVICES_LOCK_WAIT)
+    }
+
+    fn lock_devices_within(&self, wait: Duration) -> Result<LockedDevices<'_>, StateError> {
+        let lock = self.lock(DEVICES_LOCK_FILE, wait)?;
+        Ok(LockedDevices {
+            devices: self.devices()?,
+            data: self,
+            _lock: lock,
+        })
+    }
+
+    /// Takes an exclusive lock on the file `name`, retrying until `wait` has passed (never
+    /// blocking for longer: the daemon calls this on its runtime thread).
+    fn lock(&self, name: &str, wait: Duration) -> Result<File, StateError> {
+        let path = self.path(name);
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| {
+                io::Error::new(e.kind(), format!("cannot open {}: {e}", path.display()))
+            })?;
+        let deadline = Instant::now() + wait;
+        loop {
+            match file.try_lock() {
+                Ok(()) => return Ok(file),
+                Err(TryLockError::WouldBlock) if Instant::now() < deadline => {
+                    std::thread::sleep(LOCK_RETRY);
+                }
+                Err(TryLockError::WouldBlock) => return Err(StateError::Busy(path)),
+                Err(TryLockError::Error(e)) => return Err(StateError::Io(e)),
+            }
+        }
     }
 
     /// The saved wrong-password state.
@@ -321,6 +403,59 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_device_list_change_waits_for_another_and_keeps_both() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = DataDir::open(dir.path()).unwrap();
+        let (locked_tx, locked_rx) = std::sync::mpsc::channel();
+        let other = {
+            let data = data.clone();
+            std::thread::spawn(move || {
+                // Another process (say `devices approve`) reads the list, then is slow to
+                // write it back.
+                let mut devices = data.lock_devices().unwrap();
+                locked_tx.send(()).unwrap();
+                devices.on_connect(&[1; 32], "first", 5);
+                std::thread::sleep(Duration::from_millis(300));
+                devices.save().unwrap();
+            })
+        };
+        locked_rx.recv().unwrap();
+        let mut devices = data.lock_devices().unwrap();
+        devices.on_connect(&[2; 32], "second", 6);
+        devices.save().unwrap();
+        other.join().unwrap();
+
+        let names: Vec<String> = data
+            .devices()
+            .unwrap()
+            .devices
+            .into_iter()
+            .map(|d| d.name)
+            .collect();
+        assert_eq!(names, ["first", "second"], "one change overwrote the other");
+    }
+
+    #[test]
+    fn a_device_list_lock_held_too_long_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = DataDir::open(dir.path()).unwrap();
+        let _stuck = data.lock_devices().unwrap();
+        let started = Instant::now();
+        let err = data
+            .lock_devices_within(Duration::from_millis(200))
+            .err()
+            .unwrap();
+        assert!(started.elapsed() >= Duration::from_millis(200));
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert!(matches!(err, StateError::Busy(_)), "{err:?}");
+        assert!(
+            err.to_string()
+                .contains("devices.lock is held by another telework-agent process"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn lockout_policy_devices_and_totp_survive_a_restart() {
         let dir = tempfile::tempdir().unwrap();
         let data = DataDir::open(dir.path()).unwrap();
@@ -344,10 +479,11 @@ mod tests {
         data.save_policy(&policy).unwrap();
         assert_eq!(again.policy().unwrap(), policy);
 
-        let mut devices = data.devices().unwrap();
+        let mut devices = data.lock_devices().unwrap();
         devices.on_connect(&[1; 32], "home", 5);
-        data.save_devices(&devices).unwrap();
-        assert_eq!(again.devices().unwrap(), devices);
+        let expected = devices.clone();
+        devices.save().unwrap();
+        assert_eq!(again.devices().unwrap(), expected);
 
         assert!(data.totp().unwrap().is_none());
         let secret = TotpSecret::generate();

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use telework_relay::{Registration, RelayOptions};
 use telework_tests::{EchoServer, TestRelay};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn agent() -> Command {
     Command::new(env!("CARGO_BIN_EXE_telework-agent"))
@@ -137,7 +138,17 @@ async fn register_set_password_run_and_stop() {
         .login("pc-it-01", "it-staff-chose-this")
         .await
         .unwrap();
-    session.opener().open().await.unwrap();
+    let tunnel = session.opener().open().await.unwrap();
+    // A round trip through the agent binary; once the echo is back, the desktop has surely
+    // counted the connection (its accept runs on another task and can lag `open`).
+    let (local, mut app) = tokio::io::duplex(1024);
+    let pump = tokio::spawn(tunnel.pump(local));
+    app.write_all(b"through the agent binary").await.unwrap();
+    app.shutdown().await.unwrap();
+    let mut back = Vec::new();
+    app.read_to_end(&mut back).await.unwrap();
+    pump.await.unwrap().unwrap();
+    assert_eq!(back, b"through the agent binary");
     assert_eq!(desktop.connections(), 1);
 
     Command::new("kill")

@@ -125,14 +125,14 @@ async fn an_unapproved_device_waits_and_is_admitted_after_approval() {
         .to_string()
         .contains(&format!("telework-agent devices approve {fingerprint}")));
 
-    let mut devices = data.devices().unwrap();
+    let mut devices = data.lock_devices().unwrap();
     assert_eq!(devices.devices.len(), 1);
     assert_eq!(devices.devices[0].name, "tanaka-home");
     assert_eq!(devices.devices[0].status, DeviceStatus::Pending);
     devices
         .set_status(&fingerprint[..8], DeviceStatus::Approved)
         .unwrap();
-    data.save_devices(&devices).unwrap();
+    devices.save().unwrap();
 
     let session = Session::login_with(&relay.target("pc-dev"), PW.as_bytes(), &options)
         .await
@@ -145,11 +145,11 @@ async fn an_unapproved_device_waits_and_is_admitted_after_approval() {
         Session::login_with(&relay.target("pc-dev"), PW.as_bytes(), &stranger).await,
         Err(ClientError::Refused(Refusal::DeviceNotApproved { .. }))
     ));
-    let mut devices = data.devices().unwrap();
+    let mut devices = data.lock_devices().unwrap();
     devices
         .set_status(fingerprint, DeviceStatus::Revoked)
         .unwrap();
-    data.save_devices(&devices).unwrap();
+    devices.save().unwrap();
     assert!(matches!(
         Session::login_with(&relay.target("pc-dev"), PW.as_bytes(), &options).await,
         Err(ClientError::Refused(Refusal::DeviceRevoked))

@@ -162,7 +162,7 @@ const HUGE_PAGE: usize = 2 * 1024 * 1024;
 
 // Every `Block` is exactly 1,024 bytes of `u64`s: any bytes are a valid block.
 const _: () = assert!(std::mem::size_of::<Block>() == Block::SIZE && Block::SIZE == 1024);
-const _: () = assert!(HUGE_PAGE % std::mem::align_of::<Block>() == 0);
+const _: () = assert!(HUGE_PAGE.is_multiple_of(std::mem::align_of::<Block>()));
 
 /// Anonymous memory for `blocks` Argon2 blocks, starting on a huge-page boundary.
 struct WorkingMemory {

@@ -76,7 +76,7 @@ fn cpuinfo_field<'a>(cpuinfo: &'a str, name: &str) -> Option<&'a str> {
 /// `AT_SECURE`. Unreadable or odd input counts as secure, so the program is left alone.
 pub fn auxv_is_secure(auxv: &[u8]) -> bool {
     const AT_SECURE: u64 = 23;
-    if auxv.is_empty() || auxv.len() % 16 != 0 {
+    if auxv.is_empty() || !auxv.len().is_multiple_of(16) {
         return true;
     }
     let word = |b: &[u8]| {
