@@ -104,6 +104,7 @@ pub struct Agent {
     client_silence: Duration,
     sessions: Sessions,
     lockout: Mutex<Lockout>,
+    /// The time step of the last one-time code accepted (also on disk, so a restart keeps it).
     totp_last_step: Mutex<Option<u64>>,
     /// Messages for the relay from tunnel tasks, sent on the current control connection.
     reports: Mutex<Option<tokio::sync::mpsc::Sender<telework_protocol::messages::AgentToRelay>>>,
@@ -135,6 +136,7 @@ impl Agent {
         let settings = data.settings()?;
         let trust = settings.relay_trust()?;
         let lockout = data.lockout()?;
+        let totp_last_step = data.totp_last_step()?;
         Ok(Arc::new(Self {
             id: settings.computer_id.clone(),
             relay: settings.relay_addr()?,
@@ -146,7 +148,7 @@ impl Agent {
             client_silence,
             sessions: Sessions::default(),
             lockout: Mutex::new(lockout),
-            totp_last_step: Mutex::new(None),
+            totp_last_step: Mutex::new(totp_last_step),
             reports: Mutex::new(None),
             online: watch::channel(false).0,
             tunnel_slots: Arc::new(Semaphore::new(MAX_TUNNELS)),
@@ -212,6 +214,9 @@ impl Agent {
         match secret.verify(code, unix_now(), *last) {
             Some(step) => {
                 *last = Some(step);
+                if let Err(e) = self.data.save_totp_last_step(step) {
+                    tracing::warn!(%e, "cannot save the last one-time code's time step");
+                }
                 true
             }
             None => false,

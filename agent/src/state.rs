@@ -27,6 +27,7 @@ const POLICY_FILE: &str = "policy.toml";
 const DEVICES_FILE: &str = "devices.toml";
 const DEVICES_LOCK_FILE: &str = "devices.lock";
 const TOTP_FILE: &str = "totp.secret";
+const TOTP_LAST_STEP_FILE: &str = "totp-last-step";
 const LOCKOUT_FILE: &str = "lockout.toml";
 
 /// How long a change to the device list waits for another process's change to finish. Each
@@ -338,7 +339,8 @@ impl DataDir {
         })
     }
 
-    /// Enables the second factor with `secret`, or disables it with `None`.
+    /// Enables the second factor with `secret`, or disables it with `None`. Either way the
+    /// record of the last code used goes: it belongs to the old secret.
     ///
     /// # Errors
     /// If the file cannot be written or removed.
@@ -346,13 +348,40 @@ impl DataDir {
         let path = self.path(TOTP_FILE);
         match secret {
             Some(s) => write_private(&path, s.to_base32().as_bytes())?,
-            None => match std::fs::remove_file(&path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(StateError::Io(e)),
-            },
+            None => self.remove(TOTP_FILE)?,
         }
+        self.remove(TOTP_LAST_STEP_FILE)
+    }
+
+    /// The time step of the last one-time code accepted, if any: kept on disk so that a code
+    /// used just before a restart cannot be used again just after it.
+    ///
+    /// # Errors
+    /// If the file is damaged.
+    pub fn totp_last_step(&self) -> Result<Option<u64>, StateError> {
+        self.read_parsed(TOTP_LAST_STEP_FILE, |bytes| {
+            let text = std::str::from_utf8(bytes).map_err(|e| e.to_string())?;
+            text.trim()
+                .parse()
+                .map_err(|e| format!("not a time step: {e}"))
+        })
+    }
+
+    /// Records the time step of a one-time code just accepted.
+    ///
+    /// # Errors
+    /// If the file cannot be written.
+    pub fn save_totp_last_step(&self, step: u64) -> Result<(), StateError> {
+        write_private(&self.path(TOTP_LAST_STEP_FILE), step.to_string().as_bytes())?;
         Ok(())
+    }
+
+    fn remove(&self, name: &str) -> Result<(), StateError> {
+        match std::fs::remove_file(self.path(name)) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(StateError::Io(e)),
+        }
     }
 }
 
@@ -401,6 +430,35 @@ impl AgentSettings {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_last_one_time_code_step_is_kept_until_the_secret_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = DataDir::open(dir.path()).unwrap();
+        assert_eq!(data.totp_last_step().unwrap(), None);
+        data.save_totp(Some(&TotpSecret::generate())).unwrap();
+        data.save_totp_last_step(58_000_000).unwrap();
+        let again = DataDir::open(dir.path()).unwrap();
+        assert_eq!(again.totp_last_step().unwrap(), Some(58_000_000));
+
+        data.save_totp(Some(&TotpSecret::generate())).unwrap();
+        assert_eq!(
+            again.totp_last_step().unwrap(),
+            None,
+            "a new secret starts afresh"
+        );
+        data.save_totp_last_step(58_000_001).unwrap();
+        data.save_totp(None).unwrap();
+        assert_eq!(again.totp_last_step().unwrap(), None);
+
+        std::fs::write(dir.path().join("totp-last-step"), "soon").unwrap();
+        let err = again.totp_last_step().unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("totp-last-step is damaged: not a time step"),
+            "{err}"
+        );
+    }
 
     #[test]
     fn a_device_list_change_waits_for_another_and_keeps_both() {

@@ -229,6 +229,32 @@ async fn totp_is_required_checked_and_counted() {
         "a replayed code must be refused: {:?}",
         second.err()
     );
+
+    // Still refused by the same machine restarted: the used step is kept on disk.
+    drop(session);
+    let keep = agent.copy_data_dir();
+    agent.stop().await;
+    let restarted = telework_agent::Agent::load(
+        DataDir::open(keep.path()).unwrap(),
+        desktop.addr.to_string(),
+    )
+    .unwrap();
+    let mut online = restarted.online();
+    let task = tokio::spawn(restarted.clone().run(std::future::pending()));
+    tokio::time::timeout(Duration::from_secs(10), online.wait_for(|up| *up))
+        .await
+        .unwrap()
+        .unwrap();
+    let after_restart = Session::login_with(&relay.target("pc-otp"), PW.as_bytes(), &replay).await;
+    assert!(
+        matches!(
+            after_restart,
+            Err(ClientError::Refused(Refusal::WrongTotp { .. }))
+        ),
+        "a code replayed after a restart must be refused: {:?}",
+        after_restart.err()
+    );
+    task.abort();
 }
 
 /// Logs in to an agent whose policy is `policy`, serves the session, and returns how it ended.
