@@ -18,7 +18,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use serde::Serialize;
 
-use crate::procs::{start_forwarder, start_forwarder_chain, Chain, BENCH_ID, BENCH_PASSWORD};
+use crate::procs::{start_forwarder, start_forwarder_chain, Chain, Proc, BENCH_ID, BENCH_PASSWORD};
 use crate::stats::{median, percentile};
 
 /// Benchmarks for telework on loopback.
@@ -106,6 +106,10 @@ struct Results {
     latency_three_forwarders_p50_us: f64,
     latency_three_forwarders_p99_us: f64,
     three_forwarders_added_p50_us: f64,
+    /// CPU of the three middle processes per round trip, all threads, user and kernel: what
+    /// each path does per message beyond waiting.
+    three_forwarders_cpu_us_per_round_trip: f64,
+    telework_cpu_us_per_round_trip: f64,
     latency_telework_p50_us: f64,
     latency_telework_p99_us: f64,
     added_p50_us: f64,
@@ -250,15 +254,25 @@ async fn bench(mut cli: Cli) -> anyhow::Result<()> {
     // 2. Latency of 64-byte round trips.
     let (mut dp50, mut dp99, mut fp50, mut tp50, mut tp99) =
         (vec![], vec![], vec![], vec![], vec![]);
-    let (mut f3p50, mut f3p99) = (vec![], vec![]);
+    let (mut f3p50, mut f3p99, mut f3cpu, mut tcpu) = (vec![], vec![], vec![], vec![]);
+    const LATENCY_SAMPLES: usize = 2000;
+    let per_round_trip =
+        |ns: u64| ns as f64 / 1e3 / (LATENCY_SAMPLES + scenarios::LATENCY_WARM_UP) as f64;
+    let ours = [&chain.relay, &chain.agent, &chain.client];
+    let cpu_ns = |procs: &[&Proc]| procs.iter().map(|p| p.cpu_ns()).sum::<u64>();
+    let forwarders: Vec<&Proc> = three_forwarders.iter().collect();
     for _ in 0..cli.runs {
         if !wanted(Scenario::Latency) {
             break;
         }
-        let d = scenarios::latency(target, 2000).await?;
-        let f = scenarios::latency(forwarder_addr, 2000).await?;
-        let f3 = scenarios::latency(three_forwarders_addr, 2000).await?;
-        let t = scenarios::latency(chain.client_addr, 2000).await?;
+        let d = scenarios::latency(target, LATENCY_SAMPLES).await?;
+        let f = scenarios::latency(forwarder_addr, LATENCY_SAMPLES).await?;
+        let before = cpu_ns(&forwarders);
+        let f3 = scenarios::latency(three_forwarders_addr, LATENCY_SAMPLES).await?;
+        f3cpu.push(per_round_trip(cpu_ns(&forwarders) - before));
+        let before = cpu_ns(&ours);
+        let t = scenarios::latency(chain.client_addr, LATENCY_SAMPLES).await?;
+        tcpu.push(per_round_trip(cpu_ns(&ours) - before));
         f3p50.push(percentile(&f3, 50.0));
         f3p99.push(percentile(&f3, 99.0));
         dp50.push(percentile(&d, 50.0));
@@ -273,6 +287,8 @@ async fn bench(mut cli: Cli) -> anyhow::Result<()> {
     r.latency_three_forwarders_p50_us = median(&f3p50);
     r.latency_three_forwarders_p99_us = median(&f3p99);
     r.three_forwarders_added_p50_us = r.latency_three_forwarders_p50_us - r.latency_direct_p50_us;
+    r.three_forwarders_cpu_us_per_round_trip = median(&f3cpu);
+    r.telework_cpu_us_per_round_trip = median(&tcpu);
     r.latency_telework_p50_us = median(&tp50);
     r.latency_telework_p99_us = median(&tp99);
     r.added_p50_us = r.latency_telework_p50_us - r.latency_direct_p50_us;
@@ -422,6 +438,12 @@ fn print_table(r: &Results) {
         r.latency_direct_p50_us,
         r.latency_three_forwarders_p50_us,
         r.three_forwarders_added_p50_us
+    );
+    println!(
+        "| 64 B round trip: CPU us of the three middle processes, three forwarders / ours | | {:.0} | {:.0} | +{:.0} | |",
+        r.three_forwarders_cpu_us_per_round_trip,
+        r.telework_cpu_us_per_round_trip,
+        r.telework_cpu_us_per_round_trip - r.three_forwarders_cpu_us_per_round_trip
     );
     println!(
         "| 64 B round trip p99 (us) | {:.0} | | {:.0} | +{:.0} | added p99 <= 2 x added p50 |",

@@ -90,12 +90,15 @@ pub fn memcpy_gb_per_s(past: usize) -> f64 {
     (ROUNDS * LEN) as f64 / 1e9 / started.elapsed().as_secs_f64()
 }
 
+/// Round trips `latency` makes before it starts timing.
+pub const LATENCY_WARM_UP: usize = 200;
+
 /// Round-trip times of 64-byte messages, in microseconds.
 pub async fn latency(addr: SocketAddr, samples: usize) -> anyhow::Result<Vec<f64>> {
     let mut conn = open(addr, target::ECHO).await?;
     let msg = [7u8; 64];
     let mut back = [0u8; 64];
-    for _ in 0..200 {
+    for _ in 0..LATENCY_WARM_UP {
         conn.write_all(&msg).await?;
         conn.read_exact(&mut back).await?;
     }
