@@ -205,8 +205,12 @@ impl Agent {
         self.lockout().abandon();
     }
 
-    /// Checks a one-time code; each code works once.
-    fn check_totp(&self, secret: &totp::TotpSecret, code: &str) -> bool {
+    /// Checks a one-time code; each code works once, across restarts too.
+    ///
+    /// # Errors
+    /// If an accepted code's time step cannot be saved: the caller refuses the login rather
+    /// than let the code work again after a restart.
+    fn check_totp(&self, secret: &totp::TotpSecret, code: &str) -> Result<bool, StateError> {
         let mut last = self
             .totp_last_step
             .lock()
@@ -214,12 +218,10 @@ impl Agent {
         match secret.verify(code, unix_now(), *last) {
             Some(step) => {
                 *last = Some(step);
-                if let Err(e) = self.data.save_totp_last_step(step) {
-                    tracing::warn!(%e, "cannot save the last one-time code's time step");
-                }
-                true
+                self.data.save_totp_last_step(step)?;
+                Ok(true)
             }
-            None => false,
+            None => Ok(false),
         }
     }
 

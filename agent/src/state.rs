@@ -291,14 +291,16 @@ impl DataDir {
     /// blocking for longer: the daemon calls this on its runtime thread).
     fn lock(&self, name: &str, wait: Duration) -> Result<File, StateError> {
         let path = self.path(name);
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(|e| {
-                io::Error::new(e.kind(), format!("cannot open {}: {e}", path.display()))
-            })?;
+        let mut options = OpenOptions::new();
+        options.create(true).truncate(false).write(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(0o600);
+        }
+        let cannot =
+            |e: io::Error| io::Error::new(e.kind(), format!("cannot lock {}: {e}", path.display()));
+        let file = options.open(&path).map_err(cannot)?;
         let deadline = Instant::now() + wait;
         loop {
             match file.try_lock() {
@@ -307,7 +309,7 @@ impl DataDir {
                     std::thread::sleep(LOCK_RETRY);
                 }
                 Err(TryLockError::WouldBlock) => return Err(StateError::Busy(path)),
-                Err(TryLockError::Error(e)) => return Err(StateError::Io(e)),
+                Err(TryLockError::Error(e)) => return Err(StateError::Io(cannot(e))),
             }
         }
     }
@@ -478,7 +480,8 @@ mod tests {
             })
         };
         locked_rx.recv().unwrap();
-        let mut devices = data.lock_devices().unwrap();
+        // A generous wait: a slow fsync on a busy machine must not turn this into `Busy`.
+        let mut devices = data.lock_devices_within(Duration::from_secs(30)).unwrap();
         devices.on_connect(&[2; 32], "second", 6);
         devices.save().unwrap();
         other.join().unwrap();
@@ -506,6 +509,15 @@ mod tests {
         assert!(started.elapsed() >= Duration::from_millis(200));
         assert!(started.elapsed() < Duration::from_secs(5));
         assert!(matches!(err, StateError::Busy(_)), "{err:?}");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(dir.path().join("devices.lock"))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
         assert!(
             err.to_string()
                 .contains("devices.lock is held by another telework-agent process"),

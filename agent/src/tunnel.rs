@@ -23,6 +23,7 @@ use tracing::{debug, info, warn};
 
 use crate::devices::DeviceStatus;
 use crate::lockout::Refused;
+use crate::state::StateError;
 use crate::{Agent, AgentError};
 
 /// How long a client may take over each step of the end-to-end handshake. Generous because
@@ -266,7 +267,14 @@ async fn second_steps(
     if policy.require_approved_devices {
         let status = agent
             .device_status(&public_key, &name)
-            .map_err(|e| misconfigured("device list", &e))?;
+            .map_err(|e| match e {
+                StateError::Busy(_) => {
+                    warn!(%e, "refusing a login for now");
+                    agent.lockout_abandon();
+                    Refusal::Busy
+                }
+                e => misconfigured("device list", &e),
+            })?;
         match status {
             DeviceStatus::Approved => {}
             DeviceStatus::Pending => {
@@ -300,7 +308,10 @@ async fn second_steps(
             Ok(Ok(ClientNotice::Totp { code })) => code,
             _ => return Err(failure_refusal(agent, ticket, true)),
         };
-        if !agent.check_totp(&secret, &code) {
+        let accepted = agent
+            .check_totp(&secret, &code)
+            .map_err(|e| misconfigured("one-time-code record", &e))?;
+        if !accepted {
             return Err(failure_refusal(agent, ticket, true));
         }
     }

@@ -143,11 +143,16 @@ async fn register_set_password_run_and_stop() {
     // counted the connection (its accept runs on another task and can lag `open`).
     let (local, mut app) = tokio::io::duplex(1024);
     let pump = tokio::spawn(tunnel.pump(local));
-    app.write_all(b"through the agent binary").await.unwrap();
-    app.shutdown().await.unwrap();
-    let mut back = Vec::new();
-    app.read_to_end(&mut back).await.unwrap();
-    pump.await.unwrap().unwrap();
+    let back = tokio::time::timeout(Duration::from_secs(10), async {
+        app.write_all(b"through the agent binary").await.unwrap();
+        app.shutdown().await.unwrap();
+        let mut back = Vec::new();
+        app.read_to_end(&mut back).await.unwrap();
+        pump.await.unwrap().unwrap();
+        back
+    })
+    .await
+    .expect("the echo came back in time");
     assert_eq!(back, b"through the agent binary");
     assert_eq!(desktop.connections(), 1);
 

@@ -18,7 +18,9 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use serde::Serialize;
 
-use crate::procs::{start_forwarder, start_forwarder_chain, Chain, Proc, BENCH_ID, BENCH_PASSWORD};
+use crate::procs::{
+    start_forwarder, start_forwarder_chain, Chain, CpuSnapshot, Runtime, BENCH_ID, BENCH_PASSWORD,
+};
 use crate::stats::{median, percentile};
 
 /// Benchmarks for telework on loopback.
@@ -67,6 +69,9 @@ enum Mode {
         /// Where to forward.
         #[arg(long)]
         target: SocketAddr,
+        /// Run on one thread (as the agent and the client do) instead of two workers.
+        #[arg(long)]
+        current_thread: bool,
     },
 }
 
@@ -139,12 +144,20 @@ fn main() -> anyhow::Result<()> {
     // with like.
     telework_protocol::net::memcpy_tuning::reexec_if_needed();
     let cli = Cli::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
+    let runtime = match cli.mode {
+        Some(Mode::Forwarder {
+            current_thread: true,
+            ..
+        }) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?,
+        _ => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?,
+    };
     match cli.mode {
-        Some(Mode::Forwarder { target }) => runtime.block_on(forwarder(target)),
+        Some(Mode::Forwarder { target, .. }) => runtime.block_on(forwarder(target)),
         None => runtime.block_on(bench(cli)),
     }
 }
@@ -178,8 +191,16 @@ async fn bench(mut cli: Cli) -> anyhow::Result<()> {
     }
     let wall = Instant::now();
     let target = target::start().await?;
-    let (forwarder, forwarder_addr) = start_forwarder(target)?;
-    let (three_forwarders, three_forwarders_addr) = start_forwarder_chain(target, 3)?;
+    let (forwarder, forwarder_addr) = start_forwarder(target, Runtime::MultiThread)?;
+    // Each on the runtime of the process it stands in for: agent, relay, client.
+    let (three_forwarders, three_forwarders_addr) = start_forwarder_chain(
+        target,
+        &[
+            Runtime::CurrentThread,
+            Runtime::MultiThread,
+            Runtime::CurrentThread,
+        ],
+    )?;
     let mut r = Results {
         runs: cli.runs,
         machine: machine(),
@@ -256,23 +277,25 @@ async fn bench(mut cli: Cli) -> anyhow::Result<()> {
         (vec![], vec![], vec![], vec![], vec![]);
     let (mut f3p50, mut f3p99, mut f3cpu, mut tcpu) = (vec![], vec![], vec![], vec![]);
     const LATENCY_SAMPLES: usize = 2000;
-    let per_round_trip =
-        |ns: u64| ns as f64 / 1e3 / (LATENCY_SAMPLES + scenarios::LATENCY_WARM_UP) as f64;
+    let per_round_trip = |ns: u64| ns as f64 / 1e3 / LATENCY_SAMPLES as f64;
     let ours = [&chain.relay, &chain.agent, &chain.client];
-    let cpu_ns = |procs: &[&Proc]| procs.iter().map(|p| p.cpu_ns()).sum::<u64>();
-    let forwarders: Vec<&Proc> = three_forwarders.iter().collect();
+    let forwarders: Vec<&procs::Proc> = three_forwarders.iter().collect();
     for _ in 0..cli.runs {
         if !wanted(Scenario::Latency) {
             break;
         }
         let d = scenarios::latency(target, LATENCY_SAMPLES).await?;
         let f = scenarios::latency(forwarder_addr, LATENCY_SAMPLES).await?;
-        let before = cpu_ns(&forwarders);
-        let f3 = scenarios::latency(three_forwarders_addr, LATENCY_SAMPLES).await?;
-        f3cpu.push(per_round_trip(cpu_ns(&forwarders) - before));
-        let before = cpu_ns(&ours);
-        let t = scenarios::latency(chain.client_addr, LATENCY_SAMPLES).await?;
-        tcpu.push(per_round_trip(cpu_ns(&ours) - before));
+        let mut conn = scenarios::warmed_up(three_forwarders_addr).await?;
+        let before = CpuSnapshot::take(&forwarders);
+        let f3 = scenarios::round_trips(&mut conn, LATENCY_SAMPLES).await?;
+        f3cpu.push(per_round_trip(
+            CpuSnapshot::take(&forwarders).since(&before)?,
+        ));
+        let mut conn = scenarios::warmed_up(chain.client_addr).await?;
+        let before = CpuSnapshot::take(&ours);
+        let t = scenarios::round_trips(&mut conn, LATENCY_SAMPLES).await?;
+        tcpu.push(per_round_trip(CpuSnapshot::take(&ours).since(&before)?));
         f3p50.push(percentile(&f3, 50.0));
         f3p99.push(percentile(&f3, 99.0));
         dp50.push(percentile(&d, 50.0));
@@ -427,26 +450,26 @@ fn print_table(r: &Results) {
         r.memcpy_16_past_gb_per_s, r.memcpy_1k_past_gb_per_s
     );
     println!(
-        "| 64 B round trip p50 (us) | {:.0} | {:.0} | {:.0} | +{:.0} | added <= 100 |",
+        "| 64 B round trip p50 (us) | {:.0} | {:.0} | {:.0} | {:+.0} | added <= 100 |",
         r.latency_direct_p50_us,
         r.latency_forwarder_p50_us,
         r.latency_telework_p50_us,
         r.added_p50_us
     );
     println!(
-        "| 64 B round trip p50 (us), three plain forwarders in series | {:.0} | {:.0} | | +{:.0} | |",
+        "| 64 B round trip p50 (us), three plain forwarders in series | {:.0} | {:.0} | | {:+.0} | |",
         r.latency_direct_p50_us,
         r.latency_three_forwarders_p50_us,
         r.three_forwarders_added_p50_us
     );
     println!(
-        "| 64 B round trip: CPU us of the three middle processes, three forwarders / ours | | {:.0} | {:.0} | +{:.0} | |",
+        "| 64 B round trip: CPU us of the three middle processes, three forwarders / ours | | {:.0} | {:.0} | {:+.0} | |",
         r.three_forwarders_cpu_us_per_round_trip,
         r.telework_cpu_us_per_round_trip,
         r.telework_cpu_us_per_round_trip - r.three_forwarders_cpu_us_per_round_trip
     );
     println!(
-        "| 64 B round trip p99 (us) | {:.0} | | {:.0} | +{:.0} | added p99 <= 2 x added p50 |",
+        "| 64 B round trip p99 (us) | {:.0} | | {:.0} | {:+.0} | added p99 <= 2 x added p50 |",
         r.latency_direct_p99_us, r.latency_telework_p99_us, r.added_p99_us
     );
     println!(

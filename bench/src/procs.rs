@@ -1,6 +1,7 @@
 //! Starting the real relay, agent and client binaries as separate processes, and reading
 //! their CPU time and memory from /proc.
 
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -26,12 +27,6 @@ impl Proc {
         cpu_secs(self.pid())
     }
 
-    /// CPU nanoseconds used so far by all its threads, from the scheduler's own count: fine
-    /// enough for a run of a fraction of a second, where clock ticks are not.
-    pub fn cpu_ns(&self) -> u64 {
-        cpu_ns(self.pid())
-    }
-
     /// Resident memory in KiB.
     pub fn rss_kib(&self) -> u64 {
         rss_kib(self.pid())
@@ -45,17 +40,49 @@ impl Drop for Proc {
     }
 }
 
-/// CPU nanoseconds used by every thread of `pid` (the first field of each
-/// /proc/PID/task/TID/schedstat); 0 if it cannot be read.
-pub fn cpu_ns(pid: u32) -> u64 {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return 0;
-    };
-    tasks
-        .flatten()
-        .filter_map(|task| std::fs::read_to_string(task.path().join("schedstat")).ok())
-        .filter_map(|line| line.split_whitespace().next()?.parse::<u64>().ok())
-        .sum()
+/// The CPU time of every thread of some processes at one moment, from the scheduler's own
+/// count (the first field of /proc/PID/task/TID/schedstat, in nanoseconds): fine enough for a
+/// run of a fraction of a second, where clock ticks are not.
+pub struct CpuSnapshot(HashMap<u64, u64>);
+
+impl CpuSnapshot {
+    /// Reads every thread of `procs`.
+    pub fn take(procs: &[&Proc]) -> Self {
+        let mut threads = HashMap::new();
+        for p in procs {
+            let Ok(tasks) = std::fs::read_dir(format!("/proc/{}/task", p.pid())) else {
+                continue;
+            };
+            for task in tasks.flatten() {
+                let Some(tid) = task.file_name().to_str().and_then(|t| t.parse().ok()) else {
+                    continue;
+                };
+                let ns = std::fs::read_to_string(task.path().join("schedstat"))
+                    .ok()
+                    .and_then(|line| line.split_whitespace().next()?.parse().ok());
+                if let Some(ns) = ns {
+                    threads.insert(tid, ns);
+                }
+            }
+        }
+        Self(threads)
+    }
+
+    /// CPU nanoseconds used since `earlier`. A thread started since counts in full; one that
+    /// ended since is missed (it cannot be read any more).
+    ///
+    /// # Errors
+    /// If no thread could be read at all.
+    pub fn since(&self, earlier: &CpuSnapshot) -> anyhow::Result<u64> {
+        if self.0.is_empty() || earlier.0.is_empty() {
+            bail!("cannot read CPU time from /proc/PID/task/TID/schedstat");
+        }
+        Ok(self
+            .0
+            .iter()
+            .map(|(tid, now)| now.saturating_sub(earlier.0.get(tid).copied().unwrap_or(0)))
+            .sum())
+    }
 }
 
 /// CPU seconds used by `pid` (fields 14 and 15 of /proc/PID/stat, in clock ticks of 1/100 s).
@@ -272,12 +299,23 @@ fn fingerprint_of(relay_dir: &Path) -> anyhow::Result<String> {
     Ok(String::from_utf8(out.stdout)?.trim().to_owned())
 }
 
+/// The tokio runtime a forwarder runs on.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Runtime {
+    /// Two worker threads (like the relay).
+    MultiThread,
+    /// One thread (like the agent and the client).
+    CurrentThread,
+}
+
 /// The plain forwarder baseline, run as a separate process (this binary, `forwarder` mode).
-pub fn start_forwarder(target: SocketAddr) -> anyhow::Result<(Proc, SocketAddr)> {
-    let mut child = Command::new(std::env::current_exe()?)
-        .args(["forwarder", "--target", &target.to_string()])
-        .stdout(Stdio::piped())
-        .spawn()?;
+pub fn start_forwarder(target: SocketAddr, runtime: Runtime) -> anyhow::Result<(Proc, SocketAddr)> {
+    let mut command = Command::new(std::env::current_exe()?);
+    command.args(["forwarder", "--target", &target.to_string()]);
+    if runtime == Runtime::CurrentThread {
+        command.arg("--current-thread");
+    }
+    let mut child = command.stdout(Stdio::piped()).spawn()?;
     let addr = read_line_with(
         &mut child,
         "forwarder listening on ",
@@ -286,16 +324,16 @@ pub fn start_forwarder(target: SocketAddr) -> anyhow::Result<(Proc, SocketAddr)>
     Ok((Proc { child }, addr.trim().parse()?))
 }
 
-/// `count` plain forwarders in series in front of `target`; returns them and the first one's
-/// address.
+/// Plain forwarders in series in front of `target`, one per entry of `runtimes` (the first
+/// nearest the target); returns them and the address of the last one started.
 pub fn start_forwarder_chain(
     target: SocketAddr,
-    count: usize,
+    runtimes: &[Runtime],
 ) -> anyhow::Result<(Vec<Proc>, SocketAddr)> {
-    let mut procs = Vec::with_capacity(count);
+    let mut procs = Vec::with_capacity(runtimes.len());
     let mut next = target;
-    for _ in 0..count {
-        let (proc, addr) = start_forwarder(next)?;
+    for &runtime in runtimes {
+        let (proc, addr) = start_forwarder(next, runtime)?;
         procs.push(proc);
         next = addr;
     }

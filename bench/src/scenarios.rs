@@ -90,11 +90,12 @@ pub fn memcpy_gb_per_s(past: usize) -> f64 {
     (ROUNDS * LEN) as f64 / 1e9 / started.elapsed().as_secs_f64()
 }
 
-/// Round trips `latency` makes before it starts timing.
-pub const LATENCY_WARM_UP: usize = 200;
+/// Round trips made on a new connection before any is timed.
+const LATENCY_WARM_UP: usize = 200;
 
-/// Round-trip times of 64-byte messages, in microseconds.
-pub async fn latency(addr: SocketAddr, samples: usize) -> anyhow::Result<Vec<f64>> {
+/// A connection to the echo service through `addr`, with its first round trips made (so the
+/// timed ones below exclude connection set-up, for time and for CPU alike).
+pub async fn warmed_up(addr: SocketAddr) -> anyhow::Result<TcpStream> {
     let mut conn = open(addr, target::ECHO).await?;
     let msg = [7u8; 64];
     let mut back = [0u8; 64];
@@ -102,6 +103,13 @@ pub async fn latency(addr: SocketAddr, samples: usize) -> anyhow::Result<Vec<f64
         conn.write_all(&msg).await?;
         conn.read_exact(&mut back).await?;
     }
+    Ok(conn)
+}
+
+/// Round-trip times of 64-byte messages on `conn`, in microseconds.
+pub async fn round_trips(conn: &mut TcpStream, samples: usize) -> anyhow::Result<Vec<f64>> {
+    let msg = [7u8; 64];
+    let mut back = [0u8; 64];
     let mut out = Vec::with_capacity(samples);
     for _ in 0..samples {
         let t = Instant::now();
@@ -110,6 +118,11 @@ pub async fn latency(addr: SocketAddr, samples: usize) -> anyhow::Result<Vec<f64
         out.push(t.elapsed().as_secs_f64() * 1e6);
     }
     Ok(out)
+}
+
+/// Round-trip times of 64-byte messages through `addr` on a new connection, in microseconds.
+pub async fn latency(addr: SocketAddr, samples: usize) -> anyhow::Result<Vec<f64>> {
+    round_trips(&mut warmed_up(addr).await?, samples).await
 }
 
 /// New TCP connections through an authenticated session (each: connect, one byte each way,

@@ -208,6 +208,20 @@ impl AgentBuilder {
     }
 }
 
+/// Runs `agent` (loaded by the test, say from a copied data dir) until the returned task is
+/// aborted, once it is online.
+pub async fn run_until_online(
+    agent: Arc<Agent>,
+) -> JoinHandle<Result<(), telework_agent::AgentError>> {
+    let mut online = agent.online();
+    let task = tokio::spawn(agent.clone().run(std::future::pending()));
+    tokio::time::timeout(Duration::from_secs(10), online.wait_for(|up| *up))
+        .await
+        .expect("agent came online in time")
+        .unwrap();
+    task
+}
+
 /// An agent running in this process.
 pub struct TestAgent {
     /// The agent.

@@ -13,7 +13,7 @@ use telework_client::profile::Profile;
 use telework_client::{ClientError, LoginOptions, Session};
 use telework_protocol::e2e::messages::{EndReason, Refusal};
 use telework_protocol::proof::MachineKey;
-use telework_tests::{EchoServer, TestClient, TestRelay};
+use telework_tests::{run_until_online, EchoServer, TestClient, TestRelay};
 
 const PW: &str = "access-control-password";
 
@@ -162,6 +162,34 @@ async fn an_unapproved_device_waits_and_is_admitted_after_approval() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_list_held_by_another_process_means_try_again_not_misconfigured() {
+    let relay = TestRelay::start().await;
+    let desktop = EchoServer::start().await;
+    let agent = relay.agent("pc-held", PW).target(desktop.addr).run().await;
+    let data = DataDir::open(agent.dir.path()).unwrap();
+    data.save_policy(&Policy {
+        require_approved_devices: true,
+        ..Policy::default()
+    })
+    .unwrap();
+    // As if a `telework-agent devices` command were stuck half way through a change.
+    let held = data.lock_devices().unwrap();
+    let err = relay.login("pc-held", PW).await.err().unwrap();
+    assert!(
+        matches!(err, ClientError::Refused(Refusal::Busy)),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("try again shortly"), "{err}");
+    drop(held);
+    let err = relay.login("pc-held", PW).await.err().unwrap();
+    assert!(
+        matches!(err, ClientError::Refused(Refusal::DeviceNotApproved { .. })),
+        "once the lock is free the device is recorded as usual: {err:?}"
+    );
+    assert_eq!(desktop.connections(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn totp_is_required_checked_and_counted() {
     let relay = TestRelay::start().await;
     let desktop = EchoServer::start().await;
@@ -239,12 +267,7 @@ async fn totp_is_required_checked_and_counted() {
         desktop.addr.to_string(),
     )
     .unwrap();
-    let mut online = restarted.online();
-    let task = tokio::spawn(restarted.clone().run(std::future::pending()));
-    tokio::time::timeout(Duration::from_secs(10), online.wait_for(|up| *up))
-        .await
-        .unwrap()
-        .unwrap();
+    let task = run_until_online(restarted.clone()).await;
     let after_restart = Session::login_with(&relay.target("pc-otp"), PW.as_bytes(), &replay).await;
     assert!(
         matches!(
@@ -255,6 +278,40 @@ async fn totp_is_required_checked_and_counted() {
         after_restart.err()
     );
     task.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_time_code_that_cannot_be_recorded_is_refused() {
+    let relay = TestRelay::start().await;
+    let desktop = EchoServer::start().await;
+    let agent = relay
+        .agent("pc-otp-ro", PW)
+        .target(desktop.addr)
+        .run()
+        .await;
+    let secret = TotpSecret::generate();
+    DataDir::open(agent.dir.path())
+        .unwrap()
+        .save_totp(Some(&secret))
+        .unwrap();
+    // The record of the last code used cannot be written (its temporary file's name is taken
+    // by a directory); accepting the code anyway would let it work again after a restart.
+    std::fs::create_dir(agent.dir.path().join("totp-last-step.tmp")).unwrap();
+    let right = LoginOptions {
+        totp: Some(Arc::new(move || {
+            Some(secret.code_at(telework_agent::unix_now()))
+        })),
+        ..LoginOptions::default()
+    };
+    let err = Session::login_with(&relay.target("pc-otp-ro"), PW.as_bytes(), &right)
+        .await
+        .err()
+        .unwrap();
+    assert!(
+        matches!(err, ClientError::Refused(Refusal::Misconfigured)),
+        "{err:?}"
+    );
+    assert_eq!(desktop.connections(), 0);
 }
 
 /// Logs in to an agent whose policy is `policy`, serves the session, and returns how it ended.
@@ -317,12 +374,7 @@ async fn lockout_survives_an_agent_restart() {
     let restarted =
         telework_agent::Agent::load(DataDir::open(keep.path()).unwrap(), "127.0.0.1:9".into())
             .unwrap();
-    let mut online = restarted.online();
-    let task = tokio::spawn(restarted.clone().run(std::future::pending()));
-    tokio::time::timeout(Duration::from_secs(10), online.wait_for(|up| *up))
-        .await
-        .unwrap()
-        .unwrap();
+    let task = run_until_online(restarted.clone()).await;
     let err = relay.login("pc-lock", PW).await.err().unwrap();
     assert!(
         matches!(err, ClientError::Refused(Refusal::LockedOut { .. })),
@@ -384,12 +436,7 @@ async fn a_client_that_goes_silent_loses_its_session() {
         Duration::from_secs(1),
     )
     .unwrap();
-    let mut online = agent.online();
-    let task = tokio::spawn(agent.clone().run(std::future::pending()));
-    tokio::time::timeout(Duration::from_secs(10), online.wait_for(|up| *up))
-        .await
-        .unwrap()
-        .unwrap();
+    let task = run_until_online(agent.clone()).await;
 
     // A session that keeps pinging (TestClient serves it like `telework connect`) lives on...
     let pinging = LoginOptions {
