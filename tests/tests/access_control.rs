@@ -13,7 +13,7 @@ use telework_client::profile::Profile;
 use telework_client::{ClientError, LoginOptions, Session};
 use telework_protocol::e2e::messages::{EndReason, Refusal};
 use telework_protocol::proof::MachineKey;
-use telework_tests::{run_until_online, EchoServer, TestClient, TestRelay};
+use telework_tests::{run_until_online, EchoServer, TestAgent, TestClient, TestRelay};
 
 const PW: &str = "access-control-password";
 
@@ -194,11 +194,7 @@ async fn totp_is_required_checked_and_counted() {
     let relay = TestRelay::start().await;
     let desktop = EchoServer::start().await;
     let agent = relay.agent("pc-otp", PW).target(desktop.addr).run().await;
-    let secret = TotpSecret::generate();
-    DataDir::open(agent.dir.path())
-        .unwrap()
-        .save_totp(Some(&secret))
-        .unwrap();
+    let secret = require_totp(&agent);
 
     let no_code = LoginOptions::default();
     let err = Session::login_with(&relay.target("pc-otp"), PW.as_bytes(), &no_code)
@@ -289,11 +285,7 @@ async fn a_one_time_code_that_cannot_be_recorded_is_refused() {
         .target(desktop.addr)
         .run()
         .await;
-    let secret = TotpSecret::generate();
-    DataDir::open(agent.dir.path())
-        .unwrap()
-        .save_totp(Some(&secret))
-        .unwrap();
+    let secret = require_totp(&agent);
     // The record of the last code used cannot be written (its temporary file's name is taken
     // by a directory); accepting the code anyway would let it work again after a restart.
     std::fs::create_dir(agent.dir.path().join("totp-last-step.tmp")).unwrap();
@@ -312,6 +304,16 @@ async fn a_one_time_code_that_cannot_be_recorded_is_refused() {
         "{err:?}"
     );
     assert_eq!(desktop.connections(), 0);
+}
+
+/// Turns the second factor on for `agent`, as `telework-agent totp enable` does.
+fn require_totp(agent: &TestAgent) -> TotpSecret {
+    let secret = TotpSecret::generate();
+    DataDir::open(agent.dir.path())
+        .unwrap()
+        .save_totp(Some(&secret))
+        .unwrap();
+    secret
 }
 
 /// Logs in to an agent whose policy is `policy`, serves the session, and returns how it ended.
