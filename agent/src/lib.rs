@@ -7,7 +7,8 @@
 //! - [`control`]: the control connection, keepalives and reconnects ([`backoff`]).
 //! - [`tunnel`]: one tunnel: ticket, end-to-end handshake, forwarding.
 //! - [`sessions`] and [`lockout`]: session secrets and wrong-password throttling.
-//! - [`policy`], [`devices`] and [`totp`]: what IT staff require of a login.
+//! - [`policy`], [`devices`] and [`totp`]: what IT staff require of a login; [`locked_devices`]:
+//!   changing the device list from the daemon and the CLI at once.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -15,6 +16,7 @@ pub mod activity;
 pub mod backoff;
 pub mod control;
 pub mod devices;
+pub mod locked_devices;
 pub mod lockout;
 pub mod policy;
 pub mod register;

@@ -1,11 +1,8 @@
 //! What the agent keeps in its data dir: its settings, its machine key, and the password
 //! record. Secrets are written owner-only.
 
-use std::fs::{File, OpenOptions, TryLockError};
 use std::io;
-use std::ops::{Deref, DerefMut};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use telework_protocol::e2e::pake::PasswordRecord;
@@ -24,16 +21,10 @@ const SETTINGS_FILE: &str = "agent.toml";
 const KEY_FILE: &str = "machine-key.pk8";
 const PASSWORD_FILE: &str = "password.opaque";
 const POLICY_FILE: &str = "policy.toml";
-const DEVICES_FILE: &str = "devices.toml";
-const DEVICES_LOCK_FILE: &str = "devices.lock";
+pub(crate) const DEVICES_FILE: &str = "devices.toml";
 const TOTP_FILE: &str = "totp.secret";
 const TOTP_LAST_STEP_FILE: &str = "totp-last-step";
 const LOCKOUT_FILE: &str = "lockout.toml";
-
-/// How long a change to the device list waits for another process's change to finish. Each
-/// holds the lock for one read and one write; a wait this long means that process is stuck.
-const DEVICES_LOCK_WAIT: Duration = Duration::from_secs(2);
-const LOCK_RETRY: Duration = Duration::from_millis(10);
 
 /// The agent's settings file (`agent.toml`), written by `register`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -89,7 +80,7 @@ impl DataDir {
         })
     }
 
-    fn path(&self, name: &str) -> PathBuf {
+    pub(crate) fn path(&self, name: &str) -> PathBuf {
         self.root.join(name)
     }
 
@@ -172,38 +163,6 @@ impl DataDir {
     }
 }
 
-/// The device list read under its lock (see [`DataDir::lock_devices`]); the lock is released
-/// when this is saved or dropped.
-pub struct LockedDevices<'a> {
-    devices: Devices,
-    data: &'a DataDir,
-    _lock: File,
-}
-
-impl LockedDevices<'_> {
-    /// Writes the list back, then releases the lock.
-    ///
-    /// # Errors
-    /// If the file cannot be written.
-    pub fn save(self) -> Result<(), StateError> {
-        self.data.write_toml(DEVICES_FILE, &self.devices)
-    }
-}
-
-impl Deref for LockedDevices<'_> {
-    type Target = Devices;
-
-    fn deref(&self) -> &Devices {
-        &self.devices
-    }
-}
-
-impl DerefMut for LockedDevices<'_> {
-    fn deref_mut(&mut self) -> &mut Devices {
-        &mut self.devices
-    }
-}
-
 impl DataDir {
     /// Reads and parses one file of the data dir: `None` when it does not exist, an error
     /// naming the file when it cannot be read or parsed.
@@ -233,7 +192,7 @@ impl DataDir {
         Ok(parsed.unwrap_or_default())
     }
 
-    fn write_toml<T: Serialize>(&self, name: &str, value: &T) -> Result<(), StateError> {
+    pub(crate) fn write_toml<T: Serialize>(&self, name: &str, value: &T) -> Result<(), StateError> {
         let text = toml::to_string(value).map_err(|e| StateError::Damaged {
             path: self.path(name),
             detail: e.to_string(),
@@ -264,54 +223,6 @@ impl DataDir {
     /// If the file is damaged.
     pub fn devices(&self) -> Result<Devices, StateError> {
         self.read_toml(DEVICES_FILE)
-    }
-
-    /// The device list, locked against other processes until it is saved or dropped: the
-    /// daemon recording a connection and a `telework-agent devices` command approving or
-    /// revoking a device each read, change and write the whole file, and without the lock one
-    /// could write back a list read before the other's change (a revoked device would return).
-    ///
-    /// # Errors
-    /// [`StateError::Busy`] if another process holds the lock for over 2 s; otherwise as
-    /// [`DataDir::devices`].
-    pub fn lock_devices(&self) -> Result<LockedDevices<'_>, StateError> {
-        self.lock_devices_within(DEVICES_LOCK_WAIT)
-    }
-
-    fn lock_devices_within(&self, wait: Duration) -> Result<LockedDevices<'_>, StateError> {
-        let lock = self.lock(DEVICES_LOCK_FILE, wait)?;
-        Ok(LockedDevices {
-            devices: self.devices()?,
-            data: self,
-            _lock: lock,
-        })
-    }
-
-    /// Takes an exclusive lock on the file `name`, retrying until `wait` has passed (never
-    /// blocking for longer: the daemon calls this on its runtime thread).
-    fn lock(&self, name: &str, wait: Duration) -> Result<File, StateError> {
-        let path = self.path(name);
-        let mut options = OpenOptions::new();
-        options.create(true).truncate(false).write(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            options.mode(0o600);
-        }
-        let cannot =
-            |e: io::Error| io::Error::new(e.kind(), format!("cannot lock {}: {e}", path.display()));
-        let file = options.open(&path).map_err(cannot)?;
-        let deadline = Instant::now() + wait;
-        loop {
-            match file.try_lock() {
-                Ok(()) => return Ok(file),
-                Err(TryLockError::WouldBlock) if Instant::now() < deadline => {
-                    std::thread::sleep(LOCK_RETRY);
-                }
-                Err(TryLockError::WouldBlock) => return Err(StateError::Busy(path)),
-                Err(TryLockError::Error(e)) => return Err(StateError::Io(cannot(e))),
-            }
-        }
     }
 
     /// The saved wrong-password state.
@@ -458,69 +369,6 @@ mod tests {
         assert!(
             err.to_string()
                 .contains("totp-last-step is damaged: not a time step"),
-            "{err}"
-        );
-    }
-
-    #[test]
-    fn a_device_list_change_waits_for_another_and_keeps_both() {
-        let dir = tempfile::tempdir().unwrap();
-        let data = DataDir::open(dir.path()).unwrap();
-        let (locked_tx, locked_rx) = std::sync::mpsc::channel();
-        let other = {
-            let data = data.clone();
-            std::thread::spawn(move || {
-                // Another process (say `devices approve`) reads the list, then is slow to
-                // write it back.
-                let mut devices = data.lock_devices().unwrap();
-                locked_tx.send(()).unwrap();
-                devices.on_connect(&[1; 32], "first", 5);
-                std::thread::sleep(Duration::from_millis(300));
-                devices.save().unwrap();
-            })
-        };
-        locked_rx.recv().unwrap();
-        // A generous wait: a slow fsync on a busy machine must not turn this into `Busy`.
-        let mut devices = data.lock_devices_within(Duration::from_secs(30)).unwrap();
-        devices.on_connect(&[2; 32], "second", 6);
-        devices.save().unwrap();
-        other.join().unwrap();
-
-        let names: Vec<String> = data
-            .devices()
-            .unwrap()
-            .devices
-            .into_iter()
-            .map(|d| d.name)
-            .collect();
-        assert_eq!(names, ["first", "second"], "one change overwrote the other");
-    }
-
-    #[test]
-    fn a_device_list_lock_held_too_long_is_a_clear_error() {
-        let dir = tempfile::tempdir().unwrap();
-        let data = DataDir::open(dir.path()).unwrap();
-        let _stuck = data.lock_devices().unwrap();
-        let started = Instant::now();
-        let err = data
-            .lock_devices_within(Duration::from_millis(200))
-            .err()
-            .unwrap();
-        assert!(started.elapsed() >= Duration::from_millis(200));
-        assert!(started.elapsed() < Duration::from_secs(5));
-        assert!(matches!(err, StateError::Busy(_)), "{err:?}");
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(dir.path().join("devices.lock"))
-                .unwrap()
-                .permissions()
-                .mode();
-            assert_eq!(mode & 0o777, 0o600);
-        }
-        assert!(
-            err.to_string()
-                .contains("devices.lock is held by another telework-agent process"),
             "{err}"
         );
     }
