@@ -111,8 +111,9 @@ struct Results {
     latency_three_forwarders_p50_us: f64,
     latency_three_forwarders_p99_us: f64,
     three_forwarders_added_p50_us: f64,
-    /// CPU of the three middle processes per round trip, all threads, user and kernel: what
-    /// each path does per message beyond waiting.
+    /// CPU of the three middle processes per round trip over the timed round trips: time on
+    /// a CPU as the scheduler counts it, every thread (interrupt time is left out where the
+    /// kernel accounts it separately). The path is serial, so this is most of the latency.
     three_forwarders_cpu_us_per_round_trip: f64,
     telework_cpu_us_per_round_trip: f64,
     latency_telework_p50_us: f64,
