@@ -283,6 +283,19 @@ mod tests {
     use super::*;
     use crate::e2e::keys::{after_login, Role};
 
+    /// Reads exactly `N` bytes, failing the test with `held_back` if they take over 5 s.
+    async fn read_within_5s<const N: usize>(
+        from: &mut (impl tokio::io::AsyncRead + Unpin),
+        held_back: &str,
+    ) -> [u8; N] {
+        let mut got = [0u8; N];
+        tokio::time::timeout(std::time::Duration::from_secs(5), from.read_exact(&mut got))
+            .await
+            .expect(held_back)
+            .unwrap();
+        got
+    }
+
     fn tunnels() -> (
         SecureTunnel<tokio::io::DuplexStream>,
         SecureTunnel<tokio::io::DuplexStream>,
@@ -356,14 +369,11 @@ mod tests {
         let (_wire_read, mut wire_write) = tokio::io::split(wire);
         wire_write.write_all(&bytes).await.unwrap();
 
-        let mut got = [0u8; 12];
-        tokio::time::timeout(
-            std::time::Duration::from_secs(5),
-            desktop.read_exact(&mut got),
+        let got = read_within_5s::<12>(
+            &mut desktop,
+            "the data before the forged record was held back",
         )
-        .await
-        .expect("the data before the forged record was held back")
-        .unwrap();
+        .await;
         assert_eq!(&got, b"first second");
         let err = pump.await.unwrap().unwrap_err();
         assert!(
@@ -406,14 +416,7 @@ mod tests {
         let _c = tokio::spawn(client.pump(client_local));
         let _a = tokio::spawn(agent.pump(agent_local));
         app.write_all(b"hello").await.unwrap();
-        let mut got = [0u8; 5];
-        tokio::time::timeout(
-            std::time::Duration::from_secs(5),
-            desktop.read_exact(&mut got),
-        )
-        .await
-        .expect("bytes held in the transport's writer")
-        .unwrap();
+        let got = read_within_5s::<5>(&mut desktop, "bytes held in the transport's writer").await;
         assert_eq!(&got, b"hello");
     }
 }
