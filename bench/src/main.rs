@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 mod agents;
+mod crypto_cost;
 mod procs;
 mod scenarios;
 mod stats;
@@ -116,6 +117,9 @@ struct Results {
     /// kernel accounts it separately). The path is serial, so this is most of the latency.
     three_forwarders_cpu_us_per_round_trip: f64,
     telework_cpu_us_per_round_trip: f64,
+    /// The cryptography of one round trip (TLS on both hops, the end-to-end records), in
+    /// one process with no sockets: how much of the CPU difference above it explains.
+    round_trip_crypto: crypto_cost::RoundTripCrypto,
     latency_telework_p50_us: f64,
     latency_telework_p99_us: f64,
     added_p50_us: f64,
@@ -277,6 +281,7 @@ async fn bench(mut cli: Cli) -> anyhow::Result<()> {
     let (mut dp50, mut dp99, mut fp50, mut tp50, mut tp99) =
         (vec![], vec![], vec![], vec![], vec![]);
     let (mut f3p50, mut f3p99, mut f3cpu, mut tcpu) = (vec![], vec![], vec![], vec![]);
+    let mut crypto = vec![];
     const LATENCY_SAMPLES: usize = 2000;
     let per_round_trip = |ns: u64| ns as f64 / 1e3 / LATENCY_SAMPLES as f64;
     let ours = [&chain.relay, &chain.agent, &chain.client];
@@ -297,6 +302,7 @@ async fn bench(mut cli: Cli) -> anyhow::Result<()> {
         let before = CpuSnapshot::take(&ours);
         let t = scenarios::round_trips(&mut conn, LATENCY_SAMPLES).await?;
         tcpu.push(per_round_trip(CpuSnapshot::take(&ours).since(&before)?));
+        crypto.push(crypto_cost::round_trip_crypto()?);
         f3p50.push(percentile(&f3, 50.0));
         f3p99.push(percentile(&f3, 99.0));
         dp50.push(percentile(&d, 50.0));
@@ -313,6 +319,10 @@ async fn bench(mut cli: Cli) -> anyhow::Result<()> {
     r.three_forwarders_added_p50_us = r.latency_three_forwarders_p50_us - r.latency_direct_p50_us;
     r.three_forwarders_cpu_us_per_round_trip = median(&f3cpu);
     r.telework_cpu_us_per_round_trip = median(&tcpu);
+    if !crypto.is_empty() {
+        crypto.sort_by(|a, b| a.round_trip_us.total_cmp(&b.round_trip_us));
+        r.round_trip_crypto = crypto[crypto.len() / 2];
+    }
     r.latency_telework_p50_us = median(&tp50);
     r.latency_telework_p99_us = median(&tp99);
     r.added_p50_us = r.latency_telework_p50_us - r.latency_direct_p50_us;
@@ -468,6 +478,11 @@ fn print_table(r: &Results) {
         r.three_forwarders_cpu_us_per_round_trip,
         r.telework_cpu_us_per_round_trip,
         r.telework_cpu_us_per_round_trip - r.three_forwarders_cpu_us_per_round_trip
+    );
+    let c = &r.round_trip_crypto;
+    println!(
+        "| 64 B round trip: CPU us of its cryptography, in one process (4 x TLS {:.2} + 2 x end-to-end {:.2}) | | | {:.1} | | |",
+        c.tls_pair_us, c.e2e_pair_us, c.round_trip_us
     );
     println!(
         "| 64 B round trip p99 (us) | {:.0} | | {:.0} | {:+.0} | added p99 <= 2 x added p50 |",
