@@ -6,7 +6,8 @@
 //! - [`register`]: claiming a computer ID.
 //! - [`control`]: the control connection, keepalives and reconnects ([`backoff`]).
 //! - [`tunnel`]: one tunnel: ticket, end-to-end handshake, forwarding.
-//! - [`sessions`] and [`lockout`]: session secrets and wrong-password throttling.
+//! - [`sessions`] and [`lockout`]: session secrets and wrong-password throttling; `login_state`
+//!   keeps what a login changes on disk without stalling the runtime thread.
 //! - [`policy`], [`devices`] and [`totp`]: what IT staff require of a login; [`locked_devices`]:
 //!   changing the device list from the daemon and the CLI at once.
 #![forbid(unsafe_code)]
@@ -18,6 +19,7 @@ pub mod control;
 pub mod devices;
 pub mod locked_devices;
 pub mod lockout;
+mod login_state;
 pub mod policy;
 pub mod register;
 pub mod sessions;
@@ -105,9 +107,12 @@ pub struct Agent {
     target: String,
     client_silence: Duration,
     sessions: Sessions,
-    lockout: Mutex<Lockout>,
+    /// Wrong-password throttling; saved by [`login_state`] off the runtime thread.
+    lockout: Arc<Mutex<Lockout>>,
     /// The time step of the last one-time code accepted (also on disk, so a restart keeps it).
-    totp_last_step: Mutex<Option<u64>>,
+    totp_last_step: Arc<Mutex<Option<u64>>>,
+    /// Held while one of the above is written, so that writes land in order.
+    state_writes: Arc<Mutex<()>>,
     /// Messages for the relay from tunnel tasks, sent on the current control connection.
     reports: Mutex<Option<tokio::sync::mpsc::Sender<telework_protocol::messages::AgentToRelay>>>,
     online: watch::Sender<bool>,
@@ -149,8 +154,9 @@ impl Agent {
             target,
             client_silence,
             sessions: Sessions::default(),
-            lockout: Mutex::new(lockout),
-            totp_last_step: Mutex::new(totp_last_step),
+            lockout: Arc::new(Mutex::new(lockout)),
+            totp_last_step: Arc::new(Mutex::new(totp_last_step)),
+            state_writes: Arc::new(Mutex::new(())),
             reports: Mutex::new(None),
             online: watch::channel(false).0,
             tunnel_slots: Arc::new(Semaphore::new(MAX_TUNNELS)),
@@ -172,76 +178,6 @@ impl Agent {
     /// Number of authenticated sessions.
     pub fn sessions(&self) -> usize {
         self.sessions.len()
-    }
-
-    fn lockout(&self) -> std::sync::MutexGuard<'_, Lockout> {
-        self.lockout.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn save_lockout(&self, state: &Lockout) {
-        if let Err(e) = self.data.save_lockout(state) {
-            tracing::warn!(%e, "cannot save the wrong-password state");
-        }
-    }
-
-    fn lockout_begin(&self) -> Result<(), lockout::Refused> {
-        self.lockout().begin(unix_now())
-    }
-
-    fn lockout_fail(&self) -> Result<u32, Duration> {
-        let mut l = self.lockout();
-        let result = l.fail(unix_now());
-        self.save_lockout(&l);
-        result
-    }
-
-    fn lockout_succeed(&self) {
-        let mut l = self.lockout();
-        // Most logins change nothing; skip the write (and its fsync) then.
-        if l.succeed() {
-            self.save_lockout(&l);
-        }
-    }
-
-    fn lockout_abandon(&self) {
-        self.lockout().abandon();
-    }
-
-    /// Checks a one-time code; each code works once, across restarts too.
-    ///
-    /// # Errors
-    /// If an accepted code's time step cannot be saved: the caller refuses the login rather
-    /// than let the code work again after a restart.
-    fn check_totp(&self, secret: &totp::TotpSecret, code: &str) -> Result<bool, StateError> {
-        let mut last = self
-            .totp_last_step
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        match secret.verify(code, unix_now(), *last) {
-            Some(step) => {
-                *last = Some(step);
-                self.data.save_totp_last_step(step)?;
-                Ok(true)
-            }
-            None => Ok(false),
-        }
-    }
-
-    /// Where a connecting device stands, recording new ones as pending.
-    ///
-    /// # Errors
-    /// If the device list cannot be read (the caller refuses the login).
-    fn device_status(
-        &self,
-        public_key: &[u8],
-        name: &str,
-    ) -> Result<devices::DeviceStatus, StateError> {
-        let mut devices = self.data.lock_devices()?;
-        let status = devices.on_connect(public_key, name, unix_now());
-        if let Err(e) = devices.save() {
-            tracing::warn!(%e, "cannot save the device list");
-        }
-        Ok(status)
     }
 
     /// Tells the relay that the client paired through `ticket` failed the login, so the relay

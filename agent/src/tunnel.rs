@@ -86,9 +86,9 @@ fn lockout_refusal(r: Refused) -> Refusal {
 
 /// Counts a failed password or code, reports it to the relay (which charges the client's
 /// address), and says so to the client.
-fn failure_refusal(agent: &Agent, ticket: Ticket, totp: bool) -> Refusal {
+async fn failure_refusal(agent: &Agent, ticket: Ticket, totp: bool) -> Refusal {
     agent.report_failed_pairing(ticket);
-    match agent.lockout_fail() {
+    match agent.lockout_fail().await {
         Ok(tries_left) if totp => Refusal::WrongTotp { tries_left },
         Ok(tries_left) => Refusal::WrongPassword { tries_left },
         Err(lock) => Refusal::LockedOut {
@@ -144,7 +144,7 @@ async fn login(
     let Some(session_key) = outcome else {
         // A wrong password, a forged finalization, or a client that vanished mid-login all
         // count as a failed try: otherwise disconnecting would be a free guess.
-        let why = failure_refusal(&agent, ticket, false);
+        let why = failure_refusal(&agent, ticket, false).await;
         warn!(?why, "login failed");
         return refuse(&mut framed, why).await;
     };
@@ -163,7 +163,7 @@ async fn login(
             return Err(AgentError::HandshakeRefused(why));
         }
     };
-    agent.lockout_succeed();
+    agent.lockout_succeed().await;
 
     let (session_id, session) = agent.sessions.start(resumption);
     info!(session = %session_id, "session started");
@@ -267,6 +267,7 @@ async fn second_steps(
     if policy.require_approved_devices {
         let status = agent
             .device_status(&public_key, &name)
+            .await
             .map_err(|e| match e {
                 StateError::Busy(_) => {
                     warn!(%e, "refusing a login for now");
@@ -306,13 +307,14 @@ async fn second_steps(
             tokio::time::timeout(TOTP_TIMEOUT, tunnel.recv_control::<ClientNotice>()).await;
         let code = match answer {
             Ok(Ok(ClientNotice::Totp { code })) => code,
-            _ => return Err(failure_refusal(agent, ticket, true)),
+            _ => return Err(failure_refusal(agent, ticket, true).await),
         };
         let accepted = agent
             .check_totp(&secret, &code)
+            .await
             .map_err(|e| misconfigured("one-time-code record", &e))?;
         if !accepted {
-            return Err(failure_refusal(agent, ticket, true));
+            return Err(failure_refusal(agent, ticket, true).await);
         }
     }
     Ok(policy)

@@ -3,7 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use telework_agent::devices::DeviceStatus;
 use telework_agent::policy::Policy;
@@ -14,6 +14,8 @@ use telework_client::{ClientError, LoginOptions, Session};
 use telework_protocol::e2e::messages::{EndReason, Refusal};
 use telework_protocol::proof::MachineKey;
 use telework_tests::{run_until_online, EchoServer, TestAgent, TestClient, TestRelay};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 const PW: &str = "access-control-password";
 
@@ -187,6 +189,70 @@ async fn a_device_list_held_by_another_process_means_try_again_not_misconfigured
         "once the lock is free the device is recorded as usual: {err:?}"
     );
     assert_eq!(desktop.connections(), 0);
+}
+
+/// The agent runs on one thread, which also carries every open session's desktop bytes. This
+/// test runs everything on one thread too, as the agent does in production: a login waiting
+/// for a device list held by another process (up to 2 s) must not freeze an open session.
+#[tokio::test(flavor = "current_thread")]
+async fn a_login_waiting_for_the_device_list_does_not_freeze_open_sessions() {
+    let relay = TestRelay::start().await;
+    let desktop = EchoServer::start().await;
+    let agent = relay
+        .agent("pc-busy-disk", PW)
+        .target(desktop.addr)
+        .run()
+        .await;
+    let client = TestClient::serve(relay.login("pc-busy-disk", PW).await.unwrap()).await;
+    let mut rdp = TcpStream::connect(client.local).await.unwrap();
+    echo_once(&mut rdp).await;
+
+    let data = DataDir::open(agent.dir.path()).unwrap();
+    data.save_policy(&Policy {
+        require_approved_devices: true,
+        ..Policy::default()
+    })
+    .unwrap();
+    let held = data.lock_devices().unwrap();
+    let login = relay.login("pc-busy-disk", PW);
+    let probe = async {
+        // A round trip through the open session every 20 ms, for longer than the agent waits
+        // for the lock. A frozen thread shows as one long step, whether it froze a round trip
+        // or the pause between two.
+        let started = Instant::now();
+        let mut slowest = Duration::ZERO;
+        while started.elapsed() < Duration::from_millis(2500) {
+            let step = Instant::now();
+            echo_once(&mut rdp).await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            slowest = slowest.max(step.elapsed());
+        }
+        slowest
+    };
+    let (refused, slowest) = tokio::join!(login, probe);
+    assert!(
+        matches!(refused, Err(ClientError::Refused(Refusal::Busy))),
+        "{:?}",
+        refused.err()
+    );
+    assert!(
+        slowest < Duration::from_secs(1),
+        "the open session froze for {slowest:?} while a login waited for the device list"
+    );
+    drop(held);
+}
+
+/// One 64-byte round trip through the echo desktop, bounded at 10 s.
+async fn echo_once(conn: &mut TcpStream) {
+    let sent = [0x5au8; 64];
+    let mut got = [0u8; 64];
+    tokio::time::timeout(Duration::from_secs(10), async {
+        conn.write_all(&sent).await.unwrap();
+        conn.read_exact(&mut got).await.unwrap();
+    })
+    .await
+    .expect("the echo came back");
+    assert_eq!(got, sent);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
