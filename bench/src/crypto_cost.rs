@@ -13,7 +13,7 @@ use std::time::Instant;
 use anyhow::{bail, ensure, Context};
 use bytes::BytesMut;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
-use rustls::{ClientConnection, ServerConnection};
+use rustls::{ClientConnection, ConnectionCommon, ServerConnection};
 use telework_protocol::e2e::record::{Opener, Sealer};
 use telework_protocol::fingerprint::CertFingerprint;
 use telework_protocol::messages::alpn;
@@ -63,16 +63,8 @@ pub fn round_trip_crypto() -> anyhow::Result<RoundTripCrypto> {
     let mut plain = [0u8; 4096];
     let started = Instant::now();
     for _ in 0..ROUNDS {
-        wire.clear();
         client.writer().write_all(&record)?;
-        while client.wants_write() {
-            client.write_tls(&mut wire)?;
-        }
-        let mut incoming = &wire[..];
-        while !incoming.is_empty() {
-            server.read_tls(&mut incoming)?;
-        }
-        server.process_new_packets()?;
+        deliver(&mut client, &mut server, &mut wire)?;
         let n = server.reader().read(&mut plain)?;
         ensure!(n == record.len(), "the TLS record decrypted short");
     }
@@ -115,23 +107,25 @@ fn connected_pair() -> anyhow::Result<(ClientConnection, ServerConnection)> {
 /// Moves what each side has to send to the other.
 fn exchange(client: &mut ClientConnection, server: &mut ServerConnection) -> anyhow::Result<()> {
     let mut wire = Vec::new();
-    while client.wants_write() {
-        client.write_tls(&mut wire)?;
-    }
-    let mut incoming = &wire[..];
-    while !incoming.is_empty() {
-        server.read_tls(&mut incoming)?;
-    }
-    server.process_new_packets()?;
+    deliver(client, server, &mut wire)?;
+    deliver(server, client, &mut wire)
+}
+
+/// Hands everything `from` has to send to `to`, through `wire`, and has `to` process it.
+fn deliver<A, B>(
+    from: &mut ConnectionCommon<A>,
+    to: &mut ConnectionCommon<B>,
+    wire: &mut Vec<u8>,
+) -> anyhow::Result<()> {
     wire.clear();
-    while server.wants_write() {
-        server.write_tls(&mut wire)?;
+    while from.wants_write() {
+        from.write_tls(wire)?;
     }
     let mut incoming = &wire[..];
     while !incoming.is_empty() {
-        client.read_tls(&mut incoming)?;
+        to.read_tls(&mut incoming)?;
     }
-    client.process_new_packets()?;
+    to.process_new_packets()?;
     Ok(())
 }
 

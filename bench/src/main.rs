@@ -282,7 +282,9 @@ async fn bench(mut cli: Cli) -> anyhow::Result<()> {
         (vec![], vec![], vec![], vec![], vec![]);
     let (mut f3p50, mut f3p99, mut f3cpu, mut tcpu) = (vec![], vec![], vec![], vec![]);
     let mut crypto = vec![];
-    const LATENCY_SAMPLES: usize = 2000;
+    // About 1 to 1.5 s per path per run: 2,000 (a quarter of a second) let one burst of
+    // load on the shared host move a whole run's median by 5 to 10 µs.
+    const LATENCY_SAMPLES: usize = 10_000;
     let per_round_trip = |ns: u64| ns as f64 / 1e3 / LATENCY_SAMPLES as f64;
     let ours = [&chain.relay, &chain.agent, &chain.client];
     let forwarders: Vec<&procs::Proc> = three_forwarders.iter().collect();

@@ -99,12 +99,7 @@ async fn an_unapproved_device_waits_and_is_admitted_after_approval() {
     let relay = TestRelay::start().await;
     let desktop = EchoServer::start().await;
     let agent = relay.agent("pc-dev", PW).target(desktop.addr).run().await;
-    let data = DataDir::open(agent.dir.path()).unwrap();
-    data.save_policy(&Policy {
-        require_approved_devices: true,
-        ..Policy::default()
-    })
-    .unwrap();
+    let data = require_approved_devices(&agent);
 
     let device = Arc::new(MachineKey::generate().unwrap());
     let options = LoginOptions {
@@ -168,12 +163,7 @@ async fn a_device_list_held_by_another_process_means_try_again_not_misconfigured
     let relay = TestRelay::start().await;
     let desktop = EchoServer::start().await;
     let agent = relay.agent("pc-held", PW).target(desktop.addr).run().await;
-    let data = DataDir::open(agent.dir.path()).unwrap();
-    data.save_policy(&Policy {
-        require_approved_devices: true,
-        ..Policy::default()
-    })
-    .unwrap();
+    let data = require_approved_devices(&agent);
     // As if a `telework-agent devices` command were stuck half way through a change.
     let held = data.lock_devices().unwrap();
     let err = relay.login("pc-held", PW).await.err().unwrap();
@@ -207,12 +197,7 @@ async fn a_login_waiting_for_the_device_list_does_not_freeze_open_sessions() {
     let mut rdp = TcpStream::connect(client.local).await.unwrap();
     echo_once(&mut rdp).await;
 
-    let data = DataDir::open(agent.dir.path()).unwrap();
-    data.save_policy(&Policy {
-        require_approved_devices: true,
-        ..Policy::default()
-    })
-    .unwrap();
+    let data = require_approved_devices(&agent);
     let held = data.lock_devices().unwrap();
     let login = relay.login("pc-busy-disk", PW);
     let probe = async {
@@ -373,6 +358,17 @@ async fn a_one_time_code_that_cannot_be_recorded_is_refused() {
 }
 
 /// Turns the second factor on for `agent`, as `telework-agent totp enable` does.
+/// Turns on "approved devices only" on `agent`, and returns its data dir.
+fn require_approved_devices(agent: &TestAgent) -> DataDir {
+    let data = DataDir::open(agent.dir.path()).unwrap();
+    data.save_policy(&Policy {
+        require_approved_devices: true,
+        ..Policy::default()
+    })
+    .unwrap();
+    data
+}
+
 fn require_totp(agent: &TestAgent) -> TotpSecret {
     let secret = TotpSecret::generate();
     DataDir::open(agent.dir.path())
