@@ -73,7 +73,7 @@ impl DataDir {
     }
 
     /// Takes an exclusive lock on the file `name`, retrying until `wait` has passed (never
-    /// blocking for longer: the daemon calls this on its runtime thread).
+    /// blocking for longer: a login waits on it, on the daemon's blocking pool).
     fn lock(&self, name: &str, wait: Duration) -> Result<File, StateError> {
         let path = self.path(name);
         let mut options = OpenOptions::new();
