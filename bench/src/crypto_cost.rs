@@ -8,6 +8,7 @@
 //! four TLS encrypt-and-decrypt pairs.
 
 use std::io::{Read, Write};
+use std::path::Path;
 
 use anyhow::{bail, ensure, Context};
 use bytes::BytesMut;
@@ -17,6 +18,8 @@ use telework_protocol::e2e::record::{Opener, Sealer};
 use telework_protocol::fingerprint::CertFingerprint;
 use telework_protocol::messages::alpn;
 use telework_protocol::net::tls::{server_config, RelayTrust};
+
+use crate::procs::schedstat_ns;
 
 /// The message size of the latency scenario.
 const MESSAGE: usize = 64;
@@ -86,10 +89,7 @@ fn per_round_us(started: u64) -> anyhow::Result<f64> {
 /// This thread's time on a CPU as the scheduler counts it, in nanoseconds: like the chain's
 /// CPU rows, and unlike a wall clock, it leaves out time the shared host takes the CPU away.
 fn thread_cpu_ns() -> anyhow::Result<u64> {
-    let stat = std::fs::read_to_string("/proc/thread-self/schedstat")?;
-    stat.split_whitespace()
-        .next()
-        .and_then(|ns| ns.parse().ok())
+    schedstat_ns(Path::new("/proc/thread-self/schedstat"))
         .context("cannot read CPU time from /proc/thread-self/schedstat")
 }
 

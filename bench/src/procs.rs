@@ -40,6 +40,13 @@ impl Drop for Proc {
     }
 }
 
+/// A thread's time on a CPU as the scheduler counts it, in nanoseconds: the first field of a
+/// `schedstat` file under /proc. `None` if it cannot be read (the thread has ended).
+pub fn schedstat_ns(path: &Path) -> Option<u64> {
+    let line = std::fs::read_to_string(path).ok()?;
+    line.split_whitespace().next()?.parse().ok()
+}
+
 /// The CPU time of every thread of some processes at one moment, from the scheduler's own
 /// count (the first field of /proc/PID/task/TID/schedstat, in nanoseconds): fine enough for a
 /// run of a fraction of a second, where clock ticks are not.
@@ -57,10 +64,7 @@ impl CpuSnapshot {
                 let Some(tid) = task.file_name().to_str().and_then(|t| t.parse().ok()) else {
                     continue;
                 };
-                let ns = std::fs::read_to_string(task.path().join("schedstat"))
-                    .ok()
-                    .and_then(|line| line.split_whitespace().next()?.parse().ok());
-                if let Some(ns) = ns {
+                if let Some(ns) = schedstat_ns(&task.path().join("schedstat")) {
                     threads.insert(tid, ns);
                 }
             }
