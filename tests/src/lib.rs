@@ -132,6 +132,14 @@ impl TestRelay {
         }
     }
 
+    /// Starts an echo service as the office desktop and an agent `id` forwarding to it,
+    /// online: the set-up most tests begin with.
+    pub async fn office_pc(&self, id: &str, password: &str) -> (EchoServer, TestAgent) {
+        let desktop = EchoServer::start().await;
+        let agent = self.agent(id, password).target(desktop.addr).run().await;
+        (desktop, agent)
+    }
+
     /// Logs in to `id` with `password`.
     pub async fn login(&self, id: &str, password: &str) -> Result<Session, ClientError> {
         Session::login(&self.target(id), password.as_bytes()).await

@@ -97,8 +97,7 @@ async fn changing_the_password_keeps_the_pinned_key() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unapproved_device_waits_and_is_admitted_after_approval() {
     let relay = TestRelay::start().await;
-    let desktop = EchoServer::start().await;
-    let agent = relay.agent("pc-dev", PW).target(desktop.addr).run().await;
+    let (desktop, agent) = relay.office_pc("pc-dev", PW).await;
     let data = require_approved_devices(&agent);
 
     let device = Arc::new(MachineKey::generate().unwrap());
@@ -161,8 +160,7 @@ async fn an_unapproved_device_waits_and_is_admitted_after_approval() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_device_list_held_by_another_process_means_try_again_not_misconfigured() {
     let relay = TestRelay::start().await;
-    let desktop = EchoServer::start().await;
-    let agent = relay.agent("pc-held", PW).target(desktop.addr).run().await;
+    let (desktop, agent) = relay.office_pc("pc-held", PW).await;
     let data = require_approved_devices(&agent);
     // As if a `telework-agent devices` command were stuck half way through a change.
     let held = data.lock_devices().unwrap();
@@ -187,12 +185,7 @@ async fn a_device_list_held_by_another_process_means_try_again_not_misconfigured
 #[tokio::test(flavor = "current_thread")]
 async fn a_login_waiting_for_the_device_list_does_not_freeze_open_sessions() {
     let relay = TestRelay::start().await;
-    let desktop = EchoServer::start().await;
-    let agent = relay
-        .agent("pc-busy-disk", PW)
-        .target(desktop.addr)
-        .run()
-        .await;
+    let (_desktop, agent) = relay.office_pc("pc-busy-disk", PW).await;
     let client = TestClient::serve(relay.login("pc-busy-disk", PW).await.unwrap()).await;
     let mut rdp = TcpStream::connect(client.local).await.unwrap();
     echo_once(&mut rdp).await;
@@ -253,8 +246,7 @@ async fn echo_once(conn: &mut TcpStream) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn totp_is_required_checked_and_counted() {
     let relay = TestRelay::start().await;
-    let desktop = EchoServer::start().await;
-    let agent = relay.agent("pc-otp", PW).target(desktop.addr).run().await;
+    let (desktop, agent) = relay.office_pc("pc-otp", PW).await;
     let secret = require_totp(&agent);
 
     let no_code = LoginOptions::default();
@@ -340,12 +332,7 @@ async fn totp_is_required_checked_and_counted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_one_time_code_that_cannot_be_recorded_is_refused() {
     let relay = TestRelay::start().await;
-    let desktop = EchoServer::start().await;
-    let agent = relay
-        .agent("pc-otp-ro", PW)
-        .target(desktop.addr)
-        .run()
-        .await;
+    let (desktop, agent) = relay.office_pc("pc-otp-ro", PW).await;
     let secret = require_totp(&agent);
     // The record of the last code used cannot be written (its temporary file's name is taken
     // by a directory); accepting the code anyway would let it work again after a restart.
@@ -393,12 +380,7 @@ async fn session_ending_under(
     policy: Policy,
 ) -> Result<telework_client::session::Ended, ClientError> {
     let relay = TestRelay::start().await;
-    let desktop = EchoServer::start().await;
-    let agent = relay
-        .agent("pc-limits", PW)
-        .target(desktop.addr)
-        .run()
-        .await;
+    let (_desktop, agent) = relay.office_pc("pc-limits", PW).await;
     DataDir::open(agent.dir.path())
         .unwrap()
         .save_policy(&policy)
@@ -460,12 +442,7 @@ async fn lockout_survives_an_agent_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn damaged_settings_refuse_logins_instead_of_switching_checks_off() {
     let relay = TestRelay::start().await;
-    let desktop = EchoServer::start().await;
-    let agent = relay
-        .agent("pc-broken", PW)
-        .target(desktop.addr)
-        .run()
-        .await;
+    let (desktop, agent) = relay.office_pc("pc-broken", PW).await;
     // A typo in a hand-edited policy must not turn device approval off.
     std::fs::write(
         agent.dir.path().join("policy.toml"),
@@ -499,8 +476,7 @@ async fn damaged_settings_refuse_logins_instead_of_switching_checks_off() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_goes_silent_loses_its_session() {
     let relay = TestRelay::start().await;
-    let desktop = EchoServer::start().await;
-    let started = relay.agent("pc-quiet", PW).target(desktop.addr).run().await;
+    let (desktop, started) = relay.office_pc("pc-quiet", PW).await;
     // The same machine, restarted with a short silence limit.
     let keep = started.copy_data_dir();
     started.stop().await;

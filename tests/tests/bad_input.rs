@@ -14,7 +14,7 @@ use telework_protocol::net::framed::Framed;
 use telework_protocol::net::tls::RelayTrust;
 use telework_protocol::{ErrorCode, Ticket};
 use telework_relay::RelayOptions;
-use telework_tests::{EchoServer, TestClient, TestRelay};
+use telework_tests::{TestClient, TestRelay};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -50,8 +50,7 @@ async fn relay_still_serves(relay: &TestRelay) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_and_oversize_frames_are_refused_and_others_keep_working() {
     let relay = TestRelay::start().await;
-    let desktop = EchoServer::start().await;
-    let _agent = relay.agent("pc-ok", PW).target(desktop.addr).run().await;
+    let (_desktop, _agent) = relay.office_pc("pc-ok", PW).await;
 
     // Not TLS at all.
     let mut raw = TcpStream::connect(relay.addr).await.unwrap();
@@ -96,8 +95,7 @@ async fn garbage_and_oversize_frames_are_refused_and_others_keep_working() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_ticket_is_refused() {
     let relay = TestRelay::start().await;
-    let desktop = EchoServer::start().await;
-    let _agent = relay.agent("pc-ok", PW).target(desktop.addr).run().await;
+    let (_desktop, _agent) = relay.office_pc("pc-ok", PW).await;
     assert_eq!(
         attach_made_up_ticket(&relay, telework_protocol::messages::PROTOCOL_VERSION).await,
         RelayToTunnel::Error(ErrorCode::BadTicket)
@@ -112,8 +110,7 @@ async fn stalled_handshakes_are_cut_at_the_deadline() {
         ..Default::default()
     };
     let relay = TestRelay::start_with(options).await;
-    let desktop = EchoServer::start().await;
-    let _agent = relay.agent("pc-ok", PW).target(desktop.addr).run().await;
+    let (_desktop, _agent) = relay.office_pc("pc-ok", PW).await;
 
     // Silent TCP: never starts TLS.
     let mut silent = TcpStream::connect(relay.addr).await.unwrap();
@@ -186,8 +183,7 @@ async fn client_asking_for_pc_ok(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_inside_a_paired_tunnel_is_refused_by_the_agent() {
     let relay = TestRelay::start().await;
-    let desktop = EchoServer::start().await;
-    let _agent = relay.agent("pc-ok", PW).target(desktop.addr).run().await;
+    let (desktop, _agent) = relay.office_pc("pc-ok", PW).await;
     let mut f =
         client_asking_for_pc_ok(&relay, telework_protocol::messages::PROTOCOL_VERSION).await;
     assert_eq!(
@@ -226,8 +222,7 @@ async fn relay_with_failure_budget(per_sec: f64, burst: f64) -> TestRelay {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn probing_for_computer_ids_is_rate_limited() {
     let relay = relay_with_failure_budget(0.01, 5.0).await;
-    let desktop = EchoServer::start().await;
-    let _agent = relay.agent("pc-ok", PW).target(desktop.addr).run().await;
+    let (_desktop, _agent) = relay.office_pc("pc-ok", PW).await;
     let mut answers = Vec::new();
     for i in 0..8 {
         let err = relay
@@ -257,8 +252,7 @@ async fn probing_for_computer_ids_is_rate_limited() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_passwords_also_cost_the_guessers_address_at_the_relay() {
     let relay = relay_with_failure_budget(0.001, 3.0).await;
-    let desktop = EchoServer::start().await;
-    let _agent = relay.agent("pc-ok", PW).target(desktop.addr).run().await;
+    let (_desktop, _agent) = relay.office_pc("pc-ok", PW).await;
     for _ in 0..3 {
         let err = relay.login("pc-ok", "a guess").await.err().unwrap();
         assert!(err.to_string().starts_with("wrong password"), "{err}");
@@ -285,8 +279,7 @@ async fn wrong_passwords_also_cost_the_guessers_address_at_the_relay() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn old_minor_versions_are_told_to_update() {
     let relay = TestRelay::start().await;
-    let desktop = EchoServer::start().await;
-    let _agent = relay.agent("pc-ok", PW).target(desktop.addr).run().await;
+    let (_desktop, _agent) = relay.office_pc("pc-ok", PW).await;
     let mut f = client_asking_for_pc_ok(&relay, 1).await;
     assert_eq!(
         f.read::<RelayToClient>().await.unwrap(),

@@ -5,7 +5,7 @@
 use std::sync::{Arc, Mutex};
 
 use telework_relay::RelayOptions;
-use telework_tests::{EchoServer, TestClient, TestRelay};
+use telework_tests::{TestClient, TestRelay};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -26,12 +26,7 @@ async fn relay_sees_neither_password_nor_desktop_bytes() {
         ..Default::default()
     };
     let relay = TestRelay::start_with(options).await;
-    let desktop = EchoServer::start().await;
-    let _agent = relay
-        .agent("pc-secret", PASSWORD)
-        .target(desktop.addr)
-        .run()
-        .await;
+    let (_desktop, _agent) = relay.office_pc("pc-secret", PASSWORD).await;
 
     // A wrong try first, so the recording holds a failed login too.
     assert!(relay

@@ -8,7 +8,7 @@ use telework_client::ClientError;
 use telework_protocol::e2e::messages::{EndReason, Refusal};
 use telework_protocol::net::connect::ConnectError;
 use telework_protocol::{CertFingerprint, ErrorCode};
-use telework_tests::{EchoServer, SinkServer, TestClient, TestRelay};
+use telework_tests::{SinkServer, TestClient, TestRelay};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -34,8 +34,7 @@ async fn echo_round_trip(local: std::net::SocketAddr, data: &[u8]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bytes_flow_both_ways_one_byte_and_one_mebibyte() {
     let relay = TestRelay::start().await;
-    let desktop = EchoServer::start().await;
-    let _agent = relay.agent("pc-1", PW).target(desktop.addr).run().await;
+    let (desktop, _agent) = relay.office_pc("pc-1", PW).await;
     let client = TestClient::serve(relay.login("pc-1", PW).await.unwrap()).await;
     echo_round_trip(client.local, b"x").await;
     let mib: Vec<u8> = (0..1 << 20).map(|i: u32| (i * 7 + 3) as u8).collect();
@@ -85,8 +84,7 @@ async fn sixty_four_mebibytes_arrive_intact() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn half_close_passes_through_the_chain() {
     let relay = TestRelay::start().await;
-    let desktop = EchoServer::start().await;
-    let _agent = relay.agent("pc-hc", PW).target(desktop.addr).run().await;
+    let (_desktop, _agent) = relay.office_pc("pc-hc", PW).await;
     let client = TestClient::serve(relay.login("pc-hc", PW).await.unwrap()).await;
     let mut conn = TcpStream::connect(client.local).await.unwrap();
     conn.write_all(b"before close").await.unwrap();
@@ -108,8 +106,7 @@ async fn many_concurrent_sessions() {
         ..Default::default()
     };
     let relay = TestRelay::start_with(options).await;
-    let desktop = EchoServer::start().await;
-    let _a = relay.agent("pc-a", PW).target(desktop.addr).run().await;
+    let (desktop, _a) = relay.office_pc("pc-a", PW).await;
     let _b = relay
         .agent("pc-b", "another password")
         .target(desktop.addr)
@@ -156,8 +153,7 @@ async fn unknown_and_offline_computer_ids_are_told_apart() {
         matches!(err, ClientError::Relay(ErrorCode::UnknownId)),
         "{err:?}"
     );
-    let desktop = EchoServer::start().await;
-    let agent = relay.agent("pc-off", PW).target(desktop.addr).run().await;
+    let (_desktop, agent) = relay.office_pc("pc-off", PW).await;
     agent.stop().await;
     let err = relay.login("pc-off", PW).await.err().unwrap();
     assert!(
@@ -170,8 +166,7 @@ async fn unknown_and_offline_computer_ids_are_told_apart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_password_is_refused_with_tries_left_and_never_reaches_the_target() {
     let relay = TestRelay::start().await;
-    let desktop = EchoServer::start().await;
-    let _agent = relay.agent("pc-pw", PW).target(desktop.addr).run().await;
+    let (desktop, _agent) = relay.office_pc("pc-pw", PW).await;
     let err = relay.login("pc-pw", "wrong password").await.err().unwrap();
     assert!(
         matches!(
@@ -300,8 +295,7 @@ async fn refused_desktop_service_is_reported() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_shutdown_ends_the_session_with_a_reason() {
     let relay = TestRelay::start().await;
-    let desktop = EchoServer::start().await;
-    let agent = relay.agent("pc-stop", PW).target(desktop.addr).run().await;
+    let (_desktop, agent) = relay.office_pc("pc-stop", PW).await;
     let client = TestClient::serve(relay.login("pc-stop", PW).await.unwrap()).await;
     agent.stop().await;
     let ended = tokio::time::timeout(Duration::from_secs(10), client.task)
@@ -317,8 +311,7 @@ async fn agent_shutdown_ends_the_session_with_a_reason() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_reconnects_after_a_relay_restart() {
     let relay = TestRelay::start().await;
-    let desktop = EchoServer::start().await;
-    let agent = relay.agent("pc-re", PW).target(desktop.addr).run().await;
+    let (_desktop, agent) = relay.office_pc("pc-re", PW).await;
     let relay = relay.restart().await;
     let id = "pc-re".parse().unwrap();
     // Back-off starts at 0.5 s: the agent should be back well within 20 s.

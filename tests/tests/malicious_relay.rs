@@ -21,7 +21,7 @@ use telework_protocol::ErrorCode;
 use telework_relay::limits::Limits;
 use telework_relay::RelayOptions;
 use telework_tests::evil::{Attack, Direction, EvilRelay};
-use telework_tests::{EchoServer, TestRelay};
+use telework_tests::TestRelay;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const PW: &str = "malicious-relay-password";
@@ -63,8 +63,7 @@ fn attacks(offsets: &[usize]) -> Vec<Attack> {
 async fn attacked_login(attack: Attack) -> (bool, bool, usize) {
     let hook = EvilRelay::new(vec![attack]);
     let relay = evil_relay(hook.clone()).await;
-    let desktop = EchoServer::start().await;
-    let _agent = relay.agent("pc-evil", PW).target(desktop.addr).run().await;
+    let (desktop, _agent) = relay.office_pc("pc-evil", PW).await;
     let login = tokio::time::timeout(Duration::from_secs(40), relay.login("pc-evil", PW)).await;
     let ok = matches!(login, Ok(Ok(_)));
     (
@@ -94,8 +93,7 @@ async fn tampering_with_the_login_never_logs_in_or_reaches_the_desktop() {
 async fn attacked_tunnel(attack: Attack) -> (bool, bool, bool) {
     let hook = EvilRelay::new(vec![Attack::None, attack]);
     let relay = evil_relay(hook.clone()).await;
-    let desktop = EchoServer::start().await;
-    let _agent = relay.agent("pc-evil", PW).target(desktop.addr).run().await;
+    let (_desktop, _agent) = relay.office_pc("pc-evil", PW).await;
     let session = relay.login("pc-evil", PW).await.unwrap();
     let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
     let run = async {
@@ -146,8 +144,7 @@ async fn tampering_with_a_tunnel_is_detected_and_never_delivers_altered_bytes() 
 async fn swapping_tunnels_between_sessions_fails_closed() {
     // Logins crossed: the client for pc-a talks to pc-b's agent (same password even).
     let relay = evil_relay(EvilRelay::swapping(0)).await;
-    let desktop = EchoServer::start().await;
-    let _a = relay.agent("pc-a", PW).target(desktop.addr).run().await;
+    let (desktop, _a) = relay.office_pc("pc-a", PW).await;
     let _b = relay.agent("pc-b", PW).target(desktop.addr).run().await;
     let (ra, rb) = tokio::join!(relay.login("pc-a", PW), relay.login("pc-b", PW));
     assert!(ra.is_err() && rb.is_err(), "crossed logins must fail");
@@ -205,8 +202,7 @@ async fn replay(relay: &TestRelay, id: &str, bytes: &[u8]) -> Vec<AgentHandshake
 async fn recorded_logins_and_tunnels_cannot_be_replayed() {
     let hook = EvilRelay::new(vec![]);
     let relay = evil_relay(hook.clone()).await;
-    let desktop = EchoServer::start().await;
-    let _agent = relay.agent("pc-rec", PW).target(desktop.addr).run().await;
+    let (desktop, _agent) = relay.office_pc("pc-rec", PW).await;
     let session = relay.login("pc-rec", PW).await.unwrap();
     let tunnel = session.opener().open().await.unwrap();
     let (local, mut app) = tokio::io::duplex(1024);
@@ -258,8 +254,7 @@ async fn recorded_logins_and_tunnels_cannot_be_replayed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replayed_tickets_and_machine_proofs_are_refused() {
     let relay = TestRelay::start().await;
-    let desktop = EchoServer::start().await;
-    let agent = relay.agent("pc-proof", PW).target(desktop.addr).run().await;
+    let (_desktop, agent) = relay.office_pc("pc-proof", PW).await;
     let id: telework_protocol::ComputerId = "pc-proof".parse().unwrap();
 
     // A ticket, used once by the agent, then replayed.
