@@ -8,7 +8,6 @@
 //! four TLS encrypt-and-decrypt pairs.
 
 use std::io::{Read, Write};
-use std::path::Path;
 
 use anyhow::{bail, ensure, Context};
 use bytes::BytesMut;
@@ -19,7 +18,7 @@ use telework_protocol::fingerprint::CertFingerprint;
 use telework_protocol::messages::alpn;
 use telework_protocol::net::tls::{server_config, RelayTrust};
 
-use crate::procs::schedstat_ns;
+use crate::procs::thread_cpu_ns;
 
 /// The message size of the latency scenario.
 const MESSAGE: usize = 64;
@@ -84,13 +83,6 @@ pub fn round_trip_crypto() -> anyhow::Result<RoundTripCrypto> {
 fn per_round_us(started: u64) -> anyhow::Result<f64> {
     let spent = thread_cpu_ns()?.saturating_sub(started);
     Ok(spent as f64 / 1e3 / f64::from(ROUNDS))
-}
-
-/// This thread's time on a CPU as the scheduler counts it, in nanoseconds: like the chain's
-/// CPU rows, and unlike a wall clock, it leaves out time the shared host takes the CPU away.
-fn thread_cpu_ns() -> anyhow::Result<u64> {
-    schedstat_ns(Path::new("/proc/thread-self/schedstat"))
-        .context("cannot read CPU time from /proc/thread-self/schedstat")
 }
 
 /// A client and a relay-side TLS connection with the programs' own configurations (TLS 1.3

@@ -47,6 +47,16 @@ pub fn schedstat_ns(path: &Path) -> Option<u64> {
     line.split_whitespace().next()?.parse().ok()
 }
 
+/// This thread's time on a CPU, in nanoseconds: for timing work in this process the way the
+/// CPU rows time the programs, leaving out time the shared host takes the CPU away.
+///
+/// # Errors
+/// If /proc/thread-self/schedstat cannot be read.
+pub fn thread_cpu_ns() -> anyhow::Result<u64> {
+    schedstat_ns(Path::new("/proc/thread-self/schedstat"))
+        .context("cannot read CPU time from /proc/thread-self/schedstat")
+}
+
 /// The CPU time of every thread of some processes at one moment, from the scheduler's own
 /// count (the first field of /proc/PID/task/TID/schedstat, in nanoseconds): fine enough for a
 /// run of a fraction of a second, where clock ticks are not.
