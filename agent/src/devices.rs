@@ -23,7 +23,7 @@ pub enum DeviceStatus {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Device {
-    /// Short fingerprint of its public key (hex).
+    /// Fingerprint of its public key (hex; 128 bits for devices recorded since version 3).
     pub fingerprint: String,
     /// Its Ed25519 public key (hex).
     pub public_key: String,
@@ -52,30 +52,60 @@ pub enum DeviceError {
     /// No device matches.
     #[error("no device matches {0:?} (see 'telework-agent devices list')")]
     NotFound(String),
-    /// Several devices match a short prefix.
+    /// Several devices match.
     #[error("{0:?} matches several devices; give more of the fingerprint")]
     Ambiguous(String),
+    /// Fewer than 128 bits of fingerprint.
+    #[error(
+        "{0:?} is too short: give the device's whole fingerprint ({MIN_FINGERPRINT_HEX} hex digits, \
+         as the employee's telework or 'telework-agent devices list' shows it)"
+    )]
+    TooShort(String),
 }
 
+/// Hex digits of fingerprint IT staff must give to approve or revoke a device: 128 bits, so
+/// nobody can plant a device whose fingerprint merely starts like the employee's.
+pub const MIN_FINGERPRINT_HEX: usize = 32;
+
 impl Devices {
-    /// The status of a device as it connects, recording it as pending if new. `name` is
-    /// shortened and cleaned: it comes from the peer.
-    pub fn on_connect(&mut self, public_key: &[u8], name: &str, now: u64) -> DeviceStatus {
-        let fingerprint = telework_protocol::proof::key_fingerprint(public_key);
-        if let Some(d) = self
-            .devices
-            .iter_mut()
-            .find(|d| d.fingerprint == fingerprint)
-        {
+    fn by_key(&self, public_key: &[u8]) -> Option<&Device> {
+        let key = hex::encode(public_key);
+        self.devices.iter().find(|d| d.public_key == key)
+    }
+
+    /// Where the device with `public_key` stands, if it is on the list (matched on the full
+    /// key, never on a fingerprint).
+    pub fn status(&self, public_key: &[u8]) -> Option<DeviceStatus> {
+        self.by_key(public_key).map(|d| d.status)
+    }
+
+    /// Records a device that passed every other check of a login, and returns where it
+    /// stands. A new device waits for approval when `approval_required`, and is otherwise
+    /// recorded as approved (so IT staff see it and can revoke it). `name` is shortened and
+    /// cleaned: it comes from the peer.
+    pub fn admit(
+        &mut self,
+        public_key: &[u8],
+        name: &str,
+        now: u64,
+        approval_required: bool,
+    ) -> DeviceStatus {
+        let key = hex::encode(public_key);
+        if let Some(d) = self.devices.iter_mut().find(|d| d.public_key == key) {
             d.last_seen = now;
             return d.status;
         }
+        let status = if approval_required {
+            DeviceStatus::Pending
+        } else {
+            DeviceStatus::Approved
+        };
         let pending = self
             .devices
             .iter()
             .filter(|d| d.status == DeviceStatus::Pending)
             .count();
-        if pending >= MAX_PENDING {
+        if status == DeviceStatus::Pending && pending >= MAX_PENDING {
             if let Some(oldest) = self
                 .devices
                 .iter()
@@ -89,41 +119,53 @@ impl Devices {
         }
         let name: String = name.chars().filter(|c| !c.is_control()).take(64).collect();
         self.devices.push(Device {
-            fingerprint,
-            public_key: hex::encode(public_key),
+            fingerprint: telework_protocol::proof::key_fingerprint(public_key),
+            public_key: key,
             name,
             first_seen: now,
             last_seen: now,
-            status: DeviceStatus::Pending,
+            status,
         });
-        DeviceStatus::Pending
+        status
     }
 
-    fn find(&mut self, prefix: &str) -> Result<&mut Device, DeviceError> {
-        let prefix = prefix.trim().to_ascii_lowercase();
+    fn find(&mut self, fingerprint: &str) -> Result<&mut Device, DeviceError> {
+        let wanted: String = fingerprint
+            .chars()
+            .filter(|c| !matches!(c, ' ' | ':' | '-'))
+            .collect::<String>()
+            .to_ascii_lowercase();
+        if wanted.len() < MIN_FINGERPRINT_HEX || !wanted.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err(DeviceError::TooShort(fingerprint.trim().to_owned()));
+        }
+        let full = |d: &Device| {
+            hex::decode(&d.public_key)
+                .map(|k| telework_protocol::proof::key_fingerprint(&k))
+                .unwrap_or_default()
+        };
         let mut matches = self
             .devices
             .iter_mut()
-            .filter(|d| !prefix.is_empty() && d.fingerprint.starts_with(&prefix));
+            .filter(|d| full(d).starts_with(&wanted) || d.public_key == wanted);
         let first = matches
             .next()
-            .ok_or_else(|| DeviceError::NotFound(prefix.clone()))?;
+            .ok_or_else(|| DeviceError::NotFound(wanted.clone()))?;
         if matches.next().is_some() {
-            return Err(DeviceError::Ambiguous(prefix));
+            return Err(DeviceError::Ambiguous(wanted));
         }
         Ok(first)
     }
 
-    /// Approves the device whose fingerprint starts with `prefix`.
+    /// Sets the status of the device whose fingerprint (at least 128 bits of it) is given.
     ///
     /// # Errors
-    /// [`DeviceError`] when none or several match.
+    /// [`DeviceError`] when it is too short, or none or several match.
     pub fn set_status(
         &mut self,
-        prefix: &str,
+        fingerprint: &str,
         status: DeviceStatus,
     ) -> Result<Device, DeviceError> {
-        let d = self.find(prefix)?;
+        let d = self.find(fingerprint)?;
         d.status = status;
         Ok(d.clone())
     }
@@ -132,32 +174,70 @@ impl Devices {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use telework_protocol::proof::key_fingerprint;
 
     #[test]
     fn new_devices_wait_then_are_approved_or_revoked() {
         let mut devices = Devices::default();
+        assert_eq!(devices.status(&[1; 32]), None);
         assert_eq!(
-            devices.on_connect(&[1; 32], "home-pc", 10),
+            devices.admit(&[1; 32], "home-pc", 10, true),
             DeviceStatus::Pending
         );
-        let fp = devices.devices[0].fingerprint.clone();
-        devices
-            .set_status(&fp[..6], DeviceStatus::Approved)
-            .unwrap();
+        let fp = key_fingerprint(&[1; 32]);
+        assert_eq!(fp.len(), MIN_FINGERPRINT_HEX);
+        devices.set_status(&fp, DeviceStatus::Approved).unwrap();
+        assert_eq!(devices.status(&[1; 32]), Some(DeviceStatus::Approved));
         assert_eq!(
-            devices.on_connect(&[1; 32], "home-pc", 20),
+            devices.admit(&[1; 32], "home-pc", 20, true),
             DeviceStatus::Approved
         );
         devices.set_status(&fp, DeviceStatus::Revoked).unwrap();
         assert_eq!(
-            devices.on_connect(&[1; 32], "home-pc", 30),
+            devices.admit(&[1; 32], "home-pc", 30, false),
             DeviceStatus::Revoked
         );
         assert_eq!(devices.devices[0].last_seen, 30);
         assert!(matches!(
-            devices.set_status("zz", DeviceStatus::Approved),
+            devices.set_status(&"0".repeat(32), DeviceStatus::Approved),
             Err(DeviceError::NotFound(_))
         ));
+        // Without approval required, a device that logged in is recorded as approved, so IT
+        // staff see it and can revoke it.
+        assert_eq!(
+            devices.admit(&[2; 32], "laptop", 40, false),
+            DeviceStatus::Approved
+        );
+    }
+
+    #[test]
+    fn approval_needs_128_bits_and_matches_the_full_key() {
+        let mut devices = Devices::default();
+        devices.admit(&[1; 32], "home-pc", 10, true);
+        let fp = key_fingerprint(&[1; 32]);
+        for short in [&fp[..6], &fp[..16], &fp[..31]] {
+            assert!(
+                matches!(
+                    devices.set_status(short, DeviceStatus::Approved),
+                    Err(DeviceError::TooShort(_))
+                ),
+                "{short}"
+            );
+        }
+        let spaced: String = fp
+            .as_bytes()
+            .chunks(4)
+            .map(|c| std::str::from_utf8(c).unwrap())
+            .collect::<Vec<_>>()
+            .join(" ");
+        devices
+            .set_status(&spaced.to_uppercase(), DeviceStatus::Approved)
+            .unwrap();
+        // A stored fingerprint that does not belong to the stored key changes nothing: the
+        // key is what counts.
+        devices.devices[0].fingerprint = "ffff".into();
+        assert_eq!(devices.status(&[1; 32]), Some(DeviceStatus::Approved));
+        assert_eq!(devices.status(&[3; 32]), None);
     }
 
     #[test]
@@ -166,7 +246,7 @@ mod tests {
         for i in 0..(MAX_PENDING as u32 + 10) {
             let mut key = [0u8; 32];
             key[..4].copy_from_slice(&i.to_be_bytes());
-            devices.on_connect(&key, "evil\u{1b}[2Jname", u64::from(i));
+            devices.admit(&key, "evil\u{1b}[2Jname", u64::from(i), true);
         }
         assert_eq!(devices.devices.len(), MAX_PENDING);
         assert!(devices.devices.iter().all(|d| !d.name.contains('\u{1b}')));

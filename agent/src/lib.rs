@@ -13,6 +13,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod access;
 pub mod activity;
 pub mod backoff;
 pub mod control;
@@ -31,7 +32,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use telework_protocol::e2e::messages::Refusal;
+use telework_protocol::e2e::messages::{EndReason, Refusal};
 use telework_protocol::messages::alpn;
 use telework_protocol::net::connect::{ConnectError, RelayAddr};
 use telework_protocol::net::framed::FrameError;
@@ -43,7 +44,6 @@ use tokio::sync::{watch, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::lockout::Lockout;
 use crate::sessions::Sessions;
 use crate::state::{DataDir, StateError};
 
@@ -107,11 +107,10 @@ pub struct Agent {
     target: String,
     client_silence: Duration,
     sessions: Sessions,
-    /// Wrong-password throttling; saved by [`login_state`] off the runtime thread.
-    lockout: Arc<Mutex<Lockout>>,
     /// The time step of the last one-time code accepted (also on disk, so a restart keeps it).
     totp_last_step: Arc<Mutex<Option<u64>>>,
-    /// Held while one of the above is written, so that writes land in order.
+    /// Held while the wrong-password state or the above is written, so that writes land in
+    /// order.
     state_writes: Arc<Mutex<()>>,
     /// Messages for the relay from tunnel tasks, sent on the current control connection.
     reports: Mutex<Option<tokio::sync::mpsc::Sender<telework_protocol::messages::AgentToRelay>>>,
@@ -142,7 +141,8 @@ impl Agent {
     ) -> Result<Arc<Self>, AgentError> {
         let settings = data.settings()?;
         let trust = settings.relay_trust()?;
-        let lockout = data.lockout()?;
+        // A damaged wrong-password file is reported at start, not at the first login.
+        data.lockout()?;
         let totp_last_step = data.totp_last_step()?;
         Ok(Arc::new(Self {
             id: settings.computer_id.clone(),
@@ -154,7 +154,6 @@ impl Agent {
             target,
             client_silence,
             sessions: Sessions::default(),
-            lockout: Arc::new(Mutex::new(lockout)),
             totp_last_step: Arc::new(Mutex::new(totp_last_step)),
             state_writes: Arc::new(Mutex::new(())),
             reports: Mutex::new(None),
@@ -196,6 +195,34 @@ impl Agent {
         }
     }
 
+    /// Every few seconds, ends the open sessions that the settings on disk no longer allow
+    /// (device revoked, password changed, one-time codes turned on). Settings that cannot be
+    /// read end every session: a damaged file must never keep a revoked device in.
+    async fn recheck_sessions(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(access::RECHECK_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if self.sessions.is_empty() {
+                continue;
+            }
+            let access = self.access().await;
+            if let Err(e) = &access {
+                tracing::warn!(%e, "cannot read the access settings; ending open sessions");
+            }
+            for (id, session) in self.sessions.all() {
+                let verdict = match &access {
+                    Ok(access) => access.check(&session.grant),
+                    Err(_) => Err(EndReason::PolicyChanged),
+                };
+                if let Err(reason) = verdict {
+                    tracing::info!(session = %id, %reason, "ending a session");
+                    self.sessions.end_for(&id, reason);
+                }
+            }
+        }
+    }
+
     /// Runs until `shutdown` completes (or a permanent refusal), then ends sessions, telling
     /// clients why, and waits briefly for tunnels to close.
     ///
@@ -208,6 +235,7 @@ impl Agent {
         let result = tokio::select! {
             r = control::run(self.clone()) => r,
             () = shutdown => Ok(()),
+            () = self.clone().recheck_sessions() => Ok(()),
         };
         self.shutdown.cancel();
         self.tasks.close();

@@ -15,7 +15,7 @@ const DEVICES_LOCK_FILE: &str = "devices.lock";
 
 /// How long a change to the device list waits for another process's change to finish. Each
 /// holds the lock for one read and one write; a wait this long means that process is stuck.
-const DEVICES_LOCK_WAIT: Duration = Duration::from_secs(2);
+pub(crate) const DEVICES_LOCK_WAIT: Duration = Duration::from_secs(2);
 const LOCK_RETRY: Duration = Duration::from_millis(10);
 
 /// The device list read under its lock (see [`DataDir::lock_devices`]); the lock is released
@@ -74,7 +74,7 @@ impl DataDir {
 
     /// Takes an exclusive lock on the file `name`, retrying until `wait` has passed (never
     /// blocking for longer: a login waits on it, on the daemon's blocking pool).
-    fn lock(&self, name: &str, wait: Duration) -> Result<File, StateError> {
+    pub(crate) fn lock(&self, name: &str, wait: Duration) -> Result<File, StateError> {
         let path = self.path(name);
         let mut options = OpenOptions::new();
         options.create(true).truncate(false).write(true);
@@ -116,7 +116,7 @@ mod tests {
                 // write it back.
                 let mut devices = data.lock_devices().unwrap();
                 locked_tx.send(()).unwrap();
-                devices.on_connect(&[1; 32], "first", 5);
+                devices.admit(&[1; 32], "first", 5, true);
                 std::thread::sleep(Duration::from_millis(300));
                 devices.save().unwrap();
             })
@@ -124,7 +124,7 @@ mod tests {
         locked_rx.recv().unwrap();
         // A generous wait: a slow fsync on a busy machine must not turn this into `Busy`.
         let mut devices = data.lock_devices_within(Duration::from_secs(30)).unwrap();
-        devices.on_connect(&[2; 32], "second", 6);
+        devices.admit(&[2; 32], "second", 6, true);
         devices.save().unwrap();
         other.join().unwrap();
 

@@ -6,62 +6,71 @@
 //! 2 s for the device-list lock (held by a `telework-agent devices` command), or an fsync on
 //! a slow office disk, would otherwise freeze every open session for as long.
 
-use std::sync::{MutexGuard, PoisonError};
-use std::time::Duration;
+use std::sync::PoisonError;
 
+use telework_protocol::e2e::messages::Refusal;
+
+use crate::access::Access;
 use crate::devices::DeviceStatus;
-use crate::lockout::{self, Lockout};
+use crate::lockout::Attempt;
 use crate::state::StateError;
 use crate::totp::TotpSecret;
 use crate::{unix_now, Agent};
 
 impl Agent {
-    fn lockout(&self) -> MutexGuard<'_, Lockout> {
-        self.lockout.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    pub(crate) fn lockout_begin(&self) -> Result<(), lockout::Refused> {
-        self.lockout().begin(unix_now())
-    }
-
-    /// Counts a wrong password or code and saves the count. Returns the tries left, or how
-    /// long the lockout lasts.
-    pub(crate) async fn lockout_fail(&self) -> Result<u32, Duration> {
-        let result = self.lockout().fail(unix_now());
-        self.save_lockout().await;
-        result
-    }
-
-    pub(crate) async fn lockout_succeed(&self) {
-        let changed = self.lockout().succeed();
-        // Most logins change nothing; skip the write (and its fsync) then.
-        if changed {
-            self.save_lockout().await;
+    /// Starts a login attempt from a device that has proven its key: counts it as a failure
+    /// on disk, under the budget of a known device or the shared one, before anything that
+    /// depends on the password record is sent.
+    ///
+    /// # Errors
+    /// The refusal to send: locked out, or the attempt could not be recorded (fail closed: an
+    /// attempt that cannot be counted is not answered).
+    pub(crate) async fn attempt_begin(&self, device_key: &[u8]) -> Result<Attempt, Refusal> {
+        let data = self.data.clone();
+        let writes = self.state_writes.clone();
+        let key = device_key.to_vec();
+        let begun = off_runtime(move || {
+            let _in_order = writes.lock().unwrap_or_else(PoisonError::into_inner);
+            data.update_lockout(|l| l.begin(&key, unix_now()))
+        })
+        .await;
+        match begun {
+            Ok(Ok(attempt)) => Ok(attempt),
+            Ok(Err(locked)) => Err(Refusal::LockedOut {
+                retry_after_secs: locked.as_secs().max(1),
+            }),
+            Err(StateError::Busy(path)) => {
+                tracing::warn!(path = %path.display(), "the wrong-password state is locked by another process; refusing a login for now");
+                Err(Refusal::Busy)
+            }
+            Err(e) => {
+                tracing::warn!(%e, "cannot record a login attempt; refusing logins until it can be recorded");
+                Err(Refusal::Misconfigured)
+            }
         }
     }
 
-    pub(crate) fn lockout_abandon(&self) {
-        self.lockout().abandon();
-    }
-
-    /// Saves the wrong-password state as it is when the write runs. Writes run one at a time,
-    /// so the file never ends up older than memory, however the blocking pool orders them.
-    async fn save_lockout(&self) {
+    /// A login succeeded: gives its attempt back and remembers the device, so it has a
+    /// failure budget of its own from now on. If that cannot be saved the attempt stays
+    /// counted, which only errs on the safe side.
+    pub(crate) async fn attempt_succeeded(&self, attempt: Attempt, device_key: &[u8]) {
         let data = self.data.clone();
-        let lockout = self.lockout.clone();
         let writes = self.state_writes.clone();
+        let key = device_key.to_vec();
         let saved = off_runtime(move || {
             let _in_order = writes.lock().unwrap_or_else(PoisonError::into_inner);
-            let now = lockout
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .clone();
-            data.save_lockout(&now)
+            data.update_lockout(|l| l.succeed(&attempt, &key, unix_now()))
         })
         .await;
         if let Err(e) = saved {
-            tracing::warn!(%e, "cannot save the wrong-password state");
+            tracing::warn!(%e, "cannot save a successful login in the wrong-password state");
         }
+    }
+
+    /// The settings that decide who may stay logged in, read now.
+    pub(crate) async fn access(&self) -> Result<Access, StateError> {
+        let data = self.data.clone();
+        off_runtime(move || Access::read(&data)).await
     }
 
     /// Checks a one-time code; each code works once, across restarts too. The step is taken in
@@ -101,24 +110,37 @@ impl Agent {
         Ok(true)
     }
 
-    /// Where a connecting device stands, recording new ones as pending.
+    /// Where a device stands on the list now, without recording it.
     ///
     /// # Errors
-    /// If the device list cannot be read (the caller refuses the login), or
-    /// [`StateError::Busy`] if another process holds it too long.
+    /// If the device list cannot be read (the caller refuses the login).
     pub(crate) async fn device_status(
         &self,
         public_key: &[u8],
+    ) -> Result<Option<DeviceStatus>, StateError> {
+        let data = self.data.clone();
+        let public_key = public_key.to_vec();
+        off_runtime(move || Ok(data.devices()?.status(&public_key))).await
+    }
+
+    /// Records a device that passed every other check of a login, and returns where it
+    /// stands (see [`crate::devices::Devices::admit`]).
+    ///
+    /// # Errors
+    /// If the device list cannot be read or written (the caller refuses the login), or
+    /// [`StateError::Busy`] if another process holds it too long.
+    pub(crate) async fn admit_device(
+        &self,
+        public_key: &[u8],
         name: &str,
+        approval_required: bool,
     ) -> Result<DeviceStatus, StateError> {
         let data = self.data.clone();
         let (public_key, name) = (public_key.to_vec(), name.to_owned());
         off_runtime(move || {
             let mut devices = data.lock_devices()?;
-            let status = devices.on_connect(&public_key, &name, unix_now());
-            if let Err(e) = devices.save() {
-                tracing::warn!(%e, "cannot save the device list");
-            }
+            let status = devices.admit(&public_key, &name, unix_now(), approval_required);
+            devices.save()?;
             Ok(status)
         })
         .await

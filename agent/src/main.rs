@@ -65,6 +65,12 @@ enum Command {
     /// Show or change the access policy (approved devices, idle timeout, session length).
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Clear a lockout after too many wrong passwords (the running agent takes it at once).
+    Unlock {
+        /// The agent's data directory.
+        #[arg(long, env = "TELEWORK_AGENT_DATA_DIR")]
+        data_dir: PathBuf,
+    },
     /// Stay connected to the relay and serve sessions.
     Run {
         /// The agent's data directory.
@@ -100,17 +106,17 @@ enum DevicesCommand {
         #[arg(long, env = "TELEWORK_AGENT_DATA_DIR")]
         data_dir: PathBuf,
     },
-    /// Let a device connect (give its fingerprint or a unique prefix).
+    /// Let a device connect (give its whole fingerprint, 32 hex digits).
     Approve {
-        /// Device fingerprint (or prefix).
+        /// Device fingerprint (32 hex digits; spaces and colons are ignored).
         device: String,
         /// The agent's data directory.
         #[arg(long, env = "TELEWORK_AGENT_DATA_DIR")]
         data_dir: PathBuf,
     },
-    /// Stop a device from connecting.
+    /// Stop a device from connecting; its open sessions end within seconds.
     Revoke {
-        /// Device fingerprint (or prefix).
+        /// Device fingerprint (32 hex digits; spaces and colons are ignored).
         device: String,
         /// The agent's data directory.
         #[arg(long, env = "TELEWORK_AGENT_DATA_DIR")]
@@ -137,7 +143,7 @@ enum PolicyCommand {
         /// End sessions without desktop traffic for this long (90s, 30m, 8h; 0 = never).
         #[arg(long, value_parser = telework_agent::policy::parse_duration)]
         idle_timeout: Option<std::time::Duration>,
-        /// End sessions after this long (0 = never).
+        /// End sessions after this long, then the password is asked again (default 24h).
         #[arg(long, value_parser = telework_agent::policy::parse_duration)]
         max_session: Option<std::time::Duration>,
     },
@@ -288,7 +294,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Policy(PolicyCommand::Show { data_dir }) => {
             let policy = DataDir::open(&data_dir)?.policy()?;
-            print!("{}", toml::to_string(&policy)?);
+            print!("{}", policy.describe());
+            Ok(())
+        }
+        Command::Unlock { data_dir } => {
+            let data = DataDir::open(&data_dir)?;
+            let cleared = data.update_lockout(|l| l.unlock())?;
+            if cleared == 0 {
+                println!("no failed logins were counted; nothing to clear");
+            } else {
+                println!("cleared {cleared} failed login(s); the office PC accepts logins again");
+            }
             Ok(())
         }
         Command::Policy(PolicyCommand::Set {
@@ -306,10 +322,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 policy.idle_timeout_secs = (d.as_secs() > 0).then_some(d.as_secs());
             }
             if let Some(d) = max_session {
-                policy.max_session_secs = (d.as_secs() > 0).then_some(d.as_secs());
+                if d.is_zero() {
+                    anyhow::bail!(
+                        "--max-session must be a length like 8h or 72h: sessions always end \
+                         (after {} unless set)",
+                        telework_agent::policy::human_duration(
+                            telework_agent::policy::DEFAULT_MAX_SESSION
+                        )
+                    );
+                }
+                policy.max_session_secs = Some(d.as_secs());
             }
             data.save_policy(&policy)?;
-            print!("{}", toml::to_string(&policy)?);
+            print!("{}", policy.describe());
             Ok(())
         }
         Command::Run { data_dir, target } => {

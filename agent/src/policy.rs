@@ -13,9 +13,14 @@ pub struct Policy {
     pub require_approved_devices: bool,
     /// End a session after this many seconds without desktop traffic.
     pub idle_timeout_secs: Option<u64>,
-    /// End a session after this many seconds, whatever happens.
+    /// End a session after this many seconds, whatever happens (then the password is asked
+    /// again); [`DEFAULT_MAX_SESSION`] when not set.
     pub max_session_secs: Option<u64>,
 }
+
+/// How long a session lasts at most unless IT staff set another length: a stolen laptop with
+/// an open session does not keep the desktop for ever.
+pub const DEFAULT_MAX_SESSION: Duration = Duration::from_secs(24 * 3600);
 
 impl Policy {
     /// The idle timeout, if any.
@@ -25,11 +30,42 @@ impl Policy {
             .map(Duration::from_secs)
     }
 
-    /// The maximum session length, if any.
-    pub fn max_session(&self) -> Option<Duration> {
+    /// The maximum session length: the one set, or [`DEFAULT_MAX_SESSION`].
+    pub fn max_session(&self) -> Duration {
         self.max_session_secs
             .filter(|s| *s > 0)
-            .map(Duration::from_secs)
+            .map_or(DEFAULT_MAX_SESSION, Duration::from_secs)
+    }
+
+    /// The policy in force, one setting a line, defaults named as such (`policy show`).
+    pub fn describe(&self) -> String {
+        let idle = self
+            .idle_timeout()
+            .map_or_else(|| "off".to_owned(), human_duration);
+        let max = match self.max_session_secs.filter(|s| *s > 0) {
+            Some(_) => human_duration(self.max_session()),
+            None => format!("{} (default)", human_duration(DEFAULT_MAX_SESSION)),
+        };
+        format!(
+            "require approved devices: {}\nidle timeout: {idle}\nmaximum session: {max}\n",
+            if self.require_approved_devices {
+                "yes"
+            } else {
+                "no"
+            }
+        )
+    }
+}
+
+/// `90s`, `30m`, `8h`: the largest unit that divides it.
+pub fn human_duration(d: Duration) -> String {
+    let s = d.as_secs();
+    if s >= 3600 && s % 3600 == 0 {
+        format!("{}h", s / 3600)
+    } else if s >= 60 && s % 60 == 0 {
+        format!("{}m", s / 60)
+    } else {
+        format!("{s}s")
     }
 }
 
@@ -63,6 +99,21 @@ mod tests {
         assert_eq!(parse_duration("8h").unwrap(), Duration::from_secs(28_800));
         assert!(parse_duration("8d").is_err());
         assert!(parse_duration("h").is_err());
+    }
+
+    #[test]
+    fn sessions_are_limited_by_default_and_show_says_so() {
+        let p = Policy::default();
+        assert_eq!(p.max_session(), DEFAULT_MAX_SESSION);
+        assert!(p.describe().contains("maximum session: 24h (default)"));
+        let p = Policy {
+            max_session_secs: Some(36_000),
+            idle_timeout_secs: Some(1800),
+            ..Policy::default()
+        };
+        assert_eq!(p.max_session(), Duration::from_secs(36_000));
+        assert!(p.describe().contains("maximum session: 10h\n"));
+        assert!(p.describe().contains("idle timeout: 30m\n"));
     }
 
     #[test]

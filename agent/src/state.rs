@@ -25,6 +25,7 @@ pub(crate) const DEVICES_FILE: &str = "devices.toml";
 const TOTP_FILE: &str = "totp.secret";
 const TOTP_LAST_STEP_FILE: &str = "totp-last-step";
 const LOCKOUT_FILE: &str = "lockout.toml";
+const LOCKOUT_LOCK_FILE: &str = "lockout.lock";
 
 /// The agent's settings file (`agent.toml`), written by `register`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -241,6 +242,25 @@ impl DataDir {
         self.write_toml(LOCKOUT_FILE, lockout)
     }
 
+    /// Reads, changes and saves the wrong-password state under a lock shared with other
+    /// processes (the daemon counts attempts, `telework-agent unlock` clears them), so neither
+    /// writes back a state read before the other's change.
+    ///
+    /// # Errors
+    /// [`StateError::Busy`] if another process holds the lock for over 2 s; otherwise if the
+    /// file cannot be read or written. The change is lost then: callers that count an attempt
+    /// refuse the login.
+    pub fn update_lockout<T>(
+        &self,
+        change: impl FnOnce(&mut Lockout) -> T,
+    ) -> Result<T, StateError> {
+        let _lock = self.lock(LOCKOUT_LOCK_FILE, crate::locked_devices::DEVICES_LOCK_WAIT)?;
+        let mut lockout = self.lockout()?;
+        let out = change(&mut lockout);
+        self.save_lockout(&lockout)?;
+        Ok(out)
+    }
+
     /// The TOTP secret, if a second factor is enabled.
     ///
     /// # Errors
@@ -379,13 +399,12 @@ mod tests {
         let data = DataDir::open(dir.path()).unwrap();
         let mut l = data.lockout().unwrap();
         for _ in 0..crate::lockout::FREE_TRIES {
-            l.begin(1000).unwrap();
-            let _ = l.fail(1000);
+            l.begin(&[1; 32], 1000).unwrap();
         }
         data.save_lockout(&l).unwrap();
         let again = DataDir::open(dir.path()).unwrap();
         assert!(
-            again.lockout().unwrap().begin(1030).is_err(),
+            again.lockout().unwrap().begin(&[1; 32], 1030).is_err(),
             "still locked after a restart"
         );
 
@@ -398,7 +417,7 @@ mod tests {
         assert_eq!(again.policy().unwrap(), policy);
 
         let mut devices = data.lock_devices().unwrap();
-        devices.on_connect(&[1; 32], "home", 5);
+        devices.admit(&[1; 32], "home", 5, true);
         let expected = devices.clone();
         devices.save().unwrap();
         assert_eq!(again.devices().unwrap(), expected);

@@ -46,6 +46,11 @@ impl TotpSecret {
             .map(|b| Self::from_bytes(&b))
     }
 
+    /// The secret's bytes (for comparing it with the one a session logged in under).
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
     /// The base32 text for an authenticator app.
     pub fn to_base32(&self) -> String {
         data_encoding::BASE32_NOPAD.encode(&self.0)

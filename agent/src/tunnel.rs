@@ -5,9 +5,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use telework_protocol::e2e::keys::{after_login, device_binding, device_proof_message, Role};
+use telework_protocol::e2e::identity::{device_login_message, IdentityKey, Step, Transcript};
+use telework_protocol::e2e::keys::{after_login, Role};
 use telework_protocol::e2e::messages::{
-    AgentHandshake, AgentNotice, ClientHandshake, ClientNotice, EndReason, Refusal,
+    AgentHandshake, AgentNotice, ClientHandshake, ClientNotice, DeviceProof, EndReason, Refusal,
 };
 use telework_protocol::e2e::pake::AgentLogin;
 use telework_protocol::e2e::resume::AgentResume;
@@ -22,7 +23,8 @@ use tokio::net::TcpStream;
 use tracing::{debug, info, warn};
 
 use crate::devices::DeviceStatus;
-use crate::lockout::Refused;
+use crate::lockout::{Attempt, Outcome};
+use crate::sessions::Grant;
 use crate::state::StateError;
 use crate::{Agent, AgentError};
 
@@ -60,7 +62,10 @@ pub async fn serve(agent: Arc<Agent>, ticket: Ticket) -> Result<(), AgentError> 
         .read_within::<ClientHandshake>(E2E_STEP_TIMEOUT)
         .await;
     match first {
-        Ok(ClientHandshake::Login { request }) => login(agent, framed, ticket, request).await,
+        Ok(ClientHandshake::Hello {
+            nonce,
+            identity_challenge,
+        }) => login(agent, framed, ticket, nonce, identity_challenge).await,
         Ok(ClientHandshake::Resume { session, nonce }) => {
             resume(agent, framed, session, nonce).await
         }
@@ -75,38 +80,60 @@ async fn refuse(framed: &mut Tunnel, why: Refusal) -> Result<(), AgentError> {
     Err(AgentError::HandshakeRefused(why))
 }
 
-fn lockout_refusal(r: Refused) -> Refusal {
-    match r {
-        Refused::LockedOut(d) => Refusal::LockedOut {
-            retry_after_secs: d.as_secs().max(1),
-        },
-        Refused::Busy => Refusal::Busy,
-    }
-}
-
-/// Counts a failed password or code, reports it to the relay (which charges the client's
-/// address), and says so to the client.
-async fn failure_refusal(agent: &Agent, ticket: Ticket, totp: bool) -> Refusal {
-    agent.report_failed_pairing(ticket);
-    match agent.lockout_fail().await {
-        Ok(tries_left) if totp => Refusal::WrongTotp { tries_left },
-        Ok(tries_left) => Refusal::WrongPassword { tries_left },
-        Err(lock) => Refusal::LockedOut {
-            retry_after_secs: lock.as_secs(),
-        },
-    }
-}
-
 /// How long the client may stay silent on the session's first tunnel (it pings every 15 s)
 /// before the agent ends the session: a laptop that sleeps or loses its network sends no
 /// close, and its session must not live on.
 pub const CLIENT_SILENCE: Duration = Duration::from_secs(45);
 
+/// A login in progress: the transcript and the identity key that prove our answers.
+struct LoginProof {
+    transcript: Transcript,
+    identity: IdentityKey,
+}
+
+impl LoginProof {
+    /// Sends a refusal the client can check came from this office PC.
+    async fn refuse(&self, framed: &mut Tunnel, why: Refusal) -> Result<(), AgentError> {
+        debug!(?why, "login refused");
+        let proof = self
+            .identity
+            .prove(Step::Refusal, &self.transcript, &why.proof_bytes());
+        let _ = framed
+            .write(&AgentHandshake::LoginRefused {
+                why: why.clone(),
+                proof,
+            })
+            .await;
+        Err(AgentError::HandshakeRefused(why))
+    }
+}
+
+/// What a failed attempt tells the client: the tries left, or the lockout it started.
+fn failure_refusal(if_failed: Outcome, totp: bool) -> Refusal {
+    match if_failed {
+        Outcome::TriesLeft(tries_left) if totp => Refusal::WrongTotp { tries_left },
+        Outcome::TriesLeft(tries_left) => Refusal::WrongPassword { tries_left },
+        Outcome::LockedOut(lock) => Refusal::LockedOut {
+            retry_after_secs: lock.as_secs().max(1),
+        },
+    }
+}
+
+/// A password login, from the client's hello to the end of the session it opens.
+///
+/// The order is what the security promises rest on:
+/// 1. prove this office PC's identity key over the client's fresh challenge, so a pinned
+///    client knows it is talking to us before it sends anything that depends on the password;
+/// 2. check the device's proof, then count the attempt as failed **on disk** under the
+///    device's own budget (if it logged in before) or the shared one;
+/// 3. only then answer the OPAQUE request. The attempt is given back only on success, so one
+///    that ends any other way (relay error, timeout, shutdown, a killed process) stays counted.
 async fn login(
     agent: Arc<Agent>,
     mut framed: Tunnel,
     ticket: Ticket,
-    request: Vec<u8>,
+    client_nonce: [u8; 32],
+    challenge: [u8; 32],
 ) -> Result<(), AgentError> {
     let record = match agent.data.password() {
         Ok(Some(r)) => r,
@@ -116,19 +143,61 @@ async fn login(
             return refuse(&mut framed, Refusal::Misconfigured).await;
         }
     };
-    if let Err(r) = agent.lockout_begin() {
-        return refuse(&mut framed, lockout_refusal(r)).await;
+    let Ok(identity) = record.identity_key(&challenge) else {
+        return refuse(&mut framed, Refusal::ProtocolViolation).await;
+    };
+    let mut transcript = Transcript::new(&agent.id);
+    transcript.client_hello(&client_nonce, &challenge);
+    let agent_nonce: [u8; 32] = rand::random();
+    transcript.agent_hello(&agent_nonce);
+    let proof = identity.prove(Step::Hello, &transcript, b"");
+    let mut login = LoginProof {
+        transcript,
+        identity,
+    };
+    framed
+        .write(&AgentHandshake::Hello {
+            nonce: agent_nonce,
+            proof,
+        })
+        .await?;
+    let (request, device) = match framed
+        .read_within::<ClientHandshake>(E2E_STEP_TIMEOUT)
+        .await
+    {
+        Ok(ClientHandshake::Login { request, device }) => (request, device),
+        Ok(_) | Err(FrameError::Decode(_)) => {
+            return login.refuse(&mut framed, Refusal::ProtocolViolation).await
+        }
+        Err(e) => return Err(e.into()),
+    };
+    login.transcript.login(&device.public_key, &request);
+    if !verify_signature(
+        &device.public_key,
+        &device_login_message(&login.transcript),
+        &device.signature,
+    ) {
+        return login.refuse(&mut framed, Refusal::ProtocolViolation).await;
     }
     let (state, response, stretch) = match AgentLogin::start(&record, &request, &agent.id) {
         Ok(s) => s,
-        Err(_) => {
-            agent.lockout_abandon();
-            return refuse(&mut framed, Refusal::ProtocolViolation).await;
-        }
+        Err(_) => return login.refuse(&mut framed, Refusal::ProtocolViolation).await,
     };
+    let attempt = match agent.attempt_begin(&device.public_key).await {
+        Ok(a) => a,
+        Err(why) => return login.refuse(&mut framed, why).await,
+    };
+    login.transcript.challenge(&response, &stretch);
+    let proof = login
+        .identity
+        .prove(Step::Challenge, &login.transcript, b"");
     let outcome = async {
         framed
-            .write(&AgentHandshake::LoginChallenge { response, stretch })
+            .write(&AgentHandshake::LoginChallenge {
+                response,
+                stretch,
+                proof,
+            })
             .await
             .ok()?;
         match framed
@@ -142,20 +211,20 @@ async fn login(
     }
     .await;
     let Some(session_key) = outcome else {
-        // A wrong password, a forged finalization, or a client that vanished mid-login all
-        // count as a failed try: otherwise disconnecting would be a free guess.
-        let why = failure_refusal(&agent, ticket, false).await;
+        // Already counted. Report it to the relay (which charges the client's address) and
+        // tell the client, with a proof it can check.
+        agent.report_failed_pairing(ticket);
+        let why = failure_refusal(attempt.if_failed, false);
         warn!(?why, "login failed");
-        return refuse(&mut framed, why).await;
+        return login.refuse(&mut framed, why).await;
     };
     let (keys, resumption) = after_login(&session_key, Role::Agent);
-    let binding = device_binding(&session_key);
     let (stream, leftover) = framed.into_parts();
     let mut tunnel = SecureTunnel::new(stream, leftover, keys);
 
-    // Inside the end-to-end channel now: the device check and the one-time code.
-    let policy = match second_steps(&agent, &mut tunnel, ticket, &binding).await {
-        Ok(policy) => policy,
+    // Inside the end-to-end channel now: the one-time code, then the device list.
+    let grant = match second_steps(&agent, &mut tunnel, ticket, &attempt, &device).await {
+        Ok(grant) => grant,
         Err(why) => {
             warn!(?why, "login refused after the password step");
             let _ = tunnel.send_notice(&AgentNotice::Refused(why.clone())).await;
@@ -163,11 +232,11 @@ async fn login(
             return Err(AgentError::HandshakeRefused(why));
         }
     };
-    agent.lockout_succeed().await;
+    agent.attempt_succeeded(attempt, &device.public_key).await;
 
-    let (session_id, session) = agent.sessions.start(resumption);
+    let (session_id, session) = agent.sessions.start(resumption, grant);
     info!(session = %session_id, "session started");
-    let end = hold_session(&agent, &mut tunnel, session_id, &session, &policy).await;
+    let end = hold_session(&agent, &mut tunnel, session_id, &session).await;
     agent.sessions.end(&session_id);
     info!(session = %session_id, %end, "session ended");
     Ok(())
@@ -181,7 +250,6 @@ async fn hold_session(
     tunnel: &mut SecureTunnel<RelayConnection>,
     session_id: SessionId,
     session: &crate::sessions::Session,
-    policy: &crate::policy::Policy,
 ) -> String {
     if let Err(e) = tunnel
         .send_notice(&AgentNotice::SessionReady {
@@ -191,12 +259,9 @@ async fn hold_session(
     {
         return format!("could not confirm the session: {e}");
     }
-    let max_session = async {
-        match policy.max_session() {
-            Some(d) => tokio::time::sleep(d).await,
-            None => std::future::pending().await,
-        }
-    };
+    // The policy is read at every login; a session keeps the limits it started under.
+    let policy = agent.data.policy().unwrap_or_default();
+    let max_session = tokio::time::sleep(policy.max_session());
     let idle = async {
         match policy.idle_timeout() {
             Some(limit) => loop {
@@ -210,7 +275,6 @@ async fn hold_session(
         }
     };
     tokio::pin!(max_session, idle);
-    let ending = |reason: EndReason| AgentNotice::SessionEnded(reason);
     loop {
         let reason = tokio::select! {
             r = tokio::time::timeout(agent.client_silence, tunnel.recv_control::<ClientNotice>()) => match r {
@@ -222,73 +286,57 @@ async fn hold_session(
             _ = agent.shutdown.cancelled() => EndReason::AgentShutdown,
             () = &mut max_session => EndReason::MaxDuration,
             () = &mut idle => EndReason::Idle,
-            _ = session.ended.cancelled() => return "session ended".to_owned(),
+            _ = session.ended.cancelled() => match session.end_reason() {
+                Some(reason) => reason,
+                None => return "session ended".to_owned(),
+            },
         };
-        let _ = tunnel.send_notice(&ending(reason)).await;
+        let _ = tunnel.send_notice(&AgentNotice::SessionEnded(reason)).await;
         let _ = tunnel.finish().await;
         return reason.to_string();
     }
 }
 
-/// The checks after a right password: the device (when IT staff require approved devices)
-/// and the one-time code (when enabled). Every failure here is a refusal with a reason.
-/// Settings that cannot be read refuse the login: a damaged file must never switch a check
-/// off. Returns the policy in force for the session.
+/// The checks after a right password: the one-time code (when enabled), then the device list
+/// (a revoked device is refused; a new one waits for approval when IT staff require it). A
+/// device is recorded only once every other check has passed. Settings that cannot be read
+/// refuse the login: a damaged file must never switch a check off. Returns what the session
+/// logs in under.
 async fn second_steps(
     agent: &Agent,
     tunnel: &mut SecureTunnel<RelayConnection>,
     ticket: Ticket,
-    binding: &[u8; 32],
-) -> Result<crate::policy::Policy, Refusal> {
+    attempt: &Attempt,
+    device: &DeviceProof,
+) -> Result<Grant, Refusal> {
     let misconfigured = |what: &str, e: &dyn std::fmt::Display| {
         warn!(%e, "cannot read the {what}; refusing logins until it is fixed");
-        agent.lockout_abandon();
         Refusal::Misconfigured
     };
-    let device =
-        tokio::time::timeout(E2E_STEP_TIMEOUT, tunnel.recv_control::<ClientNotice>()).await;
-    let Ok(Ok(ClientNotice::Device {
-        public_key,
-        name,
-        proof,
-    })) = device
-    else {
-        agent.lockout_abandon();
-        return Err(Refusal::ProtocolViolation);
-    };
-    if !verify_signature(&public_key, &device_proof_message(binding), &proof) {
-        agent.lockout_abandon();
-        return Err(Refusal::ProtocolViolation);
-    }
-    let policy = agent
-        .data
-        .policy()
-        .map_err(|e| misconfigured("access policy", &e))?;
-    if policy.require_approved_devices {
-        let status = agent
-            .device_status(&public_key, &name)
-            .await
-            .map_err(|e| match e {
-                StateError::Busy(_) => {
-                    warn!(%e, "refusing a login for now");
-                    agent.lockout_abandon();
-                    Refusal::Busy
-                }
-                e => misconfigured("device list", &e),
-            })?;
-        match status {
-            DeviceStatus::Approved => {}
-            DeviceStatus::Pending => {
-                agent.lockout_abandon();
-                return Err(Refusal::DeviceNotApproved {
-                    device: key_fingerprint(&public_key),
-                });
-            }
-            DeviceStatus::Revoked => {
-                agent.lockout_abandon();
-                return Err(Refusal::DeviceRevoked);
-            }
+    let busy_or_misconfigured = |e: StateError| match e {
+        StateError::Busy(_) => {
+            warn!(%e, "refusing a login for now");
+            Refusal::Busy
         }
+        e => misconfigured("device list", &e),
+    };
+    // The device's name travels inside the end-to-end channel: the relay sees only its key.
+    let name =
+        match tokio::time::timeout(E2E_STEP_TIMEOUT, tunnel.recv_control::<ClientNotice>()).await {
+            Ok(Ok(ClientNotice::DeviceName { name })) => name,
+            _ => return Err(Refusal::ProtocolViolation),
+        };
+    let access = agent
+        .access()
+        .await
+        .map_err(|e| misconfigured("access settings", &e))?;
+    if agent
+        .device_status(&device.public_key)
+        .await
+        .map_err(busy_or_misconfigured)?
+        == Some(DeviceStatus::Revoked)
+    {
+        return Err(Refusal::DeviceRevoked);
     }
     let totp = agent
         .data
@@ -300,24 +348,44 @@ async fn second_steps(
             .await
             .is_err()
         {
-            agent.lockout_abandon();
             return Err(Refusal::ProtocolViolation);
         }
         let answer =
             tokio::time::timeout(TOTP_TIMEOUT, tunnel.recv_control::<ClientNotice>()).await;
         let code = match answer {
             Ok(Ok(ClientNotice::Totp { code })) => code,
-            _ => return Err(failure_refusal(agent, ticket, true).await),
+            _ => {
+                agent.report_failed_pairing(ticket);
+                return Err(failure_refusal(attempt.if_failed, true));
+            }
         };
         let accepted = agent
             .check_totp(&secret, &code)
             .await
             .map_err(|e| misconfigured("one-time-code record", &e))?;
         if !accepted {
-            return Err(failure_refusal(agent, ticket, true).await);
+            agent.report_failed_pairing(ticket);
+            return Err(failure_refusal(attempt.if_failed, true));
         }
     }
-    Ok(policy)
+    let policy = agent
+        .data
+        .policy()
+        .map_err(|e| misconfigured("access policy", &e))?;
+    let status = agent
+        .admit_device(&device.public_key, &name, policy.require_approved_devices)
+        .await
+        .map_err(busy_or_misconfigured)?;
+    match status {
+        DeviceStatus::Approved => {}
+        DeviceStatus::Pending => {
+            return Err(Refusal::DeviceNotApproved {
+                device: key_fingerprint(&device.public_key),
+            })
+        }
+        DeviceStatus::Revoked => return Err(Refusal::DeviceRevoked),
+    }
+    access.grant(&device.public_key).ok_or(Refusal::NoPassword)
 }
 
 async fn resume(
@@ -349,6 +417,24 @@ async fn resume(
     };
     let (stream, leftover) = framed.into_parts();
     let mut tunnel = SecureTunnel::new(stream, leftover, keys);
+    // The device, password and one-time-code policy the session logged in under must still
+    // hold; a change ends the whole session, with its reason.
+    let verdict = match agent.access().await {
+        Ok(access) => access.check(&session.grant),
+        Err(e) => {
+            warn!(%e, "cannot read the access settings; ending the session");
+            Err(EndReason::PolicyChanged)
+        }
+    };
+    if let Err(reason) = verdict {
+        info!(session = %session_id, %reason, "ending a session");
+        agent.sessions.end_for(&session_id, reason);
+        tunnel
+            .send_notice(&AgentNotice::SessionEnded(reason))
+            .await?;
+        let _ = tunnel.finish().await;
+        return Ok(());
+    }
     // Only now, with the client proven, do we touch the desktop service.
     let target =
         match tokio::time::timeout(TARGET_CONNECT_TIMEOUT, TcpStream::connect(&agent.target)).await

@@ -18,9 +18,13 @@ pub enum ClientError {
     /// The office PC refused the login (wrong password, locked out, …).
     #[error("{0}")]
     Refused(Refusal),
-    /// The password did not open the office PC's answer, and the office PC did not say how many
-    /// tries are left.
-    #[error("wrong password (the office PC did not confirm how many tries are left)")]
+    /// The login failed and the office PC could not prove it said so: on a first connection
+    /// (nothing pinned yet) a wrong password cannot be told apart from a relay pretending to
+    /// be the PC, so the client does not ask again.
+    #[error(
+        "wrong password, or the relay is not talking to the real office PC (this is the first \
+         connection to it, so telework cannot tell which); run the command again to retry"
+    )]
     WrongPasswordUnconfirmed,
     /// The office PC did not answer a step of the login in time.
     #[error("the office PC did not answer in time")]
@@ -43,19 +47,18 @@ pub enum ClientError {
     /// The office PC asked for password stretching outside what this client accepts.
     #[error("cannot log in: {0} (update telework on this computer and the office PC)")]
     Stretch(telework_protocol::e2e::stretch::StretchParamsError),
-    /// The office PC's identity key is not the one pinned at the first connection.
+    /// The office PC could not prove the identity key pinned at the first connection.
     #[error(
-        "WARNING: the office PC {id} presented a different identity key ({presented}, pinned {pinned}). \
-         Someone may be impersonating it, or its telework agent was reinstalled. Nothing was sent. \
-         If IT staff confirm a reinstall, run 'telework forget {id}' and connect again."
+        "WARNING: the office PC {id} could not prove it holds the identity key pinned at your first \
+         connection ({pinned}). Someone may be impersonating it, or IT staff reinstalled its telework \
+         agent or rotated its key. Your password was not used. If IT staff confirm the change, run \
+         'telework forget {id}' and connect again."
     )]
     AgentKeyChanged {
         /// The computer ID.
         id: telework_protocol::ComputerId,
         /// Fingerprint of the pinned key.
         pinned: String,
-        /// Fingerprint of the presented key.
-        presented: String,
     },
     /// The user's profile (device key, pins) could not be read or written.
     #[error("cannot use the telework profile: {0}")]
@@ -66,12 +69,10 @@ pub enum ClientError {
 }
 
 impl ClientError {
-    /// Whether asking for the password again could help.
+    /// Whether asking for the password again could help: only after a wrong password the
+    /// office PC itself confirmed (a relay must not get extra guesses by faking failures).
     pub fn is_wrong_password(&self) -> bool {
-        matches!(
-            self,
-            Self::Refused(Refusal::WrongPassword { .. }) | Self::WrongPasswordUnconfirmed
-        )
+        matches!(self, Self::Refused(Refusal::WrongPassword { .. }))
     }
 }
 

@@ -195,6 +195,16 @@ fn connect(args: ConnectArgs) -> anyhow::Result<()> {
                 Err(e) => return Err(e.into()),
             }
         };
+        if let Some(fingerprint) = session.pinned_now() {
+            eprintln!(
+                "first connection to {} through {}: pinned its identity key {fingerprint}. From now \
+                 on telework refuses anyone pretending to be this office PC before your password \
+                 is used. On this first connection only, a relay pretending to be it could have \
+                 tested your password once; if IT staff gave you the key's fingerprint, check that \
+                 it matches.",
+                args.id, args.relay
+            );
+        }
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;

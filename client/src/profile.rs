@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use telework_protocol::private_file::{create_private_dir, write_private};
-use telework_protocol::proof::{key_fingerprint, MachineKey};
+use telework_protocol::proof::MachineKey;
 use telework_protocol::ComputerId;
 
 const DEVICE_KEY_FILE: &str = "device-key.pk8";
@@ -34,27 +34,16 @@ pub struct Profile {
     dir: PathBuf,
 }
 
-/// How a presented agent key compares with the pin.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PinCheck {
-    /// Never connected to this computer ID before: pin after a successful login.
-    FirstUse,
-    /// The key matches the pin.
-    Matches,
-    /// The key differs from the pin.
-    Changed {
-        /// Fingerprint of the pinned key.
-        pinned: String,
-        /// Fingerprint of the presented key.
-        presented: String,
-    },
-}
-
 #[derive(Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct KnownAgents {
-    /// Computer ID → hex of the agent's static public key.
+    /// Relay (`host:port`) → computer ID → hex of the agent's identity key. Two relays may
+    /// each have an office PC with the same ID; their pins never clash.
     #[serde(default)]
+    relays: BTreeMap<String, BTreeMap<String, String>>,
+    /// Pins from earlier versions, by computer ID alone; used for any relay until the next
+    /// successful login moves them under its relay.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     agents: BTreeMap<String, String>,
 }
 
@@ -111,44 +100,60 @@ impl Profile {
         write_private(&self.dir.join(KNOWN_AGENTS_FILE), text.as_bytes())
     }
 
-    /// Compares `key` with the pin for `id`.
+    /// The identity key pinned for computer `id` on `relay`, if any.
     ///
     /// # Errors
-    /// If the pin file is unreadable (never silently treated as "first use").
-    pub fn check_pin(&self, id: &ComputerId, key: &[u8]) -> io::Result<PinCheck> {
+    /// If the pin file is unreadable or damaged (never silently treated as "nothing
+    /// pinned").
+    pub fn pinned(&self, relay: &str, id: &ComputerId) -> io::Result<Option<Vec<u8>>> {
         let known = self.known()?;
-        Ok(match known.agents.get(id.as_str()) {
-            None => PinCheck::FirstUse,
-            Some(pinned) if *pinned == hex::encode(key) => PinCheck::Matches,
-            Some(pinned) => PinCheck::Changed {
-                pinned: hex::decode(pinned)
-                    .map(|k| key_fingerprint(&k))
-                    .unwrap_or_else(|_| pinned.clone()),
-                presented: key_fingerprint(key),
-            },
-        })
+        let hex_key = known
+            .relays
+            .get(relay)
+            .and_then(|ids| ids.get(id.as_str()))
+            .or_else(|| known.agents.get(id.as_str()));
+        hex_key
+            .map(|k| {
+                hex::decode(k).map_err(|_| {
+                    io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!(
+                            "{}: the pin for {id} is not hex",
+                            self.dir.join(KNOWN_AGENTS_FILE).display()
+                        ),
+                    )
+                })
+            })
+            .transpose()
     }
 
-    /// Pins `key` for `id`.
+    /// Pins `key` for computer `id` on `relay`.
     ///
     /// # Errors
     /// If the pin file cannot be written.
-    pub fn pin(&self, id: &ComputerId, key: &[u8]) -> io::Result<()> {
+    pub fn pin(&self, relay: &str, id: &ComputerId, key: &[u8]) -> io::Result<()> {
         let mut known = self.known()?;
+        known.agents.remove(id.as_str());
         known
-            .agents
+            .relays
+            .entry(relay.to_owned())
+            .or_default()
             .insert(id.as_str().to_owned(), hex::encode(key));
         self.save_known(&known)
     }
 
-    /// Forgets the pin for `id` (after IT staff confirm the office PC was reinstalled).
-    /// Returns whether there was one.
+    /// Forgets the pins for `id`, on every relay (after IT staff confirm the office PC was
+    /// reinstalled or its key rotated). Returns whether there was one.
     ///
     /// # Errors
     /// If the pin file cannot be read or written.
     pub fn forget(&self, id: &ComputerId) -> io::Result<bool> {
         let mut known = self.known()?;
-        let had = known.agents.remove(id.as_str()).is_some();
+        let mut had = known.agents.remove(id.as_str()).is_some();
+        for ids in known.relays.values_mut() {
+            had |= ids.remove(id.as_str()).is_some();
+        }
+        known.relays.retain(|_, ids| !ids.is_empty());
         self.save_known(&known)?;
         Ok(had)
     }
@@ -159,19 +164,36 @@ mod tests {
     use super::*;
 
     #[test]
-    fn trust_on_first_use_then_mismatch_then_forget() {
+    fn pins_are_per_relay_and_forgotten_everywhere() {
         let dir = tempfile::tempdir().unwrap();
         let p = Profile::open(dir.path()).unwrap();
         let id: ComputerId = "pc-1".parse().unwrap();
-        assert_eq!(p.check_pin(&id, &[1; 32]).unwrap(), PinCheck::FirstUse);
-        p.pin(&id, &[1; 32]).unwrap();
-        assert_eq!(p.check_pin(&id, &[1; 32]).unwrap(), PinCheck::Matches);
-        assert!(matches!(
-            p.check_pin(&id, &[2; 32]).unwrap(),
-            PinCheck::Changed { .. }
-        ));
+        assert_eq!(p.pinned("relay-a:443", &id).unwrap(), None);
+        p.pin("relay-a:443", &id, &[1; 32]).unwrap();
+        p.pin("relay-b:443", &id, &[2; 32]).unwrap();
+        assert_eq!(p.pinned("relay-a:443", &id).unwrap(), Some(vec![1; 32]));
+        assert_eq!(p.pinned("relay-b:443", &id).unwrap(), Some(vec![2; 32]));
+        assert_eq!(p.pinned("relay-c:443", &id).unwrap(), None);
         assert!(p.forget(&id).unwrap());
-        assert_eq!(p.check_pin(&id, &[2; 32]).unwrap(), PinCheck::FirstUse);
+        assert_eq!(p.pinned("relay-a:443", &id).unwrap(), None);
+        assert_eq!(p.pinned("relay-b:443", &id).unwrap(), None);
+        assert!(!p.forget(&id).unwrap());
+    }
+
+    #[test]
+    fn pins_from_earlier_versions_apply_until_moved_under_a_relay() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join(KNOWN_AGENTS_FILE),
+            format!("[agents]\npc-1 = \"{}\"\n", hex::encode([7; 32])),
+        )
+        .unwrap();
+        let p = Profile::open(dir.path()).unwrap();
+        let id: ComputerId = "pc-1".parse().unwrap();
+        assert_eq!(p.pinned("relay-a:443", &id).unwrap(), Some(vec![7; 32]));
+        p.pin("relay-a:443", &id, &[7; 32]).unwrap();
+        assert_eq!(p.pinned("relay-b:443", &id).unwrap(), None);
+        assert_eq!(p.pinned("relay-a:443", &id).unwrap(), Some(vec![7; 32]));
     }
 
     #[test]
@@ -183,6 +205,6 @@ mod tests {
             p.device_key().unwrap().public_key()
         );
         std::fs::write(dir.path().join(KNOWN_AGENTS_FILE), "agents = 7").unwrap();
-        assert!(p.check_pin(&"pc".parse().unwrap(), &[1; 32]).is_err());
+        assert!(p.pinned("relay:443", &"pc".parse().unwrap()).is_err());
     }
 }

@@ -5,11 +5,12 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use telework_protocol::e2e::keys::{
-    after_login, device_binding, device_proof_message, ResumptionSecret, Role,
+use telework_protocol::e2e::identity::{
+    device_login_message, IdentityChallenge, IdentityKey, Step, Transcript,
 };
+use telework_protocol::e2e::keys::{after_login, ResumptionSecret, Role};
 use telework_protocol::e2e::messages::{
-    AgentHandshake, AgentNotice, ClientHandshake, ClientNotice, Refusal,
+    AgentHandshake, AgentNotice, ClientHandshake, ClientNotice, DeviceProof, Refusal,
 };
 use telework_protocol::e2e::pake::{ClientLogin, PakeError};
 use telework_protocol::e2e::resume::ClientResume;
@@ -25,7 +26,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn, Instrument};
 
 use crate::error::ClientError;
-use crate::profile::{PinCheck, Profile};
+use crate::profile::Profile;
 use telework_protocol::proof::{key_fingerprint, MachineKey};
 
 /// How long the relay may take to pair us (its ticket TTL plus the handshake).
@@ -58,6 +59,30 @@ fn plaintext_refusal(why: Refusal) -> ClientError {
         ClientError::Refused(why)
     } else {
         ClientError::BadProof
+    }
+}
+
+/// A refusal of a login after the hello. With the office PC's identity checked, its proof
+/// says the PC itself sent it (a forged one is tampering); without (the first connection to
+/// this PC), it is believed only as far as a plaintext refusal is, and a wrong password is
+/// unconfirmed, so the client does not ask again.
+fn login_refusal(
+    why: Refusal,
+    proof: &[u8; 32],
+    identity: Option<&IdentityKey>,
+    transcript: &Transcript,
+) -> ClientError {
+    match identity {
+        Some(identity) => {
+            match identity.verify(Step::Refusal, transcript, &why.proof_bytes(), proof) {
+                Ok(()) => ClientError::Refused(why),
+                Err(_) => ClientError::BadProof,
+            }
+        }
+        None => match why {
+            Refusal::WrongPassword { .. } => ClientError::WrongPasswordUnconfirmed,
+            why => plaintext_refusal(why),
+        },
     }
 }
 
@@ -126,6 +151,7 @@ pub struct Session {
     secret: ResumptionSecret,
     control: Tunnel,
     agent_key: Vec<u8>,
+    pinned_now: Option<String>,
     ping_every: Duration,
 }
 
@@ -160,26 +186,102 @@ impl Session {
 
     /// Logs in with a device identity, key pinning and a one-time-code source.
     ///
+    /// For an office PC pinned on this relay, the PC must prove its pinned identity key over
+    /// this login before anything that depends on the password is sent, and must prove its
+    /// OPAQUE answer and its refusals with the same key: a relay that pretends to be the PC
+    /// is refused before any guess is tested, and every later failure looks the same on the
+    /// wire (`LoginFailed` after a full Argon2id).
+    ///
     /// # Errors
-    /// As [`Session::login`], plus [`ClientError::AgentKeyChanged`] when the office PC's key
-    /// differs from the pinned one.
+    /// As [`Session::login`], plus [`ClientError::AgentKeyChanged`] when the office PC cannot
+    /// prove the pinned key.
     pub async fn login_with(
         target: &Target,
         password: &[u8],
         options: &LoginOptions,
     ) -> Result<Self, ClientError> {
         let tls = target.trust.client_config(alpn::CLIENT)?;
+        let relay = target.relay.to_string();
+        let pinned = match &options.profile {
+            Some(profile) => profile
+                .pinned(&relay, &target.id)
+                .map_err(ClientError::Profile)?,
+            None => None,
+        };
         let mut framed = pair(&target.relay, &tls, &target.id).await?;
-        let (state, request) = ClientLogin::start(password).map_err(|_| ClientError::BadProof)?;
-        framed.write(&ClientHandshake::Login { request }).await?;
-        let (response, stretch) = match framed
+
+        // 1. The office PC proves its identity key (when pinned) before the password step.
+        let challenge = IdentityChallenge::generate();
+        let nonce: [u8; 32] = rand::random();
+        let mut transcript = Transcript::new(&target.id);
+        transcript.client_hello(&nonce, &challenge.public());
+        framed
+            .write(&ClientHandshake::Hello {
+                nonce,
+                identity_challenge: challenge.public(),
+            })
+            .await?;
+        let (agent_nonce, hello_proof) = match framed
             .read_within::<AgentHandshake>(E2E_STEP_TIMEOUT)
             .await?
         {
-            AgentHandshake::LoginChallenge { response, stretch } => (response, stretch),
-            AgentHandshake::Refused(why) => return Err(plaintext_refusal(why)),
-            AgentHandshake::ResumeChallenge { .. } => return Err(ClientError::BadProof),
+            AgentHandshake::Hello { nonce, proof } => (nonce, proof),
+            AgentHandshake::Refused(why) if pinned.is_none() => return Err(plaintext_refusal(why)),
+            _ => return Err(ClientError::BadProof),
         };
+        transcript.agent_hello(&agent_nonce);
+        let hello_transcript = transcript.clone();
+        let identity = match &pinned {
+            Some(key) => {
+                let identity = challenge.key(key).map_err(|_| ClientError::BadProof)?;
+                if identity
+                    .verify(Step::Hello, &transcript, b"", &hello_proof)
+                    .is_err()
+                {
+                    return Err(ClientError::AgentKeyChanged {
+                        id: target.id.clone(),
+                        pinned: key_fingerprint(key),
+                    });
+                }
+                Some(identity)
+            }
+            None => None,
+        };
+
+        // 2. The password step, with this device's proof.
+        let (state, request) = ClientLogin::start(password).map_err(|_| ClientError::BadProof)?;
+        let device_key = options.device.public_key();
+        transcript.login(&device_key, &request);
+        let signature = options.device.sign(&device_login_message(&transcript));
+        framed
+            .write(&ClientHandshake::Login {
+                request,
+                device: DeviceProof {
+                    public_key: device_key,
+                    signature,
+                },
+            })
+            .await?;
+        let (response, stretch, challenge_proof) = match framed
+            .read_within::<AgentHandshake>(E2E_STEP_TIMEOUT)
+            .await?
+        {
+            AgentHandshake::LoginChallenge {
+                response,
+                stretch,
+                proof,
+            } => (response, stretch, proof),
+            AgentHandshake::LoginRefused { why, proof } => {
+                return Err(login_refusal(why, &proof, identity.as_ref(), &transcript))
+            }
+            _ => return Err(ClientError::BadProof),
+        };
+        transcript.challenge(&response, &stretch);
+        if let Some(identity) = &identity {
+            identity
+                .verify(Step::Challenge, &transcript, b"", &challenge_proof)
+                .map_err(|_| ClientError::BadProof)?;
+        }
         // Argon2id takes tens of milliseconds: keep it off the async workers.
         let password_owned = zeroize::Zeroizing::new(password.to_vec());
         let id = target.id.clone();
@@ -189,47 +291,46 @@ impl Session {
         .await
         .map_err(|_| ClientError::BadProof)?;
         let done = match finished {
-            Ok(done) => done,
-            Err(PakeError::WrongPassword) => {
-                framed.write(&ClientHandshake::LoginFailed).await?;
-                return match framed.read_within::<AgentHandshake>(E2E_STEP_TIMEOUT).await {
-                    Ok(AgentHandshake::Refused(why)) => Err(plaintext_refusal(why)),
-                    _ => Err(ClientError::WrongPasswordUnconfirmed),
+            Ok(done) => {
+                // Whoever answered must hold the key OPAQUE just authenticated, throughout.
+                let proven = match &pinned {
+                    Some(key) => *key == done.agent_public_key,
+                    None => challenge.key(&done.agent_public_key).is_ok_and(|k| {
+                        k.verify(Step::Hello, &hello_transcript, b"", &hello_proof)
+                            .is_ok()
+                            && k.verify(Step::Challenge, &transcript, b"", &challenge_proof)
+                                .is_ok()
+                    }),
                 };
+                proven.then_some(done)
             }
             Err(PakeError::Stretch(why)) => return Err(ClientError::Stretch(why)),
-            Err(_) => return Err(ClientError::BadProof),
+            Err(_) => None,
         };
-        // The agent's static key is authenticated by OPAQUE (it came out of the envelope the
-        // password opened, and the 3DH step proved the agent holds its private half). Compare it
-        // with the pin before finishing: a changed key gets no finalization.
-        let pin = match &options.profile {
-            Some(profile) => profile
-                .check_pin(&target.id, &done.agent_public_key)
-                .map_err(ClientError::Profile)?,
-            None => PinCheck::Matches,
+        let Some(done) = done else {
+            // Every failure looks the same: the office PC counted it before answering, and its
+            // proven reply is the only one that may make us ask for the password again.
+            framed.write(&ClientHandshake::LoginFailed).await?;
+            return match framed.read_within::<AgentHandshake>(E2E_STEP_TIMEOUT).await {
+                Ok(AgentHandshake::LoginRefused { why, proof }) => {
+                    Err(login_refusal(why, &proof, identity.as_ref(), &transcript))
+                }
+                _ => Err(ClientError::WrongPasswordUnconfirmed),
+            };
         };
-        if let PinCheck::Changed { pinned, presented } = pin {
-            return Err(ClientError::AgentKeyChanged {
-                id: target.id.clone(),
-                pinned,
-                presented,
-            });
-        }
         framed
             .write(&ClientHandshake::LoginFinish {
                 finalization: done.finalization.clone(),
             })
             .await?;
         let (keys, secret) = after_login(&done.session_key, Role::Client);
-        let binding = device_binding(&done.session_key);
         let (stream, leftover) = framed.into_parts();
         let mut control = SecureTunnel::new(stream, leftover, keys);
+
+        // 3. Inside the end-to-end channel: the device's name, then a one-time code if asked.
         control
-            .send_control(&ClientNotice::Device {
-                public_key: options.device.public_key(),
+            .send_control(&ClientNotice::DeviceName {
                 name: options.device_name.clone(),
-                proof: options.device.sign(&device_proof_message(&binding)),
             })
             .await?;
         let session = loop {
@@ -254,12 +355,15 @@ impl Session {
                 Ok(Err(e)) => return Err(ClientError::Tunnel(e)),
             }
         };
-        if pin == PinCheck::FirstUse {
+        let mut pinned_now = None;
+        if pinned.is_none() {
             if let Some(profile) = &options.profile {
                 profile
-                    .pin(&target.id, &done.agent_public_key)
+                    .pin(&relay, &target.id, &done.agent_public_key)
                     .map_err(ClientError::Profile)?;
-                info!(id = %target.id, key = %key_fingerprint(&done.agent_public_key), "pinned the office PC's key");
+                let fingerprint = key_fingerprint(&done.agent_public_key);
+                info!(id = %target.id, key = %fingerprint, "pinned the office PC's key");
+                pinned_now = Some(fingerprint);
             }
         }
         info!(%session, "logged in");
@@ -271,8 +375,16 @@ impl Session {
             secret,
             control,
             agent_key: done.agent_public_key,
+            pinned_now,
             ping_every: options.ping_every,
         })
+    }
+
+    /// The office PC's identity key fingerprint, if this login pinned it (the first
+    /// successful connection to this PC through this relay). The employee should be told
+    /// once.
+    pub fn pinned_now(&self) -> Option<&str> {
+        self.pinned_now.as_deref()
     }
 
     /// The office PC's static public key, as proven by the login.
@@ -390,7 +502,7 @@ impl TunnelOpener {
         {
             AgentHandshake::ResumeChallenge { nonce, mac } => (nonce, mac),
             AgentHandshake::Refused(why) => return Err(plaintext_refusal(why)),
-            AgentHandshake::LoginChallenge { .. } => return Err(ClientError::BadProof),
+            _ => return Err(ClientError::BadProof),
         };
         let (client_mac, keys) = resume
             .finish(&nonce, &mac)

@@ -12,6 +12,12 @@ use tokio::process::Command;
 const PW: &str = "employee-connection-password";
 
 fn telework(relay: &TestRelay, id: &str) -> Command {
+    let profile = std::env::temp_dir().join(format!("tw-cli-profile-{}", rand::random::<u64>()));
+    telework_in(relay, id, &profile)
+}
+
+/// `telework connect` with the profile (device key, pins) in `profile`.
+fn telework_in(relay: &TestRelay, id: &str, profile: &std::path::Path) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_telework"));
     cmd.args([
         "connect",
@@ -23,10 +29,7 @@ fn telework(relay: &TestRelay, id: &str) -> Command {
         "none",
     ])
     .args(["--relay-fingerprint", &relay.fingerprint.to_string()])
-    .env(
-        "TELEWORK_CONFIG_DIR",
-        std::env::temp_dir().join(format!("tw-cli-profile-{}", rand::random::<u64>())),
-    )
+    .env("TELEWORK_CONFIG_DIR", profile)
     .stdin(Stdio::piped())
     .stdout(Stdio::piped())
     .stderr(Stdio::piped())
@@ -36,7 +39,13 @@ fn telework(relay: &TestRelay, id: &str) -> Command {
 
 /// Runs `telework connect` to completion with `password`; returns exit code and stderr.
 async fn run_to_end(relay: &TestRelay, id: &str, password: &str) -> (Option<i32>, String) {
-    let mut child = telework(relay, id).spawn().unwrap();
+    run_to_end_with(telework(relay, id), password).await
+}
+
+/// Runs `cmd` to completion with `password`, ending it with Ctrl-C if it connects; returns
+/// exit code and stderr.
+async fn run_to_end_with(mut cmd: Command, password: &str) -> (Option<i32>, String) {
+    let mut child = cmd.spawn().unwrap();
     // A usage error exits before reading the password: a broken pipe is fine here.
     let _ = child
         .stdin
@@ -113,12 +122,58 @@ async fn errors_are_one_plain_line() {
     let desktop = EchoServer::start().await;
     let _agent = relay.agent("pc-cli", PW).target(desktop.addr).run().await;
 
-    let (code, err) = run_to_end(&relay, "pc-cli", "not the password").await;
+    // Nothing pinned yet: a failure cannot be told apart from a relay pretending to be the
+    // office PC, so it is not confirmed and no count is shown.
+    let profile = tempfile::tempdir().unwrap();
+    let (code, err) = run_to_end_with(
+        telework_in(&relay, "pc-cli", profile.path()),
+        "not the password",
+    )
+    .await;
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("telework: wrong password, or the relay is not talking to the real office PC"),
+        "{err}"
+    );
+    // After a first successful login (which pins the office PC, and says so once), a wrong
+    // password is confirmed by the office PC itself, with the tries left for this device.
+    let mut first = telework_in(&relay, "pc-cli", profile.path());
+    first.stdin(Stdio::piped());
+    let mut child = first.spawn().unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(format!("{PW}\n").as_bytes()).await.unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = tokio::time::timeout(Duration::from_secs(20), stdout.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap_or_default();
+    assert!(line.starts_with("connected to pc-cli"), "{line}");
+    child.kill().await.unwrap();
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .await
+        .unwrap();
+    assert_eq!(
+        err.matches("first connection to pc-cli").count(),
+        1,
+        "{err}"
+    );
+    let (code, err) = run_to_end_with(
+        telework_in(&relay, "pc-cli", profile.path()),
+        "not the password",
+    )
+    .await;
     assert_eq!(code, Some(1));
     assert!(
         err.contains("telework: wrong password, 4 tries left before the office PC locks out"),
         "{err}"
     );
+    assert!(!err.contains("first connection"), "{err}");
 
     let (code, err) = run_to_end(&relay, "pc-nobody", PW).await;
     assert_eq!(code, Some(1));

@@ -12,11 +12,13 @@ use crate::ids::{ComputerId, Ticket};
 /// Minor protocol version spoken by this build, sent in every hello.
 ///
 /// 2: the agent's login answer names its password-stretching parameters, which a version-1
-/// client cannot read; relays refuse version 1 so that old software is told to update.
-pub const PROTOCOL_VERSION: u16 = 2;
+/// client cannot read. 3: a login opens with the office PC's identity proof and the device's
+/// proof, before the password step. Relays refuse older versions so that old software is told
+/// to update instead of failing mid-login.
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// Oldest minor version a relay accepts.
-pub const MIN_PROTOCOL_VERSION: u16 = 2;
+pub const MIN_PROTOCOL_VERSION: u16 = 3;
 
 /// ALPN protocol ids, one per connection role. The `1` is the major version: a relay that does
 /// not speak it fails the TLS handshake with `no_application_protocol`.

@@ -91,10 +91,11 @@ pub fn verify_signature(public_key: &[u8], msg: &[u8], sig: &[u8]) -> bool {
             .is_ok()
 }
 
-/// A short, stable name for a public key: the first 8 bytes of its SHA-256, in hex.
+/// A stable name for a public key: the first 16 bytes (128 bits) of its SHA-256, in hex, so
+/// that nobody can make another key with the same name.
 pub fn key_fingerprint(public_key: &[u8]) -> String {
     let digest = ring::digest::digest(&ring::digest::SHA256, public_key);
-    hex::encode(&digest.as_ref()[..8])
+    hex::encode(&digest.as_ref()[..16])
 }
 
 /// Checks a proof made by [`MachineKey::prove`].

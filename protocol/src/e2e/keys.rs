@@ -71,20 +71,6 @@ pub fn after_login(session_key: &[u8], role: Role) -> (TunnelKeys, ResumptionSec
     (tunnel_keys(&prk, role), resumption)
 }
 
-/// A per-session value the client's device key signs, so a device proof cannot be replayed
-/// in another session. Both sides derive it from the login's session key.
-pub fn device_binding(session_key: &[u8]) -> [u8; 32] {
-    let prk = extract(b"telework/1 login", session_key);
-    *expand::<32>(&prk, b"telework/1 device binding")
-}
-
-/// The bytes a device key signs: a label and the session's device binding.
-pub fn device_proof_message(binding: &[u8; 32]) -> Vec<u8> {
-    let mut m = b"telework/1 device proof\0".to_vec();
-    m.extend_from_slice(binding);
-    m
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,17 +8,29 @@ use crate::ids::SessionId;
 /// What a client sends first, and then to finish, in a tunnel.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ClientHandshake {
-    /// Start a password login: an OPAQUE `CredentialRequest`.
+    /// Start a password login. The agent must answer with a proof of its identity key over
+    /// these values before the client sends anything that depends on the password
+    /// ([`crate::e2e::identity`]).
+    Hello {
+        /// Client's fresh random nonce.
+        nonce: [u8; 32],
+        /// The client's ephemeral ristretto255 key for this login's identity proof.
+        identity_challenge: [u8; 32],
+    },
+    /// The password step: an OPAQUE `CredentialRequest`, and this device's key with its
+    /// proof over the login so far, so the agent knows which failure budget to charge.
     Login {
         /// Serialized OPAQUE credential request.
         request: Vec<u8>,
+        /// The device and its proof.
+        device: DeviceProof,
     },
     /// Finish a login: an OPAQUE `CredentialFinalization`.
     LoginFinish {
         /// Serialized OPAQUE credential finalization.
         finalization: Vec<u8>,
     },
-    /// The agent's answer did not open with our password: the password was wrong.
+    /// The login cannot be finished (the password did not open the agent's answer).
     LoginFailed,
     /// Open another tunnel in an authenticated session.
     Resume {
@@ -34,9 +46,27 @@ pub enum ClientHandshake {
     },
 }
 
+/// A client device's key and its signature over the login transcript
+/// ([`crate::e2e::identity::device_login_message`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceProof {
+    /// Ed25519 public key of the device.
+    pub public_key: Vec<u8>,
+    /// The signature.
+    pub signature: Vec<u8>,
+}
+
 /// What an agent answers during the handshake.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum AgentHandshake {
+    /// The answer to a login's hello: the agent's nonce and its identity proof.
+    Hello {
+        /// Agent's fresh random nonce.
+        nonce: [u8; 32],
+        /// MAC over the transcript with the identity key
+        /// ([`crate::e2e::identity::Step::Hello`]).
+        proof: [u8; 32],
+    },
     /// The OPAQUE `CredentialResponse` to a login.
     LoginChallenge {
         /// Serialized OPAQUE credential response.
@@ -44,6 +74,9 @@ pub enum AgentHandshake {
         /// The Argon2id parameters the agent's record was made with; the client checks them
         /// (a changed value only makes the login fail).
         stretch: crate::e2e::stretch::StretchParams,
+        /// MAC over the transcript, this answer included, with the identity key
+        /// ([`crate::e2e::identity::Step::Challenge`]).
+        proof: [u8; 32],
     },
     /// The answer to a resumption: the agent's nonce and confirmation MAC.
     ResumeChallenge {
@@ -52,8 +85,18 @@ pub enum AgentHandshake {
         /// HMAC over the transcript with the agent confirm key.
         mac: [u8; 32],
     },
-    /// The handshake is refused; the connection closes after this.
+    /// The handshake is refused before any identity proof (a resumption, or a login the
+    /// agent cannot start); the connection closes after this.
     Refused(Refusal),
+    /// A login is refused, with a MAC over the transcript and the refusal from the identity
+    /// key ([`crate::e2e::identity::Step::Refusal`]): a client that checked the identity
+    /// knows the office PC itself said it.
+    LoginRefused {
+        /// Why.
+        why: Refusal,
+        /// The MAC.
+        proof: [u8; 32],
+    },
 }
 
 /// Why an agent refuses a handshake.
@@ -111,6 +154,13 @@ impl Refusal {
                 | Self::ProtocolViolation
                 | Self::Misconfigured
         )
+    }
+}
+
+impl Refusal {
+    /// The bytes a [`AgentHandshake::LoginRefused`] proof covers.
+    pub fn proof_bytes(&self) -> Vec<u8> {
+        postcard::to_allocvec(self).unwrap_or_default()
     }
 }
 
@@ -180,18 +230,14 @@ pub enum AgentNotice {
     Refused(Refusal),
 }
 
-/// Control messages a client sends inside the record layer, right after the password step.
+/// Control messages a client sends inside the record layer, after the password step.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ClientNotice {
-    /// The client's device key, and its signature over this session's device binding
-    /// ([`super::keys::device_binding`]), so the proof is good for this session only.
-    Device {
-        /// Ed25519 public key of the device.
-        public_key: Vec<u8>,
-        /// A name for IT staff (the home PC's host name).
+    /// The device's name for IT staff (the home PC's host name), sent first after the
+    /// password step; the device's key was proven before it.
+    DeviceName {
+        /// The name.
         name: String,
-        /// Signature over [`super::keys::device_proof_message`].
-        proof: Vec<u8>,
     },
     /// The one-time code from the employee's authenticator app.
     Totp {
@@ -212,6 +258,13 @@ pub enum EndReason {
     MaxDuration,
     /// Nothing happened for too long.
     Idle,
+    /// IT staff revoked this device on the office PC.
+    DeviceRevoked,
+    /// The connection password was changed on the office PC.
+    PasswordChanged,
+    /// IT staff tightened the office PC's access policy (one-time codes turned on or a new
+    /// secret, or approved devices required and this one is not approved).
+    PolicyChanged,
 }
 
 impl std::fmt::Display for EndReason {
@@ -220,6 +273,13 @@ impl std::fmt::Display for EndReason {
             Self::AgentShutdown => "the telework agent on the office PC stopped",
             Self::MaxDuration => "the session reached its maximum length",
             Self::Idle => "the session was idle for too long",
+            Self::DeviceRevoked => "IT staff revoked this device's access to the office PC",
+            Self::PasswordChanged => {
+                "the connection password was changed on the office PC; connect again with the new one"
+            }
+            Self::PolicyChanged => {
+                "IT staff changed the office PC's access policy; connect again to log in under it"
+            }
         })
     }
 }

@@ -12,6 +12,7 @@
 //! 4. **Records** ([`record`]): AES-256-GCM records with counter nonces carry desktop bytes,
 //!    an authenticated end-of-stream, and control messages ([`messages::AgentNotice`]).
 
+pub mod identity;
 pub mod keys;
 pub mod messages;
 pub mod pake;

@@ -16,6 +16,7 @@ use opaque_ke::{
 use rand::rngs::OsRng;
 use zeroize::Zeroizing;
 
+use super::identity::{self, IdentityKey};
 use super::stretch::{Stretch, StretchParams};
 use crate::ids::ComputerId;
 
@@ -152,6 +153,22 @@ impl PasswordRecord {
     pub fn agent_public_key(&self) -> Result<Vec<u8>, PakeError> {
         let (setup, _) = self.parts()?;
         Ok(setup.keypair().public().serialize().to_vec())
+    }
+
+    /// The MAC key that proves this record's holder to a client's ephemeral key
+    /// (see [`super::identity`]): the agent's answer to a login's hello.
+    ///
+    /// # Errors
+    /// [`PakeError::BadRecord`] if the record is damaged, [`PakeError::Malformed`] if the
+    /// client's key is not a valid point.
+    pub fn identity_key(&self, challenge: &[u8]) -> Result<IdentityKey, PakeError> {
+        let (setup, _) = self.parts()?;
+        let secret = Zeroizing::new(
+            <[u8; identity::LEN]>::try_from(&setup.keypair().private().serialize()[..])
+                .map_err(|_| PakeError::BadRecord)?,
+        );
+        let public = setup.keypair().public().serialize();
+        identity::agent_key(&secret, &public, challenge).map_err(|_| PakeError::Malformed)
     }
 
     /// The Argon2id parameters this record's password was stretched with; the agent tells

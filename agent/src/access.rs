@@ -1,0 +1,130 @@
+//! Whether an open session may go on: the device, the password and the one-time-code policy
+//! it logged in under are checked again at every resume and every few seconds, so revoking a
+//! device, changing the password or turning one-time codes on ends that PC's open sessions.
+
+use std::time::Duration;
+
+use ring::digest;
+use telework_protocol::e2e::messages::EndReason;
+
+use crate::devices::{DeviceStatus, Devices};
+use crate::policy::Policy;
+use crate::sessions::Grant;
+use crate::state::{DataDir, StateError};
+
+/// How often the agent checks open sessions against the settings on disk. A change ends the
+/// sessions it affects within this (plus a write's time), well inside 5 s.
+pub const RECHECK_EVERY: Duration = Duration::from_secs(2);
+
+/// SHA-256, for comparing a record or secret with the one a session logged in under.
+pub fn digest_of(bytes: &[u8]) -> [u8; 32] {
+    let mut out = [0; 32];
+    out.copy_from_slice(digest::digest(&digest::SHA256, bytes).as_ref());
+    out
+}
+
+/// The settings that decide who may be logged in, as they are on disk now.
+pub struct Access {
+    password: Option<[u8; 32]>,
+    totp: Option<[u8; 32]>,
+    devices: Devices,
+    policy: Policy,
+}
+
+impl Access {
+    /// Reads the settings.
+    ///
+    /// # Errors
+    /// If a file is damaged or unreadable; callers end sessions then (fail closed).
+    pub fn read(data: &DataDir) -> Result<Self, StateError> {
+        Ok(Self {
+            password: data.password()?.map(|r| digest_of(r.to_bytes())),
+            totp: data.totp()?.map(|t| digest_of(t.as_bytes())),
+            devices: data.devices()?,
+            policy: data.policy()?,
+        })
+    }
+
+    /// The grant a login gets under these settings, for `device_key`.
+    pub fn grant(&self, device_key: &[u8]) -> Option<Grant> {
+        Some(Grant {
+            device_key: device_key.to_vec(),
+            password: self.password?,
+            totp: self.totp,
+        })
+    }
+
+    /// Whether a session that logged in under `grant` may go on.
+    ///
+    /// # Errors
+    /// Why it must end.
+    pub fn check(&self, grant: &Grant) -> Result<(), EndReason> {
+        if self.password != Some(grant.password) {
+            return Err(EndReason::PasswordChanged);
+        }
+        let status = self.devices.status(&grant.device_key);
+        if status == Some(DeviceStatus::Revoked) {
+            return Err(EndReason::DeviceRevoked);
+        }
+        if self.policy.require_approved_devices && status != Some(DeviceStatus::Approved) {
+            return Err(EndReason::PolicyChanged);
+        }
+        if self.totp.is_some() && self.totp != grant.totp {
+            return Err(EndReason::PolicyChanged);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn access() -> Access {
+        Access {
+            password: Some([1; 32]),
+            totp: None,
+            devices: Devices::default(),
+            policy: Policy::default(),
+        }
+    }
+
+    #[test]
+    fn each_change_ends_the_session_for_its_reason() {
+        let a = access();
+        let grant = a.grant(&[9; 32]).unwrap();
+        assert_eq!(a.check(&grant), Ok(()));
+
+        let mut changed = access();
+        changed.password = Some([2; 32]);
+        assert_eq!(changed.check(&grant), Err(EndReason::PasswordChanged));
+        changed.password = None;
+        assert_eq!(changed.check(&grant), Err(EndReason::PasswordChanged));
+
+        let mut revoked = access();
+        revoked.devices.admit(&[9; 32], "home", 1, false);
+        assert_eq!(revoked.check(&grant), Ok(()));
+        let fp = telework_protocol::proof::key_fingerprint(&[9; 32]);
+        revoked
+            .devices
+            .set_status(&fp, DeviceStatus::Revoked)
+            .unwrap();
+        assert_eq!(revoked.check(&grant), Err(EndReason::DeviceRevoked));
+
+        let mut totp_on = access();
+        totp_on.totp = Some([3; 32]);
+        assert_eq!(totp_on.check(&grant), Err(EndReason::PolicyChanged));
+        // A session that logged in with that code goes on; one with an older secret ends.
+        let with_code = totp_on.grant(&[9; 32]).unwrap();
+        assert_eq!(totp_on.check(&with_code), Ok(()));
+        let mut new_secret = access();
+        new_secret.totp = Some([4; 32]);
+        assert_eq!(new_secret.check(&with_code), Err(EndReason::PolicyChanged));
+        // Turning codes off ends nothing.
+        assert_eq!(access().check(&with_code), Ok(()));
+
+        let mut approval = access();
+        approval.policy.require_approved_devices = true;
+        assert_eq!(approval.check(&grant), Err(EndReason::PolicyChanged));
+    }
+}
