@@ -181,18 +181,7 @@ impl Lockout {
     /// A login succeeded: its attempt is given back (its budget starts over) and its device
     /// becomes known, with a budget of its own from now on.
     pub fn succeed(&mut self, attempt: &Attempt, public_key: &[u8], now: u64) {
-        match &attempt.charged {
-            Charged::Shared => {
-                let mut shared = self.shared();
-                shared.clear();
-                self.set_shared(shared);
-            }
-            Charged::Device(key) => {
-                if let Some(d) = self.devices.get_mut(key) {
-                    d.budget.clear();
-                }
-            }
-        }
+        self.give_back(attempt);
         let key = hex::encode(public_key);
         if !self.devices.contains_key(&key) && self.devices.len() >= MAX_KNOWN_DEVICES {
             let oldest = self
@@ -206,6 +195,24 @@ impl Lockout {
         }
         let device = self.devices.entry(key).or_default();
         device.last_success = now;
+    }
+
+    /// The password (and code) of an attempt proved right, but the login was refused for
+    /// another reason (a device waiting for approval, settings the agent cannot read): the
+    /// attempt is given back as a success would, without making the device known.
+    pub fn give_back(&mut self, attempt: &Attempt) {
+        match &attempt.charged {
+            Charged::Shared => {
+                let mut shared = self.shared();
+                shared.clear();
+                self.set_shared(shared);
+            }
+            Charged::Device(key) => {
+                if let Some(d) = self.devices.get_mut(key) {
+                    d.budget.clear();
+                }
+            }
+        }
     }
 
     /// Clears every failure and lockout (`telework-agent unlock`); known devices stay known.

@@ -12,7 +12,7 @@ use telework_protocol::e2e::messages::Refusal;
 
 use crate::access::Access;
 use crate::devices::DeviceStatus;
-use crate::lockout::Attempt;
+use crate::lockout::{Attempt, Lockout};
 use crate::state::StateError;
 use crate::totp::TotpSecret;
 use crate::{unix_now, Agent};
@@ -54,12 +54,23 @@ impl Agent {
     /// failure budget of its own from now on. If that cannot be saved the attempt stays
     /// counted, which only errs on the safe side.
     pub(crate) async fn attempt_succeeded(&self, attempt: Attempt, device_key: &[u8]) {
+        let key = device_key.to_vec();
+        self.end_attempt(move |l| l.succeed(&attempt, &key, unix_now()))
+            .await;
+    }
+
+    /// The password (and code) of an attempt proved right but the login was refused for
+    /// another reason: gives the attempt back (see [`crate::lockout::Lockout::give_back`]).
+    pub(crate) async fn attempt_given_back(&self, attempt: Attempt) {
+        self.end_attempt(move |l| l.give_back(&attempt)).await;
+    }
+
+    async fn end_attempt(&self, change: impl FnOnce(&mut Lockout) + Send + 'static) {
         let data = self.data.clone();
         let writes = self.state_writes.clone();
-        let key = device_key.to_vec();
         let saved = off_runtime(move || {
             let _in_order = writes.lock().unwrap_or_else(PoisonError::into_inner);
-            data.update_lockout(|l| l.succeed(&attempt, &key, unix_now()))
+            data.update_lockout(change)
         })
         .await;
         if let Err(e) = saved {

@@ -227,6 +227,17 @@ async fn login(
         Ok(grant) => grant,
         Err(why) => {
             warn!(?why, "login refused after the password step");
+            // A wrong or missing code stays counted; a refusal for any other reason came
+            // after every secret proved right.
+            if !matches!(
+                why,
+                Refusal::WrongTotp { .. }
+                    | Refusal::TotpMissing
+                    | Refusal::LockedOut { .. }
+                    | Refusal::ProtocolViolation
+            ) {
+                agent.attempt_given_back(attempt).await;
+            }
             let _ = tunnel.send_notice(&AgentNotice::Refused(why.clone())).await;
             let _ = tunnel.finish().await;
             return Err(AgentError::HandshakeRefused(why));

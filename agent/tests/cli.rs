@@ -181,3 +181,93 @@ fn run_before_register_says_what_to_do() {
         text(&out)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unlock_clears_a_lockout_on_the_running_agent() {
+    let relay = TestRelay::start().await;
+    let (_desktop, agent) = relay.office_pc("pc-unlock", "the-right-password").await;
+    for _ in 0..5 {
+        let _ = relay.login("pc-unlock", "a stranger's guess").await;
+    }
+    let locked = relay.login("pc-unlock", "the-right-password").await;
+    assert!(
+        matches!(
+            locked,
+            Err(telework_client::ClientError::Refused(
+                telework_protocol::e2e::messages::Refusal::LockedOut { .. }
+            ))
+        ),
+        "{:?}",
+        locked.err()
+    );
+    let mut cmd = agent();
+    cmd.args(["unlock", "--data-dir"]).arg(agent.dir.path());
+    let out = run_blocking(cmd, None).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("cleared 5 failed login(s)"),
+        "{}",
+        text(&out)
+    );
+    relay
+        .login("pc-unlock", "the-right-password")
+        .await
+        .expect("the running agent takes the unlock at once");
+    let out = run_blocking(agent_cmd_in(&agent.dir, &["unlock"]), None).await;
+    assert!(text(&out).contains("nothing to clear"), "{}", text(&out));
+}
+
+/// `telework-agent ARGS --data-dir DIR`.
+fn agent_cmd_in(dir: &tempfile::TempDir, args: &[&str]) -> Command {
+    let mut cmd = agent();
+    cmd.args(args).arg("--data-dir").arg(dir.path());
+    cmd
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policy_shows_the_default_session_limit_and_devices_need_whole_fingerprints() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run_blocking(agent_cmd_in(&dir, &["policy", "show"]), None).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("maximum session: 24h (default)"),
+        "{}",
+        text(&out)
+    );
+    let out = run_blocking(
+        agent_cmd_in(&dir, &["policy", "set", "--max-session", "10h"]),
+        None,
+    )
+    .await;
+    assert!(
+        text(&out).contains("maximum session: 10h"),
+        "{}",
+        text(&out)
+    );
+    let out = run_blocking(
+        agent_cmd_in(&dir, &["policy", "set", "--max-session", "0"]),
+        None,
+    )
+    .await;
+    assert!(!out.status.success());
+    assert!(text(&out).contains("sessions always end"), "{}", text(&out));
+
+    let data = telework_agent::state::DataDir::open(dir.path()).unwrap();
+    let mut devices = data.lock_devices().unwrap();
+    devices.admit(&[7; 32], "home", 1, true);
+    devices.save().unwrap();
+    let fingerprint = telework_protocol::proof::key_fingerprint(&[7; 32]);
+    let out = run_blocking(
+        agent_cmd_in(&dir, &["devices", "approve", &fingerprint[..6]]),
+        None,
+    )
+    .await;
+    assert!(!out.status.success());
+    assert!(text(&out).contains("too short"), "{}", text(&out));
+    let out = run_blocking(
+        agent_cmd_in(&dir, &["devices", "approve", &fingerprint]),
+        None,
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out));
+}

@@ -12,6 +12,7 @@ use telework_agent::totp::TotpSecret;
 use telework_client::profile::Profile;
 use telework_client::{ClientError, LoginOptions, Session};
 use telework_protocol::e2e::messages::{EndReason, Refusal};
+use telework_protocol::e2e::pake::PasswordRecord;
 use telework_protocol::proof::MachineKey;
 use telework_tests::{run_until_online, EchoServer, TestAgent, TestClient, TestRelay};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -33,22 +34,37 @@ async fn a_changed_office_pc_key_is_refused_until_forgotten() {
     let home = tempfile::tempdir().unwrap();
     let profile = Profile::open(home.path()).unwrap();
     let options = options_with_profile(&profile);
-    let desktop = EchoServer::start().await;
-
-    let relay1 = TestRelay::start().await;
-    let _genuine = relay1.agent("pc-tofu", PW).target(desktop.addr).run().await;
-    Session::login_with(&relay1.target("pc-tofu"), PW.as_bytes(), &options)
+    let relay = TestRelay::start().await;
+    let (desktop, genuine) = relay.office_pc("pc-tofu", PW).await;
+    Session::login_with(&relay.target("pc-tofu"), PW.as_bytes(), &options)
         .await
         .unwrap();
     // Second login: the pin matches.
-    Session::login_with(&relay1.target("pc-tofu"), PW.as_bytes(), &options)
+    Session::login_with(&relay.target("pc-tofu"), PW.as_bytes(), &options)
         .await
         .unwrap();
 
-    // An impostor (another relay, another agent with the same ID and even the same password).
+    // Another relay with its own office PC under the same computer ID: pins are per relay, so
+    // the two never clash.
     let relay2 = TestRelay::start().await;
-    let _impostor = relay2.agent("pc-tofu", PW).target(desktop.addr).run().await;
-    let err = Session::login_with(&relay2.target("pc-tofu"), PW.as_bytes(), &options)
+    let (_desktop2, _other) = relay2.office_pc("pc-tofu", PW).await;
+    Session::login_with(&relay2.target("pc-tofu"), PW.as_bytes(), &options)
+        .await
+        .unwrap();
+
+    // The same relay, now answered by an office PC with another identity key (even with the
+    // same password): refused before the password step.
+    let impostor_dir = genuine.copy_data_dir();
+    genuine.stop().await;
+    let impostor = DataDir::open(impostor_dir.path()).unwrap();
+    impostor
+        .save_password(&PasswordRecord::create(PW.as_bytes()).unwrap())
+        .unwrap();
+    let task =
+        run_until_online(telework_agent::Agent::load(impostor, desktop.addr.to_string()).unwrap())
+            .await;
+    let before = desktop.connections();
+    let err = Session::login_with(&relay.target("pc-tofu"), PW.as_bytes(), &options)
         .await
         .err()
         .unwrap();
@@ -58,17 +74,21 @@ async fn a_changed_office_pc_key_is_refused_until_forgotten() {
     );
     let text = err.to_string();
     assert!(
-        text.starts_with("WARNING: the office PC pc-tofu presented a different identity key"),
+        text.starts_with(
+            "WARNING: the office PC pc-tofu could not prove it holds the identity key"
+        ),
         "{text}"
     );
     assert!(text.contains("telework forget pc-tofu"), "{text}");
-    assert_eq!(desktop.connections(), 0);
+    assert!(text.contains("Your password was not used"), "{text}");
+    assert_eq!(desktop.connections(), before);
 
     // After IT staff confirm a reinstall, the employee forgets the pin and connects.
     assert!(profile.forget(&"pc-tofu".parse().unwrap()).unwrap());
-    Session::login_with(&relay2.target("pc-tofu"), PW.as_bytes(), &options)
+    Session::login_with(&relay.target("pc-tofu"), PW.as_bytes(), &options)
         .await
         .unwrap();
+    task.abort();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -125,8 +145,11 @@ async fn an_unapproved_device_waits_and_is_admitted_after_approval() {
     assert_eq!(devices.devices.len(), 1);
     assert_eq!(devices.devices[0].name, "tanaka-home");
     assert_eq!(devices.devices[0].status, DeviceStatus::Pending);
-    devices
+    assert!(devices
         .set_status(&fingerprint[..8], DeviceStatus::Approved)
+        .is_err());
+    devices
+        .set_status(fingerprint, DeviceStatus::Approved)
         .unwrap();
     devices.save().unwrap();
 
@@ -517,4 +540,172 @@ async fn a_client_that_goes_silent_loses_its_session() {
     drop(silent);
     kept.stop().await.unwrap();
     task.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strangers_who_lock_the_office_pc_never_lock_out_a_known_device() {
+    let relay = TestRelay::start().await;
+    let (desktop, _agent) = relay.office_pc("pc-known", PW).await;
+    let home = tempfile::tempdir().unwrap();
+    let employee = options_with_profile(&Profile::open(home.path()).unwrap());
+    // The employee's device has logged in before.
+    drop(
+        Session::login_with(&relay.target("pc-known"), PW.as_bytes(), &employee)
+            .await
+            .unwrap(),
+    );
+    // A stranger who knows the computer ID uses up the shared budget.
+    for _ in 0..5 {
+        let err = relay
+            .login("pc-known", "a stranger's guess")
+            .await
+            .err()
+            .unwrap();
+        assert!(
+            matches!(
+                err,
+                ClientError::WrongPasswordUnconfirmed
+                    | ClientError::Refused(Refusal::LockedOut { .. })
+            ),
+            "{err:?}"
+        );
+    }
+    let err = relay.login("pc-known", PW).await.err().unwrap();
+    assert!(
+        matches!(err, ClientError::Refused(Refusal::LockedOut { .. })),
+        "strangers are locked out, even with the right password: {err:?}"
+    );
+    // The known device proves its key before the password step and has its own budget.
+    let session = Session::login_with(&relay.target("pc-known"), PW.as_bytes(), &employee)
+        .await
+        .unwrap();
+    session.opener().open().await.unwrap();
+    assert_eq!(desktop.connections(), 1);
+}
+
+/// An agent with a session served like `telework connect`, for the revocation tests.
+async fn open_session(
+    id: &str,
+) -> (
+    TestRelay,
+    EchoServer,
+    TestAgent,
+    TestClient,
+    Arc<MachineKey>,
+) {
+    let relay = TestRelay::start().await;
+    let (desktop, agent) = relay.office_pc(id, PW).await;
+    let device = Arc::new(MachineKey::generate().unwrap());
+    let options = LoginOptions {
+        device: device.clone(),
+        device_name: "tanaka-laptop".into(),
+        ..LoginOptions::default()
+    };
+    let session = Session::login_with(&relay.target(id), PW.as_bytes(), &options)
+        .await
+        .unwrap();
+    let client = TestClient::serve(session).await;
+    let mut rdp = TcpStream::connect(client.local).await.unwrap();
+    echo_once(&mut rdp).await;
+    (relay, desktop, agent, client, device)
+}
+
+/// Waits (at most 5 s) for the client's session to end, and returns why.
+async fn ended_within_5_s(
+    client: TestClient,
+) -> Result<telework_client::session::Ended, ClientError> {
+    tokio::time::timeout(Duration::from_secs(5), client.task)
+        .await
+        .expect("the open session ended within 5 s")
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoking_the_device_ends_its_open_session() {
+    let (_relay, _desktop, agent, client, device) = open_session("pc-revoke").await;
+    let opener_probe = TcpStream::connect(client.local).await.unwrap();
+    drop(opener_probe);
+    let data = DataDir::open(agent.dir.path()).unwrap();
+    let mut devices = data.lock_devices().unwrap();
+    devices
+        .set_status(
+            &telework_protocol::proof::key_fingerprint(&device.public_key()),
+            DeviceStatus::Revoked,
+        )
+        .unwrap();
+    devices.save().unwrap();
+    let ended = ended_within_5_s(client).await;
+    assert!(
+        matches!(ended, Err(ClientError::Ended(EndReason::DeviceRevoked))),
+        "{ended:?}"
+    );
+    assert!(ClientError::Ended(EndReason::DeviceRevoked)
+        .to_string()
+        .contains("revoked this device"));
+    assert_eq!(agent.agent.sessions(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changing_the_password_ends_open_sessions() {
+    let (_relay, _desktop, agent, client, _device) = open_session("pc-newpw").await;
+    let data = DataDir::open(agent.dir.path()).unwrap();
+    let new = data
+        .password()
+        .unwrap()
+        .unwrap()
+        .change_password(b"a brand new password")
+        .unwrap();
+    data.save_password(&new).unwrap();
+    let ended = ended_within_5_s(client).await;
+    assert!(
+        matches!(ended, Err(ClientError::Ended(EndReason::PasswordChanged))),
+        "{ended:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn turning_one_time_codes_on_ends_open_sessions() {
+    let (_relay, _desktop, agent, client, _device) = open_session("pc-totp-on").await;
+    require_totp(&agent);
+    let ended = ended_within_5_s(client).await;
+    assert!(
+        matches!(ended, Err(ClientError::Ended(EndReason::PolicyChanged))),
+        "{ended:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_resume_checks_the_device_again() {
+    let relay = TestRelay::start().await;
+    let (desktop, agent) = relay.office_pc("pc-resume", PW).await;
+    let device = Arc::new(MachineKey::generate().unwrap());
+    let options = LoginOptions {
+        device: device.clone(),
+        ..LoginOptions::default()
+    };
+    let session = Session::login_with(&relay.target("pc-resume"), PW.as_bytes(), &options)
+        .await
+        .unwrap();
+    let opener = session.opener();
+    opener.open().await.unwrap();
+    let data = DataDir::open(agent.dir.path()).unwrap();
+    let mut devices = data.lock_devices().unwrap();
+    devices
+        .set_status(
+            &telework_protocol::proof::key_fingerprint(&device.public_key()),
+            DeviceStatus::Revoked,
+        )
+        .unwrap();
+    devices.save().unwrap();
+    // At once, before the periodic check: the next tunnel is refused with the reason.
+    let err = opener.open().await.err().unwrap();
+    assert!(
+        matches!(
+            err,
+            ClientError::Ended(EndReason::DeviceRevoked)
+                | ClientError::Refused(Refusal::SessionInvalid)
+        ),
+        "{err:?}"
+    );
+    assert_eq!(desktop.connections(), 1);
 }

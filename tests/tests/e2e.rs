@@ -4,7 +4,10 @@
 
 use std::time::Duration;
 
-use telework_client::ClientError;
+use std::sync::Arc;
+
+use telework_client::profile::Profile;
+use telework_client::{ClientError, LoginOptions, Session};
 use telework_protocol::e2e::messages::{EndReason, Refusal};
 use telework_protocol::net::connect::ConnectError;
 use telework_protocol::{CertFingerprint, ErrorCode};
@@ -167,7 +170,29 @@ async fn unknown_and_offline_computer_ids_are_told_apart() {
 async fn wrong_password_is_refused_with_tries_left_and_never_reaches_the_target() {
     let relay = TestRelay::start().await;
     let (desktop, _agent) = relay.office_pc("pc-pw", PW).await;
+    // Before anything is pinned, a failure cannot be confirmed as the office PC's own.
     let err = relay.login("pc-pw", "wrong password").await.err().unwrap();
+    assert!(
+        matches!(err, ClientError::WrongPasswordUnconfirmed),
+        "{err:?}"
+    );
+    assert!(
+        !err.is_wrong_password(),
+        "no second prompt for an unconfirmed failure"
+    );
+    // A client that pinned the office PC gets its proven count.
+    let home = tempfile::tempdir().unwrap();
+    let profile = Profile::open(home.path()).unwrap();
+    let options = LoginOptions {
+        device: Arc::new(profile.device_key().unwrap()),
+        profile: Some(profile),
+        ..LoginOptions::default()
+    };
+    let target = relay.target("pc-pw");
+    let login =
+        |password: &'static str| Session::login_with(&target, password.as_bytes(), &options);
+    login(PW).await.unwrap();
+    let err = login("wrong password").await.err().unwrap();
     assert!(
         matches!(
             err,
@@ -180,13 +205,13 @@ async fn wrong_password_is_refused_with_tries_left_and_never_reaches_the_target(
         "wrong password, 4 tries left before the office PC locks out"
     );
     for left in (1..4).rev() {
-        let err = relay.login("pc-pw", "still wrong").await.err().unwrap();
+        let err = login("still wrong").await.err().unwrap();
         assert!(
             matches!(err, ClientError::Refused(Refusal::WrongPassword { tries_left }) if tries_left == left),
             "{err:?}"
         );
     }
-    let err = relay.login("pc-pw", "fifth wrong").await.err().unwrap();
+    let err = login("fifth wrong").await.err().unwrap();
     assert!(
         matches!(
             err,
@@ -197,7 +222,7 @@ async fn wrong_password_is_refused_with_tries_left_and_never_reaches_the_target(
         "{err:?}"
     );
     // Locked out: even the right password waits.
-    let err = relay.login("pc-pw", PW).await.err().unwrap();
+    let err = login(PW).await.err().unwrap();
     assert!(
         matches!(err, ClientError::Refused(Refusal::LockedOut { .. })),
         "{err:?}"

@@ -9,7 +9,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use telework_protocol::e2e::messages::{AgentHandshake, Refusal};
+use telework_client::profile::Profile;
+use telework_client::{ClientError, LoginOptions, Session};
+use telework_protocol::e2e::identity::{device_login_message, IdentityChallenge, Transcript};
+use telework_protocol::e2e::messages::{AgentHandshake, ClientHandshake, DeviceProof, Refusal};
+use telework_protocol::e2e::pake::{ClientLogin, PasswordRecord};
 use telework_protocol::frame::decode_frame;
 use telework_protocol::messages::{
     alpn, AgentToRelay, ClientToRelay, RelayToAgent, RelayToClient, RelayToTunnel, TunnelToRelay,
@@ -17,11 +21,12 @@ use telework_protocol::messages::{
 use telework_protocol::net::connect::{client_exporter, connect};
 use telework_protocol::net::framed::Framed;
 use telework_protocol::net::tls::RelayTrust;
+use telework_protocol::proof::MachineKey;
 use telework_protocol::ErrorCode;
 use telework_relay::limits::Limits;
 use telework_relay::RelayOptions;
 use telework_tests::evil::{Attack, Direction, EvilRelay};
-use telework_tests::TestRelay;
+use telework_tests::{EchoServer, TestRelay};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const PW: &str = "malicious-relay-password";
@@ -216,20 +221,24 @@ async fn recorded_logins_and_tunnels_cannot_be_replayed() {
     let recorded = hook.recorded.lock().unwrap().clone();
     assert_eq!(recorded.len(), 2);
 
-    // The recorded login: the agent answers with a fresh challenge, so the old finalization
-    // does not verify; it counts as a wrong password.
+    // The recorded login: the agent answers the hello with a fresh nonce, so the recorded
+    // device proof (over the old nonce) fails and no OPAQUE answer is ever sent.
     let answers = replay(&relay, "pc-rec", &recorded[0]).await;
     assert!(
-        matches!(answers.first(), Some(AgentHandshake::LoginChallenge { .. })),
+        matches!(answers.first(), Some(AgentHandshake::Hello { .. })),
         "{answers:?}"
     );
     assert!(
         matches!(
             answers.get(1),
-            Some(AgentHandshake::Refused(Refusal::WrongPassword { .. }))
+            Some(AgentHandshake::LoginRefused {
+                why: Refusal::ProtocolViolation,
+                ..
+            })
         ),
         "{answers:?}"
     );
+    assert_eq!(answers.len(), 2, "{answers:?}");
 
     // The recorded tunnel: a fresh agent nonce, so the old MAC fails.
     let answers = replay(&relay, "pc-rec", &recorded[1]).await;
@@ -343,4 +352,182 @@ where
         out.push(h.await.unwrap());
     }
     out
+}
+
+/// The relay itself opens a tunnel to the office PC (as it does for a client) and starts a
+/// login with `guess`, getting the OPAQUE answer that lets it test the guess offline. Returns
+/// the open tunnel (never answered further) and the agent's answer.
+async fn relay_starts_login(
+    relay: &TestRelay,
+    id: &telework_protocol::ComputerId,
+    guess: &str,
+) -> (Framed<telework_relay::conn::RelayStream>, AgentHandshake) {
+    let (_ticket, waiting) = relay
+        .relay
+        .hub
+        .request_tunnel(id, "127.0.0.1".parse().unwrap(), std::time::Instant::now())
+        .unwrap();
+    let tunnel = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .unwrap()
+        .unwrap();
+    let mut f = Framed::with_buffer(tunnel.stream, tunnel.leftover);
+    f.write(&RelayToTunnel::Attached).await.unwrap();
+    let challenge = IdentityChallenge::generate();
+    let nonce = [9; 32];
+    let mut transcript = Transcript::new(id);
+    transcript.client_hello(&nonce, &challenge.public());
+    f.write(&ClientHandshake::Hello {
+        nonce,
+        identity_challenge: challenge.public(),
+    })
+    .await
+    .unwrap();
+    let AgentHandshake::Hello { nonce, .. } = f.read::<AgentHandshake>().await.unwrap() else {
+        panic!("no hello");
+    };
+    transcript.agent_hello(&nonce);
+    let (_state, request) = ClientLogin::start(guess.as_bytes()).unwrap();
+    let device = MachineKey::generate().unwrap();
+    transcript.login(&device.public_key(), &request);
+    f.write(&ClientHandshake::Login {
+        request,
+        device: DeviceProof {
+            public_key: device.public_key(),
+            signature: device.sign(&device_login_message(&transcript)),
+        },
+    })
+    .await
+    .unwrap();
+    let answer = tokio::time::timeout(Duration::from_secs(10), f.read::<AgentHandshake>())
+        .await
+        .unwrap()
+        .unwrap();
+    (f, answer)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logins_a_relay_abandons_stay_counted_across_a_restart() {
+    let relay = TestRelay::start().await;
+    let (desktop, agent) = relay.office_pc("pc-guess", PW).await;
+    let id: telework_protocol::ComputerId = "pc-guess".parse().unwrap();
+
+    // Five tunnels, a login with a different guess on each; every answer lets the relay test
+    // one guess offline. None is ever finished.
+    let mut held = Vec::new();
+    for guess in 0..5 {
+        let (tunnel, answer) = relay_starts_login(&relay, &id, &format!("guess-{guess}")).await;
+        assert!(
+            matches!(answer, AgentHandshake::LoginChallenge { .. }),
+            "{answer:?}"
+        );
+        held.push(tunnel);
+    }
+    // The relay says the machine proof was bad: the agent treats it as permanent and exits,
+    // with the five logins still waiting.
+    relay
+        .relay
+        .hub
+        .broadcast(RelayToAgent::Error(ErrorCode::BadProof));
+    let mut online = agent.agent.online();
+    tokio::time::timeout(Duration::from_secs(10), online.wait_for(|up| !*up))
+        .await
+        .unwrap()
+        .unwrap();
+    // What a killed process leaves on disk, and a service manager's restart from it.
+    let dir = agent.copy_data_dir();
+    drop(agent);
+    let data = telework_agent::state::DataDir::open(dir.path()).unwrap();
+    assert_eq!(
+        data.lockout().unwrap().shared().failures,
+        5,
+        "every answered guess is on disk"
+    );
+    let restarted = telework_agent::Agent::load(data, desktop.addr.to_string()).unwrap();
+    let task = telework_tests::run_until_online(restarted).await;
+    let sixth = relay.login("pc-guess", PW).await;
+    assert!(
+        matches!(sixth, Err(ClientError::Refused(Refusal::LockedOut { .. }))),
+        "the sixth try, even with the right password, is refused: {:?}",
+        sixth.err()
+    );
+    assert_eq!(desktop.connections(), 0);
+    task.abort();
+    drop(held);
+}
+
+/// Starts an office PC that is not the one the client pinned: a copy of the real agent's
+/// machine (so the relay routes to it) whose password record the relay made itself from
+/// `guess`, as a relay that impersonates the office PC would.
+async fn impersonator(
+    real: &telework_tests::TestAgent,
+    desktop: &EchoServer,
+    guess: &str,
+) -> (
+    tempfile::TempDir,
+    tokio::task::JoinHandle<Result<(), telework_agent::AgentError>>,
+) {
+    let dir = real.copy_data_dir();
+    let data = telework_agent::state::DataDir::open(dir.path()).unwrap();
+    data.save_password(&PasswordRecord::create(guess.as_bytes()).unwrap())
+        .unwrap();
+    let agent = telework_agent::Agent::load(data, desktop.addr.to_string()).unwrap();
+    (dir, telework_tests::run_until_online(agent).await)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_with_its_own_record_learns_nothing_from_a_pinned_client() {
+    let hook = EvilRelay::new(vec![]);
+    let relay = evil_relay(hook.clone()).await;
+    let (desktop, real) = relay.office_pc("pc-pinned", PW).await;
+    let profile_dir = tempfile::tempdir().unwrap();
+    let options = LoginOptions {
+        profile: Some(Profile::open(profile_dir.path()).unwrap()),
+        ..LoginOptions::default()
+    };
+    let target = relay.target("pc-pinned");
+    // The first login pins the real office PC's key on this relay.
+    drop(
+        Session::login_with(&target, PW.as_bytes(), &options)
+            .await
+            .unwrap(),
+    );
+    let pinned_logins = hook.recorded.lock().unwrap().len();
+
+    let mut outcomes = Vec::new();
+    for guess in [PW, "a-wrong-guess"] {
+        // The relay answers the client from a record of its own for `guess`.
+        let real_dir = real.copy_data_dir();
+        let (fake_dir, fake) = impersonator(&real, &desktop, guess).await;
+        let result = Session::login_with(&target, PW.as_bytes(), &options).await;
+        let err = result.err().expect("an impersonated login never succeeds");
+        assert!(
+            matches!(err, ClientError::AgentKeyChanged { .. }),
+            "{guess}: {err:?}"
+        );
+        // All the relay got from the client was its hello: nothing that depends on the
+        // password, so nothing to tell a right guess from a wrong one.
+        let recorded = hook.recorded.lock().unwrap().clone();
+        let sent = recorded.last().unwrap().clone();
+        let mut buf = BytesMut::from(&sent[..]);
+        let mut frames = Vec::new();
+        while let Ok(Some(m)) = decode_frame::<ClientHandshake>(&mut buf) {
+            frames.push(m);
+        }
+        assert!(
+            matches!(&frames[..], [ClientHandshake::Hello { .. }]),
+            "{guess}: {frames:?}"
+        );
+        let fake_data = telework_agent::state::DataDir::open(fake_dir.path()).unwrap();
+        assert_eq!(fake_data.lockout().unwrap().shared().failures, 0);
+        outcomes.push((err.to_string(), sent.len()));
+        fake.abort();
+        drop(real_dir);
+    }
+    assert_eq!(
+        outcomes[0], outcomes[1],
+        "right and wrong guesses look the same"
+    );
+    assert!(hook.recorded.lock().unwrap().len() > pinned_logins);
+    assert_eq!(desktop.connections(), 0);
 }
