@@ -370,12 +370,18 @@ fn set_password(data_dir: &std::path::Path, password_stdin: bool) -> anyhow::Res
     }
     .map_err(|e| anyhow::anyhow!("{e}"))?;
     data.save_password(&record)?;
-    println!("connection password set (stored as an OPAQUE record; the password itself is not kept)");
+    println!(
+        "connection password set (stored as an OPAQUE record; the password itself is not kept)"
+    );
     let fingerprint = identity_fingerprint(&record)?;
     if old.is_some() {
-        println!("identity key {fingerprint} (unchanged: employees' clients keep trusting this PC)");
+        println!(
+            "identity key {fingerprint} (unchanged: employees' clients keep trusting this PC)"
+        );
     } else {
-        println!("identity key {fingerprint} (new: employees' clients pin it when they first connect)");
+        println!(
+            "identity key {fingerprint} (new: employees' clients pin it when they first connect)"
+        );
     }
     Ok(())
 }
@@ -386,8 +392,7 @@ fn rotate_key(data_dir: &std::path::Path, password_stdin: bool) -> anyhow::Resul
     // A damaged old record is no obstacle here: it is being replaced.
     let old = data.password().ok().flatten();
     let password = read_new_password(password_stdin)?;
-    let record =
-        PasswordRecord::create(password.as_bytes()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let record = PasswordRecord::create(password.as_bytes()).map_err(|e| anyhow::anyhow!("{e}"))?;
     data.save_password(&record)?;
     let id = data
         .settings()

@@ -7,10 +7,10 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use telework_protocol::net::signal::shutdown_signal;
+use telework_protocol::ComputerId;
 use telework_relay::config::Settings;
 use telework_relay::identity::{self, TlsIdentity};
 use telework_relay::registry::Registry;
-use telework_protocol::ComputerId;
 use telework_relay::{Registration, Relay};
 use tracing::{info, warn};
 

@@ -312,7 +312,10 @@ async fn machines_lists_dates_and_remove_disconnects_a_connected_agent() {
 
     let (code, said) = machines(&["remove", "pc-gone"]);
     assert_eq!(code, Some(1), "{said}");
-    assert!(said.contains("no machine is registered as pc-gone"), "{said}");
+    assert!(
+        said.contains("no machine is registered as pc-gone"),
+        "{said}"
+    );
     let (code, listing) = machines(&["list"]);
     assert_eq!(code, Some(0), "{listing}");
     assert!(listing.contains("no machines are registered"), "{listing}");
