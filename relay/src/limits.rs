@@ -17,7 +17,8 @@
 //! that have not failed for [`QUIET_AFTER_FAILURE`] may look IDs up: employees who never
 //! mistyped an ID keep connecting (an attacker cannot lock everybody out by spending the
 //! budget), while each attacking source (IPv4 address, or IPv6 /48) gets at most one more try
-//! per quiet period.
+//! per quiet period. Operators set its rate with `global_failures_per_sec` (see
+//! [`crate::config::Settings`]).
 //!
 //! # Memory
 //!
