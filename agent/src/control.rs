@@ -35,6 +35,16 @@ pub async fn run(agent: Arc<Agent>) -> Result<(), AgentError> {
             Err(AgentError::Refused(
                 code @ (ErrorCode::UnknownId | ErrorCode::BadProof | ErrorCode::VersionTooOld),
             )) => {
+                // Reconnecting cannot fix these: stop instead of retrying, and say why.
+                if code == ErrorCode::UnknownId {
+                    tracing::error!(
+                        id = %agent.id,
+                        "the relay does not know this computer ID: the relay operator removed \
+                         its registration ('telework-relay machines remove'), or it was never \
+                         made. Stopping; register again ('telework-agent register') if this PC \
+                         should be reachable"
+                    );
+                }
                 return Err(AgentError::Refused(code));
             }
             Err(e) => warn!(%e, "control connection lost"),

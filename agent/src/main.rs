@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use telework_agent::devices::DeviceStatus;
-use telework_agent::state::{AgentSettings, DataDir};
+use telework_agent::state::{AgentSettings, DataDir, StateError};
 use telework_agent::totp::TotpSecret;
 use telework_agent::{Agent, DEFAULT_TARGET};
 use telework_protocol::e2e::pake::PasswordRecord;
@@ -47,8 +47,19 @@ enum Command {
         #[arg(long)]
         id: Option<ComputerId>,
     },
-    /// Set the connection password employees type. It stays on this PC.
+    /// Set the connection password employees type. It stays on this PC, and this PC keeps
+    /// its identity key, so employees' pins stay valid.
     SetPassword {
+        /// The agent's data directory.
+        #[arg(long, env = "TELEWORK_AGENT_DATA_DIR")]
+        data_dir: PathBuf,
+        /// Read the password from the first line of standard input instead of prompting.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Make a new identity key on purpose (and set the password), for a PC whose data dir may
+    /// have been copied. Every employee must then run 'telework forget ID'.
+    RotateKey {
         /// The agent's data directory.
         #[arg(long, env = "TELEWORK_AGENT_DATA_DIR")]
         data_dir: PathBuf,
@@ -214,34 +225,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::SetPassword {
             data_dir,
             password_stdin,
-        } => {
-            let data = DataDir::open(&data_dir)?;
-            let password = if password_stdin {
-                let mut line = String::new();
-                std::io::stdin()
-                    .lock()
-                    .read_line(&mut line)
-                    .context("reading the password from standard input")?;
-                zeroize::Zeroizing::new(line.trim_end_matches(['\r', '\n']).to_owned())
-            } else {
-                let first = zeroize::Zeroizing::new(rpassword::prompt_password(
-                    "New connection password: ",
-                )?);
-                let again = zeroize::Zeroizing::new(rpassword::prompt_password("Repeat it: ")?);
-                if *first != *again {
-                    bail!("the two passwords differ; nothing was changed");
-                }
-                first
-            };
-            if password.chars().count() < MIN_PASSWORD_LEN {
-                bail!("the password needs at least {MIN_PASSWORD_LEN} characters; nothing was changed");
-            }
-            let record =
-                PasswordRecord::create(password.as_bytes()).map_err(|e| anyhow::anyhow!("{e}"))?;
-            data.save_password(&record)?;
-            println!("connection password set (stored as an OPAQUE record; the password itself is not kept)");
-            Ok(())
-        }
+        } => set_password(&data_dir, password_stdin),
+        Command::RotateKey {
+            data_dir,
+            password_stdin,
+        } => rotate_key(&data_dir, password_stdin),
         Command::Totp(TotpCommand::Enable { data_dir }) => {
             let data = DataDir::open(&data_dir)?;
             let account = data
@@ -348,6 +336,104 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// Reads a new connection password (twice at a prompt, or one line of standard input) and
+/// checks its length.
+fn read_new_password(password_stdin: bool) -> anyhow::Result<zeroize::Zeroizing<String>> {
+    let password = if password_stdin {
+        let mut line = String::new();
+        std::io::stdin()
+            .lock()
+            .read_line(&mut line)
+            .context("reading the password from standard input")?;
+        zeroize::Zeroizing::new(line.trim_end_matches(['\r', '\n']).to_owned())
+    } else {
+        let first =
+            zeroize::Zeroizing::new(rpassword::prompt_password("New connection password: ")?);
+        let again = zeroize::Zeroizing::new(rpassword::prompt_password("Repeat it: ")?);
+        if *first != *again {
+            bail!("the two passwords differ; nothing was changed");
+        }
+        first
+    };
+    if password.chars().count() < MIN_PASSWORD_LEN {
+        bail!("the password needs at least {MIN_PASSWORD_LEN} characters; nothing was changed");
+    }
+    Ok(password)
+}
+
+/// The fingerprint employees' clients show for this PC's identity key.
+fn identity_fingerprint(record: &PasswordRecord) -> anyhow::Result<String> {
+    let key = record
+        .agent_public_key()
+        .map_err(|e| anyhow::anyhow!("reading the new record: {e}"))?;
+    Ok(telework_protocol::proof::key_fingerprint(&key))
+}
+
+/// `set-password`: a new password under the same identity key (a first password makes the
+/// key).
+fn set_password(data_dir: &std::path::Path, password_stdin: bool) -> anyhow::Result<()> {
+    let data = DataDir::open(data_dir)?;
+    // Look at the old record before asking, so a damaged one is reported straight away.
+    let old = match data.password() {
+        Ok(old) => old,
+        Err(StateError::Damaged { path, detail }) => bail!(
+            "the stored password record {} is damaged ({detail}), so this PC's identity key \
+             cannot be kept; nothing was changed. To start over with a new identity key, run \
+             'telework-agent rotate-key --data-dir {}' (every employee then has to run \
+             'telework forget ID' after you confirm it to them)",
+            path.display(),
+            data_dir.display()
+        ),
+        Err(e) => return Err(e.into()),
+    };
+    let password = read_new_password(password_stdin)?;
+    let record = match &old {
+        Some(old) => old.change_password(password.as_bytes()),
+        None => PasswordRecord::create(password.as_bytes()),
+    }
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    data.save_password(&record)?;
+    println!(
+        "connection password set (stored as an OPAQUE record; the password itself is not kept)"
+    );
+    let fingerprint = identity_fingerprint(&record)?;
+    if old.is_some() {
+        println!(
+            "identity key {fingerprint} (unchanged: employees' clients keep trusting this PC)"
+        );
+    } else {
+        println!(
+            "identity key {fingerprint} (new: employees' clients pin it when they first connect)"
+        );
+    }
+    Ok(())
+}
+
+/// `rotate-key`: a new identity key and password, for a PC whose data dir may have been copied.
+fn rotate_key(data_dir: &std::path::Path, password_stdin: bool) -> anyhow::Result<()> {
+    let data = DataDir::open(data_dir)?;
+    // A damaged old record is no obstacle here: it is being replaced.
+    let old = data.password().ok().flatten();
+    let password = read_new_password(password_stdin)?;
+    let record = PasswordRecord::create(password.as_bytes()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    data.save_password(&record)?;
+    let id = data
+        .settings()
+        .map(|s| s.computer_id.to_string())
+        .unwrap_or_else(|_| "ID".into());
+    let fingerprint = identity_fingerprint(&record)?;
+    println!("new identity key {fingerprint}; the connection password is set");
+    if let Some(old_fp) = old.as_ref().and_then(|o| identity_fingerprint(o).ok()) {
+        println!("(it replaces identity key {old_fp})");
+    }
+    println!(
+        "Every employee's client now refuses this PC with a warning that its key changed. Tell \
+         each employee the new key {fingerprint}; once they have confirmed it with IT staff, \
+         they run 'telework forget {id}' and connect again."
+    );
+    Ok(())
 }
 
 fn set_device(

@@ -185,7 +185,7 @@ fn run_before_register_says_what_to_do() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unlock_clears_a_lockout_on_the_running_agent() {
     let relay = TestRelay::start().await;
-    let (_desktop, agent) = relay.office_pc("pc-unlock", "the-right-password").await;
+    let (_desktop, office) = relay.office_pc("pc-unlock", "the-right-password").await;
     for _ in 0..5 {
         let _ = relay.login("pc-unlock", "a stranger's guess").await;
     }
@@ -200,9 +200,7 @@ async fn unlock_clears_a_lockout_on_the_running_agent() {
         "{:?}",
         locked.err()
     );
-    let mut cmd = agent();
-    cmd.args(["unlock", "--data-dir"]).arg(agent.dir.path());
-    let out = run_blocking(cmd, None).await;
+    let out = run_blocking(agent_cmd_in(&office.dir, &["unlock"]), None).await;
     assert!(out.status.success(), "{}", text(&out));
     assert!(
         text(&out).contains("cleared 5 failed login(s)"),
@@ -213,7 +211,7 @@ async fn unlock_clears_a_lockout_on_the_running_agent() {
         .login("pc-unlock", "the-right-password")
         .await
         .expect("the running agent takes the unlock at once");
-    let out = run_blocking(agent_cmd_in(&agent.dir, &["unlock"]), None).await;
+    let out = run_blocking(agent_cmd_in(&office.dir, &["unlock"]), None).await;
     assert!(text(&out).contains("nothing to clear"), "{}", text(&out));
 }
 
@@ -269,5 +267,121 @@ async fn policy_shows_the_default_session_limit_and_devices_need_whole_fingerpri
         None,
     )
     .await;
+    assert!(out.status.success(), "{}", text(&out));
+}
+
+/// Runs `telework-agent COMMAND --password-stdin --data-dir DIR` with `password`.
+async fn with_password(command: &str, data: &std::path::Path, password: &'static str) -> Output {
+    let mut cmd = agent();
+    cmd.args([command, "--password-stdin", "--data-dir"])
+        .arg(data);
+    run_blocking(cmd, Some(password)).await
+}
+
+/// The identity-key fingerprint a command printed (`... identity key HEX ...`).
+fn printed_key(out: &Output) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let rest = stdout
+        .split("identity key ")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no identity key in {stdout}"));
+    rest.split(|c: char| !c.is_ascii_hexdigit())
+        .next()
+        .unwrap()
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn set_password_keeps_the_identity_key_and_rotate_key_changes_it() {
+    use telework_agent::state::{AgentSettings, DataDir};
+    use telework_client::profile::Profile;
+    use telework_client::{ClientError, LoginOptions, Session};
+
+    let relay = TestRelay::start().await;
+    let desktop = EchoServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let data_path = dir.path().join("agent");
+    let data = DataDir::open(&data_path).unwrap();
+    let settings = AgentSettings {
+        computer_id: "pc-keep".parse().unwrap(),
+        relay: relay.addr.to_string(),
+        relay_fingerprint: Some(relay.fingerprint.to_string()),
+        relay_ca: None,
+    };
+    telework_agent::register::register(&data, &settings, None)
+        .await
+        .unwrap();
+
+    let out = with_password("set-password", &data_path, "first-password\n").await;
+    assert!(out.status.success(), "{}", text(&out));
+    let first_key = printed_key(&out);
+
+    // The agent reads the record on every login, so one running agent sees every change.
+    let agent = telework_agent::Agent::load(data, desktop.addr.to_string()).unwrap();
+    let _running = telework_tests::run_until_online(agent).await;
+
+    let home = tempfile::tempdir().unwrap();
+    let profile = Profile::open(home.path()).unwrap();
+    let options = LoginOptions {
+        profile: Some(profile.clone()),
+        ..LoginOptions::default()
+    };
+    let target = relay.target("pc-keep");
+    Session::login_with(&target, b"first-password", &options)
+        .await
+        .expect("the first login pins the key");
+
+    let out = with_password("set-password", &data_path, "second-password\n").await;
+    assert!(out.status.success(), "{}", text(&out));
+    Session::login_with(&target, b"second-password", &options)
+        .await
+        .expect("the pinned client logs in with the new password, no key warning");
+    assert!(text(&out).contains("unchanged"), "{}", text(&out));
+    assert_eq!(printed_key(&out), first_key, "{}", text(&out));
+    let old = Session::login_with(&target, b"first-password", &options)
+        .await
+        .err()
+        .expect("the old password no longer works");
+    assert!(
+        !matches!(old, ClientError::AgentKeyChanged { .. }),
+        "{old:?}"
+    );
+
+    let out = with_password("rotate-key", &data_path, "third-password\n").await;
+    assert!(out.status.success(), "{}", text(&out));
+    let new_key = printed_key(&out);
+    assert_ne!(new_key, first_key);
+    assert!(
+        text(&out).contains("telework forget pc-keep"),
+        "{}",
+        text(&out)
+    );
+    let err = Session::login_with(&target, b"third-password", &options)
+        .await
+        .err()
+        .expect("the pinned client refuses the new key");
+    assert!(
+        matches!(err, ClientError::AgentKeyChanged { .. }),
+        "{err:?}"
+    );
+    assert!(profile.forget(&"pc-keep".parse().unwrap()).unwrap());
+    Session::login_with(&target, b"third-password", &options)
+        .await
+        .expect("after 'telework forget' the new key is pinned");
+
+    // A damaged record is not silently replaced by a new key.
+    std::fs::write(data_path.join("password.opaque"), b"not a record").unwrap();
+    let out = with_password("set-password", &data_path, "fourth-password\n").await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out).contains("is damaged") && text(&out).contains("telework-agent rotate-key"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        std::fs::read(data_path.join("password.opaque")).unwrap(),
+        b"not a record"
+    );
+    let out = with_password("rotate-key", &data_path, "fourth-password\n").await;
     assert!(out.status.success(), "{}", text(&out));
 }

@@ -34,6 +34,10 @@ pub struct Settings {
     /// Per-source-address rate limits (on by default). Turn off only behind a load balancer
     /// that hides client addresses, or for load tests from one address.
     pub per_address_limits: Option<bool>,
+    /// Failures (unknown or offline IDs, failed logins, ...) per second from all addresses
+    /// together, with a minute's worth allowed at once. Raise it on a relay whose employees
+    /// often look up PCs that are off; see `limits` for what happens when it runs out.
+    pub global_failures_per_sec: Option<f64>,
 }
 
 /// A checked configuration.
@@ -57,6 +61,8 @@ pub struct RelayConfig {
     pub shutdown_grace: Duration,
     /// See [`Settings::per_address_limits`].
     pub per_address_limits: bool,
+    /// See [`Settings::global_failures_per_sec`].
+    pub global_failures: crate::limits::Rate,
 }
 
 /// A configuration problem, said precisely.
@@ -129,6 +135,9 @@ impl Settings {
             max_unauthenticated: over.max_unauthenticated.or(self.max_unauthenticated),
             shutdown_grace_secs: over.shutdown_grace_secs.or(self.shutdown_grace_secs),
             per_address_limits: over.per_address_limits.or(self.per_address_limits),
+            global_failures_per_sec: over
+                .global_failures_per_sec
+                .or(self.global_failures_per_sec),
         }
     }
 
@@ -159,6 +168,19 @@ impl Settings {
             }
         };
         let defaults = RelayOptions::default();
+        let global_failures = match self.global_failures_per_sec {
+            None => defaults.limits.global_failures,
+            Some(r) if r.is_finite() && r > 0.0 && r <= 1e6 => crate::limits::Rate {
+                per_sec: r,
+                burst: r * 60.0,
+            },
+            Some(r) => {
+                return Err(ConfigError::Invalid {
+                    setting: "global_failures_per_sec",
+                    message: format!("{r} is not a rate above 0 (and at most 1000000)"),
+                })
+            }
+        };
         let positive = |setting: &'static str, v: Option<usize>, d: usize| match v {
             Some(0) => Err(ConfigError::Invalid {
                 setting,
@@ -188,6 +210,7 @@ impl Settings {
                 .map(Duration::from_secs)
                 .unwrap_or(defaults.shutdown_grace),
             per_address_limits: self.per_address_limits.unwrap_or(true),
+            global_failures,
         })
     }
 }
@@ -202,7 +225,10 @@ impl RelayConfig {
             shutdown_grace: self.shutdown_grace,
             handshake_timeout: RelayOptions::default().handshake_timeout,
             limits: if self.per_address_limits {
-                crate::limits::Limits::default()
+                crate::limits::Limits {
+                    global_failures: self.global_failures,
+                    ..crate::limits::Limits::default()
+                }
             } else {
                 crate::limits::Limits::unlimited()
             },
@@ -227,6 +253,7 @@ mod tests {
             max_connections = 500
             shutdown_grace_secs = 30
             per_address_limits = false
+            global_failures_per_sec = 2.5
             "#,
         )
         .unwrap();
@@ -240,6 +267,16 @@ mod tests {
         assert_eq!(cfg.max_connections, 500);
         assert_eq!(cfg.shutdown_grace, Duration::from_secs(30));
         assert!(!cfg.per_address_limits);
+        assert_eq!(cfg.global_failures.per_sec, 2.5);
+        assert_eq!(cfg.global_failures.burst, 150.0);
+        let limited = Settings {
+            data_dir: Some("/d".into()),
+            global_failures_per_sec: Some(2.5),
+            ..Default::default()
+        };
+        let limits = limited.validate().unwrap().options().limits;
+        assert_eq!(limits.global_failures.per_sec, 2.5);
+        assert_eq!(limits.failures, crate::limits::Limits::default().failures);
         assert!(cfg.options().limits.lookups.burst > 1e6);
     }
 
@@ -282,6 +319,18 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("max_connections"));
+        for bad in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+            let s = Settings {
+                global_failures_per_sec: Some(bad),
+                data_dir: Some("/d".into()),
+                ..Default::default()
+            };
+            assert!(s
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("global_failures_per_sec"));
+        }
         assert!(Settings::default()
             .validate()
             .unwrap_err()

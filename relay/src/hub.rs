@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use telework_protocol::messages::RelayToAgent;
-use telework_protocol::{ComputerId, Ticket};
+use telework_protocol::{ComputerId, ErrorCode, Ticket};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::conn::RelayStream;
@@ -126,6 +126,22 @@ impl<T> Hub<T> {
     /// Number of agents online.
     pub fn agents_online(&self) -> usize {
         self.lock().agents.len()
+    }
+
+    /// The computer IDs online now.
+    pub fn online_ids(&self) -> Vec<ComputerId> {
+        self.lock().agents.keys().cloned().collect()
+    }
+
+    /// Takes `id` offline now and tells its control connection to close with `code`.
+    /// Returns whether it was online.
+    pub fn disconnect(&self, id: &ComputerId, code: ErrorCode) -> bool {
+        let Some(agent) = self.lock().agents.remove(id) else {
+            return false;
+        };
+        // If its queue is full, dropping the only sender still ends the connection's task.
+        let _ = agent.tx.try_send(RelayToAgent::Error(code));
+        true
     }
 
     /// Asks the agent `id` to open a tunnel: makes a ticket, records who waits for it, and
@@ -314,6 +330,21 @@ mod tests {
         assert!(hub.is_online(&id));
         hub.agent_offline(&id, 2);
         assert!(!hub.is_online(&id));
+    }
+
+    #[test]
+    fn disconnect_takes_an_agent_offline_and_tells_it_why() {
+        let hub = Hub::<u32>::default();
+        let id: ComputerId = "pc".parse().unwrap();
+        let mut rx = online(&hub, &id, 1);
+        assert_eq!(hub.online_ids(), vec![id.clone()]);
+        assert!(hub.disconnect(&id, ErrorCode::UnknownId));
+        assert!(!hub.is_online(&id));
+        assert_eq!(
+            rx.try_recv().unwrap(),
+            RelayToAgent::Error(ErrorCode::UnknownId)
+        );
+        assert!(!hub.disconnect(&id, ErrorCode::UnknownId));
     }
 
     #[test]

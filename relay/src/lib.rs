@@ -9,6 +9,7 @@
 //! - [`identity`]: the TLS certificate (operator's files, or self-signed on first start).
 //! - [`registry`]: SQLite registry of machines and enrolment tokens.
 //! - [`hub`]: presence and one-time tickets.
+//! - [`registrations`]: drops connected agents whose registration was removed.
 //! - [`limits`]: per-address rate limits on connections, lookups and failures.
 //! - [`conn`]: accepting a connection and dispatching on its ALPN role to [`control`],
 //!   [`client_conn`] or [`tunnel`].
@@ -23,6 +24,7 @@ pub mod control;
 pub mod hub;
 pub mod identity;
 pub mod limits;
+pub mod registrations;
 pub mod registry;
 pub mod splice;
 pub mod tunnel;
@@ -47,6 +49,8 @@ use crate::hub::Hub;
 use crate::identity::TlsIdentity;
 use crate::registry::Registry;
 use crate::splice::SpliceTap;
+
+pub use registrations::REGISTRATION_CHECK;
 
 /// Who may register a machine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
@@ -145,6 +149,7 @@ impl Relay {
         let connections = Arc::new(Semaphore::new(self.options.max_connections));
         let unauthenticated = Arc::new(Semaphore::new(self.options.max_unauthenticated));
         tokio::pin!(shutdown);
+        tracker.spawn(registrations::watch(self.clone()));
         loop {
             let (tcp, peer) = tokio::select! {
                 () = &mut shutdown => break,

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use telework_protocol::net::signal::shutdown_signal;
+use telework_protocol::ComputerId;
 use telework_relay::config::Settings;
 use telework_relay::identity::{self, TlsIdentity};
 use telework_relay::registry::Registry;
@@ -38,11 +39,28 @@ enum Command {
     /// Manage enrolment tokens (for --registration token).
     #[command(subcommand)]
     Token(TokenCommand),
-    /// List registered machines.
-    Machines {
-        /// The relay's data directory.
-        #[arg(long, env = "TELEWORK_RELAY_DATA_DIR")]
-        data_dir: PathBuf,
+    /// List registered machines (or remove one).
+    Machines(MachinesArgs),
+}
+
+#[derive(clap::Args)]
+struct MachinesArgs {
+    #[command(subcommand)]
+    command: Option<MachinesCommand>,
+    /// The relay's data directory.
+    #[arg(long, env = "TELEWORK_RELAY_DATA_DIR", global = true)]
+    data_dir: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum MachinesCommand {
+    /// List registered machines (the default).
+    List,
+    /// Remove a machine's registration (a stolen or retired office PC). A running relay
+    /// disconnects its agent within seconds, and the machine key no longer gets it online.
+    Remove {
+        /// The computer ID.
+        id: ComputerId,
     },
 }
 
@@ -143,19 +161,61 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             eprintln!("valid for {uses} registration(s) within {hours} hour(s)");
             Ok(())
         }
-        Command::Machines { data_dir } => {
+        Command::Machines(MachinesArgs { command, data_dir }) => {
+            let Some(data_dir) = data_dir else {
+                anyhow::bail!("give the relay's data directory with --data-dir DIR");
+            };
             let registry = open_registry(&data_dir)?;
-            for m in registry.machines()? {
-                let seen = m
-                    .last_seen
-                    .map_or("never".to_owned(), |t| format!("unix {t}"));
-                println!(
-                    "{:<32} registered unix {}  last seen {}",
-                    m.id, m.created, seen
-                );
+            match command.unwrap_or(MachinesCommand::List) {
+                MachinesCommand::List => list_machines(&registry),
+                MachinesCommand::Remove { id } => {
+                    anyhow::ensure!(
+                        registry.remove(&id)?,
+                        "no machine is registered as {id} (see 'telework-relay machines')"
+                    );
+                    println!(
+                        "removed {id}: a running relay disconnects its agent within {} s, and \
+                         the agent stops. To bring the PC back, register it again \
+                         ('telework-agent register').",
+                        telework_relay::REGISTRATION_CHECK.as_secs()
+                    );
+                    Ok(())
+                }
             }
-            Ok(())
         }
+    }
+}
+
+fn list_machines(registry: &Registry) -> anyhow::Result<()> {
+    let machines = registry.machines()?;
+    if machines.is_empty() {
+        println!("no machines are registered");
+    }
+    for m in machines {
+        let seen = m.last_seen.map_or("never".to_owned(), utc);
+        println!(
+            "{:<32} registered {}  last seen {}",
+            m.id,
+            utc(m.created),
+            seen
+        );
+    }
+    Ok(())
+}
+
+/// Unix seconds as a UTC date and time, `2026-12-04 15:34:37 UTC`.
+fn utc(unix: i64) -> String {
+    match time::OffsetDateTime::from_unix_timestamp(unix) {
+        Ok(t) => format!(
+            "{:04}-{:02}-{:02} {:02}:{:02}:{:02} UTC",
+            t.year(),
+            u8::from(t.month()),
+            t.day(),
+            t.hour(),
+            t.minute(),
+            t.second()
+        ),
+        Err(_) => format!("unix {unix}"),
     }
 }
 

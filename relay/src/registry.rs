@@ -183,6 +183,31 @@ impl Registry {
         Ok(out)
     }
 
+    /// Removes the registration of `id`; returns whether there was one. An agent connected
+    /// under it is dropped by [`crate::Relay::serve`]'s registration check within
+    /// [`crate::REGISTRATION_CHECK`], even when another process removed it.
+    ///
+    /// # Errors
+    /// A database error.
+    pub fn remove(&self, id: &ComputerId) -> Result<bool, RegistryError> {
+        let removed = self
+            .db()
+            .execute("DELETE FROM machines WHERE id = ?1", [id.as_str()])?;
+        Ok(removed > 0)
+    }
+
+    /// A number that changes whenever another connection (such as a `telework-relay
+    /// machines remove` process) has committed a change to the database; this connection's
+    /// own writes do not change it (SQLite's `PRAGMA data_version`).
+    ///
+    /// # Errors
+    /// A database error.
+    pub fn outside_changes(&self) -> Result<i64, RegistryError> {
+        Ok(self
+            .db()
+            .query_row("PRAGMA data_version", [], |r| r.get(0))?)
+    }
+
     /// Notes that `id` was online now.
     ///
     /// # Errors
@@ -266,6 +291,23 @@ mod tests {
             reg.consume_token("tw1-unknown"),
             Err(RegistryError::BadToken)
         ));
+    }
+
+    #[test]
+    fn removal_is_seen_by_another_connection() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("relay.db");
+        let id: ComputerId = "pc-1".parse().unwrap();
+        let serving = Registry::open(&path).unwrap();
+        serving.register(&id, &[3; 32]).unwrap();
+        let before = serving.outside_changes().unwrap();
+        serving.touch(&id).unwrap();
+        assert_eq!(serving.outside_changes().unwrap(), before, "own writes");
+        let admin = Registry::open(&path).unwrap();
+        assert!(admin.remove(&id).unwrap());
+        assert!(!admin.remove(&id).unwrap());
+        assert_ne!(serving.outside_changes().unwrap(), before);
+        assert!(serving.machine(&id).unwrap().is_none());
     }
 
     #[test]

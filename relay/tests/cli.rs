@@ -218,3 +218,108 @@ fn the_relay_runs_with_vector_memcpy_exactly_where_rep_movsb_is_slow() {
         }
     }
 }
+
+/// Whether `s` starts with a date like `2026-12-04 15:34:37 UTC`.
+fn starts_with_utc_date(s: &str) -> bool {
+    let shape = "dddd-dd-dd dd:dd:dd UTC";
+    s.len() >= shape.len()
+        && shape.chars().zip(s.chars()).all(|(want, got)| match want {
+            'd' => got.is_ascii_digit(),
+            _ => want == got,
+        })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn machines_lists_dates_and_remove_disconnects_a_connected_agent() {
+    use telework_agent::state::{AgentSettings, DataDir};
+    use telework_agent::AgentError;
+    use telework_protocol::ErrorCode;
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = relay()
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let listening = lines.next().unwrap().unwrap();
+    let relay_addr = listening
+        .strip_prefix("telework-relay listening on ")
+        .unwrap()
+        .to_owned();
+    let fp_line = lines.next().unwrap().unwrap();
+    let fingerprint = fp_line.strip_prefix("certificate fingerprint: ").unwrap();
+    let machines = |args: &[&str]| {
+        let out = relay()
+            .arg("machines")
+            .args(args)
+            .arg("--data-dir")
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.code(), text)
+    };
+
+    // Register an office PC and bring it online against the relay binary.
+    let agent_dir = tempfile::tempdir().unwrap();
+    let data = DataDir::open(agent_dir.path()).unwrap();
+    let settings = AgentSettings {
+        computer_id: "pc-gone".parse().unwrap(),
+        relay: relay_addr,
+        relay_fingerprint: Some(fingerprint.to_owned()),
+        relay_ca: None,
+    };
+    telework_agent::register::register(&data, &settings, None)
+        .await
+        .unwrap();
+    let agent = telework_agent::Agent::load(data, "127.0.0.1:9".into()).unwrap();
+    let running = telework_tests::run_until_online(agent.clone()).await;
+
+    let (code, listing) = machines(&[]);
+    assert_eq!(code, Some(0), "{listing}");
+    let line = listing.lines().find(|l| l.starts_with("pc-gone")).unwrap();
+    let registered = line.split("registered ").nth(1).unwrap();
+    let seen = line.split("last seen ").nth(1).unwrap();
+    assert!(
+        starts_with_utc_date(registered) && starts_with_utc_date(seen),
+        "{line}"
+    );
+    assert!(!listing.contains("unix"), "{listing}");
+
+    let removed_at = Instant::now();
+    let (code, said) = machines(&["remove", "pc-gone"]);
+    assert_eq!(code, Some(0), "{said}");
+    assert!(said.contains("removed pc-gone"), "{said}");
+    // The agent is told its ID is unknown, goes offline and stops (no reconnect loop).
+    let ended = tokio::time::timeout(Duration::from_secs(10), running)
+        .await
+        .expect("the agent was disconnected within 10 s of the removal")
+        .unwrap();
+    assert!(
+        matches!(ended, Err(AgentError::Refused(ErrorCode::UnknownId))),
+        "{ended:?}"
+    );
+    assert!(!*agent.online().borrow());
+    assert!(removed_at.elapsed() < Duration::from_secs(10));
+
+    let (code, said) = machines(&["remove", "pc-gone"]);
+    assert_eq!(code, Some(1), "{said}");
+    assert!(
+        said.contains("no machine is registered as pc-gone"),
+        "{said}"
+    );
+    let (code, listing) = machines(&["list"]);
+    assert_eq!(code, Some(0), "{listing}");
+    assert!(listing.contains("no machines are registered"), "{listing}");
+
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
