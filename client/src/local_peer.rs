@@ -31,6 +31,11 @@ pub const OWNER_CHECKED: bool = cfg!(target_os = "linux");
 /// sockets); a bigger table refuses the connection rather than being half read.
 pub const PROC_NET_CAP: u64 = 32 * 1024 * 1024;
 
+/// One owner lookup at a time: each reads the whole socket table on a blocking thread, and a
+/// local user opening many connections at once must not make the client read it hundreds of
+/// times in parallel.
+static LOOKUPS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
+
 /// Who may use the local port.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LocalAccess {
@@ -114,6 +119,10 @@ impl LocalAccess {
         }
         let local = conn.local_addr().map_err(OwnerError::Addresses)?;
         let peer = conn.peer_addr().map_err(OwnerError::Addresses)?;
+        let _turn = LOOKUPS
+            .acquire()
+            .await
+            .map_err(|e| OwnerError::Io("the socket table", std::io::Error::other(e)))?;
         let owner = tokio::task::spawn_blocking(move || peer_owner(local, peer))
             .await
             .map_err(|e| OwnerError::Io("the socket table", std::io::Error::other(e)))??;
