@@ -1,6 +1,9 @@
 //! Starting the employee's own RDP client at the local address: choosing a launcher and
 //! building its command line or `.rdp` file. All platform-neutral, so it is tested on Linux;
 //! only the final spawn touches the OS.
+//!
+//! `.rdp` files go in a private directory ([`private_dir`]: owner-only, random name), never at
+//! a predictable name in the shared temp dir where another user could plant or read one.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -53,6 +56,18 @@ pub struct LaunchPlan {
     pub args: Vec<String>,
     /// An `.rdp` file to write before starting it: path and contents.
     pub rdp_file: Option<(PathBuf, String)>,
+    /// The program is the RDP client itself and runs while the desktop is open (xfreerdp,
+    /// mstsc), rather than an opener that hands an `.rdp` file over and exits at once (open,
+    /// xdg-open, start).
+    pub is_rdp_client: bool,
+}
+
+impl LaunchPlan {
+    /// Whether the session should end when the started program exits: when it is the RDP
+    /// client itself (the employee closed the desktop), unless `--keep-open` was given.
+    pub fn ends_session_on_exit(&self, keep_open: bool) -> bool {
+        self.is_rdp_client && !keep_open
+    }
 }
 
 /// Why no launcher could be chosen.
@@ -83,7 +98,7 @@ pub fn plan(
     find: impl Fn(&str) -> Option<PathBuf>,
 ) -> Result<Option<LaunchPlan>, LaunchError> {
     let freerdp = || FREERDP_BINARIES.iter().find_map(|b| find(b));
-    let rdp_plan = |opener: &str, extra: Vec<String>| {
+    let rdp_plan = |opener: &str, extra: Vec<String>, is_rdp_client: bool| {
         let path = rdp_dir.join(format!("telework-{computer}.rdp"));
         let mut args = extra;
         args.push(path.display().to_string());
@@ -91,22 +106,24 @@ pub fn plan(
             program: opener.into(),
             args,
             rdp_file: Some((path, rdp_file(addr, computer))),
+            is_rdp_client,
         }
     };
     match (choice, os) {
         (LaunchChoice::None, _) => Ok(None),
         (LaunchChoice::Auto, Os::Windows) | (LaunchChoice::Mstsc, Os::Windows) => {
-            Ok(Some(rdp_plan("mstsc", vec![])))
+            Ok(Some(rdp_plan("mstsc", vec![], true)))
         }
         (LaunchChoice::Mstsc, _) => Err(LaunchError::WrongOs("mstsc")),
         (LaunchChoice::Auto, Os::MacOs) | (LaunchChoice::RdpFile, Os::MacOs) => {
-            Ok(Some(rdp_plan("open", vec![])))
+            Ok(Some(rdp_plan("open", vec![], false)))
         }
         (LaunchChoice::RdpFile, Os::Windows) => Ok(Some(rdp_plan(
             "cmd",
             vec!["/C".into(), "start".into(), String::new()],
+            false,
         ))),
-        (LaunchChoice::RdpFile, Os::Linux) => Ok(Some(rdp_plan("xdg-open", vec![]))),
+        (LaunchChoice::RdpFile, Os::Linux) => Ok(Some(rdp_plan("xdg-open", vec![], false))),
         (LaunchChoice::Auto, Os::Linux) => Ok(freerdp().map(|p| xfreerdp_plan(p, addr, computer))),
         (LaunchChoice::Xfreerdp, _) => freerdp()
             .map(|p| Some(xfreerdp_plan(p, addr, computer)))
@@ -123,6 +140,7 @@ fn xfreerdp_plan(program: PathBuf, addr: SocketAddr, computer: &str) -> LaunchPl
             "/dynamic-resolution".into(),
         ],
         rdp_file: None,
+        is_rdp_client: true,
     }
 }
 
@@ -155,13 +173,41 @@ pub fn find_on_path(name: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// Writes the plan's `.rdp` file, if any, and starts the program without waiting for it.
+/// Makes a new directory for `.rdp` files: a random name under the temp dir, readable and
+/// writable by its owner only (0700 on Unix; on Windows the temp dir is already the user's
+/// own). It and its files are removed when the returned value is dropped, at the end of the
+/// session.
 ///
 /// # Errors
-/// IO errors from writing the file or spawning the program.
-pub fn launch(plan: &LaunchPlan) -> std::io::Result<std::process::Child> {
+/// IO errors from creating it.
+pub fn private_dir() -> std::io::Result<tempfile::TempDir> {
+    let mut builder = tempfile::Builder::new();
+    builder.prefix("telework-");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        builder.permissions(std::fs::Permissions::from_mode(0o700));
+    }
+    builder.tempdir()
+}
+
+/// Writes the plan's `.rdp` file, if any (a new file, owner-only on Unix), and starts the
+/// program without waiting for it. Call it inside a tokio runtime; the returned child may be
+/// awaited, and dropping it leaves the program running.
+///
+/// # Errors
+/// IO errors from writing the file (also when it already exists) or spawning the program.
+pub fn launch(plan: &LaunchPlan) -> std::io::Result<tokio::process::Child> {
     if let Some((path, contents)) = &plan.rdp_file {
-        std::fs::write(path, contents)?;
+        use std::io::Write;
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(0o600);
+        }
+        options.open(path)?.write_all(contents.as_bytes())?;
     }
     let mut command = std::process::Command::new(&plan.program);
     command.args(&plan.args).stdin(std::process::Stdio::null());
@@ -172,7 +218,7 @@ pub fn launch(plan: &LaunchPlan) -> std::io::Result<std::process::Child> {
             None => command.env_remove(name),
         };
     }
-    command.spawn()
+    tokio::process::Command::from(command).spawn()
 }
 
 #[cfg(test)]
@@ -243,6 +289,64 @@ mod tests {
         .unwrap()
         .unwrap();
         assert_eq!(p.program, PathBuf::from("/usr/bin/xfreerdp3"));
+    }
+
+    #[test]
+    fn only_the_rdp_client_itself_ends_the_session_when_it_exits() {
+        let dir = Path::new("/tmp");
+        let found = |n: &str| (n == "xfreerdp").then(|| PathBuf::from("/usr/bin/xfreerdp"));
+        let xfreerdp = plan(LaunchChoice::Xfreerdp, Os::Linux, addr(), "pc", dir, found)
+            .unwrap()
+            .unwrap();
+        assert!(xfreerdp.ends_session_on_exit(false));
+        assert!(!xfreerdp.ends_session_on_exit(true), "--keep-open");
+        let mstsc = plan(LaunchChoice::Mstsc, Os::Windows, addr(), "pc", dir, |_| {
+            None
+        })
+        .unwrap()
+        .unwrap();
+        assert!(mstsc.ends_session_on_exit(false));
+        // Openers return as soon as they have handed the file over.
+        for os in [Os::Linux, Os::MacOs, Os::Windows] {
+            let opener = plan(LaunchChoice::RdpFile, os, addr(), "pc", dir, |_| None)
+                .unwrap()
+                .unwrap();
+            assert!(!opener.ends_session_on_exit(false), "{os:?}");
+        }
+    }
+
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn rdp_files_go_in_a_new_owner_only_directory() {
+        use std::os::unix::fs::PermissionsExt;
+        let first = private_dir().unwrap();
+        let second = private_dir().unwrap();
+        assert_ne!(first.path(), second.path(), "a random name each time");
+        assert_eq!(first.path().parent(), Some(std::env::temp_dir().as_path()));
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(first.path()), 0o700);
+
+        let mut p = plan(
+            LaunchChoice::RdpFile,
+            Os::Linux,
+            addr(),
+            "pc",
+            first.path(),
+            |_| None,
+        )
+        .unwrap()
+        .unwrap();
+        p.program = "true".into();
+        let (file, contents) = p.rdp_file.clone().unwrap();
+        assert_eq!(file.parent(), Some(first.path()));
+        launch(&p).unwrap().wait().await.unwrap();
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), contents);
+        assert_eq!(mode(&file), 0o600);
+        // A file already there (planted) is not written through.
+        assert!(launch(&p).is_err());
+        let dir = first.path().to_owned();
+        drop(first);
+        assert!(!dir.exists(), "removed with the session");
     }
 
     #[test]

@@ -5,12 +5,14 @@
 //! - [`session`]: the password login and the resumed tunnel for every local connection.
 //! - [`profile`]: the device key and pinned office-PC keys (trust on first use).
 //! - [`launch`]: choosing and starting the RDP client (platform-neutral planning).
+//! - [`local_peer`]: who may use the local port (only the OS user who started `telework`).
 //! - [`error`]: every failure as a sentence an employee can act on.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod error;
 pub mod launch;
+pub mod local_peer;
 pub mod profile;
 pub mod session;
 

@@ -9,6 +9,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use std::sync::Arc;
 use telework_client::launch::{self, LaunchChoice, Os};
+use telework_client::local_peer::{self, LocalAccess};
 
 use telework_client::profile::{self, Profile};
 use telework_client::session::TotpSource;
@@ -53,15 +54,23 @@ struct ConnectArgs {
     /// Trust a private CA for the relay's certificate (PEM file).
     #[arg(long, conflicts_with = "relay_fingerprint")]
     relay_ca: Option<PathBuf>,
-    /// Local address for your RDP client to connect to.
+    /// Local address for your RDP client to connect to (loopback only, unless --allow-remote).
     #[arg(long, default_value = "127.0.0.1:0")]
     listen: std::net::SocketAddr,
+    /// Allow a --listen address that is not loopback. Anyone who can reach it (other
+    /// computers, other users of this one) gets your office desktop without a password.
+    #[arg(long)]
+    allow_remote: bool,
     /// Read the connection password from the first line of standard input.
     #[arg(long)]
     password_stdin: bool,
     /// Which RDP client to start.
     #[arg(long, value_enum, default_value_t = LaunchChoice::Auto)]
     launch: LaunchChoice,
+    /// Keep the session open after the RDP client that telework started exits (by default
+    /// the session ends with it).
+    #[arg(long)]
+    keep_open: bool,
     /// The one-time code from your authenticator app, if the office PC asks for one
     /// (otherwise you are asked when needed).
     #[arg(long)]
@@ -159,6 +168,19 @@ fn login_options(args: &ConnectArgs) -> anyhow::Result<LoginOptions> {
 }
 
 fn connect(args: ConnectArgs) -> anyhow::Result<()> {
+    let access = local_peer::listen_policy(args.listen, args.allow_remote)?;
+    match access {
+        LocalAccess::Anyone => eprintln!(
+            "telework: WARNING: listening on {} (--allow-remote): anyone who can reach this \
+             address gets your office desktop without a password",
+            args.listen
+        ),
+        LocalAccess::SameUser if !local_peer::OWNER_CHECKED => eprintln!(
+            "telework: WARNING: on this operating system telework cannot check who connects to \
+             its local port: other users of this computer can use it while the session is open"
+        ),
+        LocalAccess::SameUser => {}
+    }
     let trust = match (&args.relay_fingerprint, &args.relay_ca) {
         (Some(fp), _) => RelayTrust::Fingerprint(*fp),
         (None, Some(ca)) => RelayTrust::ca_file(ca)?,
@@ -210,27 +232,50 @@ fn connect(args: ConnectArgs) -> anyhow::Result<()> {
             .with_context(|| format!("cannot listen on {}", args.listen))?;
         let local = listener.local_addr()?;
         println!("connected to {}: point your RDP client at {local}", args.id);
-        let rdp_dir = std::env::temp_dir();
+        // Held until the session ends, then removed with the .rdp file in it.
+        let rdp_dir =
+            launch::private_dir().context("creating a private directory for the .rdp file")?;
+        let mut rdp_client = None;
         match launch::plan(
             args.launch,
             Os::current(),
             local,
             args.id.as_str(),
-            &rdp_dir,
+            rdp_dir.path(),
             launch::find_on_path,
         ) {
             Ok(Some(plan)) => match launch::launch(&plan) {
-                Ok(_child) => eprintln!("started {}", plan.program.display()),
+                Ok(child) => {
+                    eprintln!("started {}", plan.program.display());
+                    if plan.ends_session_on_exit(args.keep_open) {
+                        rdp_client = Some((child, plan.program));
+                    }
+                }
                 Err(e) => eprintln!("telework: could not start {}: {e}", plan.program.display()),
             },
             Ok(None) => {}
             Err(e) => eprintln!("telework: {e}"),
         }
-        eprintln!("press Ctrl-C to end the session");
-        match session
-            .serve(listener, telework_protocol::net::signal::shutdown_signal())
-            .await
-        {
+        match &rdp_client {
+            Some((_, program)) => eprintln!(
+                "press Ctrl-C or close {} to end the session",
+                program.display()
+            ),
+            None => eprintln!("press Ctrl-C to end the session"),
+        }
+        let stop = async move {
+            let Some((mut child, program)) = rdp_client else {
+                return telework_protocol::net::signal::shutdown_signal().await;
+            };
+            tokio::select! {
+                () = telework_protocol::net::signal::shutdown_signal() => {}
+                status = child.wait() => {
+                    let how = status.map_or_else(|e| e.to_string(), |s| s.to_string());
+                    eprintln!("telework: {} exited ({how}): ending the session", program.display());
+                }
+            }
+        };
+        match session.serve_with(listener, stop, access).await {
             Ok(_) => {
                 println!("session closed");
                 Ok(())

@@ -26,6 +26,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn, Instrument};
 
 use crate::error::ClientError;
+use crate::local_peer::LocalAccess;
 use crate::profile::Profile;
 use telework_protocol::proof::{key_fingerprint, MachineKey};
 
@@ -404,15 +405,31 @@ impl Session {
     }
 
     /// Serves local connections from `listener`, each through its own tunnel, until
-    /// `shutdown` completes or the office PC ends the session.
+    /// `shutdown` completes or the office PC ends the session. Only connections opened by our
+    /// own OS user are served ([`LocalAccess::SameUser`]).
     ///
     /// # Errors
     /// [`ClientError::Ended`] with the office PC's reason, or the tunnel failure that ended
     /// the session.
     pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<Ended, ClientError> {
+        self.serve_with(listener, shutdown, LocalAccess::SameUser)
+            .await
+    }
+
+    /// As [`Session::serve`], with `access` saying who may use the local port. A refused
+    /// connection is closed at once, before any tunnel is opened for it.
+    ///
+    /// # Errors
+    /// As [`Session::serve`].
+    pub async fn serve_with(
         mut self,
         listener: TcpListener,
         shutdown: impl Future<Output = ()>,
+        access: LocalAccess,
     ) -> Result<Ended, ClientError> {
         let opener = self.opener();
         let tasks = TaskTracker::new();
@@ -449,6 +466,12 @@ impl Session {
                     };
                     let opener = opener.clone();
                     tasks.spawn(async move {
+                        if let Err(refused) = access.admit(&local).await {
+                            // Dropping `local` closes it: no tunnel, no desktop bytes.
+                            warn!(%refused, "local connection refused");
+                            eprintln!("telework: {refused}");
+                            return;
+                        }
                         let _ = local.set_nodelay(true);
                         match opener.open().await {
                             Ok(tunnel) => match tunnel.pump(local).await {
