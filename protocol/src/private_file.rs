@@ -235,6 +235,8 @@ fn with_path(e: io::Error, what: &str, path: &Path) -> io::Error {
 }
 
 #[cfg(all(test, unix))]
+// The helpers below are test code too: a failed unwrap is a failed test.
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
