@@ -115,7 +115,8 @@ impl DirProblem {
             Self::Owner(owner) => format!(
                 "refusing to use {dir}: it belongs to user id {owner}, not to the user running \
                  this program (user id {me}), and its owner could replace the keys in it; \
-                 fix: `chown -R {me} {dir}` and `chmod 700 {dir}`, or choose another directory"
+                 fix: run this program as user id {owner}, or make the directory yours with \
+                 `chown -R {me} {dir}` and `chmod 700 {dir}`"
             ),
             Self::Writable(mode) => format!(
                 "refusing to use {dir}: its mode {mode:04o} lets {who} write to it, and anyone \
@@ -383,7 +384,10 @@ mod tests {
         let msg = DirProblem::Writable(0o770).message(Path::new("/d"), 5);
         assert!(msg.contains("its group"), "{msg}");
         let msg = DirProblem::Owner(7).message(Path::new("/d"), 5);
-        assert!(msg.contains("chown -R 5 /d"), "{msg}");
+        assert!(
+            msg.contains("run this program as user id 7") && msg.contains("chown -R 5 /d"),
+            "{msg}"
+        );
     }
 
     #[test]
