@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use telework_protocol::e2e::pake::PasswordRecord;
 use telework_protocol::net::connect::RelayAddr;
 use telework_protocol::net::tls::RelayTrust;
-use telework_protocol::private_file::{create_private_dir, write_private};
+use telework_protocol::private_file::{check_private_dir, create_private_dir, write_private};
 use telework_protocol::proof::MachineKey;
 use telework_protocol::{CertFingerprint, ComputerId};
 
@@ -73,9 +73,11 @@ impl DataDir {
     /// Opens (creating, owner-only) a data directory.
     ///
     /// # Errors
-    /// If it cannot be created.
+    /// If it cannot be created, or if other users can write to it (see
+    /// [`check_private_dir`]).
     pub fn open(root: &Path) -> Result<Self, StateError> {
         create_private_dir(root)?;
+        check_private_dir(root)?;
         Ok(Self {
             root: root.to_path_buf(),
         })

@@ -385,3 +385,43 @@ async fn set_password_keeps_the_identity_key_and_rotate_key_changes_it() {
     let out = with_password("rotate-key", &data_path, "fourth-password\n").await;
     assert!(out.status.success(), "{}", text(&out));
 }
+
+#[cfg(unix)]
+#[test]
+fn a_data_dir_that_others_can_write_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().display().to_string();
+    for (mode, who) in [(0o777, "every user"), (0o770, "its group")] {
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(mode)).unwrap();
+        for args in [
+            &["run", "--data-dir"][..],
+            &[
+                "register",
+                "--relay",
+                "127.0.0.1:9",
+                "--id",
+                "pc-x",
+                "--data-dir",
+            ],
+            &["policy", "show", "--data-dir"],
+        ] {
+            let out = agent()
+                .args(args)
+                .arg(dir.path())
+                .stdin(Stdio::null())
+                .output()
+                .unwrap();
+            assert_eq!(out.status.code(), Some(1), "{args:?}: {}", text(&out));
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                err.contains(&format!("refusing to use {path}"))
+                    && err.contains(who)
+                    && err.contains(&format!("chmod 700 {path}")),
+                "{args:?}: {err}"
+            );
+        }
+        // Nothing was written into it.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+}

@@ -6,7 +6,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use telework_protocol::private_file::{create_private_dir, write_private};
+use telework_protocol::private_file::{check_private_dir, create_private_dir, write_private};
 use telework_protocol::proof::MachineKey;
 use telework_protocol::ComputerId;
 
@@ -51,9 +51,11 @@ impl Profile {
     /// Opens (creating, owner-only) a profile directory.
     ///
     /// # Errors
-    /// If it cannot be created.
+    /// If it cannot be created, or if other users can write to it (see
+    /// [`check_private_dir`]).
     pub fn open(dir: &Path) -> io::Result<Self> {
         create_private_dir(dir)?;
+        check_private_dir(dir)?;
         Ok(Self {
             dir: dir.to_path_buf(),
         })

@@ -186,3 +186,37 @@ async fn errors_are_one_plain_line() {
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("computer ID may only contain"), "{err}");
 }
+
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_profile_dir_that_others_can_write_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let relay = TestRelay::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().display().to_string();
+    for (mode, who) in [(0o777, "every user"), (0o770, "its group")] {
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(mode)).unwrap();
+        let mut cmd = telework(&relay, "pc-cli");
+        cmd.env("TELEWORK_CONFIG_DIR", dir.path());
+        let mut child = cmd.spawn().unwrap();
+        let _ = child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(format!("{PW}\n").as_bytes())
+            .await;
+        let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+            .await
+            .unwrap()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(
+            err.contains(&format!("refusing to use {path}"))
+                && err.contains(who)
+                && err.contains(&format!("chmod 700 {path}")),
+            "{err}"
+        );
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+}

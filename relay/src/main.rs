@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use telework_protocol::net::signal::shutdown_signal;
+use telework_protocol::private_file::{check_private_dir, create_private_dir};
 use telework_protocol::ComputerId;
 use telework_relay::config::Settings;
 use telework_relay::identity::{self, TlsIdentity};
@@ -143,6 +144,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         "no certificate in {}: start the relay once first",
                         data_dir.display()
                     );
+                    check_private_dir(&data_dir)?;
                     identity::self_signed(&data_dir, &[])?.fingerprint
                 }
             };
@@ -220,7 +222,8 @@ fn utc(unix: i64) -> String {
 }
 
 fn open_registry(data_dir: &std::path::Path) -> anyhow::Result<Registry> {
-    telework_protocol::private_file::create_private_dir(data_dir)?;
+    create_private_dir(data_dir)?;
+    check_private_dir(data_dir)?;
     let path = data_dir.join("relay.db");
     Registry::open(&path).with_context(|| format!("opening {}", path.display()))
 }

@@ -323,3 +323,71 @@ async fn machines_lists_dates_and_remove_disconnects_a_connected_agent() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+/// Runs `command` to its end, killing it after `limit` (a relay that wrongly starts would
+/// otherwise run forever).
+fn output_within(command: &mut Command, limit: Duration) -> std::process::Output {
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > limit {
+            child.kill().unwrap();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "still running after {limit:?}: {}",
+                String::from_utf8_lossy(&out.stdout)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+#[cfg(unix)]
+#[test]
+fn a_data_dir_that_others_can_write_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    // A certificate file, so `fingerprint` gets as far as the data dir.
+    std::fs::write(dir.path().join(telework_relay::identity::CERT_FILE), b"").unwrap();
+    let path = dir.path().display().to_string();
+    for (mode, who) in [(0o777, "every user"), (0o770, "its group")] {
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(mode)).unwrap();
+        for args in [
+            &["serve", "--listen", "127.0.0.1:0", "--data-dir"][..],
+            &["fingerprint", "--data-dir"],
+            &["token", "create", "--data-dir"],
+            &["machines", "--data-dir"],
+        ] {
+            let out = output_within(relay().args(args).arg(dir.path()), Duration::from_secs(20));
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+            assert!(
+                err.contains(&format!("refusing to use {path}"))
+                    && err.contains(who)
+                    && err.contains(&format!("chmod 700 {path}")),
+                "{args:?}: {err}"
+            );
+        }
+    }
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    // Owned by another user (only root can arrange that). The temporary dir is ours, so its
+    // owner is who we are.
+    use std::os::unix::fs::MetadataExt;
+    if std::fs::metadata(dir.path()).unwrap().uid() == 0 {
+        std::os::unix::fs::chown(dir.path(), Some(4242), None).unwrap();
+        let out = output_within(
+            relay().args(["machines", "--data-dir"]).arg(dir.path()),
+            Duration::from_secs(20),
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(err.contains("belongs to user id 4242"), "{err}");
+        assert!(err.contains(&format!("chown -R 0 {path}")), "{err}");
+    }
+}

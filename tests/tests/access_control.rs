@@ -357,9 +357,10 @@ async fn a_one_time_code_that_cannot_be_recorded_is_refused() {
     let relay = TestRelay::start().await;
     let (desktop, agent) = relay.office_pc("pc-otp-ro", PW).await;
     let secret = require_totp(&agent);
-    // The record of the last code used cannot be written (its temporary file's name is taken
-    // by a directory); accepting the code anyway would let it work again after a restart.
-    std::fs::create_dir(agent.dir.path().join("totp-last-step.tmp")).unwrap();
+    // The record of the last code used cannot be written (its name is taken by a directory,
+    // which a file cannot be renamed over; the agent read the record at start); accepting the
+    // code anyway would let it work again after a restart.
+    std::fs::create_dir(agent.dir.path().join("totp-last-step")).unwrap();
     let right = LoginOptions {
         totp: Some(Arc::new(move || {
             Some(secret.code_at(telework_agent::unix_now()))

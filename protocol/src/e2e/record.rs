@@ -5,9 +5,24 @@
 //! counter, and every tunnel has fresh keys, so a nonce never repeats under a key. Reordered,
 //! replayed, dropped, truncated or flipped records fail to open. End of stream is a record of
 //! its own ([`RecordKind::Eof`]), so a relay that cuts the connection early is detected.
+//!
+//! # Rekeying
+//!
+//! AES-GCM with counter nonces stays within its safe bounds for about 2^24.5 full records
+//! under one key (the TLS 1.3 limit). So each direction moves to a new key every
+//! [`REKEY_INTERVAL`] records: both ends derive `next = HKDF-Expand(current, "telework/1
+//! rekey", 32)` when the counter reaches a multiple of the interval, and forget (zeroize) the
+//! current key. The change is implied by the record count, so no message announces it and the
+//! relay, which only copies records in order, has nothing to interfere with. The nonce counter
+//! runs on across key changes and is never reset, so it never repeats under any key; at 2^64
+//! records sealing and opening fail rather than wrap.
 
 use bytes::{Buf, BufMut, BytesMut};
 use ring::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey};
+use ring::hkdf;
+use zeroize::Zeroizing;
+
+use super::keys::expand;
 
 /// Largest plaintext in one record (16 KiB).
 pub const MAX_RECORD_PLAINTEXT: usize = 16 * 1024;
@@ -16,6 +31,13 @@ pub const MAX_RECORD_PLAINTEXT: usize = 16 * 1024;
 pub const RECORD_HEADER_LEN: usize = 2;
 
 const TAG_LEN: usize = 16;
+
+/// Records sealed (or opened) under one key in one direction before both ends move to the
+/// next key (2^24).
+pub const REKEY_INTERVAL: u64 = 1 << 24;
+
+/// The HKDF info for the key ratchet.
+const REKEY_INFO: &[u8] = b"telework/1 rekey";
 
 /// Largest ciphertext a record may announce.
 pub const MAX_RECORD_CIPHERTEXT: usize = MAX_RECORD_PLAINTEXT + 1 + TAG_LEN;
@@ -74,7 +96,7 @@ pub enum RecordError {
     /// The plaintext handed to seal was larger than one record.
     #[error("plaintext of {0} bytes is over the record limit")]
     TooLarge(usize),
-    /// 2^64 records were sent under one key.
+    /// 2^64 records went one way through one tunnel: the counter would wrap.
     #[error("record counter exhausted")]
     CounterExhausted,
 }
@@ -91,18 +113,71 @@ fn key(bytes: &[u8; 32]) -> LessSafeKey {
     LessSafeKey::new(UnboundKey::new(&aead::AES_256_GCM, bytes).expect("32-byte AES-256 key"))
 }
 
+/// One direction's key and record counter, moving to the next key every `interval` records.
+struct DirectionKey {
+    /// The current key's bytes, kept to derive the next one; zeroized when replaced.
+    secret: Zeroizing<[u8; 32]>,
+    aead: LessSafeKey,
+    /// The next record's number, which is also its nonce. Never reset.
+    counter: u64,
+    /// The record number at which the next key takes over.
+    next_rekey: u64,
+    interval: u64,
+}
+
+impl DirectionKey {
+    fn new(k: &[u8; 32], interval: u64) -> Self {
+        let interval = interval.max(1);
+        Self {
+            secret: Zeroizing::new(*k),
+            aead: key(k),
+            counter: 0,
+            next_rekey: interval,
+            interval,
+        }
+    }
+
+    /// Takes the next record number for its nonce, first moving to the next key if this
+    /// record starts a new interval. The hot path is one addition and one comparison.
+    fn next_nonce(&mut self) -> Result<Nonce, RecordError> {
+        let counter = self.counter;
+        self.counter = counter
+            .checked_add(1)
+            .ok_or(RecordError::CounterExhausted)?;
+        if counter == self.next_rekey {
+            self.ratchet();
+        }
+        Ok(nonce(counter))
+    }
+
+    /// Replaces the key with `HKDF-Expand(key, "telework/1 rekey")`; the old bytes are zeroized
+    /// as they are dropped.
+    #[cold]
+    fn ratchet(&mut self) {
+        let prk = hkdf::Prk::new_less_safe(hkdf::HKDF_SHA256, &self.secret[..]);
+        let next = expand::<32>(&prk, REKEY_INFO);
+        self.aead = key(&next);
+        self.secret = next;
+        self.next_rekey = self.next_rekey.saturating_add(self.interval);
+    }
+}
+
 /// Seals records in one direction.
 pub struct Sealer {
-    key: LessSafeKey,
-    counter: u64,
+    key: DirectionKey,
 }
 
 impl Sealer {
-    /// A sealer for a 32-byte key.
+    /// A sealer for a 32-byte key, moving to the next key every [`REKEY_INTERVAL`] records.
     pub fn new(k: &[u8; 32]) -> Self {
+        Self::with_rekey_interval(k, REKEY_INTERVAL)
+    }
+
+    /// A sealer that rekeys every `interval` records: for tests that cross key changes
+    /// quickly. Both ends must agree on it.
+    pub(crate) fn with_rekey_interval(k: &[u8; 32], interval: u64) -> Self {
         Self {
-            key: key(k),
-            counter: 0,
+            key: DirectionKey::new(k, interval),
         }
     }
 
@@ -119,10 +194,7 @@ impl Sealer {
         if payload.len() > MAX_RECORD_PLAINTEXT {
             return Err(RecordError::TooLarge(payload.len()));
         }
-        let counter = self.counter;
-        self.counter = counter
-            .checked_add(1)
-            .ok_or(RecordError::CounterExhausted)?;
+        let nonce = self.key.next_nonce()?;
         let ct_len = payload.len() + 1 + TAG_LEN;
         let header = (ct_len as u16).to_be_bytes();
         dst.reserve(RECORD_HEADER_LEN + ct_len);
@@ -132,7 +204,8 @@ impl Sealer {
         dst.put_u8(kind as u8);
         let tag = self
             .key
-            .seal_in_place_separate_tag(nonce(counter), Aad::from(header), &mut dst[start..])
+            .aead
+            .seal_in_place_separate_tag(nonce, Aad::from(header), &mut dst[start..])
             .map_err(|_| RecordError::CounterExhausted)?;
         dst.put_slice(tag.as_ref());
         Ok(())
@@ -153,16 +226,20 @@ impl Sealer {
 
 /// Opens records in one direction.
 pub struct Opener {
-    key: LessSafeKey,
-    counter: u64,
+    key: DirectionKey,
 }
 
 impl Opener {
-    /// An opener for a 32-byte key.
+    /// An opener for a 32-byte key, moving to the next key every [`REKEY_INTERVAL`] records.
     pub fn new(k: &[u8; 32]) -> Self {
+        Self::with_rekey_interval(k, REKEY_INTERVAL)
+    }
+
+    /// An opener that rekeys every `interval` records: for tests that cross key changes
+    /// quickly. Both ends must agree on it.
+    pub(crate) fn with_rekey_interval(k: &[u8; 32], interval: u64) -> Self {
         Self {
-            key: key(k),
-            counter: 0,
+            key: DirectionKey::new(k, interval),
         }
     }
 
@@ -186,13 +263,11 @@ impl Opener {
         }
         src.advance(RECORD_HEADER_LEN);
         let mut body = src.split_to(ct_len);
-        let counter = self.counter;
-        self.counter = counter
-            .checked_add(1)
-            .ok_or(RecordError::CounterExhausted)?;
+        let nonce = self.key.next_nonce()?;
         let plain_len = self
             .key
-            .open_in_place(nonce(counter), Aad::from(header), &mut body)
+            .aead
+            .open_in_place(nonce, Aad::from(header), &mut body)
             .map_err(|_| RecordError::Forged)?
             .len();
         body.truncate(plain_len);
@@ -290,6 +365,123 @@ mod tests {
         o.open(&mut first.clone()).unwrap().unwrap();
         // Replayed: first again.
         assert_eq!(o.open(&mut first).unwrap_err(), RecordError::Forged);
+    }
+
+    /// A small rekey interval, so tests cross several key changes quickly.
+    const SMALL: u64 = 4;
+
+    fn small_pair() -> (Sealer, Opener) {
+        (
+            Sealer::with_rekey_interval(&[1; 32], SMALL),
+            Opener::with_rekey_interval(&[1; 32], SMALL),
+        )
+    }
+
+    fn sealed(s: &mut Sealer, text: &[u8]) -> BytesMut {
+        let mut wire = BytesMut::new();
+        s.seal(RecordKind::Data, text, &mut wire).unwrap();
+        wire
+    }
+
+    #[test]
+    fn data_flows_across_several_rekeys() {
+        let (mut s, mut o) = small_pair();
+        let mut wire = BytesMut::new();
+        let records = SMALL * 5 + 2;
+        for i in 0..records {
+            s.seal(RecordKind::Data, &i.to_be_bytes(), &mut wire)
+                .unwrap();
+        }
+        for i in 0..records {
+            let r = o.open(&mut wire).unwrap().unwrap();
+            assert_eq!(&r.payload[..], &i.to_be_bytes()[..], "record {i}");
+        }
+        assert!(wire.is_empty());
+        assert_eq!(s.key.counter, records);
+        assert_ne!(*s.key.secret, [1; 32], "the key changed");
+        assert_eq!(*s.key.secret, *o.key.secret, "both ends moved alike");
+    }
+
+    #[test]
+    fn the_default_interval_is_two_to_the_24() {
+        assert_eq!(REKEY_INTERVAL, 16_777_216);
+        let (s, o) = pair();
+        assert_eq!(s.key.next_rekey, REKEY_INTERVAL);
+        assert_eq!(o.key.next_rekey, REKEY_INTERVAL);
+    }
+
+    #[test]
+    fn a_record_from_before_a_rekey_is_refused_after_it() {
+        let (mut s, mut o) = small_pair();
+        let first = sealed(&mut s, b"old key");
+        o.open(&mut first.clone()).unwrap().unwrap();
+        for _ in 1..SMALL {
+            o.open(&mut sealed(&mut s, b"x")).unwrap().unwrap();
+        }
+        // The opener is now at the first record of the second key.
+        assert_eq!(o.open(&mut first.clone()).unwrap_err(), RecordError::Forged);
+    }
+
+    #[test]
+    fn after_the_interval_the_old_key_no_longer_opens() {
+        // One sealer that never rekeys, one that does, from the same key.
+        let mut stale = Sealer::with_rekey_interval(&[1; 32], u64::MAX);
+        let (mut fresh, _) = small_pair();
+        let (_, mut o) = small_pair();
+        for _ in 0..SMALL {
+            let a = sealed(&mut stale, b"same");
+            let b = sealed(&mut fresh, b"same");
+            assert_eq!(a, b, "the same key before the interval");
+            o.open(&mut a.clone()).unwrap().unwrap();
+        }
+        // Record number SMALL under the old key, with the right nonce: refused.
+        let old = sealed(&mut stale, b"next");
+        let new = sealed(&mut fresh, b"next");
+        assert_ne!(old, new);
+        assert_eq!(o.open(&mut old.clone()).unwrap_err(), RecordError::Forged);
+        // And the rekeyed one opens on an opener at the same place.
+        let (_, mut o2) = small_pair();
+        let mut again = Sealer::with_rekey_interval(&[1; 32], SMALL);
+        for _ in 0..SMALL {
+            o2.open(&mut sealed(&mut again, b"same")).unwrap().unwrap();
+        }
+        assert_eq!(
+            &o2.open(&mut new.clone()).unwrap().unwrap().payload[..],
+            b"next"
+        );
+    }
+
+    #[test]
+    fn the_ratchet_is_hkdf_expand_of_the_current_key() {
+        let (mut s, _) = small_pair();
+        for _ in 0..=SMALL {
+            sealed(&mut s, b"");
+        }
+        let prk = hkdf::Prk::new_less_safe(hkdf::HKDF_SHA256, &[1; 32]);
+        assert_eq!(*s.key.secret, *expand::<32>(&prk, b"telework/1 rekey"));
+    }
+
+    #[test]
+    fn the_counter_never_wraps() {
+        let (mut s, mut o) = pair();
+        s.key.counter = u64::MAX - 1;
+        o.key.counter = u64::MAX - 1;
+        let mut last = sealed(&mut s, b"last");
+        assert_eq!(&o.open(&mut last).unwrap().unwrap().payload[..], b"last");
+        for _ in 0..2 {
+            assert_eq!(
+                s.seal(RecordKind::Data, b"one more", &mut BytesMut::new()),
+                Err(RecordError::CounterExhausted)
+            );
+        }
+        let mut wire = BytesMut::new();
+        Sealer::new(&[1; 32])
+            .seal(RecordKind::Data, b"x", &mut wire)
+            .unwrap();
+        assert!(matches!(
+            o.open(&mut wire),
+            Err(RecordError::CounterExhausted)
+        ));
     }
 
     #[test]
