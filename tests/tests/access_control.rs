@@ -710,3 +710,19 @@ async fn every_resume_checks_the_device_again() {
     );
     assert_eq!(desktop.connections(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_attempt_that_cannot_be_recorded_is_refused() {
+    let relay = TestRelay::start().await;
+    let (desktop, agent) = relay.office_pc("pc-cannot-count", PW).await;
+    // The wrong-password state cannot be read or written (a directory stands in its place).
+    std::fs::create_dir(agent.dir.path().join("lockout.toml")).unwrap();
+    let err = relay.login("pc-cannot-count", PW).await.err().unwrap();
+    assert!(
+        matches!(err, ClientError::Refused(Refusal::Misconfigured)),
+        "an attempt that cannot be counted is not answered: {err:?}"
+    );
+    std::fs::remove_dir(agent.dir.path().join("lockout.toml")).unwrap();
+    relay.login("pc-cannot-count", PW).await.unwrap();
+    assert_eq!(desktop.connections(), 0);
+}
