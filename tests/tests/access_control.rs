@@ -611,6 +611,19 @@ async fn open_session(
     (relay, desktop, agent, client, device)
 }
 
+/// Revokes `device` on `agent`, as `telework-agent devices revoke` does.
+fn revoke(agent: &TestAgent, device: &MachineKey) {
+    let data = DataDir::open(agent.dir.path()).unwrap();
+    let mut devices = data.lock_devices().unwrap();
+    devices
+        .set_status(
+            &telework_protocol::proof::key_fingerprint(&device.public_key()),
+            DeviceStatus::Revoked,
+        )
+        .unwrap();
+    devices.save().unwrap();
+}
+
 /// Waits (at most 5 s) for the client's session to end, and returns why.
 async fn ended_within_5_s(
     client: TestClient,
@@ -624,17 +637,7 @@ async fn ended_within_5_s(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revoking_the_device_ends_its_open_session() {
     let (_relay, _desktop, agent, client, device) = open_session("pc-revoke").await;
-    let opener_probe = TcpStream::connect(client.local).await.unwrap();
-    drop(opener_probe);
-    let data = DataDir::open(agent.dir.path()).unwrap();
-    let mut devices = data.lock_devices().unwrap();
-    devices
-        .set_status(
-            &telework_protocol::proof::key_fingerprint(&device.public_key()),
-            DeviceStatus::Revoked,
-        )
-        .unwrap();
-    devices.save().unwrap();
+    revoke(&agent, &device);
     let ended = ended_within_5_s(client).await;
     assert!(
         matches!(ended, Err(ClientError::Ended(EndReason::DeviceRevoked))),
@@ -689,15 +692,7 @@ async fn every_resume_checks_the_device_again() {
         .unwrap();
     let opener = session.opener();
     opener.open().await.unwrap();
-    let data = DataDir::open(agent.dir.path()).unwrap();
-    let mut devices = data.lock_devices().unwrap();
-    devices
-        .set_status(
-            &telework_protocol::proof::key_fingerprint(&device.public_key()),
-            DeviceStatus::Revoked,
-        )
-        .unwrap();
-    devices.save().unwrap();
+    revoke(&agent, &device);
     // At once, before the periodic check: the next tunnel is refused with the reason.
     let err = opener.open().await.err().unwrap();
     assert!(
@@ -725,4 +720,55 @@ async fn a_login_attempt_that_cannot_be_recorded_is_refused() {
     std::fs::remove_dir(agent.dir.path().join("lockout.toml")).unwrap();
     relay.login("pc-cannot-count", PW).await.unwrap();
     assert_eq!(desktop.connections(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_is_recorded_only_after_its_one_time_code_is_right() {
+    let relay = TestRelay::start().await;
+    let (_desktop, agent) = relay.office_pc("pc-no-flood", PW).await;
+    let data = require_approved_devices(&agent);
+    let secret = require_totp(&agent);
+    // Someone with the password but not the code tries from many devices: none is listed, so
+    // the list cannot be flooded nor a look-alike planted for IT staff to approve.
+    for _ in 0..3 {
+        let now = telework_agent::unix_now();
+        let wrong = ["000000", "111111"]
+            .into_iter()
+            .find(|c| {
+                [now - 30, now, now + 30]
+                    .iter()
+                    .all(|t| secret.code_at(*t) != *c)
+            })
+            .unwrap()
+            .to_owned();
+        let options = LoginOptions {
+            totp: Some(Arc::new(move || Some(wrong.clone()))),
+            ..LoginOptions::default()
+        };
+        let err = Session::login_with(&relay.target("pc-no-flood"), PW.as_bytes(), &options)
+            .await
+            .err()
+            .unwrap();
+        assert!(
+            matches!(err, ClientError::Refused(Refusal::WrongTotp { .. })),
+            "{err:?}"
+        );
+    }
+    assert!(data.devices().unwrap().devices.is_empty());
+    // With the code, the device is recorded (and waits for approval).
+    let right = LoginOptions {
+        totp: Some(Arc::new(move || {
+            Some(secret.code_at(telework_agent::unix_now()))
+        })),
+        ..LoginOptions::default()
+    };
+    let err = Session::login_with(&relay.target("pc-no-flood"), PW.as_bytes(), &right)
+        .await
+        .err()
+        .unwrap();
+    assert!(
+        matches!(err, ClientError::Refused(Refusal::DeviceNotApproved { .. })),
+        "{err:?}"
+    );
+    assert_eq!(data.devices().unwrap().devices.len(), 1);
 }

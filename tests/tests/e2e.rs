@@ -194,6 +194,10 @@ async fn wrong_password_is_refused_with_tries_left_and_never_reaches_the_target(
     login(PW).await.unwrap();
     let err = login("wrong password").await.err().unwrap();
     assert!(
+        err.is_wrong_password(),
+        "a failure the office PC proved may be asked again"
+    );
+    assert!(
         matches!(
             err,
             ClientError::Refused(Refusal::WrongPassword { tries_left: 4 })
