@@ -2,6 +2,7 @@
 //! it logged in under are checked again at every resume and every few seconds, so revoking a
 //! device, changing the password or turning one-time codes on ends that PC's open sessions.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ring::digest;
@@ -10,7 +11,7 @@ use telework_protocol::e2e::messages::EndReason;
 use crate::devices::{DeviceStatus, Devices};
 use crate::policy::Policy;
 use crate::sessions::Grant;
-use crate::state::{DataDir, StateError};
+use crate::state::{DataDir, StateError, DEVICES_FILE, PASSWORD_FILE, POLICY_FILE, TOTP_FILE};
 
 /// How often the agent checks open sessions against the settings on disk. A change ends the
 /// sessions it affects within this (plus a write's time), well inside 5 s.
@@ -76,6 +77,75 @@ impl Access {
     }
 }
 
+/// Which version of each settings file [`Access`] was read from: its inode, length and
+/// modification time (`None` for a missing file). Every write replaces a file by renaming a
+/// new one over it, so any change gives a new inode.
+type Stamp = [Option<(u64, u64, i128)>; 4];
+
+/// The settings behind [`Access`], read again only when one of their files changed: every
+/// new tunnel checks them, and reading and parsing four files each time would cost more than
+/// the tunnel itself.
+#[derive(Default)]
+pub struct AccessCache {
+    last: Mutex<Option<(Stamp, Arc<Access>)>>,
+}
+
+impl AccessCache {
+    /// The settings as they are on disk now.
+    ///
+    /// # Errors
+    /// As [`Access::read`].
+    pub fn current(&self, data: &DataDir) -> Result<Arc<Access>, StateError> {
+        let stamp = stamp(data)?;
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((seen, access)) = last.as_ref() {
+            if *seen == stamp {
+                return Ok(access.clone());
+            }
+        }
+        let access = Arc::new(Access::read(data)?);
+        // Cached under the stamp taken before reading: a change during the read shows as a
+        // new stamp next time, so nothing stale is kept.
+        *last = Some((stamp, access.clone()));
+        Ok(access)
+    }
+}
+
+fn stamp(data: &DataDir) -> Result<Stamp, StateError> {
+    let mut out = [None; 4];
+    for (slot, name) in out
+        .iter_mut()
+        .zip([PASSWORD_FILE, TOTP_FILE, DEVICES_FILE, POLICY_FILE])
+    {
+        *slot = match std::fs::metadata(data.path(name)) {
+            Ok(m) => Some(file_version(&m)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(StateError::Io(e)),
+        };
+    }
+    Ok(out)
+}
+
+#[cfg(unix)]
+fn file_version(m: &std::fs::Metadata) -> (u64, u64, i128) {
+    use std::os::unix::fs::MetadataExt;
+    (
+        m.ino(),
+        m.len(),
+        i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
+    )
+}
+
+#[cfg(not(unix))]
+fn file_version(m: &std::fs::Metadata) -> (u64, u64, i128) {
+    let modified = m
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos() as i128);
+    (0, m.len(), modified)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -87,6 +157,37 @@ mod tests {
             devices: Devices::default(),
             policy: Policy::default(),
         }
+    }
+
+    #[test]
+    fn the_cache_sees_every_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = DataDir::open(dir.path()).unwrap();
+        let cache = AccessCache::default();
+        assert!(cache.current(&data).unwrap().grant(&[9; 32]).is_none());
+        let record = telework_protocol::e2e::pake::PasswordRecord::create(b"first one").unwrap();
+        data.save_password(&record).unwrap();
+        let first = cache.current(&data).unwrap();
+        let grant = first.grant(&[9; 32]).unwrap();
+        assert!(
+            Arc::ptr_eq(&first, &cache.current(&data).unwrap()),
+            "unchanged: no re-read"
+        );
+        let mut devices = data.lock_devices().unwrap();
+        devices.admit(&[9; 32], "home", 1, false);
+        let fp = telework_protocol::proof::key_fingerprint(&[9; 32]);
+        devices.set_status(&fp, DeviceStatus::Revoked).unwrap();
+        devices.save().unwrap();
+        assert_eq!(
+            cache.current(&data).unwrap().check(&grant),
+            Err(EndReason::DeviceRevoked)
+        );
+        data.save_password(&record.change_password(b"second one").unwrap())
+            .unwrap();
+        assert_eq!(
+            cache.current(&data).unwrap().check(&grant),
+            Err(EndReason::PasswordChanged)
+        );
     }
 
     #[test]

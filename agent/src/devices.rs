@@ -63,6 +63,10 @@ pub enum DeviceError {
     TooShort(String),
 }
 
+/// Most devices on the list when approval is not required: each successful login from a new
+/// device adds one.
+pub const MAX_DEVICES: usize = 1000;
+
 /// Hex digits of fingerprint IT staff must give to approve or revoke a device: 128 bits, so
 /// nobody can plant a device whose fingerprint merely starts like the employee's.
 pub const MIN_FINGERPRINT_HEX: usize = 32;
@@ -105,6 +109,20 @@ impl Devices {
             .iter()
             .filter(|d| d.status == DeviceStatus::Pending)
             .count();
+        if status == DeviceStatus::Approved && self.devices.len() >= MAX_DEVICES {
+            // Approval is not required, so an approved entry only says who connected; the
+            // least recently seen makes room (revoked entries are never dropped).
+            if let Some(oldest) = self
+                .devices
+                .iter()
+                .enumerate()
+                .filter(|(_, d)| d.status == DeviceStatus::Approved)
+                .min_by_key(|(_, d)| d.last_seen)
+                .map(|(i, _)| i)
+            {
+                self.devices.remove(oldest);
+            }
+        }
         if status == DeviceStatus::Pending && pending >= MAX_PENDING {
             if let Some(oldest) = self
                 .devices
@@ -250,6 +268,17 @@ mod tests {
         }
         assert_eq!(devices.devices.len(), MAX_PENDING);
         assert!(devices.devices.iter().all(|d| !d.name.contains('\u{1b}')));
+        let mut open = Devices::default();
+        open.admit(&[0xee; 32], "revoked", 0, false);
+        open.set_status(&key_fingerprint(&[0xee; 32]), DeviceStatus::Revoked)
+            .unwrap();
+        for i in 1..(MAX_DEVICES as u32 + 10) {
+            let mut key = [0u8; 32];
+            key[..4].copy_from_slice(&i.to_be_bytes());
+            open.admit(&key, "laptop", u64::from(i), false);
+        }
+        assert_eq!(open.devices.len(), MAX_DEVICES);
+        assert_eq!(open.status(&[0xee; 32]), Some(DeviceStatus::Revoked));
         let text = toml::to_string(&devices).unwrap();
         assert_eq!(toml::from_str::<Devices>(&text).unwrap(), devices);
     }

@@ -109,6 +109,8 @@ pub struct Agent {
     sessions: Sessions,
     /// The time step of the last one-time code accepted (also on disk, so a restart keeps it).
     totp_last_step: Arc<Mutex<Option<u64>>>,
+    /// The access settings every new tunnel checks, read again only when they change.
+    access_cache: Arc<access::AccessCache>,
     /// Held while the wrong-password state or the above is written, so that writes land in
     /// order.
     state_writes: Arc<Mutex<()>>,
@@ -155,6 +157,7 @@ impl Agent {
             client_silence,
             sessions: Sessions::default(),
             totp_last_step: Arc::new(Mutex::new(totp_last_step)),
+            access_cache: Arc::default(),
             state_writes: Arc::new(Mutex::new(())),
             reports: Mutex::new(None),
             online: watch::channel(false).0,

@@ -6,7 +6,7 @@
 //! 2 s for the device-list lock (held by a `telework-agent devices` command), or an fsync on
 //! a slow office disk, would otherwise freeze every open session for as long.
 
-use std::sync::PoisonError;
+use std::sync::{Arc, PoisonError};
 
 use telework_protocol::e2e::messages::Refusal;
 
@@ -78,10 +78,12 @@ impl Agent {
         }
     }
 
-    /// The settings that decide who may stay logged in, read now.
-    pub(crate) async fn access(&self) -> Result<Access, StateError> {
+    /// The settings that decide who may stay logged in, as they are on disk now (read again
+    /// only when a file changed).
+    pub(crate) async fn access(&self) -> Result<Arc<Access>, StateError> {
         let data = self.data.clone();
-        off_runtime(move || Access::read(&data)).await
+        let cache = self.access_cache.clone();
+        off_runtime(move || cache.current(&data)).await
     }
 
     /// Checks a one-time code; each code works once, across restarts too. The step is taken in

@@ -19,10 +19,10 @@ use crate::totp::TotpSecret;
 
 const SETTINGS_FILE: &str = "agent.toml";
 const KEY_FILE: &str = "machine-key.pk8";
-const PASSWORD_FILE: &str = "password.opaque";
-const POLICY_FILE: &str = "policy.toml";
+pub(crate) const PASSWORD_FILE: &str = "password.opaque";
+pub(crate) const POLICY_FILE: &str = "policy.toml";
 pub(crate) const DEVICES_FILE: &str = "devices.toml";
-const TOTP_FILE: &str = "totp.secret";
+pub(crate) const TOTP_FILE: &str = "totp.secret";
 const TOTP_LAST_STEP_FILE: &str = "totp-last-step";
 const LOCKOUT_FILE: &str = "lockout.toml";
 const LOCKOUT_LOCK_FILE: &str = "lockout.lock";

@@ -4,11 +4,13 @@
 //! password.
 //!
 //! # How the owner is found
-//! - **Linux:** the connecting socket is looked up in `/proc/net/tcp` and `/proc/net/tcp6` (the
-//!   entry whose local address is the connection's peer address and whose remote address is
-//!   our local address), and its owner's uid is compared with our effective uid. The parsing
-//!   is pure ([`parse_line`], [`owners`]) and tested on captured lines. Anything that keeps the
-//!   owner from being known (no entry, two owners, a table over [`PROC_NET_CAP`], a read error)
+//! - **Linux:** the kernel is asked, over a `NETLINK_SOCK_DIAG` socket, for the one TCP socket
+//!   whose source is the connection's peer address and whose destination is our local address
+//!   (an exact lookup, not a dump: its cost does not grow with the number of sockets on the
+//!   machine, which `/proc/net/tcp` does). Its owner's uid is compared with our effective uid.
+//!   The request and the reply are built and read by pure functions ([`diag_request`],
+//!   [`diag_reply_owner`]) tested on fixed bytes. Anything that keeps the owner from being
+//!   known (no such socket, a socket in `TIME_WAIT`, an error or a reply that does not match)
 //!   refuses the connection: the check fails closed.
 //! - **Windows:** not in this build. The check to add there is `GetExtendedTcpTable` with
 //!   `TCP_TABLE_OWNER_PID_CONNECTIONS` (the row whose local end is the peer address gives the
@@ -20,21 +22,19 @@
 //! `--listen` on a non-loopback address is refused unless `--allow-remote` is given
 //! ([`listen_policy`]); with it, anyone who reaches the address is served.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 
 use tokio::net::TcpStream;
 
 /// Whether this build checks which OS user opened a local connection.
 pub const OWNER_CHECKED: bool = cfg!(target_os = "linux");
 
-/// The most of `/proc/net/tcp` or `/proc/net/tcp6` read per connection (about 200,000
-/// sockets); a bigger table refuses the connection rather than being half read.
-pub const PROC_NET_CAP: u64 = 32 * 1024 * 1024;
+/// How long the kernel may take to answer an owner lookup before the connection is refused.
+pub const LOOKUP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// One owner lookup at a time: each reads the whole socket table on a blocking thread, and a
-/// local user opening many connections at once must not make the client read it hundreds of
-/// times in parallel.
-static LOOKUPS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
+/// A few owner lookups at a time: each runs on a blocking thread, and a local user opening
+/// many connections at once must not take every one of them.
+static LOOKUPS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(4);
 
 /// Who may use the local port.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,14 +62,11 @@ pub enum OwnerError {
     /// No live socket with those addresses (the peer already closed, or it is on another host).
     #[error("no socket on this computer has that connection")]
     NotFound,
-    /// Sockets of more than one user matched.
-    #[error("sockets of several users match that connection")]
-    Ambiguous,
-    /// The socket table is larger than [`PROC_NET_CAP`].
-    #[error("the socket table {0} is larger than {PROC_NET_CAP} bytes")]
-    TooLarge(&'static str),
-    /// The socket table could not be read.
-    #[error("cannot read {0}: {1}")]
+    /// The kernel's answer was not one this client understands.
+    #[error("the kernel's socket lookup answered in an unexpected form")]
+    BadReply,
+    /// The kernel's socket lookup failed.
+    #[error("cannot ask the kernel who owns {0}: {1}")]
     Io(&'static str, std::io::Error),
     /// The addresses of the accepted connection are unknown.
     #[error("the connection's addresses are unknown: {0}")]
@@ -122,10 +119,10 @@ impl LocalAccess {
         let _turn = LOOKUPS
             .acquire()
             .await
-            .map_err(|e| OwnerError::Io("the socket table", std::io::Error::other(e)))?;
+            .map_err(|e| OwnerError::Io("the connection", std::io::Error::other(e)))?;
         let owner = tokio::task::spawn_blocking(move || peer_owner(local, peer))
             .await
-            .map_err(|e| OwnerError::Io("the socket table", std::io::Error::other(e)))??;
+            .map_err(|e| OwnerError::Io("the connection", std::io::Error::other(e)))??;
         let ours = own_uid();
         if owner == ours {
             Ok(())
@@ -148,21 +145,38 @@ fn own_uid() -> u32 {
 }
 
 /// The uid owning the other end of the connection whose local end (ours) is `local` and
-/// whose remote end is `peer`, from the kernel's socket tables.
+/// whose remote end is `peer`, asked of the kernel (`NETLINK_SOCK_DIAG`, an exact lookup).
 ///
 /// # Errors
 /// [`OwnerError`] whenever the owner is not known for sure.
 #[cfg(target_os = "linux")]
 pub fn peer_owner(local: SocketAddr, peer: SocketAddr) -> Result<u32, OwnerError> {
-    let mut found = Vec::new();
-    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
-        let Some(text) = read_table(table)? else {
-            continue;
-        };
-        // The peer's socket sees the connection the other way round.
-        found.extend(owners(&text, peer, local));
-    }
-    one_owner(found)
+    use rustix::net::netlink::{SocketAddrNetlink, SOCK_DIAG};
+    use rustix::net::sockopt::{set_socket_timeout, Timeout};
+    use rustix::net::{
+        recv, sendto, socket_with, AddressFamily, RecvFlags, SendFlags, SocketFlags, SocketType,
+    };
+    let io = |e: rustix::io::Errno| OwnerError::Io("the connection", e.into());
+    // The peer's socket sees the connection the other way round: its source is `peer`.
+    let request = diag_request(peer, local).ok_or(OwnerError::NotFound)?;
+    let fd = socket_with(
+        AddressFamily::NETLINK,
+        SocketType::DGRAM,
+        SocketFlags::CLOEXEC,
+        Some(SOCK_DIAG),
+    )
+    .map_err(io)?;
+    set_socket_timeout(&fd, Timeout::Recv, Some(LOOKUP_TIMEOUT)).map_err(io)?;
+    sendto(
+        &fd,
+        &request,
+        SendFlags::empty(),
+        &SocketAddrNetlink::new(0, 0),
+    )
+    .map_err(io)?;
+    let mut reply = [0u8; 4096];
+    let (n, _) = recv(&fd, &mut reply[..], RecvFlags::empty()).map_err(io)?;
+    diag_reply_owner(reply.get(..n).ok_or(OwnerError::BadReply)?, peer, local)
 }
 
 /// Not implemented outside Linux. On Windows: `GetExtendedTcpTable(AF_INET/AF_INET6,
@@ -179,224 +193,215 @@ pub fn peer_owner(_local: SocketAddr, _peer: SocketAddr) -> Result<u32, OwnerErr
     Err(OwnerError::NotFound)
 }
 
-/// Reads one socket table, at most [`PROC_NET_CAP`] bytes; `None` when it does not exist
-/// (`/proc/net/tcp6` without IPv6).
-#[cfg(target_os = "linux")]
-fn read_table(path: &'static str) -> Result<Option<String>, OwnerError> {
-    use std::io::Read;
-    let file = match std::fs::File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(OwnerError::Io(path, e)),
-    };
-    let mut bytes = Vec::new();
-    file.take(PROC_NET_CAP + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| OwnerError::Io(path, e))?;
-    if bytes.len() as u64 > PROC_NET_CAP {
-        return Err(OwnerError::TooLarge(path));
-    }
-    Ok(Some(String::from_utf8_lossy(&bytes).into_owned()))
-}
+// Linux's sock_diag ABI (linux/netlink.h, linux/sock_diag.h, linux/inet_diag.h).
+const NLMSG_HEADER: usize = 16;
+const NLMSG_ERROR: u16 = 2;
+const NLM_F_REQUEST: u16 = 1;
+const SOCK_DIAG_BY_FAMILY: u16 = 20;
+const AF_INET: u8 = 2;
+const AF_INET6: u8 = 10;
+const IPPROTO_TCP: u8 = 6;
+const TCP_TIME_WAIT: u8 = 6;
+/// `inet_diag_req_v2`: family, protocol, extensions, padding, states, then the socket id.
+const REQUEST_BODY: usize = 8 + SOCKET_ID;
+/// `inet_diag_sockid`: ports, two 16-byte addresses, interface, cookie.
+const SOCKET_ID: usize = 4 + 16 + 16 + 4 + 8;
+/// `inet_diag_msg`: family, state, timer, retransmits, the socket id, then expires, rqueue,
+/// wqueue, uid, inode.
+const REPLY_UID_AT: usize = 4 + SOCKET_ID + 12;
 
-/// The single owner among the matches, or why there is none.
-fn one_owner(mut uids: Vec<u32>) -> Result<u32, OwnerError> {
-    uids.sort_unstable();
-    uids.dedup();
-    match uids[..] {
-        [uid] => Ok(uid),
-        [] => Err(OwnerError::NotFound),
-        _ => Err(OwnerError::Ambiguous),
-    }
-}
-
-/// TCP state `TIME_WAIT` in the tables: such entries are not sockets any more and always show
-/// uid 0, so they never say who owned the connection.
-const TCP_TIME_WAIT: u8 = 0x06;
-
-/// The owners of the live sockets in `table` (the text of `/proc/net/tcp` or `tcp6`) whose
-/// local address is `local` and remote address is `remote`. IPv4-mapped IPv6 addresses match
-/// their IPv4 form. Lines that do not parse are skipped.
-pub fn owners(table: &str, local: SocketAddr, remote: SocketAddr) -> Vec<u32> {
-    let same = |a: SocketAddr, b: SocketAddr| {
-        a.port() == b.port() && a.ip().to_canonical() == b.ip().to_canonical()
-    };
-    table
-        .lines()
-        .filter_map(parse_line)
-        .filter(|e| e.state != TCP_TIME_WAIT && same(e.local, local) && same(e.remote, remote))
-        .map(|e| e.uid)
-        .collect()
-}
-
-/// One socket of `/proc/net/tcp` or `/proc/net/tcp6`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SocketEntry {
-    /// The socket's own address.
-    pub local: SocketAddr,
-    /// The address it is connected to.
-    pub remote: SocketAddr,
-    /// The TCP state number (`01` established, `06` time-wait, `0A` listen, …).
-    pub state: u8,
-    /// The owner's user id.
-    pub uid: u32,
-}
-
-/// Parses one line of `/proc/net/tcp` or `/proc/net/tcp6`; `None` for the header and for
-/// anything malformed.
-///
-/// Addresses are hex, each 32-bit word in the machine's byte order; ports are hex in the
-/// usual order.
-pub fn parse_line(line: &str) -> Option<SocketEntry> {
-    let mut fields = line.split_whitespace();
-    let _slot = fields.next().filter(|s| s.ends_with(':'))?;
-    let local = parse_addr(fields.next()?)?;
-    let remote = parse_addr(fields.next()?)?;
-    let state = u8::from_str_radix(fields.next()?, 16).ok()?;
-    // tx_queue:rx_queue, tr:tm->when, retrnsmt, then the uid.
-    let uid = fields.nth(3)?.parse().ok()?;
-    Some(SocketEntry {
-        local,
-        remote,
-        state,
-        uid,
-    })
-}
-
-fn parse_addr(field: &str) -> Option<SocketAddr> {
-    let (ip, port) = field.split_once(':')?;
-    let port = u16::from_str_radix(port, 16).ok()?;
-    let word = |hex: &str| u32::from_str_radix(hex, 16).ok().map(u32::to_ne_bytes);
-    let ip = match ip.len() {
-        8 => IpAddr::V4(Ipv4Addr::from(word(ip)?)),
-        32 => {
-            let mut bytes = [0u8; 16];
-            for (i, chunk) in bytes.chunks_exact_mut(4).enumerate() {
-                chunk.copy_from_slice(&word(ip.get(i * 8..i * 8 + 8)?)?);
+/// Both addresses in the family their sockets have: IPv4 (also for IPv4-mapped IPv6) or
+/// IPv6, with the address bytes as the kernel's socket id holds them.
+fn family_and_bytes(src: SocketAddr, dst: SocketAddr) -> Option<(u8, [u8; 16], [u8; 16])> {
+    let bytes = |ip: IpAddr| -> ([u8; 16], bool) {
+        match ip.to_canonical() {
+            IpAddr::V4(v4) => {
+                let mut b = [0u8; 16];
+                b[..4].copy_from_slice(&v4.octets());
+                (b, true)
             }
-            IpAddr::V6(Ipv6Addr::from(bytes))
+            IpAddr::V6(v6) => (v6.octets(), false),
         }
-        _ => return None,
     };
-    Some(SocketAddr::new(ip, port))
+    let ((s, s4), (d, d4)) = (bytes(src.ip()), bytes(dst.ip()));
+    match (s4, d4) {
+        (true, true) => Some((AF_INET, s, d)),
+        (false, false) => Some((AF_INET6, s, d)),
+        _ => None,
+    }
+}
+
+/// The netlink request for the TCP socket whose source is `src` and destination `dst`
+/// (`SOCK_DIAG_BY_FAMILY`, not a dump: the kernel looks that one socket up). `None` when the
+/// two are of different families, which no single socket has.
+pub fn diag_request(src: SocketAddr, dst: SocketAddr) -> Option<Vec<u8>> {
+    let (family, src_ip, dst_ip) = family_and_bytes(src, dst)?;
+    let len = NLMSG_HEADER + REQUEST_BODY;
+    let mut m = Vec::with_capacity(len);
+    m.extend_from_slice(&(len as u32).to_ne_bytes());
+    m.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+    m.extend_from_slice(&NLM_F_REQUEST.to_ne_bytes());
+    m.extend_from_slice(&1u32.to_ne_bytes()); // sequence
+    m.extend_from_slice(&0u32.to_ne_bytes()); // port id: the kernel's
+    m.extend_from_slice(&[family, IPPROTO_TCP, 0, 0]);
+    m.extend_from_slice(&u32::MAX.to_ne_bytes()); // every state
+    m.extend_from_slice(&src.port().to_be_bytes());
+    m.extend_from_slice(&dst.port().to_be_bytes());
+    m.extend_from_slice(&src_ip);
+    m.extend_from_slice(&dst_ip);
+    m.extend_from_slice(&0u32.to_ne_bytes()); // any interface
+    m.extend_from_slice(&[0xff; 8]); // no cookie
+    Some(m)
+}
+
+/// The owner's uid from the kernel's reply to [`diag_request`] for `src` → `dst`.
+///
+/// # Errors
+/// [`OwnerError::NotFound`] when there is no such socket (or only a `TIME_WAIT` one, which
+/// always shows uid 0); [`OwnerError::BadReply`] for anything else unexpected, including a
+/// reply about another socket.
+pub fn diag_reply_owner(reply: &[u8], src: SocketAddr, dst: SocketAddr) -> Result<u32, OwnerError> {
+    let u16_at = |i: usize| -> Option<u16> {
+        Some(u16::from_ne_bytes(reply.get(i..i + 2)?.try_into().ok()?))
+    };
+    let u32_at = |i: usize| -> Option<u32> {
+        Some(u32::from_ne_bytes(reply.get(i..i + 4)?.try_into().ok()?))
+    };
+    let kind = u16_at(4).ok_or(OwnerError::BadReply)?;
+    if kind == NLMSG_ERROR {
+        // An errno (negated); ENOENT (2) is "no such socket".
+        let errno = u32_at(NLMSG_HEADER).map(|e| (e as i32).unsigned_abs());
+        return match errno {
+            Some(2) => Err(OwnerError::NotFound),
+            Some(e) => Err(OwnerError::Io(
+                "the connection",
+                std::io::Error::from_raw_os_error(e as i32),
+            )),
+            None => Err(OwnerError::BadReply),
+        };
+    }
+    if kind != SOCK_DIAG_BY_FAMILY {
+        return Err(OwnerError::BadReply);
+    }
+    let body = reply.get(NLMSG_HEADER..).ok_or(OwnerError::BadReply)?;
+    let (family, src_ip, dst_ip) = family_and_bytes(src, dst).ok_or(OwnerError::BadReply)?;
+    let id = body.get(4..4 + SOCKET_ID).ok_or(OwnerError::BadReply)?;
+    let addr_len = if family == AF_INET { 4 } else { 16 };
+    let same_socket = body.first() == Some(&family)
+        && id.get(0..2) == Some(&src.port().to_be_bytes()[..])
+        && id.get(2..4) == Some(&dst.port().to_be_bytes()[..])
+        && id.get(4..4 + addr_len) == src_ip.get(..addr_len)
+        && id.get(20..20 + addr_len) == dst_ip.get(..addr_len);
+    if !same_socket {
+        return Err(OwnerError::BadReply);
+    }
+    if body.get(1) == Some(&TCP_TIME_WAIT) {
+        return Err(OwnerError::NotFound);
+    }
+    let uid = body
+        .get(REPLY_UID_AT..REPLY_UID_AT + 4)
+        .and_then(|b| b.try_into().ok())
+        .map(u32::from_ne_bytes)
+        .ok_or(OwnerError::BadReply)?;
+    Ok(uid)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    // Lines as captured from /proc/net/tcp and /proc/net/tcp6 on x86-64 (each address word
-    // little-endian), with ports and uids edited: a listener on 127.0.0.1:35317 with its
-    // accepted socket (ours, uid 0) and the connecting one (uid 1001); the same on [::1]:41245
-    // (uid 1002); an IPv6 socket connected to ::ffff:127.0.0.1:35317 (uid 1003).
-    const TCP: &str = "\
-  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
-   0: 0100007F:89F5 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 52117 1 0000000000000000 100 0 0 10 0
-   1: 0100007F:89F5 0100007F:D2A4 01 00000000:00000000 00:00000000 00000000     0        0 52120 1 0000000000000000 20 4 30 10 -1
-   2: 0100007F:D2A4 0100007F:89F5 01 00000000:00000000 00:00000000 00000000  1001        0 52119 1 0000000000000000 20 4 30 10 -1
-   3: 0100007F:D2A6 0100007F:89F5 06 00000000:00000000 03:00001770 00000000     0        0 0 3 0000000000000000
-";
-    const TCP6: &str = "\
-  sl  local_address                         remote_address                        st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
-   0: 00000000000000000000000001000000:A11D 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 52200 1 0000000000000000 100 0 0 10 0
-   1: 00000000000000000000000001000000:A11D 00000000000000000000000001000000:C350 01 00000000:00000000 00:00000000 00000000     0        0 52205 1 0000000000000000 20 4 30 10 -1
-   2: 00000000000000000000000001000000:C350 00000000000000000000000001000000:A11D 01 00000000:00000000 00:00000000 00000000  1002        0 52204 1 0000000000000000 20 4 30 10 -1
-   3: 0000000000000000FFFF00000100007F:D2B0 0000000000000000FFFF00000100007F:89F5 01 00000000:00000000 00:00000000 00000000  1003        0 52210 1 0000000000000000 20 4 30 10 -1
-";
+    use std::net::Ipv6Addr;
 
     fn a(s: &str) -> SocketAddr {
         s.parse().unwrap()
     }
 
-    #[cfg(target_endian = "little")]
+    /// A reply as the kernel writes it for `src` → `dst`, in `state`, owned by `uid`.
+    fn reply(src: SocketAddr, dst: SocketAddr, state: u8, uid: u32) -> Vec<u8> {
+        let request = diag_request(src, dst).unwrap();
+        let mut body = vec![request[NLMSG_HEADER], state, 0, 0];
+        // The socket id as in the request (ports, addresses, interface, cookie).
+        body.extend_from_slice(&request[NLMSG_HEADER + 8..]);
+        body.extend_from_slice(&[0; 12]); // expires, rqueue, wqueue
+        body.extend_from_slice(&uid.to_ne_bytes());
+        body.extend_from_slice(&77u32.to_ne_bytes()); // inode
+        let mut m = ((NLMSG_HEADER + body.len()) as u32).to_ne_bytes().to_vec();
+        m.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+        m.extend_from_slice(&[0; 10]);
+        m.extend_from_slice(&body);
+        m
+    }
+
     #[test]
-    fn parses_ipv4_and_ipv6_lines() {
-        let mut v4 = TCP.lines().skip(1).filter_map(parse_line);
-        let listen = v4.next().unwrap();
-        assert_eq!(listen.local, a("127.0.0.1:35317"));
-        assert_eq!(listen.remote, a("0.0.0.0:0"));
-        assert_eq!((listen.state, listen.uid), (0x0A, 0));
-        let peer = v4.nth(1).unwrap();
+    fn requests_name_one_socket_by_its_exact_addresses() {
+        let r = diag_request(a("127.0.0.1:53924"), a("127.0.0.1:35317")).unwrap();
+        assert_eq!(r.len(), 72);
+        assert_eq!(u32::from_ne_bytes(r[0..4].try_into().unwrap()), 72);
+        assert_eq!(u16::from_ne_bytes(r[4..6].try_into().unwrap()), 20);
         assert_eq!(
-            peer,
-            SocketEntry {
-                local: a("127.0.0.1:53924"),
-                remote: a("127.0.0.1:35317"),
-                state: 1,
-                uid: 1001,
-            }
+            u16::from_ne_bytes(r[6..8].try_into().unwrap()),
+            NLM_F_REQUEST
         );
-        let v6: Vec<_> = TCP6.lines().filter_map(parse_line).collect();
-        assert_eq!(v6.len(), 4, "the header is skipped");
-        assert_eq!(v6[2].local, a("[::1]:50000"));
-        assert_eq!(v6[2].remote, a("[::1]:41245"));
-        assert_eq!(v6[3].local, a("[::ffff:127.0.0.1]:53936"));
+        assert_eq!(&r[16..20], &[AF_INET, IPPROTO_TCP, 0, 0]);
+        assert_eq!(&r[24..28], &[0xd2, 0xa4, 0x89, 0xf5]);
+        assert_eq!(&r[28..32], &[127, 0, 0, 1]);
+        assert_eq!(&r[44..48], &[127, 0, 0, 1]);
+        assert_eq!(&r[64..72], &[0xff; 8]);
+        // IPv4-mapped addresses are asked for as IPv4; IPv6 as IPv6.
+        let mapped = diag_request(a("[::ffff:127.0.0.1]:53924"), a("127.0.0.1:35317")).unwrap();
+        assert_eq!(mapped, r);
+        let v6 = diag_request(a("[::1]:41245"), a("[::1]:40000")).unwrap();
+        assert_eq!(v6[16], AF_INET6);
+        assert_eq!(&v6[28..44], &Ipv6Addr::LOCALHOST.octets());
+        assert!(diag_request(a("[::1]:1"), a("127.0.0.1:2")).is_none());
     }
 
-    #[cfg(target_endian = "little")]
     #[test]
-    fn finds_the_owner_of_the_other_end_not_our_own_socket() {
-        // Our side: local 127.0.0.1:35317, peer 127.0.0.1:53924. The entry we want is the
-        // peer's (local = peer), owned by 1001, not ours (owned by 0).
-        let (ours, peer) = (a("127.0.0.1:35317"), a("127.0.0.1:53924"));
-        assert_eq!(owners(TCP, peer, ours), vec![1001]);
-        assert_eq!(owners(TCP6, peer, ours), Vec::<u32>::new());
-        assert_eq!(owners(TCP6, a("[::1]:50000"), a("[::1]:41245")), vec![1002]);
-    }
-
-    #[cfg(target_endian = "little")]
-    #[test]
-    fn ipv4_mapped_addresses_match_their_ipv4_form() {
-        // A listener on [::] sees an IPv4 peer as ::ffff:a.b.c.d; an IPv6 socket that
-        // connected to ::ffff:127.0.0.1 is listed in tcp6 with mapped addresses.
-        let ours = a("[::ffff:127.0.0.1]:35317");
-        assert_eq!(owners(TCP, a("[::ffff:127.0.0.1]:53924"), ours), vec![1001]);
+    fn the_owner_comes_from_a_reply_about_that_socket_only() {
+        let (src, dst) = (a("127.0.0.1:53924"), a("127.0.0.1:35317"));
         assert_eq!(
-            owners(TCP6, a("127.0.0.1:53936"), a("127.0.0.1:35317")),
-            vec![1003]
+            diag_reply_owner(&reply(src, dst, 1, 1001), src, dst).unwrap(),
+            1001
         );
-    }
-
-    #[cfg(target_endian = "little")]
-    #[test]
-    fn time_wait_entries_say_nothing_about_the_owner() {
-        // TIME_WAIT shows uid 0 whoever owned it: a client running as root must not take it
-        // for its own.
+        let (s6, d6) = (a("[::1]:41245"), a("[::1]:40000"));
         assert_eq!(
-            owners(TCP, a("127.0.0.1:53926"), a("127.0.0.1:35317")),
-            Vec::<u32>::new()
+            diag_reply_owner(&reply(s6, d6, 1, 1002), s6, d6).unwrap(),
+            1002
         );
-    }
-
-    #[test]
-    fn malformed_lines_are_skipped() {
-        for line in [
-            "",
-            "garbage",
-            "   0: 0100007F:89F5",
-            "   0: 0100007F 0100007F:D2A4 01 0:0 0:0 0 1001",
-            "   0: 0100007:89F5 0100007F:D2A4 01 0:0 0:0 0 1001",
-            "   0: 0100007F:89F5 0100007F:D2A4 01 0:0 0:0 0 -1",
-            "   0: 0100007F:89F5 0100007F:D2A4 01 0:0 0:0 0 99999999999",
-            "   0: 0100007F:GGGG 0100007F:D2A4 01 0:0 0:0 0 1001",
-            "   0: 0000000000000000FFFF00000100007Z:D2B0 0100007F:D2A4 01 0:0 0:0 0 1",
-            "   0: 0000000é00000000000000000000000:D2B0 0100007F:D2A4 01 0:0 0:0 0 1",
-            "   0 0100007F:89F5 0100007F:D2A4 01 0:0 0:0 0 1001",
-        ] {
-            assert_eq!(parse_line(line), None, "{line:?}");
-        }
-        assert!(parse_line("   0: 0100007F:89F5 0100007F:D2A4 01 0:0 0:0 0 1001").is_some());
-    }
-
-    #[test]
-    fn one_owner_fails_closed() {
-        assert_eq!(one_owner(vec![1000]).unwrap(), 1000);
-        assert_eq!(one_owner(vec![1000, 1000]).unwrap(), 1000);
-        assert!(matches!(one_owner(vec![]), Err(OwnerError::NotFound)));
+        // A reply about another socket is not believed.
+        let other = reply(a("127.0.0.1:53925"), dst, 1, 0);
         assert!(matches!(
-            one_owner(vec![1000, 0]),
-            Err(OwnerError::Ambiguous)
+            diag_reply_owner(&other, src, dst),
+            Err(OwnerError::BadReply)
         ));
+        // TIME_WAIT entries always say uid 0: they tell nothing about the owner.
+        assert!(matches!(
+            diag_reply_owner(&reply(src, dst, TCP_TIME_WAIT, 0), src, dst),
+            Err(OwnerError::NotFound)
+        ));
+    }
+
+    #[test]
+    fn errors_and_junk_fail_closed() {
+        let (src, dst) = (a("127.0.0.1:53924"), a("127.0.0.1:35317"));
+        let mut enoent = 36u32.to_ne_bytes().to_vec();
+        enoent.extend_from_slice(&NLMSG_ERROR.to_ne_bytes());
+        enoent.extend_from_slice(&[0; 10]);
+        enoent.extend_from_slice(&(-2i32).to_ne_bytes());
+        enoent.extend_from_slice(&[0; 16]);
+        assert!(matches!(
+            diag_reply_owner(&enoent, src, dst),
+            Err(OwnerError::NotFound)
+        ));
+        let mut eperm = enoent.clone();
+        eperm[16..20].copy_from_slice(&(-1i32).to_ne_bytes());
+        assert!(matches!(
+            diag_reply_owner(&eperm, src, dst),
+            Err(OwnerError::Io(..))
+        ));
+        let good = reply(src, dst, 1, 1001);
+        for cut in [0, 3, 16, 20, 60, NLMSG_HEADER + REPLY_UID_AT + 3] {
+            assert!(diag_reply_owner(&good[..cut], src, dst).is_err(), "{cut}");
+        }
     }
 
     #[test]
