@@ -97,17 +97,29 @@ impl AccessCache {
     /// As [`Access::read`].
     pub fn current(&self, data: &DataDir) -> Result<Arc<Access>, StateError> {
         let stamp = stamp(data)?;
-        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((seen, access)) = last.as_ref() {
-            if *seen == stamp {
-                return Ok(access.clone());
-            }
+        if let Some(access) = self.unchanged(&stamp) {
+            return Ok(access);
         }
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
         let access = Arc::new(Access::read(data)?);
         // Cached under the stamp taken before reading: a change during the read shows as a
         // new stamp next time, so nothing stale is kept.
         *last = Some((stamp, access.clone()));
         Ok(access)
+    }
+
+    /// The cached settings if none of their files changed since they were read: four
+    /// `stat` calls, cheap enough for the runtime thread. `None` means "read them"
+    /// ([`AccessCache::current`], on the blocking pool).
+    pub fn if_unchanged(&self, data: &DataDir) -> Option<Arc<Access>> {
+        self.unchanged(&stamp(data).ok()?)
+    }
+
+    fn unchanged(&self, stamp: &Stamp) -> Option<Arc<Access>> {
+        let last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        last.as_ref()
+            .filter(|(seen, _)| seen == stamp)
+            .map(|(_, access)| access.clone())
     }
 }
 

@@ -67,6 +67,9 @@ pub enum DeviceError {
 /// device adds one.
 pub const MAX_DEVICES: usize = 1000;
 
+/// How often a known device's last login is written down, at most (seconds).
+pub const LAST_SEEN_GRANULARITY: u64 = 3600;
+
 /// Hex digits of fingerprint IT staff must give to approve or revoke a device: 128 bits, so
 /// nobody can plant a device whose fingerprint merely starts like the employee's.
 pub const MIN_FINGERPRINT_HEX: usize = 32;
@@ -94,10 +97,26 @@ impl Devices {
         now: u64,
         approval_required: bool,
     ) -> DeviceStatus {
+        self.admit_changed(public_key, name, now, approval_required)
+            .0
+    }
+
+    /// As [`Devices::admit`], and whether the list changed (a known device's last login is
+    /// noted at most once an hour, so its logins do not rewrite the file each time).
+    pub fn admit_changed(
+        &mut self,
+        public_key: &[u8],
+        name: &str,
+        now: u64,
+        approval_required: bool,
+    ) -> (DeviceStatus, bool) {
         let key = hex::encode(public_key);
         if let Some(d) = self.devices.iter_mut().find(|d| d.public_key == key) {
-            d.last_seen = now;
-            return d.status;
+            let stale = now.saturating_sub(d.last_seen) >= LAST_SEEN_GRANULARITY;
+            if stale {
+                d.last_seen = now;
+            }
+            return (d.status, stale);
         }
         let status = if approval_required {
             DeviceStatus::Pending
@@ -144,7 +163,7 @@ impl Devices {
             last_seen: now,
             status,
         });
-        status
+        (status, true)
     }
 
     fn find(&mut self, fingerprint: &str) -> Result<&mut Device, DeviceError> {
@@ -212,10 +231,18 @@ mod tests {
         );
         devices.set_status(&fp, DeviceStatus::Revoked).unwrap();
         assert_eq!(
-            devices.admit(&[1; 32], "home-pc", 30, false),
-            DeviceStatus::Revoked
+            devices.admit_changed(&[1; 32], "home-pc", 30, false),
+            (DeviceStatus::Revoked, false)
         );
-        assert_eq!(devices.devices[0].last_seen, 30);
+        assert_eq!(
+            devices.devices[0].last_seen, 10,
+            "noted at most once an hour"
+        );
+        assert_eq!(
+            devices.admit_changed(&[1; 32], "home-pc", 10 + LAST_SEEN_GRANULARITY, false),
+            (DeviceStatus::Revoked, true)
+        );
+        assert_eq!(devices.devices[0].last_seen, 10 + LAST_SEEN_GRANULARITY);
         assert!(matches!(
             devices.set_status(&"0".repeat(32), DeviceStatus::Approved),
             Err(DeviceError::NotFound(_))

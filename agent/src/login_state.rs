@@ -81,6 +81,9 @@ impl Agent {
     /// The settings that decide who may stay logged in, as they are on disk now (read again
     /// only when a file changed).
     pub(crate) async fn access(&self) -> Result<Arc<Access>, StateError> {
+        if let Some(access) = self.access_cache.if_unchanged(&self.data) {
+            return Ok(access);
+        }
         let data = self.data.clone();
         let cache = self.access_cache.clone();
         off_runtime(move || cache.current(&data)).await
@@ -152,8 +155,11 @@ impl Agent {
         let (public_key, name) = (public_key.to_vec(), name.to_owned());
         off_runtime(move || {
             let mut devices = data.lock_devices()?;
-            let status = devices.admit(&public_key, &name, unix_now(), approval_required);
-            devices.save()?;
+            let (status, changed) =
+                devices.admit_changed(&public_key, &name, unix_now(), approval_required);
+            if changed {
+                devices.save()?;
+            }
             Ok(status)
         })
         .await

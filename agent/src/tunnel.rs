@@ -243,33 +243,34 @@ async fn login(
             return Err(AgentError::HandshakeRefused(why));
         }
     };
-    agent.attempt_succeeded(attempt, &device.public_key).await;
-
     let (session_id, session) = agent.sessions.start(resumption, grant);
     info!(session = %session_id, "session started");
-    let end = hold_session(&agent, &mut tunnel, session_id, &session).await;
+    let ready = tunnel
+        .send_notice(&AgentNotice::SessionReady {
+            session: session_id,
+        })
+        .await;
+    // Given back once the client has its answer: a process that dies before this write
+    // leaves the attempt counted, which errs on the safe side.
+    agent.attempt_succeeded(attempt, &device.public_key).await;
+    let end = match ready {
+        Ok(()) => hold_session(&agent, &mut tunnel, &session).await,
+        Err(e) => format!("could not confirm the session: {e}"),
+    };
     agent.sessions.end(&session_id);
     info!(session = %session_id, %end, "session ended");
     Ok(())
 }
 
-/// Keeps a session's first tunnel open for the session's life. It carries no desktop bytes,
+/// Keeps a session's first tunnel open for the session's life, once the client has been told
+/// it is ready. It carries no desktop bytes,
 /// only the client's pings one way and the reason a session ends the other. Returns why the
 /// session ended.
 async fn hold_session(
     agent: &Agent,
     tunnel: &mut SecureTunnel<RelayConnection>,
-    session_id: SessionId,
     session: &crate::sessions::Session,
 ) -> String {
-    if let Err(e) = tunnel
-        .send_notice(&AgentNotice::SessionReady {
-            session: session_id,
-        })
-        .await
-    {
-        return format!("could not confirm the session: {e}");
-    }
     // The policy is read at every login; a session keeps the limits it started under.
     let policy = agent.data.policy().unwrap_or_default();
     let max_session = tokio::time::sleep(policy.max_session());

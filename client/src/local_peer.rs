@@ -32,10 +32,6 @@ pub const OWNER_CHECKED: bool = cfg!(target_os = "linux");
 /// How long the kernel may take to answer an owner lookup before the connection is refused.
 pub const LOOKUP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// A few owner lookups at a time: each runs on a blocking thread, and a local user opening
-/// many connections at once must not take every one of them.
-static LOOKUPS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(4);
-
 /// Who may use the local port.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LocalAccess {
@@ -110,19 +106,15 @@ impl LocalAccess {
     ///
     /// # Errors
     /// [`Refused`] for another user's connection or one whose owner is unknown.
-    pub async fn admit(self, conn: &TcpStream) -> Result<(), Refused> {
+    pub fn admit(self, conn: &TcpStream) -> Result<(), Refused> {
         if self == Self::Anyone || !OWNER_CHECKED {
             return Ok(());
         }
         let local = conn.local_addr().map_err(OwnerError::Addresses)?;
         let peer = conn.peer_addr().map_err(OwnerError::Addresses)?;
-        let _turn = LOOKUPS
-            .acquire()
-            .await
-            .map_err(|e| OwnerError::Io("the connection", std::io::Error::other(e)))?;
-        let owner = tokio::task::spawn_blocking(move || peer_owner(local, peer))
-            .await
-            .map_err(|e| OwnerError::Io("the connection", std::io::Error::other(e)))??;
+        // The kernel answers an exact sock_diag lookup within the request's own system call,
+        // so this does not wait on anything and runs on the runtime thread.
+        let owner = peer_owner(local, peer)?;
         let ours = own_uid();
         if owner == ours {
             Ok(())
@@ -443,7 +435,7 @@ mod tests {
                 .await
                 .unwrap();
             let (accepted, _) = listener.accept().await.unwrap();
-            LocalAccess::SameUser.admit(&accepted).await.unwrap();
+            LocalAccess::SameUser.admit(&accepted).unwrap();
             assert_eq!(
                 peer_owner(accepted.local_addr().unwrap(), client.local_addr().unwrap()).unwrap(),
                 own_uid()

@@ -466,7 +466,7 @@ impl Session {
                     };
                     let opener = opener.clone();
                     tasks.spawn(async move {
-                        if let Err(refused) = access.admit(&local).await {
+                        if let Err(refused) = access.admit(&local) {
                             // Dropping `local` closes it: no tunnel, no desktop bytes.
                             warn!(%refused, "local connection refused");
                             eprintln!("telework: {refused}");
