@@ -22,6 +22,7 @@ use telework_protocol::{SessionId, Ticket};
 use tokio::net::TcpStream;
 use tracing::{debug, info, warn};
 
+use crate::access::digest_of;
 use crate::devices::DeviceStatus;
 use crate::lockout::{Attempt, Outcome};
 use crate::sessions::Grant;
@@ -179,6 +180,19 @@ async fn login(
     ) {
         return login.refuse(&mut framed, Refusal::ProtocolViolation).await;
     }
+    // A revoked device gets no password step at all (and so no budget of its own to guess
+    // with).
+    match agent.device_status(&device.public_key).await {
+        Ok(Some(DeviceStatus::Revoked)) => {
+            return login.refuse(&mut framed, Refusal::DeviceRevoked).await
+        }
+        Ok(_) => {}
+        Err(StateError::Busy(_)) => return login.refuse(&mut framed, Refusal::Busy).await,
+        Err(e) => {
+            warn!(%e, "cannot read the device list; refusing logins until it is fixed");
+            return login.refuse(&mut framed, Refusal::Misconfigured).await;
+        }
+    }
     let (state, response, stretch) = match AgentLogin::start(&record, &request, &agent.id) {
         Ok(s) => s,
         Err(_) => return login.refuse(&mut framed, Refusal::ProtocolViolation).await,
@@ -223,7 +237,9 @@ async fn login(
     let mut tunnel = SecureTunnel::new(stream, leftover, keys);
 
     // Inside the end-to-end channel now: the one-time code, then the device list.
-    let grant = match second_steps(&agent, &mut tunnel, ticket, &attempt, &device).await {
+    let password = digest_of(record.to_bytes());
+    let grant = match second_steps(&agent, &mut tunnel, ticket, &attempt, &device, &password).await
+    {
         Ok(grant) => grant,
         Err(why) => {
             warn!(?why, "login refused after the password step");
@@ -310,16 +326,19 @@ async fn hold_session(
 }
 
 /// The checks after a right password: the one-time code (when enabled), then the device list
-/// (a revoked device is refused; a new one waits for approval when IT staff require it). A
-/// device is recorded only once every other check has passed. Settings that cannot be read
-/// refuse the login: a damaged file must never switch a check off. Returns what the session
-/// logs in under.
+/// (a device revoked meanwhile is refused; a new one waits for approval when IT staff require
+/// it). A device is recorded only once every other check has passed. Settings that cannot be
+/// read refuse the login: a damaged file must never switch a check off. Returns what the
+/// session logs in under: the device, the digest of the password record this login was
+/// checked against (`password`) and of the one-time-code secret it was checked against, so a
+/// change made while the login was under way still ends the session.
 async fn second_steps(
     agent: &Agent,
     tunnel: &mut SecureTunnel<RelayConnection>,
     ticket: Ticket,
     attempt: &Attempt,
     device: &DeviceProof,
+    password: &[u8; 32],
 ) -> Result<Grant, Refusal> {
     let misconfigured = |what: &str, e: &dyn std::fmt::Display| {
         warn!(%e, "cannot read the {what}; refusing logins until it is fixed");
@@ -338,22 +357,11 @@ async fn second_steps(
             Ok(Ok(ClientNotice::DeviceName { name })) => name,
             _ => return Err(Refusal::ProtocolViolation),
         };
-    let access = agent
-        .access()
-        .await
-        .map_err(|e| misconfigured("access settings", &e))?;
-    if agent
-        .device_status(&device.public_key)
-        .await
-        .map_err(busy_or_misconfigured)?
-        == Some(DeviceStatus::Revoked)
-    {
-        return Err(Refusal::DeviceRevoked);
-    }
     let totp = agent
         .data
         .totp()
         .map_err(|e| misconfigured("one-time-code secret", &e))?;
+    let totp_digest = totp.as_ref().map(|t| digest_of(t.as_bytes()));
     if let Some(secret) = totp {
         if tunnel
             .send_notice(&AgentNotice::TotpRequired)
@@ -397,7 +405,11 @@ async fn second_steps(
         }
         DeviceStatus::Revoked => return Err(Refusal::DeviceRevoked),
     }
-    access.grant(&device.public_key).ok_or(Refusal::NoPassword)
+    Ok(Grant {
+        device_key: device.public_key.clone(),
+        password: *password,
+        totp: totp_digest,
+    })
 }
 
 async fn resume(

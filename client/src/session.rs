@@ -56,6 +56,9 @@ pub const SESSION_PING: Duration = Duration::from_secs(15);
 /// A refusal that arrived in plaintext, before the end-to-end channel: only the kinds the
 /// agent sends at that stage are believed; anything else was forged on the way.
 fn plaintext_refusal(why: Refusal) -> ClientError {
+    if matches!(why, Refusal::WrongPassword { .. }) {
+        return ClientError::WrongPasswordUnconfirmed;
+    }
     if why.allowed_before_authentication() {
         ClientError::Refused(why)
     } else {
@@ -560,17 +563,17 @@ mod tests {
         };
         assert!(matches!(plaintext_refusal(forged), ClientError::BadProof));
         assert!(matches!(
-            plaintext_refusal(Refusal::DeviceRevoked),
+            plaintext_refusal(Refusal::WrongTotp { tries_left: 1 }),
             ClientError::BadProof
         ));
         assert!(matches!(
             plaintext_refusal(Refusal::TotpMissing),
             ClientError::BadProof
         ));
-        assert!(matches!(
-            plaintext_refusal(Refusal::WrongPassword { tries_left: 3 }),
-            ClientError::Refused(Refusal::WrongPassword { tries_left: 3 })
-        ));
+        // An unproven wrong password is never one the client asks again after.
+        let unproven = plaintext_refusal(Refusal::WrongPassword { tries_left: 3 });
+        assert!(matches!(unproven, ClientError::WrongPasswordUnconfirmed));
+        assert!(!unproven.is_wrong_password());
     }
 
     #[test]

@@ -83,9 +83,12 @@ impl MachineKey {
     }
 }
 
-/// Checks an Ed25519 signature by `public_key` over `msg`.
+/// Checks an Ed25519 signature by `public_key` over `msg`. Keys of small order (the identity
+/// among them) are refused: a signature by one can verify for any message, so anybody could
+/// use such a "device" or "machine".
 pub fn verify_signature(public_key: &[u8], msg: &[u8], sig: &[u8]) -> bool {
     public_key.len() == PUBLIC_KEY_LEN
+        && !is_weak_key(public_key)
         && signature::UnparsedPublicKey::new(&signature::ED25519, public_key)
             .verify(msg, sig)
             .is_ok()
@@ -96,6 +99,16 @@ pub fn verify_signature(public_key: &[u8], msg: &[u8], sig: &[u8]) -> bool {
 pub fn key_fingerprint(public_key: &[u8]) -> String {
     let digest = ring::digest::digest(&ring::digest::SHA256, public_key);
     hex::encode(&digest.as_ref()[..16])
+}
+
+/// Whether an Ed25519 public key is not a valid point or has small order.
+fn is_weak_key(public_key: &[u8]) -> bool {
+    let Ok(bytes) = <[u8; PUBLIC_KEY_LEN]>::try_from(public_key) else {
+        return true;
+    };
+    curve25519_dalek::edwards::CompressedEdwardsY(bytes)
+        .decompress()
+        .is_none_or(|p| p.is_small_order())
 }
 
 /// Checks a proof made by [`MachineKey::prove`].
@@ -114,6 +127,31 @@ pub fn verify_proof(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn small_order_keys_are_refused_though_their_signatures_verify() {
+        // The identity point as a key: s·B = R + k·A holds for R = B, s = 1, whatever the
+        // message, so such a "signature" is good for everything.
+        let mut identity = [0u8; 32];
+        identity[0] = 1;
+        let mut sig = curve25519_dalek::constants::ED25519_BASEPOINT_COMPRESSED
+            .to_bytes()
+            .to_vec();
+        let mut s = [0u8; 32];
+        s[0] = 1;
+        sig.extend_from_slice(&s);
+        for msg in [&b"any message"[..], b"another"] {
+            assert!(
+                signature::UnparsedPublicKey::new(&signature::ED25519, &identity)
+                    .verify(msg, &sig)
+                    .is_ok(),
+                "ring alone accepts it"
+            );
+            assert!(!verify_signature(&identity, msg, &sig));
+        }
+        let key = MachineKey::generate().unwrap();
+        assert!(verify_signature(&key.public_key(), b"m", &key.sign(b"m")));
+    }
 
     #[test]
     fn proof_verifies_only_for_its_session_and_id() {

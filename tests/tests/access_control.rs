@@ -11,8 +11,18 @@ use telework_agent::state::DataDir;
 use telework_agent::totp::TotpSecret;
 use telework_client::profile::Profile;
 use telework_client::{ClientError, LoginOptions, Session};
-use telework_protocol::e2e::messages::{EndReason, Refusal};
+use telework_protocol::e2e::identity::{device_login_message, IdentityChallenge, Transcript};
+use telework_protocol::e2e::keys::{after_login, Role};
+use telework_protocol::e2e::messages::{
+    AgentHandshake, AgentNotice, ClientHandshake, ClientNotice, DeviceProof, EndReason, Refusal,
+};
+use telework_protocol::e2e::pake::ClientLogin;
 use telework_protocol::e2e::pake::PasswordRecord;
+use telework_protocol::messages::{alpn, ClientToRelay, RelayToClient};
+use telework_protocol::net::connect::{connect, RelayConnection};
+use telework_protocol::net::framed::Framed;
+use telework_protocol::net::pump::SecureTunnel;
+use telework_protocol::net::tls::RelayTrust;
 use telework_protocol::proof::MachineKey;
 use telework_tests::{run_until_online, EchoServer, TestAgent, TestClient, TestRelay};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -771,4 +781,150 @@ async fn a_device_is_recorded_only_after_its_one_time_code_is_right() {
         "{err:?}"
     );
     assert_eq!(data.devices().unwrap().devices.len(), 1);
+}
+
+/// A client that logs in step by step, so the test can act between the steps: pairs through
+/// the relay, sends the hello and the OPAQUE request, and returns the tunnel, the login state
+/// and the agent's challenge.
+async fn login_by_hand(
+    relay: &TestRelay,
+    id: &str,
+) -> (
+    Framed<RelayConnection>,
+    ClientLogin,
+    Vec<u8>,
+    telework_protocol::e2e::stretch::StretchParams,
+) {
+    let config = RelayTrust::Fingerprint(relay.fingerprint)
+        .client_config(alpn::CLIENT)
+        .unwrap();
+    let mut f = Framed::new(
+        connect(&relay.addr.to_string().parse().unwrap(), config)
+            .await
+            .unwrap(),
+    );
+    let id: telework_protocol::ComputerId = id.parse().unwrap();
+    f.write(&ClientToRelay::Connect {
+        version: telework_protocol::messages::PROTOCOL_VERSION,
+        id: id.clone(),
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        f.read::<RelayToClient>().await.unwrap(),
+        RelayToClient::Paired
+    );
+    let challenge = IdentityChallenge::generate();
+    let mut transcript = Transcript::new(&id);
+    let nonce = [3; 32];
+    transcript.client_hello(&nonce, &challenge.public());
+    f.write(&ClientHandshake::Hello {
+        nonce,
+        identity_challenge: challenge.public(),
+    })
+    .await
+    .unwrap();
+    let AgentHandshake::Hello { nonce, .. } = f.read().await.unwrap() else {
+        panic!("no hello")
+    };
+    transcript.agent_hello(&nonce);
+    let (state, request) = ClientLogin::start(PW.as_bytes()).unwrap();
+    let device = MachineKey::generate().unwrap();
+    transcript.login(&device.public_key(), &request);
+    f.write(&ClientHandshake::Login {
+        request,
+        device: DeviceProof {
+            public_key: device.public_key(),
+            signature: device.sign(&device_login_message(&transcript)),
+        },
+    })
+    .await
+    .unwrap();
+    let AgentHandshake::LoginChallenge {
+        response, stretch, ..
+    } = f.read().await.unwrap()
+    else {
+        panic!("no challenge")
+    };
+    (f, state, response, stretch)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_password_changed_while_a_login_is_under_way_ends_that_session() {
+    let relay = TestRelay::start().await;
+    let (_desktop, agent) = relay.office_pc("pc-midway", PW).await;
+    let (mut f, state, response, stretch) = login_by_hand(&relay, "pc-midway").await;
+    // IT staff change the password after the agent answered with the old record.
+    let data = DataDir::open(agent.dir.path()).unwrap();
+    let new = data
+        .password()
+        .unwrap()
+        .unwrap()
+        .change_password(b"changed midway")
+        .unwrap();
+    data.save_password(&new).unwrap();
+    // The login with the old password finishes (it was checked against the old record)...
+    let id = "pc-midway".parse().unwrap();
+    let done =
+        tokio::task::spawn_blocking(move || state.finish(PW.as_bytes(), &response, stretch, &id))
+            .await
+            .unwrap()
+            .unwrap();
+    f.write(&ClientHandshake::LoginFinish {
+        finalization: done.finalization,
+    })
+    .await
+    .unwrap();
+    let (keys, _) = after_login(&done.session_key, Role::Client);
+    let (stream, leftover) = f.into_parts();
+    let mut tunnel = SecureTunnel::new(stream, leftover, keys);
+    tunnel
+        .send_control(&ClientNotice::DeviceName {
+            name: "midway".into(),
+        })
+        .await
+        .unwrap();
+    assert!(matches!(
+        tunnel.recv_notice().await.unwrap(),
+        AgentNotice::SessionReady { .. }
+    ));
+    // ...but the session it opens is under the old password, so it ends at once.
+    let ended = tokio::time::timeout(Duration::from_secs(5), tunnel.recv_notice())
+        .await
+        .expect("the session ended within 5 s")
+        .unwrap();
+    assert_eq!(ended, AgentNotice::SessionEnded(EndReason::PasswordChanged));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_device_gets_no_password_step() {
+    let relay = TestRelay::start().await;
+    let (_desktop, agent) = relay.office_pc("pc-revoked-early", PW).await;
+    let device = Arc::new(MachineKey::generate().unwrap());
+    let options = LoginOptions {
+        device: device.clone(),
+        ..LoginOptions::default()
+    };
+    drop(
+        Session::login_with(&relay.target("pc-revoked-early"), PW.as_bytes(), &options)
+            .await
+            .unwrap(),
+    );
+    revoke(&agent, &device);
+    let before = DataDir::open(agent.dir.path()).unwrap().lockout().unwrap();
+    for _ in 0..3 {
+        let err = Session::login_with(&relay.target("pc-revoked-early"), b"a guess", &options)
+            .await
+            .err()
+            .unwrap();
+        assert!(
+            matches!(err, ClientError::Refused(Refusal::DeviceRevoked)),
+            "{err:?}"
+        );
+    }
+    assert_eq!(
+        DataDir::open(agent.dir.path()).unwrap().lockout().unwrap(),
+        before,
+        "no attempt was started, so no guess was answered"
+    );
 }

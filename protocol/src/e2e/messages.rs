@@ -141,13 +141,14 @@ pub enum Refusal {
 
 impl Refusal {
     /// Whether the agent may send this refusal in plaintext, before the end-to-end channel
-    /// exists. Anything else arriving in plaintext was forged on the way (the relay can write
-    /// plaintext frames), and the client must not show it.
+    /// exists, or unproven on a first connection. Anything else arriving that way was forged
+    /// on the way (the relay can write plaintext frames), and the client must not show it. A
+    /// wrong password is never among them: only a proven one may make the client ask again.
     pub fn allowed_before_authentication(&self) -> bool {
         matches!(
             self,
-            Self::WrongPassword { .. }
-                | Self::LockedOut { .. }
+            Self::LockedOut { .. }
+                | Self::DeviceRevoked
                 | Self::NoPassword
                 | Self::SessionInvalid
                 | Self::Busy
