@@ -14,12 +14,17 @@ fn record() -> &'static PasswordRecord {
     RECORD.get_or_init(|| PasswordRecord::create(b"fuzz password").expect("record"))
 }
 
+fn challenge() -> &'static IdentityChallenge {
+    static CHALLENGE: OnceLock<IdentityChallenge> = OnceLock::new();
+    CHALLENGE.get_or_init(IdentityChallenge::generate)
+}
+
 fuzz_target!(|data: &[u8]| {
     let id: ComputerId = "fuzz-pc".parse().expect("id");
     let _ = AgentLogin::start(record(), data, &id);
     let _ = PasswordRecord::from_bytes(data);
     let _ = record().identity_key(data);
-    let _ = IdentityChallenge::generate().key(data);
+    let _ = challenge().key(data);
     if let Ok((client, _)) = ClientLogin::start(b"fuzz password") {
         let _ = client.finish(b"fuzz password", data, StretchParams::CURRENT, &id);
     }

@@ -191,6 +191,12 @@ pub fn agent_key(
     Ok(IdentityKey::derive(&shared, static_public, challenge))
 }
 
+/// Whether `bytes` is a canonical, non-identity ristretto255 point (a usable ephemeral or
+/// identity key).
+pub fn is_valid_key(bytes: &[u8]) -> bool {
+    decode_point(bytes).is_ok()
+}
+
 fn decode_point(bytes: &[u8]) -> Result<curve25519_dalek::RistrettoPoint, IdentityError> {
     let compressed = CompressedRistretto::from_slice(bytes).map_err(|_| IdentityError::BadKey)?;
     let point = compressed.decompress().ok_or(IdentityError::BadKey)?;

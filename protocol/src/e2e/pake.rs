@@ -162,6 +162,10 @@ impl PasswordRecord {
     /// [`PakeError::BadRecord`] if the record is damaged, [`PakeError::Malformed`] if the
     /// client's key is not a valid point.
     pub fn identity_key(&self, challenge: &[u8]) -> Result<IdentityKey, PakeError> {
+        // Junk is refused before the record is parsed.
+        if !identity::is_valid_key(challenge) {
+            return Err(PakeError::Malformed);
+        }
         let (setup, _) = self.parts()?;
         let secret = Zeroizing::new(
             <[u8; identity::LEN]>::try_from(&setup.keypair().private().serialize()[..])
