@@ -73,6 +73,16 @@ impl Budget {
     fn clear(&mut self) {
         *self = Self::default();
     }
+
+    /// Takes back one attempt that proved right; if it was the one that started the current
+    /// lockout, the lockout is lifted too.
+    fn give_back(&mut self, if_failed: Outcome) {
+        self.failures = self.failures.saturating_sub(1);
+        if let Outcome::LockedOut(_) = if_failed {
+            self.lockouts = self.lockouts.saturating_sub(1);
+            self.locked_until = None;
+        }
+    }
 }
 
 /// What a client is told if its attempt fails.
@@ -178,8 +188,9 @@ impl Lockout {
         })
     }
 
-    /// A login succeeded: its attempt is given back (its budget starts over) and its device
-    /// becomes known, with a budget of its own from now on.
+    /// A login succeeded: its attempt is given back (a known device's budget starts over; on
+    /// the shared budget only this attempt is taken back) and its device becomes known, with a
+    /// budget of its own from now on.
     pub fn succeed(&mut self, attempt: &Attempt, public_key: &[u8], now: u64) {
         self.give_back(attempt);
         let key = hex::encode(public_key);
@@ -202,11 +213,14 @@ impl Lockout {
     /// attempt is given back as a success would, without making the device known.
     pub fn give_back(&mut self, attempt: &Attempt) {
         match &attempt.charged {
+            // Everybody shares this budget: only this attempt is given back, so an employee's
+            // success never wipes out a stranger's failures (or the attempts still under way).
             Charged::Shared => {
                 let mut shared = self.shared();
-                shared.clear();
+                shared.give_back(attempt.if_failed);
                 self.set_shared(shared);
             }
+            // Only this device could have failed on its own budget: it starts over.
             Charged::Device(key) => {
                 if let Some(d) = self.devices.get_mut(key) {
                     d.budget.clear();
@@ -267,11 +281,19 @@ mod tests {
             .map(|_| l.begin(STRANGER, T0).unwrap())
             .collect();
         assert!(l.begin(STRANGER, T0).is_err());
-        // One of them succeeding starts the budget over.
-        l.succeed(&attempts[0], EMPLOYEE, T0);
-        assert_eq!(l.shared(), Budget::default());
+        // The one that started the lockout succeeding lifts it and takes back only itself.
+        l.succeed(&attempts[4], EMPLOYEE, T0);
+        assert_eq!(l.shared().failures, FREE_TRIES - 1);
+        assert_eq!(l.shared().locked_for(T0), None);
         let a = l.begin(STRANGER, T0).unwrap();
-        assert_eq!(a.if_failed, Outcome::TriesLeft(FREE_TRIES - 1));
+        assert_eq!(a.if_failed, Outcome::LockedOut(FIRST_LOCKOUT));
+        // Another one succeeding takes back only itself: the strangers' failures stay.
+        let mut l = Lockout::default();
+        let mine = l.begin(EMPLOYEE, T0).unwrap();
+        l.begin(STRANGER, T0).unwrap();
+        l.begin(STRANGER, T0).unwrap();
+        l.succeed(&mine, EMPLOYEE, T0);
+        assert_eq!(l.shared().failures, 2);
     }
 
     #[test]

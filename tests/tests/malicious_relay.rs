@@ -460,14 +460,18 @@ async fn logins_a_relay_abandons_stay_counted_across_a_restart() {
 /// machine (so the relay routes to it) whose password record the relay made itself from
 /// `guess`, as a relay that impersonates the office PC would.
 async fn impersonator(
-    real: &telework_tests::TestAgent,
+    machine: &std::path::Path,
     desktop: &EchoServer,
     guess: &str,
 ) -> (
     tempfile::TempDir,
     tokio::task::JoinHandle<Result<(), telework_agent::AgentError>>,
 ) {
-    let dir = real.copy_data_dir();
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(machine).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
+    }
     let data = telework_agent::state::DataDir::open(dir.path()).unwrap();
     data.save_password(&PasswordRecord::create(guess.as_bytes()).unwrap())
         .unwrap();
@@ -493,12 +497,17 @@ async fn a_relay_with_its_own_record_learns_nothing_from_a_pinned_client() {
             .unwrap(),
     );
     let pinned_logins = hook.recorded.lock().unwrap().len();
+    // The relay will route the client to a machine of its own making: the real office PC is
+    // gone (its data dir is what the impostors start from).
+    let machine = real.copy_data_dir();
+    real.stop().await;
 
     let mut outcomes = Vec::new();
     for guess in [PW, "a-wrong-guess"] {
         // The relay answers the client from a record of its own for `guess`.
-        let real_dir = real.copy_data_dir();
-        let (fake_dir, fake) = impersonator(&real, &desktop, guess).await;
+        let (fake_dir, fake) = impersonator(machine.path(), &desktop, guess).await;
+        let fake_data = telework_agent::state::DataDir::open(fake_dir.path()).unwrap();
+        let attempts_before = fake_data.lockout().unwrap();
         let result = Session::login_with(&target, PW.as_bytes(), &options).await;
         let err = result.err().expect("an impersonated login never succeeds");
         assert!(
@@ -518,11 +527,13 @@ async fn a_relay_with_its_own_record_learns_nothing_from_a_pinned_client() {
             matches!(&frames[..], [ClientHandshake::Hello { .. }]),
             "{guess}: {frames:?}"
         );
-        let fake_data = telework_agent::state::DataDir::open(fake_dir.path()).unwrap();
-        assert_eq!(fake_data.lockout().unwrap().shared().failures, 0);
+        assert_eq!(
+            fake_data.lockout().unwrap(),
+            attempts_before,
+            "no attempt was started"
+        );
         outcomes.push((err.to_string(), sent.len()));
         fake.abort();
-        drop(real_dir);
     }
     assert_eq!(
         outcomes[0], outcomes[1],
