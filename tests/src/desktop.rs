@@ -4,9 +4,10 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
 /// Echoes every byte back, and half-closes when the peer does.
@@ -96,4 +97,17 @@ impl Drop for SinkServer {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// One 64-byte round trip through the echo desktop, bounded at 10 s.
+pub async fn echo_once(conn: &mut TcpStream) {
+    let sent = [0x5au8; 64];
+    let mut got = [0u8; 64];
+    tokio::time::timeout(Duration::from_secs(10), async {
+        conn.write_all(&sent).await.unwrap();
+        conn.read_exact(&mut got).await.unwrap();
+    })
+    .await
+    .expect("the echo came back");
+    assert_eq!(got, sent);
 }

@@ -16,6 +16,7 @@
 
 pub mod desktop;
 pub mod evil;
+pub mod it_staff;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -34,7 +35,8 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-pub use desktop::{EchoServer, SinkServer};
+pub use desktop::{echo_once, EchoServer, SinkServer};
+pub use it_staff::{require_approved_devices, require_totp, revoke};
 
 /// Installs a test log subscriber once (`RUST_LOG` controls it).
 pub fn init_tracing() {
@@ -240,16 +242,29 @@ pub struct TestAgent {
     pub dir: tempfile::TempDir,
 }
 
+/// A copy of a data dir as a new process would find it: the files it holds now, without the
+/// hidden temporary files a write still under way is renaming into place.
+pub fn copy_dir(dir: &std::path::Path) -> tempfile::TempDir {
+    let copy = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_name().to_string_lossy().starts_with('.') {
+            continue;
+        }
+        match std::fs::copy(entry.path(), copy.path().join(entry.file_name())) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => panic!("copying {}: {e}", entry.path().display()),
+        }
+    }
+    copy
+}
+
 impl TestAgent {
     /// A copy of the agent's data dir, to start the same machine again (its files outlive
     /// this agent, whose own dir is removed when it is dropped).
     pub fn copy_data_dir(&self) -> tempfile::TempDir {
-        let copy = tempfile::tempdir().unwrap();
-        for entry in std::fs::read_dir(self.dir.path()).unwrap() {
-            let entry = entry.unwrap();
-            std::fs::copy(entry.path(), copy.path().join(entry.file_name())).unwrap();
-        }
-        copy
+        copy_dir(self.dir.path())
     }
 
     /// Stops the agent and waits for it.
@@ -305,5 +320,17 @@ impl TestClient {
             .await
             .expect("client stopped")
             .unwrap()
+    }
+}
+
+/// Login options for a device whose key and pins live in `profile`, as `telework connect` has.
+pub fn options_with_profile(
+    profile: &telework_client::profile::Profile,
+) -> telework_client::LoginOptions {
+    telework_client::LoginOptions {
+        device: Arc::new(profile.device_key().unwrap()),
+        device_name: "home-laptop".into(),
+        profile: Some(profile.clone()),
+        ..telework_client::LoginOptions::default()
     }
 }

@@ -467,11 +467,7 @@ async fn impersonator(
     tempfile::TempDir,
     tokio::task::JoinHandle<Result<(), telework_agent::AgentError>>,
 ) {
-    let dir = tempfile::tempdir().unwrap();
-    for entry in std::fs::read_dir(machine).unwrap() {
-        let entry = entry.unwrap();
-        std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
-    }
+    let dir = telework_tests::copy_dir(machine);
     let data = telework_agent::state::DataDir::open(dir.path()).unwrap();
     data.save_password(&PasswordRecord::create(guess.as_bytes()).unwrap())
         .unwrap();
