@@ -16,6 +16,7 @@
 
 pub mod desktop;
 pub mod evil;
+pub mod hand_login;
 pub mod it_staff;
 
 use std::net::SocketAddr;

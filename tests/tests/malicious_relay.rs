@@ -11,9 +11,8 @@ use std::time::Duration;
 use bytes::BytesMut;
 use telework_client::profile::Profile;
 use telework_client::{ClientError, LoginOptions, Session};
-use telework_protocol::e2e::identity::{device_login_message, IdentityChallenge, Transcript};
-use telework_protocol::e2e::messages::{AgentHandshake, ClientHandshake, DeviceProof, Refusal};
-use telework_protocol::e2e::pake::{ClientLogin, PasswordRecord};
+use telework_protocol::e2e::messages::{AgentHandshake, ClientHandshake, Refusal};
+use telework_protocol::e2e::pake::PasswordRecord;
 use telework_protocol::frame::decode_frame;
 use telework_protocol::messages::{
     alpn, AgentToRelay, ClientToRelay, RelayToAgent, RelayToClient, RelayToTunnel, TunnelToRelay,
@@ -21,11 +20,11 @@ use telework_protocol::messages::{
 use telework_protocol::net::connect::{client_exporter, connect};
 use telework_protocol::net::framed::Framed;
 use telework_protocol::net::tls::RelayTrust;
-use telework_protocol::proof::MachineKey;
 use telework_protocol::ErrorCode;
 use telework_relay::limits::Limits;
 use telework_relay::RelayOptions;
 use telework_tests::evil::{Attack, Direction, EvilRelay};
+use telework_tests::hand_login::start_login;
 use telework_tests::{EchoServer, TestRelay};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -373,36 +372,7 @@ async fn relay_starts_login(
         .unwrap();
     let mut f = Framed::with_buffer(tunnel.stream, tunnel.leftover);
     f.write(&RelayToTunnel::Attached).await.unwrap();
-    let challenge = IdentityChallenge::generate();
-    let nonce = [9; 32];
-    let mut transcript = Transcript::new(id);
-    transcript.client_hello(&nonce, &challenge.public());
-    f.write(&ClientHandshake::Hello {
-        nonce,
-        identity_challenge: challenge.public(),
-    })
-    .await
-    .unwrap();
-    let AgentHandshake::Hello { nonce, .. } = f.read::<AgentHandshake>().await.unwrap() else {
-        panic!("no hello");
-    };
-    transcript.agent_hello(&nonce);
-    let (_state, request) = ClientLogin::start(guess.as_bytes()).unwrap();
-    let device = MachineKey::generate().unwrap();
-    transcript.login(&device.public_key(), &request);
-    f.write(&ClientHandshake::Login {
-        request,
-        device: DeviceProof {
-            public_key: device.public_key(),
-            signature: device.sign(&device_login_message(&transcript)),
-        },
-    })
-    .await
-    .unwrap();
-    let answer = tokio::time::timeout(Duration::from_secs(10), f.read::<AgentHandshake>())
-        .await
-        .unwrap()
-        .unwrap();
+    let (_state, answer) = start_login(&mut f, id, guess.as_bytes()).await;
     (f, answer)
 }
 

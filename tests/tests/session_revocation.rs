@@ -8,10 +8,9 @@ use std::time::Duration;
 
 use telework_agent::state::DataDir;
 use telework_client::{ClientError, LoginOptions, Session};
-use telework_protocol::e2e::identity::{device_login_message, IdentityChallenge, Transcript};
 use telework_protocol::e2e::keys::{after_login, Role};
 use telework_protocol::e2e::messages::{
-    AgentHandshake, AgentNotice, ClientHandshake, ClientNotice, DeviceProof, EndReason, Refusal,
+    AgentHandshake, AgentNotice, ClientHandshake, ClientNotice, EndReason, Refusal,
 };
 use telework_protocol::e2e::pake::ClientLogin;
 use telework_protocol::messages::{alpn, ClientToRelay, RelayToClient};
@@ -20,6 +19,7 @@ use telework_protocol::net::framed::Framed;
 use telework_protocol::net::pump::SecureTunnel;
 use telework_protocol::net::tls::RelayTrust;
 use telework_protocol::proof::MachineKey;
+use telework_tests::hand_login::start_login;
 use telework_tests::{
     echo_once, require_totp, revoke, EchoServer, TestAgent, TestClient, TestRelay,
 };
@@ -167,37 +167,12 @@ async fn login_by_hand(
         f.read::<RelayToClient>().await.unwrap(),
         RelayToClient::Paired
     );
-    let challenge = IdentityChallenge::generate();
-    let mut transcript = Transcript::new(&id);
-    let nonce = [3; 32];
-    transcript.client_hello(&nonce, &challenge.public());
-    f.write(&ClientHandshake::Hello {
-        nonce,
-        identity_challenge: challenge.public(),
-    })
-    .await
-    .unwrap();
-    let AgentHandshake::Hello { nonce, .. } = f.read().await.unwrap() else {
-        panic!("no hello")
-    };
-    transcript.agent_hello(&nonce);
-    let (state, request) = ClientLogin::start(PW.as_bytes()).unwrap();
-    let device = MachineKey::generate().unwrap();
-    transcript.login(&device.public_key(), &request);
-    f.write(&ClientHandshake::Login {
-        request,
-        device: DeviceProof {
-            public_key: device.public_key(),
-            signature: device.sign(&device_login_message(&transcript)),
-        },
-    })
-    .await
-    .unwrap();
+    let (state, answer) = start_login(&mut f, &id, PW.as_bytes()).await;
     let AgentHandshake::LoginChallenge {
         response, stretch, ..
-    } = f.read().await.unwrap()
+    } = answer
     else {
-        panic!("no challenge")
+        panic!("no challenge: {answer:?}")
     };
     (f, state, response, stretch)
 }
