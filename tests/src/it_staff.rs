@@ -42,3 +42,14 @@ pub fn revoke(agent: &TestAgent, device: &MachineKey) {
         .unwrap();
     devices.save().unwrap();
 }
+
+/// Login options whose one-time codes come from `secret` at the time they are asked for, as
+/// the employee's authenticator app gives them.
+pub fn with_current_codes(secret: TotpSecret) -> telework_client::LoginOptions {
+    telework_client::LoginOptions {
+        totp: Some(std::sync::Arc::new(move || {
+            Some(secret.code_at(telework_agent::unix_now()))
+        })),
+        ..telework_client::LoginOptions::default()
+    }
+}

@@ -37,7 +37,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 pub use desktop::{echo_once, EchoServer, SinkServer};
-pub use it_staff::{require_approved_devices, require_totp, revoke};
+pub use it_staff::{require_approved_devices, require_totp, revoke, with_current_codes};
 
 /// Installs a test log subscriber once (`RUST_LOG` controls it).
 pub fn init_tracing() {

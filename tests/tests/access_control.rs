@@ -15,7 +15,7 @@ use telework_protocol::e2e::pake::PasswordRecord;
 use telework_protocol::proof::MachineKey;
 use telework_tests::{
     echo_once, options_with_profile, require_approved_devices, require_totp, run_until_online,
-    TestClient, TestRelay,
+    with_current_codes, TestClient, TestRelay,
 };
 use tokio::net::TcpStream;
 
@@ -340,12 +340,7 @@ async fn a_one_time_code_that_cannot_be_recorded_is_refused() {
     // which a file cannot be renamed over; the agent read the record at start); accepting the
     // code anyway would let it work again after a restart.
     std::fs::create_dir(agent.dir.path().join("totp-last-step")).unwrap();
-    let right = LoginOptions {
-        totp: Some(Arc::new(move || {
-            Some(secret.code_at(telework_agent::unix_now()))
-        })),
-        ..LoginOptions::default()
-    };
+    let right = with_current_codes(secret);
     let err = Session::login_with(&relay.target("pc-otp-ro"), PW.as_bytes(), &right)
         .await
         .err()

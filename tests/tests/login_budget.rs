@@ -11,7 +11,8 @@ use telework_client::{ClientError, LoginOptions, Session};
 use telework_protocol::e2e::messages::Refusal;
 use telework_protocol::proof::MachineKey;
 use telework_tests::{
-    options_with_profile, require_approved_devices, require_totp, revoke, TestRelay,
+    options_with_profile, require_approved_devices, require_totp, revoke, with_current_codes,
+    TestRelay,
 };
 
 const PW: &str = "access-control-password";
@@ -107,12 +108,7 @@ async fn a_device_is_recorded_only_after_its_one_time_code_is_right() {
     }
     assert!(data.devices().unwrap().devices.is_empty());
     // With the code, the device is recorded (and waits for approval).
-    let right = LoginOptions {
-        totp: Some(Arc::new(move || {
-            Some(secret.code_at(telework_agent::unix_now()))
-        })),
-        ..LoginOptions::default()
-    };
+    let right = with_current_codes(secret);
     let err = Session::login_with(&relay.target("pc-no-flood"), PW.as_bytes(), &right)
         .await
         .err()
