@@ -46,13 +46,9 @@ impl Access {
         })
     }
 
-    /// The grant a login gets under these settings, for `device_key`.
-    pub fn grant(&self, device_key: &[u8]) -> Option<Grant> {
-        Some(Grant {
-            device_key: device_key.to_vec(),
-            password: self.password?,
-            totp: self.totp,
-        })
+    /// The access policy.
+    pub fn policy(&self) -> &Policy {
+        &self.policy
     }
 
     /// Whether a session that logged in under `grant` may go on.
@@ -162,6 +158,15 @@ fn file_version(m: &std::fs::Metadata) -> (u64, u64, i128) {
 mod tests {
     use super::*;
 
+    /// The grant a login for `device_key` would get under `access`.
+    fn grant_under(access: &Access, device_key: &[u8]) -> Option<Grant> {
+        Some(Grant {
+            device_key: device_key.to_vec(),
+            password: access.password?,
+            totp: access.totp,
+        })
+    }
+
     fn access() -> Access {
         Access {
             password: Some([1; 32]),
@@ -176,11 +181,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let data = DataDir::open(dir.path()).unwrap();
         let cache = AccessCache::default();
-        assert!(cache.current(&data).unwrap().grant(&[9; 32]).is_none());
+        assert!(grant_under(&cache.current(&data).unwrap(), &[9; 32]).is_none());
         let record = telework_protocol::e2e::pake::PasswordRecord::create(b"first one").unwrap();
         data.save_password(&record).unwrap();
         let first = cache.current(&data).unwrap();
-        let grant = first.grant(&[9; 32]).unwrap();
+        let grant = grant_under(&first, &[9; 32]).unwrap();
         assert!(
             Arc::ptr_eq(&first, &cache.current(&data).unwrap()),
             "unchanged: no re-read"
@@ -205,7 +210,7 @@ mod tests {
     #[test]
     fn each_change_ends_the_session_for_its_reason() {
         let a = access();
-        let grant = a.grant(&[9; 32]).unwrap();
+        let grant = grant_under(&a, &[9; 32]).unwrap();
         assert_eq!(a.check(&grant), Ok(()));
 
         let mut changed = access();
@@ -228,7 +233,7 @@ mod tests {
         totp_on.totp = Some([3; 32]);
         assert_eq!(totp_on.check(&grant), Err(EndReason::PolicyChanged));
         // A session that logged in with that code goes on; one with an older secret ends.
-        let with_code = totp_on.grant(&[9; 32]).unwrap();
+        let with_code = grant_under(&totp_on, &[9; 32]).unwrap();
         assert_eq!(totp_on.check(&with_code), Ok(()));
         let mut new_secret = access();
         new_secret.totp = Some([4; 32]);

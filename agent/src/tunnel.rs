@@ -25,6 +25,7 @@ use tracing::{debug, info, warn};
 use crate::access::digest_of;
 use crate::devices::DeviceStatus;
 use crate::lockout::{Attempt, Outcome};
+use crate::policy::Policy;
 use crate::sessions::Grant;
 use crate::state::StateError;
 use crate::{Agent, AgentError};
@@ -238,27 +239,27 @@ async fn login(
 
     // Inside the end-to-end channel now: the one-time code, then the device list.
     let password = digest_of(record.to_bytes());
-    let grant = match second_steps(&agent, &mut tunnel, ticket, &attempt, &device, &password).await
-    {
-        Ok(grant) => grant,
-        Err(why) => {
-            warn!(?why, "login refused after the password step");
-            // A wrong or missing code stays counted; a refusal for any other reason came
-            // after every secret proved right.
-            if !matches!(
-                why,
-                Refusal::WrongTotp { .. }
-                    | Refusal::TotpMissing
-                    | Refusal::LockedOut { .. }
-                    | Refusal::ProtocolViolation
-            ) {
-                agent.attempt_given_back(attempt).await;
+    let (grant, policy) =
+        match second_steps(&agent, &mut tunnel, ticket, &attempt, &device, &password).await {
+            Ok(grant) => grant,
+            Err(why) => {
+                warn!(?why, "login refused after the password step");
+                // A wrong or missing code stays counted; a refusal for any other reason came
+                // after every secret proved right.
+                if !matches!(
+                    why,
+                    Refusal::WrongTotp { .. }
+                        | Refusal::TotpMissing
+                        | Refusal::LockedOut { .. }
+                        | Refusal::ProtocolViolation
+                ) {
+                    agent.attempt_given_back(attempt).await;
+                }
+                let _ = tunnel.send_notice(&AgentNotice::Refused(why.clone())).await;
+                let _ = tunnel.finish().await;
+                return Err(AgentError::HandshakeRefused(why));
             }
-            let _ = tunnel.send_notice(&AgentNotice::Refused(why.clone())).await;
-            let _ = tunnel.finish().await;
-            return Err(AgentError::HandshakeRefused(why));
-        }
-    };
+        };
     let (session_id, session) = agent.sessions.start(resumption, grant);
     info!(session = %session_id, "session started");
     let ready = tunnel
@@ -270,7 +271,7 @@ async fn login(
     // leaves the attempt counted, which errs on the safe side.
     agent.attempt_succeeded(attempt, &device.public_key).await;
     let end = match ready {
-        Ok(()) => hold_session(&agent, &mut tunnel, &session).await,
+        Ok(()) => hold_session(&agent, &mut tunnel, &session, &policy).await,
         Err(e) => format!("could not confirm the session: {e}"),
     };
     agent.sessions.end(&session_id);
@@ -286,9 +287,8 @@ async fn hold_session(
     agent: &Agent,
     tunnel: &mut SecureTunnel<RelayConnection>,
     session: &crate::sessions::Session,
+    policy: &Policy,
 ) -> String {
-    // The policy is read at every login; a session keeps the limits it started under.
-    let policy = agent.data.policy().unwrap_or_default();
     let max_session = tokio::time::sleep(policy.max_session());
     let idle = async {
         match policy.idle_timeout() {
@@ -329,9 +329,10 @@ async fn hold_session(
 /// (a device revoked meanwhile is refused; a new one waits for approval when IT staff require
 /// it). A device is recorded only once every other check has passed. Settings that cannot be
 /// read refuse the login: a damaged file must never switch a check off. Returns what the
-/// session logs in under: the device, the digest of the password record this login was
-/// checked against (`password`) and of the one-time-code secret it was checked against, so a
-/// change made while the login was under way still ends the session.
+/// session logs in under (the device, the digest of the password record this login was
+/// checked against, `password`, and of the one-time-code secret it was checked against, so a
+/// change made while the login was under way still ends the session) and the policy whose
+/// limits it keeps.
 async fn second_steps(
     agent: &Agent,
     tunnel: &mut SecureTunnel<RelayConnection>,
@@ -339,7 +340,7 @@ async fn second_steps(
     attempt: &Attempt,
     device: &DeviceProof,
     password: &[u8; 32],
-) -> Result<Grant, Refusal> {
+) -> Result<(Grant, Policy), Refusal> {
     let misconfigured = |what: &str, e: &dyn std::fmt::Display| {
         warn!(%e, "cannot read the {what}; refusing logins until it is fixed");
         Refusal::Misconfigured
@@ -388,10 +389,14 @@ async fn second_steps(
             return Err(failure_refusal(attempt.if_failed, true));
         }
     }
+    // The settings as on disk now, from the cache every tunnel uses (no file read on the
+    // runtime thread unless a file changed).
     let policy = agent
-        .data
+        .access()
+        .await
+        .map_err(|e| misconfigured("access settings", &e))?
         .policy()
-        .map_err(|e| misconfigured("access policy", &e))?;
+        .clone();
     let status = agent
         .admit_device(&device.public_key, &name, policy.require_approved_devices)
         .await
@@ -405,11 +410,12 @@ async fn second_steps(
         }
         DeviceStatus::Revoked => return Err(Refusal::DeviceRevoked),
     }
-    Ok(Grant {
+    let grant = Grant {
         device_key: device.public_key.clone(),
         password: *password,
         totp: totp_digest,
-    })
+    };
+    Ok((grant, policy))
 }
 
 async fn resume(
