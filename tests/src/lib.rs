@@ -27,6 +27,9 @@ use telework_agent::state::{AgentSettings, DataDir};
 use telework_agent::Agent;
 use telework_client::{ClientError, Session, Target};
 use telework_protocol::e2e::pake::PasswordRecord;
+use telework_protocol::messages::{alpn, ClientToRelay, RelayToClient, PROTOCOL_VERSION};
+use telework_protocol::net::connect::{connect, RelayConnection};
+use telework_protocol::net::framed::Framed;
 use telework_protocol::net::tls::RelayTrust;
 use telework_protocol::{CertFingerprint, ComputerId};
 use telework_relay::identity;
@@ -141,6 +144,30 @@ impl TestRelay {
         let desktop = EchoServer::start().await;
         let agent = self.agent(id, password).target(desktop.addr).run().await;
         (desktop, agent)
+    }
+
+    /// A client connection paired with the office PC `id` by hand (the relay's `Paired`
+    /// already read): what is written next goes to the agent unchanged.
+    pub async fn pair(&self, id: &str) -> Framed<RelayConnection> {
+        let config = RelayTrust::Fingerprint(self.fingerprint)
+            .client_config(alpn::CLIENT)
+            .unwrap();
+        let mut f = Framed::new(
+            connect(&self.addr.to_string().parse().unwrap(), config)
+                .await
+                .unwrap(),
+        );
+        f.write(&ClientToRelay::Connect {
+            version: PROTOCOL_VERSION,
+            id: id.parse().unwrap(),
+        })
+        .await
+        .unwrap();
+        assert_eq!(
+            f.read::<RelayToClient>().await.unwrap(),
+            RelayToClient::Paired
+        );
+        f
     }
 
     /// Logs in to `id` with `password`.

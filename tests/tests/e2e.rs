@@ -4,14 +4,12 @@
 
 use std::time::Duration;
 
-use std::sync::Arc;
-
 use telework_client::profile::Profile;
-use telework_client::{ClientError, LoginOptions, Session};
+use telework_client::{ClientError, Session};
 use telework_protocol::e2e::messages::{EndReason, Refusal};
 use telework_protocol::net::connect::ConnectError;
 use telework_protocol::{CertFingerprint, ErrorCode};
-use telework_tests::{SinkServer, TestClient, TestRelay};
+use telework_tests::{options_with_profile, SinkServer, TestClient, TestRelay};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -182,12 +180,7 @@ async fn wrong_password_is_refused_with_tries_left_and_never_reaches_the_target(
     );
     // A client that pinned the office PC gets its proven count.
     let home = tempfile::tempdir().unwrap();
-    let profile = Profile::open(home.path()).unwrap();
-    let options = LoginOptions {
-        device: Arc::new(profile.device_key().unwrap()),
-        profile: Some(profile),
-        ..LoginOptions::default()
-    };
+    let options = options_with_profile(&Profile::open(home.path()).unwrap());
     let target = relay.target("pc-pw");
     let login =
         |password: &'static str| Session::login_with(&target, password.as_bytes(), &options);

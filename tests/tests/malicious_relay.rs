@@ -14,9 +14,7 @@ use telework_client::{ClientError, LoginOptions, Session};
 use telework_protocol::e2e::messages::{AgentHandshake, ClientHandshake, Refusal};
 use telework_protocol::e2e::pake::PasswordRecord;
 use telework_protocol::frame::decode_frame;
-use telework_protocol::messages::{
-    alpn, AgentToRelay, ClientToRelay, RelayToAgent, RelayToClient, RelayToTunnel, TunnelToRelay,
-};
+use telework_protocol::messages::{alpn, AgentToRelay, RelayToAgent, RelayToTunnel, TunnelToRelay};
 use telework_protocol::net::connect::{client_exporter, connect};
 use telework_protocol::net::framed::Framed;
 use telework_protocol::net::tls::RelayTrust;
@@ -172,25 +170,7 @@ async fn swapping_tunnels_between_sessions_fails_closed() {
 
 /// Sends recorded client bytes on a fresh pairing and returns what the agent answered.
 async fn replay(relay: &TestRelay, id: &str, bytes: &[u8]) -> Vec<AgentHandshake> {
-    let config = RelayTrust::Fingerprint(relay.fingerprint)
-        .client_config(alpn::CLIENT)
-        .unwrap();
-    let mut f = Framed::new(
-        connect(&relay.addr.to_string().parse().unwrap(), config)
-            .await
-            .unwrap(),
-    );
-    f.write(&ClientToRelay::Connect {
-        version: telework_protocol::messages::PROTOCOL_VERSION,
-        id: id.parse().unwrap(),
-    })
-    .await
-    .unwrap();
-    assert_eq!(
-        f.read::<RelayToClient>().await.unwrap(),
-        RelayToClient::Paired
-    );
-    let (mut s, _) = f.into_parts();
+    let (mut s, _) = relay.pair(id).await.into_parts();
     let _ = s.write_all(bytes).await;
     let mut answer = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut answer)).await;

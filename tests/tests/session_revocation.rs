@@ -13,11 +13,9 @@ use telework_protocol::e2e::messages::{
     AgentHandshake, AgentNotice, ClientHandshake, ClientNotice, EndReason, Refusal,
 };
 use telework_protocol::e2e::pake::ClientLogin;
-use telework_protocol::messages::{alpn, ClientToRelay, RelayToClient};
-use telework_protocol::net::connect::{connect, RelayConnection};
+use telework_protocol::net::connect::RelayConnection;
 use telework_protocol::net::framed::Framed;
 use telework_protocol::net::pump::SecureTunnel;
-use telework_protocol::net::tls::RelayTrust;
 use telework_protocol::proof::MachineKey;
 use telework_tests::hand_login::start_login;
 use telework_tests::{
@@ -148,25 +146,8 @@ async fn login_by_hand(
     Vec<u8>,
     telework_protocol::e2e::stretch::StretchParams,
 ) {
-    let config = RelayTrust::Fingerprint(relay.fingerprint)
-        .client_config(alpn::CLIENT)
-        .unwrap();
-    let mut f = Framed::new(
-        connect(&relay.addr.to_string().parse().unwrap(), config)
-            .await
-            .unwrap(),
-    );
+    let mut f = relay.pair(id).await;
     let id: telework_protocol::ComputerId = id.parse().unwrap();
-    f.write(&ClientToRelay::Connect {
-        version: telework_protocol::messages::PROTOCOL_VERSION,
-        id: id.clone(),
-    })
-    .await
-    .unwrap();
-    assert_eq!(
-        f.read::<RelayToClient>().await.unwrap(),
-        RelayToClient::Paired
-    );
     let (state, answer) = start_login(&mut f, &id, PW.as_bytes()).await;
     let AgentHandshake::LoginChallenge {
         response, stretch, ..
