@@ -2,39 +2,23 @@
 //! connect, use the local address, Ctrl-C; and the one-line errors.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::process::Stdio;
 use std::time::Duration;
 
+mod common;
+
+use common::{interrupt, round_trip, start, stderr, PW};
 use telework_tests::{EchoServer, TestRelay};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 
-const PW: &str = "employee-connection-password";
-
+/// `telework connect ID` as an employee runs it here, no RDP client started.
 fn telework(relay: &TestRelay, id: &str) -> Command {
-    let profile = std::env::temp_dir().join(format!("tw-cli-profile-{}", rand::random::<u64>()));
-    telework_in(relay, id, &profile)
+    common::telework(relay, id, &["--launch", "none"], None)
 }
 
-/// `telework connect` with the profile (device key, pins) in `profile`.
+/// As [`telework`], with the profile (device key, pins) in `profile`.
 fn telework_in(relay: &TestRelay, id: &str, profile: &std::path::Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_telework"));
-    cmd.args([
-        "connect",
-        id,
-        "--relay",
-        &relay.addr.to_string(),
-        "--password-stdin",
-        "--launch",
-        "none",
-    ])
-    .args(["--relay-fingerprint", &relay.fingerprint.to_string()])
-    .env("TELEWORK_CONFIG_DIR", profile)
-    .stdin(Stdio::piped())
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .kill_on_drop(true);
-    cmd
+    common::telework_in(relay, id, profile, &["--launch", "none"], None)
 }
 
 /// Runs `telework connect` to completion with `password`; returns exit code and stderr.
@@ -69,49 +53,17 @@ async fn connect_serves_the_local_address_until_ctrl_c() {
     let desktop = EchoServer::start().await;
     let _agent = relay.agent("pc-cli", PW).target(desktop.addr).run().await;
 
-    let mut child = telework(&relay, "PC-CLI").spawn().unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(format!("{PW}\n").as_bytes())
-        .await
-        .unwrap();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
-    let Some(line) = tokio::time::timeout(Duration::from_secs(20), stdout.next_line())
-        .await
-        .unwrap()
-        .unwrap()
-    else {
-        let mut err = String::new();
-        let mut pipe = child.stderr.take().unwrap();
-        pipe.read_to_string(&mut err).await.unwrap();
-        panic!("telework printed no address; stderr: {err}");
-    };
-    let addr = line
-        .strip_prefix("connected to pc-cli: point your RDP client at ")
-        .expect(&line)
-        .to_owned();
-
+    let (mut child, addr, mut stdout, line) = start(telework(&relay, "PC-CLI")).await;
+    assert!(line.starts_with("connected to pc-cli: "), "{line}");
     for _ in 0..2 {
-        let mut conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
-        conn.write_all(b"ping through the binary").await.unwrap();
-        conn.shutdown().await.unwrap();
-        let mut back = Vec::new();
-        conn.read_to_end(&mut back).await.unwrap();
-        assert_eq!(back, b"ping through the binary");
+        assert_eq!(
+            round_trip(&addr, b"ping through the binary").await,
+            b"ping through the binary"
+        );
     }
     assert_eq!(desktop.connections(), 2);
 
-    std::process::Command::new("kill")
-        .args(["-INT", &child.id().unwrap().to_string()])
-        .status()
-        .unwrap();
-    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(status.success(), "{status}");
+    interrupt(&mut child).await;
     let rest = stdout.next_line().await.unwrap().unwrap_or_default();
     assert_eq!(rest, "session closed");
 }
@@ -137,27 +89,11 @@ async fn errors_are_one_plain_line() {
     );
     // After a first successful login (which pins the office PC, and says so once), a wrong
     // password is confirmed by the office PC itself, with the tries left for this device.
-    let mut first = telework_in(&relay, "pc-cli", profile.path());
-    first.stdin(Stdio::piped());
-    let mut child = first.spawn().unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    stdin.write_all(format!("{PW}\n").as_bytes()).await.unwrap();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
-    let line = tokio::time::timeout(Duration::from_secs(20), stdout.next_line())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap_or_default();
+    let (mut child, _addr, _stdout, line) =
+        start(telework_in(&relay, "pc-cli", profile.path())).await;
     assert!(line.starts_with("connected to pc-cli"), "{line}");
     child.kill().await.unwrap();
-    let mut err = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .await
-        .unwrap();
+    let err = stderr(&mut child).await;
     assert_eq!(
         err.matches("first connection to pc-cli").count(),
         1,

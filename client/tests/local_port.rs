@@ -4,102 +4,16 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
-use telework_tests::TestRelay;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, Lines};
-use tokio::process::{Child, ChildStdout, Command};
+mod common;
 
-const PW: &str = "employee-connection-password";
+use common::{interrupt, round_trip, start, stderr, telework, PW};
+use telework_tests::TestRelay;
+use tokio::io::AsyncWriteExt;
+
 /// The second OS user the refusal test connects as.
 const OTHER_USER: &str = "telework-other";
-
-/// `telework connect ID` against `relay`, with `extra` arguments and `PATH` starting with
-/// `path_first`.
-fn telework(relay: &TestRelay, id: &str, extra: &[&str], path_first: Option<&Path>) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_telework"));
-    cmd.args(["connect", id, "--relay", &relay.addr.to_string()])
-        .args(["--password-stdin"])
-        .args(["--relay-fingerprint", &relay.fingerprint.to_string()])
-        .args(extra)
-        .env(
-            "TELEWORK_CONFIG_DIR",
-            std::env::temp_dir().join(format!("tw-cli-profile-{}", rand::random::<u64>())),
-        )
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    if let Some(dir) = path_first {
-        let path = std::env::var_os("PATH").unwrap_or_default();
-        let paths = std::iter::once(dir.to_owned()).chain(std::env::split_paths(&path));
-        cmd.env("PATH", std::env::join_paths(paths).unwrap());
-    }
-    cmd
-}
-
-/// Starts `cmd`, types the password, and returns the child, the local address it printed and
-/// the rest of its standard output.
-async fn start(mut cmd: Command) -> (Child, String, Lines<BufReader<ChildStdout>>) {
-    let mut child = cmd.spawn().unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(format!("{PW}\n").as_bytes())
-        .await
-        .unwrap();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
-    let line = tokio::time::timeout(Duration::from_secs(20), stdout.next_line())
-        .await
-        .expect("telework printed its address in time")
-        .unwrap();
-    let Some(line) = line else {
-        panic!(
-            "telework printed no address; stderr: {}",
-            stderr(&mut child).await
-        );
-    };
-    let (_, addr) = line
-        .split_once(": point your RDP client at ")
-        .unwrap_or_else(|| panic!("{line}"));
-    (child, addr.to_owned(), stdout)
-}
-
-async fn stderr(child: &mut Child) -> String {
-    let mut err = String::new();
-    if let Some(mut pipe) = child.stderr.take() {
-        let _ = tokio::time::timeout(Duration::from_secs(10), pipe.read_to_string(&mut err)).await;
-    }
-    err
-}
-
-/// Ctrl-C: telework ends the session and exits with success.
-async fn interrupt(child: &mut Child) {
-    std::process::Command::new("kill")
-        .args(["-INT", &child.id().unwrap().to_string()])
-        .status()
-        .unwrap();
-    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
-        .await
-        .expect("telework stopped on Ctrl-C")
-        .unwrap();
-    assert!(status.success(), "{status}");
-}
-
-/// Sends `data` to the local port and returns what comes back once it is half-closed.
-async fn round_trip(addr: &str, data: &[u8]) -> Vec<u8> {
-    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
-    conn.write_all(data).await.unwrap();
-    conn.shutdown().await.unwrap();
-    let mut back = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut back))
-        .await
-        .unwrap()
-        .unwrap();
-    back
-}
 
 /// The uid and gid of the second OS user, created if missing (needs root, as in CI).
 fn other_user() -> (u32, u32) {
@@ -140,7 +54,7 @@ async fn another_user_of_this_computer_is_refused() {
     let (uid, gid) = other_user();
     let relay = TestRelay::start().await;
     let (desktop, _agent) = relay.office_pc("pc-port", PW).await;
-    let (mut child, addr, _stdout) =
+    let (mut child, addr, _stdout, _) =
         start(telework(&relay, "pc-port", &["--launch", "none"], None)).await;
     let (host, port) = addr.rsplit_once(':').unwrap();
 
@@ -300,7 +214,7 @@ async fn the_session_ends_when_the_launched_rdp_client_exits() {
         Some(bin.path()),
     );
     cmd.env("FAKE_RDP_OUT", &out);
-    let (mut child, _addr, mut stdout) = start(cmd).await;
+    let (mut child, _addr, mut stdout, _) = start(cmd).await;
 
     assert_eq!(wait_for_file(&out).await, "hello from the rdp client");
     assert_eq!(desktop.connections(), 1);
@@ -335,7 +249,7 @@ async fn keep_open_keeps_the_session_after_the_rdp_client_exits() {
         Some(bin.path()),
     );
     cmd.env("FAKE_RDP_OUT", &out);
-    let (mut child, addr, _stdout) = start(cmd).await;
+    let (mut child, addr, _stdout, _) = start(cmd).await;
 
     assert_eq!(wait_for_file(&out).await, "hello from the rdp client");
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -372,7 +286,7 @@ async fn the_rdp_file_is_written_in_a_private_directory() {
         Some(bin.path()),
     );
     cmd.env("FAKE_RDP_OUT", &out);
-    let (mut child, addr, _stdout) = start(cmd).await;
+    let (mut child, addr, _stdout, _) = start(cmd).await;
 
     let file = PathBuf::from(wait_for_file(&out).await);
     let dir = file.parent().unwrap().to_owned();
