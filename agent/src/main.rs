@@ -12,7 +12,7 @@ use telework_agent::state::{AgentSettings, DataDir, StateError};
 use telework_agent::totp::TotpSecret;
 use telework_agent::{Agent, DEFAULT_TARGET};
 use telework_protocol::e2e::pake::PasswordRecord;
-use telework_protocol::net::signal::shutdown_signal;
+use telework_net::signal::shutdown_signal;
 use telework_protocol::{CertFingerprint, ComputerId};
 
 /// The telework agent for the office PC: registers with the relay, keeps a connection open,
@@ -164,7 +164,7 @@ enum PolicyCommand {
 const MIN_PASSWORD_LEN: usize = 8;
 
 fn main() -> ExitCode {
-    telework_protocol::net::memcpy_tuning::reexec_if_needed();
+    telework_net::memcpy_tuning::reexec_if_needed();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -206,7 +206,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 None => suggested_id()?,
             };
             relay
-                .parse::<telework_protocol::net::connect::RelayAddr>()
+                .parse::<telework_net::connect::RelayAddr>()
                 .map_err(|e| anyhow::anyhow!("--relay {relay}: {e}"))?;
             let settings = AgentSettings {
                 computer_id: id,

@@ -2,9 +2,9 @@
 //! save the settings.
 
 use telework_protocol::messages::{alpn, AgentToRelay, RelayToAgent, PROTOCOL_VERSION};
-use telework_protocol::net::connect::{client_exporter, connect};
-use telework_protocol::net::framed::Framed;
-use telework_protocol::net::HANDSHAKE_TIMEOUT;
+use telework_net::connect::{client_exporter, connect};
+use telework_net::framed::Framed;
+use telework_net::HANDSHAKE_TIMEOUT;
 use telework_protocol::ComputerId;
 
 use crate::state::{AgentSettings, DataDir};

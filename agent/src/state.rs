@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use telework_protocol::e2e::pake::PasswordRecord;
-use telework_protocol::net::connect::RelayAddr;
-use telework_protocol::net::tls::RelayTrust;
+use telework_net::connect::RelayAddr;
+use telework_net::tls::RelayTrust;
 use telework_protocol::private_file::{check_private_dir, create_private_dir, write_private};
 use telework_protocol::proof::MachineKey;
 use telework_protocol::{CertFingerprint, ComputerId};
@@ -329,7 +329,7 @@ impl AgentSettings {
         self.relay
             .parse()
             .map_err(
-                |e: telework_protocol::net::connect::BadRelayAddr| StateError::Damaged {
+                |e: telework_net::connect::BadRelayAddr| StateError::Damaged {
                     path: SETTINGS_FILE.into(),
                     detail: format!("relay: {e}"),
                 },

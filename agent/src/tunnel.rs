@@ -13,10 +13,10 @@ use telework_protocol::e2e::messages::{
 use telework_protocol::e2e::pake::AgentLogin;
 use telework_protocol::e2e::resume::AgentResume;
 use telework_protocol::messages::{RelayToTunnel, TunnelToRelay, PROTOCOL_VERSION};
-use telework_protocol::net::connect::{connect, RelayConnection};
-use telework_protocol::net::framed::{FrameError, Framed};
-use telework_protocol::net::pump::{SecureTunnel, TunnelError};
-use telework_protocol::net::HANDSHAKE_TIMEOUT;
+use telework_net::connect::{connect, RelayConnection};
+use telework_net::framed::{FrameError, Framed};
+use telework_net::pump::{SecureTunnel, TunnelError};
+use telework_net::HANDSHAKE_TIMEOUT;
 use telework_protocol::proof::{key_fingerprint, verify_signature};
 use telework_protocol::{SessionId, Ticket};
 use tokio::net::TcpStream;

@@ -16,7 +16,7 @@ use rustls::{ClientConnection, ConnectionCommon, ServerConnection};
 use telework_protocol::e2e::record::{Opener, Sealer};
 use telework_protocol::fingerprint::CertFingerprint;
 use telework_protocol::messages::alpn;
-use telework_protocol::net::tls::{server_config, RelayTrust};
+use telework_net::tls::{server_config, RelayTrust};
 
 use crate::procs::thread_cpu_ns;
 

@@ -147,7 +147,7 @@ struct Results {
 fn main() -> anyhow::Result<()> {
     // The same memcpy as the programs under test, so the baselines and the floor compare like
     // with like.
-    telework_protocol::net::memcpy_tuning::reexec_if_needed();
+    telework_net::memcpy_tuning::reexec_if_needed();
     let cli = Cli::parse();
     let runtime = match cli.mode {
         Some(Mode::Forwarder {

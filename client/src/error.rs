@@ -1,9 +1,9 @@
 //! Everything that can stop a connection, each with the sentence an employee reads.
 
 use telework_protocol::e2e::messages::{EndReason, Refusal};
-use telework_protocol::net::connect::ConnectError;
-use telework_protocol::net::framed::FrameError;
-use telework_protocol::net::pump::TunnelError;
+use telework_net::connect::ConnectError;
+use telework_net::framed::FrameError;
+use telework_net::pump::TunnelError;
 use telework_protocol::ErrorCode;
 
 /// Why a connection to the office PC failed or ended.
@@ -65,7 +65,7 @@ pub enum ClientError {
     Profile(std::io::Error),
     /// TLS could not be configured (for example an unreadable CA file).
     #[error(transparent)]
-    Tls(#[from] telework_protocol::net::tls::TlsConfigError),
+    Tls(#[from] telework_net::tls::TlsConfigError),
 }
 
 impl ClientError {

@@ -14,8 +14,8 @@ use telework_client::local_peer::{self, LocalAccess};
 use telework_client::profile::{self, Profile};
 use telework_client::session::TotpSource;
 use telework_client::{ClientError, LoginOptions, Session, Target};
-use telework_protocol::net::connect::RelayAddr;
-use telework_protocol::net::tls::RelayTrust;
+use telework_net::connect::RelayAddr;
+use telework_net::tls::RelayTrust;
 use telework_protocol::{CertFingerprint, ComputerId};
 use zeroize::Zeroizing;
 
@@ -85,7 +85,7 @@ struct ConnectArgs {
 const PROMPT_TRIES: u32 = 3;
 
 fn main() -> ExitCode {
-    telework_protocol::net::memcpy_tuning::reexec_if_needed();
+    telework_net::memcpy_tuning::reexec_if_needed();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -265,10 +265,10 @@ fn connect(args: ConnectArgs) -> anyhow::Result<()> {
         }
         let stop = async move {
             let Some((mut child, program)) = rdp_client else {
-                return telework_protocol::net::signal::shutdown_signal().await;
+                return telework_net::signal::shutdown_signal().await;
             };
             tokio::select! {
-                () = telework_protocol::net::signal::shutdown_signal() => {}
+                () = telework_net::signal::shutdown_signal() => {}
                 status = child.wait() => {
                     let how = status.map_or_else(|e| e.to_string(), |s| s.to_string());
                     eprintln!("telework: {} exited ({how}): ending the session", program.display());

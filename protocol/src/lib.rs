@@ -11,9 +11,7 @@
 //! - [`e2e`]: the client↔agent layer the relay cannot read: OPAQUE login, key schedule,
 //!   resumption, AEAD records.
 //!
-//! With the `net` feature (on by default), [`net`] adds the tokio transports the three
-//! programs share: TLS configuration, framed connections with deadlines, and the pump that
-//! moves desktop bytes through the record layer.
+//! The tokio transports the three programs share live in the `telework-net` crate.
 // Unsafe code is refused everywhere but one reviewed cast in `e2e::stretch`.
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
@@ -27,8 +25,6 @@ pub mod messages;
 pub mod private_file;
 pub mod proof;
 
-#[cfg(feature = "net")]
-pub mod net;
 
 pub use error_code::ErrorCode;
 pub use fingerprint::CertFingerprint;

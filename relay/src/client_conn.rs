@@ -7,7 +7,7 @@ use std::time::Instant;
 use telework_protocol::messages::{
     ClientToRelay, RelayToClient, RelayToTunnel, MIN_PROTOCOL_VERSION,
 };
-use telework_protocol::net::framed::Framed;
+use telework_net::framed::Framed;
 use telework_protocol::ErrorCode;
 use tracing::{debug, info, Instrument};
 

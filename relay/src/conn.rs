@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use telework_protocol::messages::alpn;
-use telework_protocol::net::framed::Framed;
+use telework_net::framed::Framed;
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 use tracing::{debug, Instrument};
@@ -45,7 +45,7 @@ pub async fn handle(
     let started = Instant::now();
     let deadline = started + relay.options.handshake_timeout;
     let _ = tcp.set_nodelay(true);
-    telework_protocol::net::enable_keepalive(&tcp);
+    telework_net::enable_keepalive(&tcp);
     let tls = match tokio::time::timeout_at(deadline.into(), relay.acceptor.accept(tcp)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
-use telework_protocol::net::tls::{load_certs, load_key};
+use telework_net::tls::{load_certs, load_key};
 use telework_protocol::private_file::write_private;
 use telework_protocol::CertFingerprint;
 
@@ -30,7 +30,7 @@ pub const KEY_FILE: &str = "relay-key.pem";
 pub enum IdentityError {
     /// A file was unreadable or malformed.
     #[error(transparent)]
-    Tls(#[from] telework_protocol::net::tls::TlsConfigError),
+    Tls(#[from] telework_net::tls::TlsConfigError),
     /// Generation failed.
     #[error("cannot generate a self-signed certificate: {0}")]
     Generate(#[from] rcgen::Error),

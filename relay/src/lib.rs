@@ -36,7 +36,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use telework_protocol::messages::RelayToAgent;
-use telework_protocol::net::tls::{server_config, TlsConfigError};
+use telework_net::tls::{server_config, TlsConfigError};
 use telework_protocol::ErrorCode;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -89,7 +89,7 @@ impl Default for RelayOptions {
             registration: Registration::Open,
             max_connections: 20_000,
             max_unauthenticated: 1_000,
-            handshake_timeout: telework_protocol::net::HANDSHAKE_TIMEOUT,
+            handshake_timeout: telework_net::HANDSHAKE_TIMEOUT,
             shutdown_grace: Duration::from_secs(10),
             limits: limits::Limits::default(),
             splice_tap: None,

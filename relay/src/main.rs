@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use telework_protocol::net::signal::shutdown_signal;
+use telework_net::signal::shutdown_signal;
 use telework_protocol::private_file::{check_private_dir, create_private_dir};
 use telework_protocol::ComputerId;
 use telework_relay::config::Settings;
@@ -111,7 +111,7 @@ struct ServeArgs {
 }
 
 fn main() -> ExitCode {
-    telework_protocol::net::memcpy_tuning::reexec_if_needed();
+    telework_net::memcpy_tuning::reexec_if_needed();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -134,7 +134,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Fingerprint { data_dir, cert } => {
             let id = match cert {
                 Some(cert) => {
-                    let chain = telework_protocol::net::tls::load_certs(&cert, "certificate file")?;
+                    let chain = telework_net::tls::load_certs(&cert, "certificate file")?;
                     telework_protocol::CertFingerprint::of_der(&chain[0])
                 }
                 None => {

@@ -212,7 +212,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tapped<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use telework_protocol::net::holds_until_flush::HoldsUntilFlush;
+    use telework_net::holds_until_flush::HoldsUntilFlush;
     use tokio::io::{AsyncReadExt, DuplexStream};
 
     /// One side of the splice, whose writes are held until flushed, and its peer.

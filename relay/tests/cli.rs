@@ -171,7 +171,7 @@ fn bad_configuration_is_a_clear_error_before_anything_starts() {
 #[cfg(all(target_os = "linux", target_env = "gnu", target_arch = "x86_64"))]
 #[test]
 fn the_relay_runs_with_vector_memcpy_exactly_where_rep_movsb_is_slow() {
-    use telework_protocol::net::memcpy_tuning::{wanted_tunables, Start, REEXEC_MARK};
+    use telework_net::memcpy_tuning::{wanted_tunables, Start, REEXEC_MARK};
     let operators = "glibc.malloc.arena_max=2";
     let dir = tempfile::tempdir().unwrap();
     let (mut child, _lines) = serve(dir.path(), |c| {

@@ -9,9 +9,9 @@ use telework_protocol::frame::decode_frame;
 use telework_protocol::messages::{
     alpn, RelayToAgent, RelayToClient, RelayToTunnel, TunnelToRelay,
 };
-use telework_protocol::net::connect::connect;
-use telework_protocol::net::framed::Framed;
-use telework_protocol::net::tls::RelayTrust;
+use telework_net::connect::connect;
+use telework_net::framed::Framed;
+use telework_net::tls::RelayTrust;
 use telework_protocol::{ErrorCode, Ticket};
 use telework_relay::RelayOptions;
 use telework_tests::{TestClient, TestRelay};
@@ -20,7 +20,7 @@ use tokio::net::TcpStream;
 
 const PW: &str = "bad-input-password";
 
-async fn tls(relay: &TestRelay, role: &[u8]) -> telework_protocol::net::connect::RelayConnection {
+async fn tls(relay: &TestRelay, role: &[u8]) -> telework_net::connect::RelayConnection {
     let config = RelayTrust::Fingerprint(relay.fingerprint)
         .client_config(role)
         .unwrap();
@@ -169,7 +169,7 @@ async fn attach_made_up_ticket(relay: &TestRelay, version: u16) -> RelayToTunnel
 async fn client_asking_for_pc_ok(
     relay: &TestRelay,
     version: u16,
-) -> Framed<telework_protocol::net::connect::RelayConnection> {
+) -> Framed<telework_net::connect::RelayConnection> {
     let mut f = Framed::new(tls(relay, alpn::CLIENT).await);
     f.write(&telework_protocol::messages::ClientToRelay::Connect {
         version,

@@ -7,7 +7,7 @@ use std::time::Duration;
 use telework_client::profile::Profile;
 use telework_client::{ClientError, Session};
 use telework_protocol::e2e::messages::{EndReason, Refusal};
-use telework_protocol::net::connect::ConnectError;
+use telework_net::connect::ConnectError;
 use telework_protocol::{CertFingerprint, ErrorCode};
 use telework_tests::{options_with_profile, SinkServer, TestClient, TestRelay};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -236,7 +236,7 @@ async fn wrong_relay_fingerprint_is_refused_before_anything_is_sent() {
     let relay = TestRelay::start().await;
     let mut target = relay.target("pc-1");
     target.trust =
-        telework_protocol::net::tls::RelayTrust::Fingerprint(CertFingerprint([0xaa; 32]));
+        telework_net::tls::RelayTrust::Fingerprint(CertFingerprint([0xaa; 32]));
     let err = telework_client::Session::login(&target, PW.as_bytes())
         .await
         .err()
@@ -280,13 +280,13 @@ async fn unreachable_relay_says_so() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn version_mismatch_is_named() {
     let relay = TestRelay::start().await;
-    let mut config = telework_protocol::net::tls::RelayTrust::Fingerprint(relay.fingerprint)
+    let mut config = telework_net::tls::RelayTrust::Fingerprint(relay.fingerprint)
         .client_config(b"telework/9-client")
         .unwrap();
     std::sync::Arc::get_mut(&mut config).unwrap().alpn_protocols =
         vec![b"telework/9-client".to_vec()];
     let addr = relay.addr.to_string().parse().unwrap();
-    let err = telework_protocol::net::connect::connect(&addr, config)
+    let err = telework_net::connect::connect(&addr, config)
         .await
         .err()
         .unwrap();

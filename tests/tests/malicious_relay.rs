@@ -15,9 +15,9 @@ use telework_protocol::e2e::messages::{AgentHandshake, ClientHandshake, Refusal}
 use telework_protocol::e2e::pake::PasswordRecord;
 use telework_protocol::frame::decode_frame;
 use telework_protocol::messages::{alpn, AgentToRelay, RelayToAgent, RelayToTunnel, TunnelToRelay};
-use telework_protocol::net::connect::{client_exporter, connect};
-use telework_protocol::net::framed::Framed;
-use telework_protocol::net::tls::RelayTrust;
+use telework_net::connect::{client_exporter, connect};
+use telework_net::framed::Framed;
+use telework_net::tls::RelayTrust;
 use telework_protocol::ErrorCode;
 use telework_relay::limits::Limits;
 use telework_relay::RelayOptions;

@@ -13,9 +13,9 @@ use telework_protocol::e2e::messages::{
     AgentHandshake, AgentNotice, ClientHandshake, ClientNotice, EndReason, Refusal,
 };
 use telework_protocol::e2e::pake::ClientLogin;
-use telework_protocol::net::connect::RelayConnection;
-use telework_protocol::net::framed::Framed;
-use telework_protocol::net::pump::SecureTunnel;
+use telework_net::connect::RelayConnection;
+use telework_net::framed::Framed;
+use telework_net::pump::SecureTunnel;
 use telework_protocol::proof::MachineKey;
 use telework_tests::hand_login::start_login;
 use telework_tests::{

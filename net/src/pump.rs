@@ -7,12 +7,12 @@ use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::Stream;
-use crate::e2e::keys::TunnelKeys;
-use crate::e2e::messages::{AgentNotice, EndReason};
-use crate::e2e::record::{
+use telework_protocol::e2e::keys::TunnelKeys;
+use telework_protocol::e2e::messages::{AgentNotice, EndReason};
+use telework_protocol::e2e::record::{
     Opener, Record, RecordError, RecordKind, Sealer, BULK_RECORD_PLAINTEXT, MAX_RECORD_CIPHERTEXT,
 };
-use crate::frame::decode_payload;
+use telework_protocol::frame::decode_payload;
 
 /// How much plaintext the pump reads from the local socket at once. Several records are sealed
 /// into one write so that bulk transfers make few syscalls; four bulk records seal to exactly
@@ -281,7 +281,7 @@ async fn read_record<R: tokio::io::AsyncRead + Unpin>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::e2e::keys::{after_login, Role};
+    use telework_protocol::e2e::keys::{after_login, Role};
 
     /// Reads exactly `N` bytes, failing the test with `held_back` if they take over 5 s.
     async fn read_within_5s<const N: usize>(
@@ -406,7 +406,7 @@ mod tests {
         let (ck, _) = after_login(&[1; 64], Role::Client);
         let (ak, _) = after_login(&[1; 64], Role::Agent);
         let client = SecureTunnel::new(
-            crate::net::holds_until_flush::HoldsUntilFlush::new(a),
+            crate::holds_until_flush::HoldsUntilFlush::new(a),
             BytesMut::new(),
             ck,
         );

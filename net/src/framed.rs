@@ -7,7 +7,7 @@ use bytes::BytesMut;
 use serde::{de::DeserializeOwned, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::frame::{decode_frame, encode_frame, DecodeError, EncodeError};
+use telework_protocol::frame::{decode_frame, encode_frame, DecodeError, EncodeError};
 
 /// Bytes asked of the socket per read while waiting for a frame.
 const READ_CHUNK: usize = 512;

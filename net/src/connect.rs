@@ -12,7 +12,7 @@ use tokio_rustls::TlsConnector;
 
 use super::read_ahead::ReadAhead;
 use super::HANDSHAKE_TIMEOUT;
-use crate::proof::{EXPORTER_LABEL, EXPORTER_LEN};
+use telework_protocol::proof::{EXPORTER_LABEL, EXPORTER_LEN};
 
 /// A TLS connection to the relay, as [`connect`] returns it.
 pub type RelayConnection = TlsStream<ReadAhead>;
