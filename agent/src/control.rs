@@ -4,10 +4,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use telework_protocol::messages::{AgentToRelay, RelayToAgent, PROTOCOL_VERSION};
 use telework_net::connect::{client_exporter, connect};
 use telework_net::framed::Framed;
 use telework_net::HANDSHAKE_TIMEOUT;
+use telework_protocol::messages::{AgentToRelay, RelayToAgent, PROTOCOL_VERSION};
 use telework_protocol::ErrorCode;
 use tokio::time::Instant;
 use tracing::{info, warn, Instrument};

@@ -32,12 +32,12 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use telework_protocol::e2e::messages::{EndReason, Refusal};
-use telework_protocol::messages::alpn;
 use telework_net::connect::{ConnectError, RelayAddr};
 use telework_net::framed::FrameError;
 use telework_net::pump::TunnelError;
 use telework_net::tls::TlsConfigError;
+use telework_protocol::e2e::messages::{EndReason, Refusal};
+use telework_protocol::messages::alpn;
 use telework_protocol::proof::MachineKey;
 use telework_protocol::{ComputerId, ErrorCode};
 use tokio::sync::{watch, Semaphore};

@@ -11,8 +11,8 @@ use telework_agent::devices::DeviceStatus;
 use telework_agent::state::{AgentSettings, DataDir, StateError};
 use telework_agent::totp::TotpSecret;
 use telework_agent::{Agent, DEFAULT_TARGET};
-use telework_protocol::e2e::pake::PasswordRecord;
 use telework_net::signal::shutdown_signal;
+use telework_protocol::e2e::pake::PasswordRecord;
 use telework_protocol::{CertFingerprint, ComputerId};
 
 /// The telework agent for the office PC: registers with the relay, keeps a connection open,

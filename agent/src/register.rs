@@ -1,10 +1,10 @@
 //! `telework-agent register`: make the machine key, claim the computer ID on the relay, and
 //! save the settings.
 
-use telework_protocol::messages::{alpn, AgentToRelay, RelayToAgent, PROTOCOL_VERSION};
 use telework_net::connect::{client_exporter, connect};
 use telework_net::framed::Framed;
 use telework_net::HANDSHAKE_TIMEOUT;
+use telework_protocol::messages::{alpn, AgentToRelay, RelayToAgent, PROTOCOL_VERSION};
 use telework_protocol::ComputerId;
 
 use crate::state::{AgentSettings, DataDir};

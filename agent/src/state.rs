@@ -5,9 +5,9 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use telework_protocol::e2e::pake::PasswordRecord;
 use telework_net::connect::RelayAddr;
 use telework_net::tls::RelayTrust;
+use telework_protocol::e2e::pake::PasswordRecord;
 use telework_protocol::private_file::{check_private_dir, create_private_dir, write_private};
 use telework_protocol::proof::MachineKey;
 use telework_protocol::{CertFingerprint, ComputerId};
@@ -326,14 +326,12 @@ impl AgentSettings {
     /// # Errors
     /// If the stored address is not `host:port`.
     pub fn relay_addr(&self) -> Result<RelayAddr, StateError> {
-        self.relay
-            .parse()
-            .map_err(
-                |e: telework_net::connect::BadRelayAddr| StateError::Damaged {
-                    path: SETTINGS_FILE.into(),
-                    detail: format!("relay: {e}"),
-                },
-            )
+        self.relay.parse().map_err(
+            |e: telework_net::connect::BadRelayAddr| StateError::Damaged {
+                path: SETTINGS_FILE.into(),
+                detail: format!("relay: {e}"),
+            },
+        )
     }
 
     /// How to trust the relay: the pinned fingerprint, the pinned CA, or the system roots.

@@ -5,6 +5,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use telework_net::connect::{connect, RelayConnection};
+use telework_net::framed::{FrameError, Framed};
+use telework_net::pump::{SecureTunnel, TunnelError};
+use telework_net::HANDSHAKE_TIMEOUT;
 use telework_protocol::e2e::identity::{device_login_message, IdentityKey, Step, Transcript};
 use telework_protocol::e2e::keys::{after_login, Role};
 use telework_protocol::e2e::messages::{
@@ -13,10 +17,6 @@ use telework_protocol::e2e::messages::{
 use telework_protocol::e2e::pake::AgentLogin;
 use telework_protocol::e2e::resume::AgentResume;
 use telework_protocol::messages::{RelayToTunnel, TunnelToRelay, PROTOCOL_VERSION};
-use telework_net::connect::{connect, RelayConnection};
-use telework_net::framed::{FrameError, Framed};
-use telework_net::pump::{SecureTunnel, TunnelError};
-use telework_net::HANDSHAKE_TIMEOUT;
 use telework_protocol::proof::{key_fingerprint, verify_signature};
 use telework_protocol::{SessionId, Ticket};
 use tokio::net::TcpStream;

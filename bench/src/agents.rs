@@ -6,10 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use telework_protocol::messages::{alpn, AgentToRelay, RelayToAgent, PROTOCOL_VERSION};
 use telework_net::connect::{client_exporter, connect, RelayAddr, RelayConnection};
 use telework_net::framed::Framed;
 use telework_net::tls::RelayTrust;
+use telework_protocol::messages::{alpn, AgentToRelay, RelayToAgent, PROTOCOL_VERSION};
 use telework_protocol::proof::MachineKey;
 use telework_protocol::ComputerId;
 

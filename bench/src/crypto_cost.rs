@@ -13,10 +13,10 @@ use anyhow::{bail, ensure, Context};
 use bytes::BytesMut;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
 use rustls::{ClientConnection, ConnectionCommon, ServerConnection};
+use telework_net::tls::{server_config, RelayTrust};
 use telework_protocol::e2e::record::{Opener, Sealer};
 use telework_protocol::fingerprint::CertFingerprint;
 use telework_protocol::messages::alpn;
-use telework_net::tls::{server_config, RelayTrust};
 
 use crate::procs::thread_cpu_ns;
 

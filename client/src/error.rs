@@ -1,9 +1,9 @@
 //! Everything that can stop a connection, each with the sentence an employee reads.
 
-use telework_protocol::e2e::messages::{EndReason, Refusal};
 use telework_net::connect::ConnectError;
 use telework_net::framed::FrameError;
 use telework_net::pump::TunnelError;
+use telework_protocol::e2e::messages::{EndReason, Refusal};
 use telework_protocol::ErrorCode;
 
 /// Why a connection to the office PC failed or ended.

@@ -5,6 +5,11 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use telework_net::connect::{connect, RelayAddr, RelayConnection};
+use telework_net::framed::Framed;
+use telework_net::pump::{SecureTunnel, TunnelError};
+use telework_net::tls::RelayTrust;
+use telework_net::HANDSHAKE_TIMEOUT;
 use telework_protocol::e2e::identity::{
     device_login_message, IdentityChallenge, IdentityKey, Step, Transcript,
 };
@@ -15,11 +20,6 @@ use telework_protocol::e2e::messages::{
 use telework_protocol::e2e::pake::{ClientLogin, PakeError};
 use telework_protocol::e2e::resume::ClientResume;
 use telework_protocol::messages::{alpn, ClientToRelay, RelayToClient, PROTOCOL_VERSION};
-use telework_net::connect::{connect, RelayAddr, RelayConnection};
-use telework_net::framed::Framed;
-use telework_net::pump::{SecureTunnel, TunnelError};
-use telework_net::tls::RelayTrust;
-use telework_net::HANDSHAKE_TIMEOUT;
 use telework_protocol::{ComputerId, SessionId};
 use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;

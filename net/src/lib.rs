@@ -24,6 +24,7 @@ pub mod pump;
 pub mod read_ahead;
 pub mod signal;
 pub mod tls;
+pub mod transport;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 

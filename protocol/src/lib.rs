@@ -25,7 +25,6 @@ pub mod messages;
 pub mod private_file;
 pub mod proof;
 
-
 pub use error_code::ErrorCode;
 pub use fingerprint::CertFingerprint;
 pub use ids::{ComputerId, SessionId, Ticket};

@@ -4,10 +4,10 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use telework_net::framed::Framed;
 use telework_protocol::messages::{
     ClientToRelay, RelayToClient, RelayToTunnel, MIN_PROTOCOL_VERSION,
 };
-use telework_net::framed::Framed;
 use telework_protocol::ErrorCode;
 use tracing::{debug, info, Instrument};
 

@@ -5,8 +5,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use telework_protocol::messages::alpn;
 use telework_net::framed::Framed;
+use telework_protocol::messages::alpn;
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 use tracing::{debug, Instrument};

@@ -5,8 +5,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use telework_protocol::messages::{AgentToRelay, RelayToAgent, MIN_PROTOCOL_VERSION};
 use telework_net::framed::Framed;
+use telework_protocol::messages::{AgentToRelay, RelayToAgent, MIN_PROTOCOL_VERSION};
 use telework_protocol::proof::{verify_proof, EXPORTER_LABEL, EXPORTER_LEN};
 use telework_protocol::{ComputerId, ErrorCode};
 use tokio::sync::mpsc;

@@ -35,8 +35,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
-use telework_protocol::messages::RelayToAgent;
 use telework_net::tls::{server_config, TlsConfigError};
+use telework_protocol::messages::RelayToAgent;
 use telework_protocol::ErrorCode;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;

@@ -3,8 +3,8 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use telework_protocol::messages::{RelayToTunnel, TunnelToRelay, MIN_PROTOCOL_VERSION};
 use telework_net::framed::Framed;
+use telework_protocol::messages::{RelayToTunnel, TunnelToRelay, MIN_PROTOCOL_VERSION};
 use telework_protocol::ErrorCode;
 use tracing::{debug, info};
 

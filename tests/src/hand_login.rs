@@ -3,10 +3,10 @@
 
 use std::time::Duration;
 
+use telework_net::framed::Framed;
 use telework_protocol::e2e::identity::{device_login_message, IdentityChallenge, Transcript};
 use telework_protocol::e2e::messages::{AgentHandshake, ClientHandshake, DeviceProof};
 use telework_protocol::e2e::pake::ClientLogin;
-use telework_net::framed::Framed;
 use telework_protocol::proof::MachineKey;
 use telework_protocol::ComputerId;
 use tokio::io::{AsyncRead, AsyncWrite};

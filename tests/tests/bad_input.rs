@@ -5,13 +5,13 @@
 use std::time::Duration;
 
 use bytes::BytesMut;
+use telework_net::connect::connect;
+use telework_net::framed::Framed;
+use telework_net::tls::RelayTrust;
 use telework_protocol::frame::decode_frame;
 use telework_protocol::messages::{
     alpn, RelayToAgent, RelayToClient, RelayToTunnel, TunnelToRelay,
 };
-use telework_net::connect::connect;
-use telework_net::framed::Framed;
-use telework_net::tls::RelayTrust;
 use telework_protocol::{ErrorCode, Ticket};
 use telework_relay::RelayOptions;
 use telework_tests::{TestClient, TestRelay};

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use telework_client::profile::Profile;
 use telework_client::{ClientError, Session};
-use telework_protocol::e2e::messages::{EndReason, Refusal};
 use telework_net::connect::ConnectError;
+use telework_protocol::e2e::messages::{EndReason, Refusal};
 use telework_protocol::{CertFingerprint, ErrorCode};
 use telework_tests::{options_with_profile, SinkServer, TestClient, TestRelay};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -235,8 +235,7 @@ async fn wrong_password_is_refused_with_tries_left_and_never_reaches_the_target(
 async fn wrong_relay_fingerprint_is_refused_before_anything_is_sent() {
     let relay = TestRelay::start().await;
     let mut target = relay.target("pc-1");
-    target.trust =
-        telework_net::tls::RelayTrust::Fingerprint(CertFingerprint([0xaa; 32]));
+    target.trust = telework_net::tls::RelayTrust::Fingerprint(CertFingerprint([0xaa; 32]));
     let err = telework_client::Session::login(&target, PW.as_bytes())
         .await
         .err()

@@ -8,14 +8,14 @@ use std::time::Duration;
 
 use telework_agent::state::DataDir;
 use telework_client::{ClientError, LoginOptions, Session};
+use telework_net::connect::RelayConnection;
+use telework_net::framed::Framed;
+use telework_net::pump::SecureTunnel;
 use telework_protocol::e2e::keys::{after_login, Role};
 use telework_protocol::e2e::messages::{
     AgentHandshake, AgentNotice, ClientHandshake, ClientNotice, EndReason, Refusal,
 };
 use telework_protocol::e2e::pake::ClientLogin;
-use telework_net::connect::RelayConnection;
-use telework_net::framed::Framed;
-use telework_net::pump::SecureTunnel;
 use telework_protocol::proof::MachineKey;
 use telework_tests::hand_login::start_login;
 use telework_tests::{
