@@ -1,16 +1,18 @@
-//! The control connection: come online with a machine-key proof bound to this TLS session,
-//! send keepalives, open a tunnel for every ticket, and reconnect with back-off.
+//! The agent's one connection to the relay: the relay opens the control stream, on which
+//! the agent comes online with a machine-key proof bound to this connection and sends
+//! keepalives; every further stream the relay opens is a tunnel. Reconnects with back-off;
+//! on TLS/TCP with `auto`, QUIC is tried again now and then, and the agent moves to it.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use telework_net::connect::{client_exporter, connect};
 use telework_net::framed::Framed;
+use telework_net::transport::{Connection, Stream, TransportChoice, TransportKind};
 use telework_net::HANDSHAKE_TIMEOUT;
-use telework_protocol::messages::{AgentToRelay, RelayToAgent, PROTOCOL_VERSION};
+use telework_protocol::messages::{AgentToRelay, RelayOpens, RelayToAgent, PROTOCOL_VERSION};
 use telework_protocol::ErrorCode;
 use tokio::time::Instant;
-use tracing::{info, warn, Instrument};
+use tracing::{debug, info, warn, Instrument};
 
 use crate::backoff::Backoff;
 use crate::{tunnel, Agent, AgentError};
@@ -24,8 +26,18 @@ pub const DEAD_PEER: Duration = Duration::from_secs(45);
 /// cannot fix (the relay does not know this machine, or refuses its key or version).
 pub async fn run(agent: Arc<Agent>) -> Result<(), AgentError> {
     let mut backoff = Backoff::default();
+    let mut next: Option<(Connection, Option<Control>)> = None;
     loop {
-        let result = online_once(&agent, &mut backoff).await;
+        let result = online_once(&agent, &mut backoff, next.take()).await;
+        let result = match result {
+            Ok(Next::MoveTo(connection, previous)) => {
+                // Already online elsewhere: come online on the new connection at once.
+                next = Some((connection, Some(previous)));
+                continue;
+            }
+            Ok(Next::Closed) => Ok(()),
+            Err(e) => Err(e),
+        };
         agent.online.send_replace(false);
         *agent.reports.lock().unwrap_or_else(|e| e.into_inner()) = None;
         if agent.shutdown.is_cancelled() {
@@ -47,8 +59,8 @@ pub async fn run(agent: Arc<Agent>) -> Result<(), AgentError> {
                 }
                 return Err(AgentError::Refused(code));
             }
-            Err(e) => warn!(%e, "control connection lost"),
-            Ok(()) => info!("control connection closed"),
+            Err(e) => warn!(%e, "connection to the relay lost"),
+            Ok(()) => info!("connection to the relay closed"),
         }
         let delay = backoff.next_delay(rand::random::<f64>());
         info!(delay_ms = delay.as_millis() as u64, "reconnecting");
@@ -59,15 +71,68 @@ pub async fn run(agent: Arc<Agent>) -> Result<(), AgentError> {
     }
 }
 
-async fn online_once(agent: &Arc<Agent>, backoff: &mut Backoff) -> Result<(), AgentError> {
-    let stream = connect(&agent.relay, agent.control_tls.clone()).await?;
-    let exporter = client_exporter(&stream).map_err(|e| AgentError::Tls(e.into()))?;
+/// A control stream that is online.
+pub struct Control {
+    framed: Framed<Stream>,
+}
+
+/// How an online connection ended without an error.
+enum Next {
+    /// Shutdown.
+    Closed,
+    /// QUIC works again: move to this connection, then let this control stream go.
+    MoveTo(Connection, Control),
+}
+
+/// The control stream the relay opens first on a new connection.
+async fn accept_control(connection: &Connection) -> Result<Framed<Stream>, AgentError> {
+    let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, connection.accept())
+        .await
+        .map_err(|_| AgentError::Timeout)?
+        .map_err(|e| AgentError::Frame(e.into()))?;
     let mut framed = Framed::new(stream);
+    match framed.read_within::<RelayOpens>(HANDSHAKE_TIMEOUT).await? {
+        RelayOpens::Control { .. } => Ok(framed),
+        RelayOpens::Tunnel { .. } => Err(AgentError::Unexpected),
+    }
+}
+
+/// Tries QUIC now and then while on TLS/TCP with `auto`; never completes otherwise.
+async fn reprobe(agent: &Agent, on: TransportKind) -> Connection {
+    if on != TransportKind::Tcp || agent.dialer.choice() != TransportChoice::Auto {
+        return std::future::pending().await;
+    }
+    loop {
+        tokio::time::sleep(agent.dialer.quic_reprobe()).await;
+        match agent.dialer.dial_quic().await {
+            Ok(connection) => return connection,
+            Err(e) => debug!(%e, "QUIC still does not work"),
+        }
+    }
+}
+
+async fn online_once(
+    agent: &Arc<Agent>,
+    backoff: &mut Backoff,
+    moving: Option<(Connection, Option<Control>)>,
+) -> Result<Next, AgentError> {
+    let (connection, previous, how) = match moving {
+        Some((connection, previous)) => {
+            let how = connection.kind().to_string();
+            (connection, previous, how)
+        }
+        None => {
+            let dialed = agent.dialer.dial().await?;
+            let how = dialed.describe();
+            (dialed.connection, None, how)
+        }
+    };
+    let mut framed = accept_control(&connection).await?;
     framed
         .write(&AgentToRelay::Hello {
             version: PROTOCOL_VERSION,
             id: agent.id.clone(),
-            proof: agent.key.prove(&agent.id, &exporter),
+            proof: agent.key.prove(&agent.id, connection.channel_binding()),
         })
         .await?;
     match framed
@@ -78,18 +143,28 @@ async fn online_once(agent: &Arc<Agent>, backoff: &mut Backoff) -> Result<(), Ag
         RelayToAgent::Error(code) => return Err(AgentError::Refused(code)),
         _ => return Err(AgentError::Unexpected),
     }
+    if let Some(previous) = previous {
+        // The relay now sends new tunnels here; the old connection keeps its open tunnels
+        // until they end. Its control stream goes once the relay has said so.
+        agent.tasks.spawn(previous.retire());
+    }
     backoff.reset();
     agent.online.send_replace(true);
-    info!(relay = %agent.relay, "online");
+    info!(relay = %agent.dialer.addr(), "online over {how}");
 
     let mut ping = tokio::time::interval_at(Instant::now() + KEEPALIVE, KEEPALIVE);
     let mut seq = 0u64;
     let mut last_heard = Instant::now();
     let (reports_tx, mut reports) = tokio::sync::mpsc::channel::<AgentToRelay>(64);
     *agent.reports.lock().unwrap_or_else(|e| e.into_inner()) = Some(reports_tx);
+    let quic_again = reprobe(agent, connection.kind());
+    tokio::pin!(quic_again);
     loop {
         tokio::select! {
-            _ = agent.shutdown.cancelled() => return Ok(()),
+            _ = agent.shutdown.cancelled() => {
+                leave(agent, framed, &connection).await;
+                return Ok(Next::Closed);
+            }
             Some(report) = reports.recv() => {
                 tokio::time::timeout(KEEPALIVE, framed.write(&report))
                     .await
@@ -106,24 +181,56 @@ async fn online_once(agent: &Arc<Agent>, backoff: &mut Backoff) -> Result<(), Ag
                 last_heard = Instant::now();
                 match msg? {
                     RelayToAgent::Pong(_) | RelayToAgent::Welcome | RelayToAgent::Registered { .. } => {}
-                    RelayToAgent::OpenTunnel(ticket) => spawn_tunnel(agent, ticket),
                     RelayToAgent::Error(code) => return Err(AgentError::Refused(code)),
                 }
+            }
+            stream = connection.accept() => match stream {
+                Ok(stream) => spawn_tunnel(agent, stream),
+                Err(e) => return Err(AgentError::Frame(e.into())),
+            },
+            quic = &mut quic_again => {
+                info!("QUIC works again; moving new tunnels to it");
+                return Ok(Next::MoveTo(quic, Control { framed }));
             }
         }
     }
 }
 
-fn spawn_tunnel(agent: &Arc<Agent>, ticket: telework_protocol::Ticket) {
+/// Leaves the relay at shutdown: lets the tunnels tell their clients why and end, then ends
+/// the control stream and waits for the relay to close the connection once their last bytes
+/// are through (closing it ourselves could drop them).
+async fn leave(agent: &Agent, mut framed: Framed<Stream>, connection: &Connection) {
+    let _ = tokio::time::timeout(crate::SHUTDOWN_GRACE, agent.tasks.wait()).await;
+    let _ = framed.shutdown().await;
+    let _ = tokio::time::timeout(Duration::from_secs(3), connection.closed()).await;
+}
+
+impl Control {
+    /// Waits (briefly) for the relay to say this connection was replaced, then closes the
+    /// control stream, so the relay does not take it for a lost agent and cut its tunnels.
+    async fn retire(mut self) {
+        let _ = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
+            while let Ok(msg) = self.framed.read::<RelayToAgent>().await {
+                if msg == RelayToAgent::Error(ErrorCode::Replaced) {
+                    break;
+                }
+            }
+        })
+        .await;
+        let _ = self.framed.shutdown().await;
+    }
+}
+
+fn spawn_tunnel(agent: &Arc<Agent>, stream: Stream) {
     let Ok(permit) = agent.tunnel_slots.clone().try_acquire_owned() else {
-        warn!("too many tunnels open; ignoring a tunnel request");
+        warn!("too many tunnels open; refusing a tunnel");
         return;
     };
     let agent2 = agent.clone();
-    let span = tracing::info_span!("tunnel", ?ticket);
+    let span = tracing::info_span!("tunnel");
     agent.tasks.spawn(
         async move {
-            if let Err(e) = tunnel::serve(agent2, ticket).await {
+            if let Err(e) = tunnel::serve(agent2, stream).await {
                 info!(%e, "tunnel ended");
             }
             drop(permit);

@@ -4,8 +4,9 @@
 //! # Layout
 //! - [`state`]: the data dir (settings, machine key, password record).
 //! - [`register`]: claiming a computer ID.
-//! - [`control`]: the control connection, keepalives and reconnects ([`backoff`]).
-//! - [`tunnel`]: one tunnel: ticket, end-to-end handshake, forwarding.
+//! - [`control`]: the one connection to the relay: presence on its control stream,
+//!   keepalives, reconnects ([`backoff`]), and a stream per tunnel.
+//! - [`tunnel`]: one tunnel: end-to-end handshake, forwarding.
 //! - [`sessions`] and [`lockout`]: session secrets and wrong-password throttling; `login_state`
 //!   keeps what a login changes on disk without stalling the runtime thread.
 //! - [`policy`], [`devices`] and [`totp`]: what IT staff require of a login; [`locked_devices`]:
@@ -32,12 +33,13 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use telework_net::connect::{ConnectError, RelayAddr};
+use telework_net::connect::ConnectError;
 use telework_net::framed::FrameError;
 use telework_net::pump::TunnelError;
 use telework_net::tls::TlsConfigError;
+use telework_net::transport::dial::Dialer;
+use telework_net::transport::{Role, TransportChoice};
 use telework_protocol::e2e::messages::{EndReason, Refusal};
-use telework_protocol::messages::alpn;
 use telework_protocol::proof::MachineKey;
 use telework_protocol::{ComputerId, ErrorCode};
 use tokio::sync::{watch, Semaphore};
@@ -96,12 +98,31 @@ pub fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
+/// How a running agent behaves, beyond its data dir.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// The transport to reach the relay on, instead of the one in the settings.
+    pub transport: Option<TransportChoice>,
+    /// How long a session's client may stay silent before the session ends.
+    pub client_silence: Duration,
+    /// How often to try QUIC again while on TLS/TCP with `auto`.
+    pub quic_reprobe: Duration,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        Self {
+            transport: None,
+            client_silence: tunnel::CLIENT_SILENCE,
+            quic_reprobe: telework_net::transport::dial::QUIC_REPROBE,
+        }
+    }
+}
+
 /// A running agent's shared state.
 pub struct Agent {
     id: ComputerId,
-    relay: RelayAddr,
-    control_tls: Arc<rustls::ClientConfig>,
-    tunnel_tls: Arc<rustls::ClientConfig>,
+    dialer: Dialer,
     key: MachineKey,
     data: DataDir,
     target: String,
@@ -141,6 +162,25 @@ impl Agent {
         target: String,
         client_silence: Duration,
     ) -> Result<Arc<Self>, AgentError> {
+        Self::open(
+            data,
+            target,
+            RunOptions {
+                client_silence,
+                ..RunOptions::default()
+            },
+        )
+    }
+
+    /// As [`Agent::load`], with [`RunOptions`].
+    ///
+    /// # Errors
+    /// As [`Agent::load`].
+    pub fn open(
+        data: DataDir,
+        target: String,
+        options: RunOptions,
+    ) -> Result<Arc<Self>, AgentError> {
         let settings = data.settings()?;
         let trust = settings.relay_trust()?;
         // A damaged wrong-password file is reported at start, not at the first login.
@@ -148,13 +188,18 @@ impl Agent {
         let totp_last_step = data.totp_last_step()?;
         Ok(Arc::new(Self {
             id: settings.computer_id.clone(),
-            relay: settings.relay_addr()?,
-            control_tls: trust.client_config(alpn::CONTROL)?,
-            tunnel_tls: trust.client_config(alpn::TUNNEL)?,
+            dialer: Dialer::new(
+                settings.relay_addr()?,
+                &trust,
+                Role::Agent,
+                options.transport.unwrap_or(settings.transport),
+            )?
+            .with_max_incoming_streams(MAX_TUNNELS as u32)
+            .with_quic_reprobe(options.quic_reprobe),
             key: data.machine_key()?,
             data,
             target,
-            client_silence,
+            client_silence: options.client_silence,
             sessions: Sessions::default(),
             totp_last_step: Arc::new(Mutex::new(totp_last_step)),
             access_cache: Arc::default(),
@@ -182,7 +227,7 @@ impl Agent {
         self.sessions.len()
     }
 
-    /// Tells the relay that the client paired through `ticket` failed the login, so the relay
+    /// Tells the relay that the client of tunnel `ticket` failed the login, so the relay
     /// can charge the client's address. Best effort: dropped if the control connection is down
     /// or backed up.
     fn report_failed_pairing(&self, ticket: telework_protocol::Ticket) {
@@ -235,13 +280,22 @@ impl Agent {
         self: Arc<Self>,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), AgentError> {
-        let result = tokio::select! {
-            r = control::run(self.clone()) => r,
-            () = shutdown => Ok(()),
-            () = self.clone().recheck_sessions() => Ok(()),
+        let control = control::run(self.clone());
+        tokio::pin!(control);
+        let ended = tokio::select! {
+            r = &mut control => Some(r),
+            () = shutdown => None,
+            () = self.clone().recheck_sessions() => Some(Ok(())),
         };
         self.shutdown.cancel();
         self.tasks.close();
+        // On shutdown the connection stays until the tunnels have said why they end.
+        let result = match ended {
+            Some(r) => r,
+            None => tokio::time::timeout(SHUTDOWN_GRACE + Duration::from_secs(5), control)
+                .await
+                .unwrap_or(Ok(())),
+        };
         let _ = tokio::time::timeout(SHUTDOWN_GRACE, self.tasks.wait()).await;
         result
     }

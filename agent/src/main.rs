@@ -10,8 +10,9 @@ use clap::{Parser, Subcommand};
 use telework_agent::devices::DeviceStatus;
 use telework_agent::state::{AgentSettings, DataDir, StateError};
 use telework_agent::totp::TotpSecret;
-use telework_agent::{Agent, DEFAULT_TARGET};
+use telework_agent::{Agent, RunOptions, DEFAULT_TARGET};
 use telework_net::signal::shutdown_signal;
+use telework_net::transport::TransportChoice;
 use telework_protocol::e2e::pake::PasswordRecord;
 use telework_protocol::{CertFingerprint, ComputerId};
 
@@ -46,6 +47,10 @@ enum Command {
         /// The computer ID to claim [default: from the host name].
         #[arg(long)]
         id: Option<ComputerId>,
+        /// How to reach the relay: QUIC with a TLS/TCP fallback, or only one of them (saved
+        /// in the settings for 'run').
+        #[arg(long, value_enum, default_value_t = TransportChoice::Auto)]
+        transport: TransportChoice,
     },
     /// Set the connection password employees type. It stays on this PC, and this PC keeps
     /// its identity key, so employees' pins stay valid.
@@ -90,6 +95,9 @@ enum Command {
         /// The local desktop service to forward to.
         #[arg(long, default_value = DEFAULT_TARGET)]
         target: String,
+        /// How to reach the relay [default: the setting saved by 'register', else auto].
+        #[arg(long, value_enum)]
+        transport: Option<TransportChoice>,
     },
 }
 
@@ -199,6 +207,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             relay_ca,
             token,
             id,
+            transport,
         } => {
             let data = DataDir::open(&data_dir)?;
             let id = match id {
@@ -213,6 +222,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 relay,
                 relay_fingerprint: relay_fingerprint.map(|f| f.to_string()),
                 relay_ca,
+                transport,
             };
             let id =
                 runtime()?.block_on(telework_agent::register::register(&data, &settings, token))?;
@@ -325,12 +335,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             print!("{}", policy.describe());
             Ok(())
         }
-        Command::Run { data_dir, target } => {
+        Command::Run {
+            data_dir,
+            target,
+            transport,
+        } => {
             let data = DataDir::open(&data_dir)?;
             if data.password()?.is_none() {
                 tracing::warn!("no connection password is set: every login will be refused until 'telework-agent set-password'");
             }
-            let agent = Agent::load(data, target)?;
+            let options = RunOptions {
+                transport,
+                ..RunOptions::default()
+            };
+            let agent = Agent::open(data, target, options)?;
             println!("telework-agent: serving computer ID {}", agent.id());
             runtime()?.block_on(agent.run(shutdown_signal()))?;
             Ok(())

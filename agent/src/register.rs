@@ -1,10 +1,11 @@
 //! `telework-agent register`: make the machine key, claim the computer ID on the relay, and
 //! save the settings.
 
-use telework_net::connect::{client_exporter, connect};
 use telework_net::framed::Framed;
+use telework_net::transport::dial::Dialer;
+use telework_net::transport::Role;
 use telework_net::HANDSHAKE_TIMEOUT;
-use telework_protocol::messages::{alpn, AgentToRelay, RelayToAgent, PROTOCOL_VERSION};
+use telework_protocol::messages::{AgentToRelay, RelayOpens, RelayToAgent, PROTOCOL_VERSION};
 use telework_protocol::ComputerId;
 
 use crate::state::{AgentSettings, DataDir};
@@ -22,19 +23,30 @@ pub async fn register(
     token: Option<String>,
 ) -> Result<ComputerId, AgentError> {
     let key = data.machine_key()?;
-    let relay = settings.relay_addr()?;
-    let tls = settings.relay_trust()?.client_config(alpn::CONTROL)?;
-    let stream = connect(&relay, tls).await?;
-    let exporter = client_exporter(&stream).map_err(|e| AgentError::Tls(e.into()))?;
-    let id = settings.computer_id.clone();
+    let dialer = Dialer::new(
+        settings.relay_addr()?,
+        &settings.relay_trust()?,
+        Role::Agent,
+        settings.transport,
+    )?;
+    let connection = dialer.dial().await?.connection;
+    let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, connection.accept())
+        .await
+        .map_err(|_| AgentError::Timeout)?
+        .map_err(|e| AgentError::Frame(e.into()))?;
     let mut framed = Framed::new(stream);
+    match framed.read_within::<RelayOpens>(HANDSHAKE_TIMEOUT).await? {
+        RelayOpens::Control { .. } => {}
+        RelayOpens::Tunnel { .. } => return Err(AgentError::Unexpected),
+    }
+    let id = settings.computer_id.clone();
     framed
         .write(&AgentToRelay::Register {
             version: PROTOCOL_VERSION,
             id: id.clone(),
             public_key: key.public_key(),
             token,
-            proof: key.prove(&id, &exporter),
+            proof: key.prove(&id, connection.channel_binding()),
         })
         .await?;
     match framed

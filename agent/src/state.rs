@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use telework_net::connect::RelayAddr;
 use telework_net::tls::RelayTrust;
+use telework_net::transport::TransportChoice;
 use telework_protocol::e2e::pake::PasswordRecord;
 use telework_protocol::private_file::{check_private_dir, create_private_dir, write_private};
 use telework_protocol::proof::MachineKey;
@@ -39,6 +40,10 @@ pub struct AgentSettings {
     pub relay_fingerprint: Option<String>,
     /// Pinned CA file, if the relay uses a private CA.
     pub relay_ca: Option<PathBuf>,
+    /// Which transports to reach the relay on: `auto` (QUIC, falling back to TLS/TCP), `quic`
+    /// or `tcp`.
+    #[serde(default)]
+    pub transport: TransportChoice,
 }
 
 /// A data-dir problem, said precisely.
@@ -461,6 +466,7 @@ mod tests {
             relay: "127.0.0.1:4433".into(),
             relay_fingerprint: Some(CertFingerprint([1; 32]).to_string()),
             relay_ca: None,
+            transport: Default::default(),
         };
         data.save_settings(&s).unwrap();
         assert_eq!(data.settings().unwrap(), s);

@@ -1,13 +1,13 @@
-//! One tunnel, from the agent's side: attach to the relay with the ticket, then run the
+//! One tunnel, from the agent's side: a stream the relay opened, on which the agent runs the
 //! end-to-end handshake (password login or resumption) and, only after it succeeds, connect
 //! to the desktop service and pump.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use telework_net::connect::{connect, RelayConnection};
 use telework_net::framed::{FrameError, Framed};
 use telework_net::pump::{SecureTunnel, TunnelError};
+use telework_net::transport::Stream;
 use telework_net::HANDSHAKE_TIMEOUT;
 use telework_protocol::e2e::identity::{device_login_message, IdentityKey, Step, Transcript};
 use telework_protocol::e2e::keys::{after_login, Role};
@@ -16,7 +16,7 @@ use telework_protocol::e2e::messages::{
 };
 use telework_protocol::e2e::pake::AgentLogin;
 use telework_protocol::e2e::resume::AgentResume;
-use telework_protocol::messages::{RelayToTunnel, TunnelToRelay, PROTOCOL_VERSION};
+use telework_protocol::messages::RelayOpens;
 use telework_protocol::proof::{key_fingerprint, verify_signature};
 use telework_protocol::{SessionId, Ticket};
 use tokio::net::TcpStream;
@@ -40,26 +40,15 @@ pub const TOTP_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long the desktop service may take to accept a connection.
 pub const TARGET_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-type Tunnel = Framed<RelayConnection>;
+type Tunnel = Framed<Stream>;
 
-/// Opens the tunnel for `ticket` and serves it to its end.
-pub async fn serve(agent: Arc<Agent>, ticket: Ticket) -> Result<(), AgentError> {
-    let tls = agent.tunnel_tls.clone();
-    let stream = connect(&agent.relay, tls).await?;
+/// Serves one tunnel stream the relay opened to its end.
+pub async fn serve(agent: Arc<Agent>, stream: Stream) -> Result<(), AgentError> {
     let mut framed = Framed::new(stream);
-    framed
-        .write(&TunnelToRelay::Attach {
-            version: PROTOCOL_VERSION,
-            ticket,
-        })
-        .await?;
-    match framed
-        .read_within::<RelayToTunnel>(HANDSHAKE_TIMEOUT)
-        .await?
-    {
-        RelayToTunnel::Attached => {}
-        RelayToTunnel::Error(code) => return Err(AgentError::Refused(code)),
-    }
+    let ticket = match framed.read_within::<RelayOpens>(HANDSHAKE_TIMEOUT).await? {
+        RelayOpens::Tunnel { tunnel } => tunnel,
+        RelayOpens::Control { .. } => return Err(AgentError::Unexpected),
+    };
     let first = framed
         .read_within::<ClientHandshake>(E2E_STEP_TIMEOUT)
         .await;
@@ -285,7 +274,7 @@ async fn login(
 /// session ended.
 async fn hold_session(
     agent: &Agent,
-    tunnel: &mut SecureTunnel<RelayConnection>,
+    tunnel: &mut SecureTunnel<Stream>,
     session: &crate::sessions::Session,
     policy: &Policy,
 ) -> String {
@@ -335,7 +324,7 @@ async fn hold_session(
 /// limits it keeps.
 async fn second_steps(
     agent: &Agent,
-    tunnel: &mut SecureTunnel<RelayConnection>,
+    tunnel: &mut SecureTunnel<Stream>,
     ticket: Ticket,
     attempt: &Attempt,
     device: &DeviceProof,

@@ -307,6 +307,7 @@ async fn set_password_keeps_the_identity_key_and_rotate_key_changes_it() {
         relay: relay.addr.to_string(),
         relay_fingerprint: Some(relay.fingerprint.to_string()),
         relay_ca: None,
+        transport: Default::default(),
     };
     telework_agent::register::register(&data, &settings, None)
         .await

@@ -205,7 +205,11 @@ impl Chain {
             "telework-relay listening on ",
             Duration::from_secs(10),
         )?;
-        let relay_addr: SocketAddr = listening.trim().parse()?;
+        let relay_addr: SocketAddr = listening
+            .split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .parse()?;
         let relay = Proc { child: relay };
         let fingerprint = fingerprint_of(&relay_dir)?;
 
@@ -279,9 +283,15 @@ impl Chain {
                 .take()
                 .context("stdin")?
                 .write_all(format!("{BENCH_PASSWORD}\n").as_bytes())?;
-            let prefix = format!("connected to {BENCH_ID}: point your RDP client at ");
+            let prefix = format!("connected to {BENCH_ID} over ");
             match read_line_with(&mut client, &prefix, Duration::from_secs(5)) {
-                Ok(addr) => break (client, addr.trim().parse::<SocketAddr>()?),
+                Ok(rest) => {
+                    let addr = rest
+                        .split_once(": point your RDP client at ")
+                        .map(|(_, a)| a.trim())
+                        .unwrap_or_default();
+                    break (client, addr.parse::<SocketAddr>()?);
+                }
                 Err(_) if started.elapsed() < Duration::from_secs(20) => {
                     let _ = client.kill();
                     let _ = client.wait();

@@ -12,6 +12,7 @@
 
 pub mod error;
 pub mod launch;
+pub mod link;
 pub mod local_peer;
 pub mod profile;
 pub mod session;

@@ -16,6 +16,7 @@ use telework_client::session::TotpSource;
 use telework_client::{ClientError, LoginOptions, Session, Target};
 use telework_net::connect::RelayAddr;
 use telework_net::tls::RelayTrust;
+use telework_net::transport::TransportChoice;
 use telework_protocol::{CertFingerprint, ComputerId};
 use zeroize::Zeroizing;
 
@@ -54,6 +55,9 @@ struct ConnectArgs {
     /// Trust a private CA for the relay's certificate (PEM file).
     #[arg(long, conflicts_with = "relay_fingerprint")]
     relay_ca: Option<PathBuf>,
+    /// How to reach the relay: QUIC with a TLS/TCP fallback, or only one of them.
+    #[arg(long, value_enum, default_value_t = TransportChoice::Auto)]
+    transport: TransportChoice,
     /// Local address for your RDP client to connect to (loopback only, unless --allow-remote).
     #[arg(long, default_value = "127.0.0.1:0")]
     listen: std::net::SocketAddr,
@@ -189,6 +193,7 @@ fn connect(args: ConnectArgs) -> anyhow::Result<()> {
     let target = Target {
         relay: args.relay.clone(),
         trust,
+        transport: args.transport,
         id: args.id.clone(),
     };
     let options = login_options(&args)?;
@@ -231,7 +236,11 @@ fn connect(args: ConnectArgs) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
         let local = listener.local_addr()?;
-        println!("connected to {}: point your RDP client at {local}", args.id);
+        println!(
+            "connected to {} over {}: point your RDP client at {local}",
+            args.id,
+            session.transport()
+        );
         // Held until the session ends, then removed with the .rdp file in it.
         let rdp_dir =
             launch::private_dir().context("creating a private directory for the .rdp file")?;

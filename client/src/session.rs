@@ -5,10 +5,12 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use telework_net::connect::{connect, RelayAddr, RelayConnection};
+use telework_net::connect::RelayAddr;
 use telework_net::framed::Framed;
 use telework_net::pump::{SecureTunnel, TunnelError};
 use telework_net::tls::RelayTrust;
+use telework_net::transport::dial::Dialer;
+use telework_net::transport::{Stream, TransportChoice};
 use telework_net::HANDSHAKE_TIMEOUT;
 use telework_protocol::e2e::identity::{
     device_login_message, IdentityChallenge, IdentityKey, Step, Transcript,
@@ -19,24 +21,25 @@ use telework_protocol::e2e::messages::{
 };
 use telework_protocol::e2e::pake::{ClientLogin, PakeError};
 use telework_protocol::e2e::resume::ClientResume;
-use telework_protocol::messages::{alpn, ClientToRelay, RelayToClient, PROTOCOL_VERSION};
+use telework_protocol::messages::{ClientToRelay, RelayToClient, PROTOCOL_VERSION};
 use telework_protocol::{ComputerId, SessionId};
 use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn, Instrument};
 
 use crate::error::ClientError;
+use crate::link::Link;
 use crate::local_peer::LocalAccess;
 use crate::profile::Profile;
 use telework_protocol::proof::{key_fingerprint, MachineKey};
 
-/// How long the relay may take to pair us (its ticket TTL plus the handshake).
-const PAIRING_TIMEOUT: Duration = Duration::from_secs(25);
+/// How long the relay may take to pair us (its own pairing deadline plus a margin).
+const PAIRING_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long the office PC may take per handshake step.
 const E2E_STEP_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// A tunnel to the office PC, already authenticated and connected to its desktop service.
-pub type Tunnel = SecureTunnel<RelayConnection>;
+pub type Tunnel = SecureTunnel<Stream>;
 
 /// Where and what to connect to.
 #[derive(Debug, Clone)]
@@ -45,6 +48,8 @@ pub struct Target {
     pub relay: RelayAddr,
     /// How to trust it.
     pub trust: RelayTrust,
+    /// Which transports to reach it on.
+    pub transport: TransportChoice,
     /// The office PC.
     pub id: ComputerId,
 }
@@ -148,8 +153,7 @@ pub enum Ended {
 
 /// A logged-in session.
 pub struct Session {
-    relay: RelayAddr,
-    tls: Arc<rustls::ClientConfig>,
+    link: Link,
     id: ComputerId,
     session: SessionId,
     secret: ResumptionSecret,
@@ -159,12 +163,20 @@ pub struct Session {
     ping_every: Duration,
 }
 
-async fn pair(
-    relay: &RelayAddr,
-    tls: &Arc<rustls::ClientConfig>,
-    id: &ComputerId,
-) -> Result<Framed<RelayConnection>, ClientError> {
-    let stream = connect(relay, tls.clone()).await?;
+/// Opens a stream on the session's connection and asks the relay to pair it with the office
+/// PC `id`. A connection that has broken is dialled again once.
+async fn pair(link: &Link, id: &ComputerId) -> Result<Framed<Stream>, ClientError> {
+    let connection = link.connection().await?;
+    let stream = match connection.open().await {
+        Ok(stream) => stream,
+        Err(_) if connection.is_closed() => link
+            .connection()
+            .await?
+            .open()
+            .await
+            .map_err(|e| ClientError::Frame(e.into()))?,
+        Err(e) => return Err(ClientError::Frame(e.into())),
+    };
     let mut framed = Framed::new(stream);
     framed
         .write(&ClientToRelay::Connect {
@@ -204,7 +216,12 @@ impl Session {
         password: &[u8],
         options: &LoginOptions,
     ) -> Result<Self, ClientError> {
-        let tls = target.trust.client_config(alpn::CLIENT)?;
+        let link = Link::new(Dialer::new(
+            target.relay.clone(),
+            &target.trust,
+            telework_net::transport::Role::Client,
+            target.transport,
+        )?);
         let relay = target.relay.to_string();
         let pinned = match &options.profile {
             Some(profile) => profile
@@ -212,7 +229,7 @@ impl Session {
                 .map_err(ClientError::Profile)?,
             None => None,
         };
-        let mut framed = pair(&target.relay, &tls, &target.id).await?;
+        let mut framed = pair(&link, &target.id).await?;
 
         // 1. The office PC proves its identity key (when pinned) before the password step.
         let challenge = IdentityChallenge::generate();
@@ -372,8 +389,7 @@ impl Session {
         }
         info!(%session, "logged in");
         Ok(Self {
-            relay: target.relay.clone(),
-            tls,
+            link,
             id: target.id.clone(),
             session,
             secret,
@@ -391,6 +407,12 @@ impl Session {
         self.pinned_now.as_deref()
     }
 
+    /// The transport the session reaches the relay on, as a person reads it: `QUIC`,
+    /// `TLS/TCP`, or `TLS/TCP (UDP to the relay seems blocked)`.
+    pub fn transport(&self) -> String {
+        self.link.transport()
+    }
+
     /// The office PC's static public key, as proven by the login.
     pub fn agent_public_key(&self) -> &[u8] {
         &self.agent_key
@@ -399,8 +421,7 @@ impl Session {
     /// A handle that opens further tunnels of this session.
     pub fn opener(&self) -> TunnelOpener {
         TunnelOpener {
-            relay: self.relay.clone(),
-            tls: self.tls.clone(),
+            link: self.link.clone(),
             id: self.id.clone(),
             session: self.session,
             secret: self.secret.clone(),
@@ -500,8 +521,7 @@ impl Session {
 /// Opens tunnels in an authenticated session (cheap to clone).
 #[derive(Clone)]
 pub struct TunnelOpener {
-    relay: RelayAddr,
-    tls: Arc<rustls::ClientConfig>,
+    link: Link,
     id: ComputerId,
     session: SessionId,
     secret: ResumptionSecret,
@@ -514,7 +534,7 @@ impl TunnelOpener {
     /// # Errors
     /// [`ClientError::TargetRefused`] when the desktop service is down; others as for login.
     pub async fn open(&self) -> Result<Tunnel, ClientError> {
-        let mut framed = pair(&self.relay, &self.tls, &self.id).await?;
+        let mut framed = pair(&self.link, &self.id).await?;
         let resume = ClientResume::start(self.session, &self.secret);
         framed
             .write(&ClientHandshake::Resume {

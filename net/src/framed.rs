@@ -108,4 +108,13 @@ impl<S: AsyncWrite + Unpin> Framed<S> {
         self.io.flush().await?;
         Ok(())
     }
+
+    /// Ends our side of the stream (the peer reads end of stream; it may still write).
+    ///
+    /// # Errors
+    /// [`FrameError::Io`] if the socket fails.
+    pub async fn shutdown(&mut self) -> Result<(), FrameError> {
+        self.io.shutdown().await?;
+        Ok(())
+    }
 }

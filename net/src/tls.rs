@@ -9,8 +9,8 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 
+use crate::transport::alpn;
 use telework_protocol::fingerprint::CertFingerprint;
-use telework_protocol::messages::alpn;
 
 /// How a client or agent decides the relay is the real one.
 #[derive(Debug, Clone)]

@@ -1,8 +1,17 @@
 //! Control messages between the programs and the relay, one enum per direction.
 //!
-//! Every connection to the relay is TLS 1.3 with an ALPN naming its role and the protocol's
-//! major version ([`alpn`]); the first message repeats the minor version so that the relay
-//! can refuse old software with a reason instead of a broken session.
+//! A program keeps one connection to the relay (QUIC, or TLS over TCP with HTTP/2 streams);
+//! its ALPN names the role and the protocol's major version (see `telework-net`). Messages
+//! ride on streams inside it:
+//!
+//! - on an agent's connection the relay opens every stream and names it first
+//!   ([`RelayOpens`]): the control stream ([`AgentToRelay`], [`RelayToAgent`]), then one
+//!   stream per tunnel;
+//! - on a client's connection the client opens one stream per tunnel and asks for a computer
+//!   ID on it ([`ClientToRelay`], [`RelayToClient`]).
+//!
+//! The first message each way repeats the minor version, so that the relay can refuse old
+//! software with a reason instead of a broken session.
 
 use serde::{Deserialize, Serialize};
 
@@ -13,27 +22,32 @@ use crate::ids::{ComputerId, Ticket};
 ///
 /// 2: the agent's login answer names its password-stretching parameters, which a version-1
 /// client cannot read. 3: a login opens with the office PC's identity proof and the device's
-/// proof, before the password step. Relays refuse older versions so that old software is told
-/// to update instead of failing mid-login.
-pub const PROTOCOL_VERSION: u16 = 3;
+/// proof, before the password step. 4: one connection per endpoint, tunnels as streams.
+/// Relays refuse older versions so that old software is told to update instead of failing
+/// mid-login.
+pub const PROTOCOL_VERSION: u16 = 4;
 
 /// Oldest minor version a relay accepts.
-pub const MIN_PROTOCOL_VERSION: u16 = 3;
+pub const MIN_PROTOCOL_VERSION: u16 = 4;
 
-/// ALPN protocol ids, one per connection role. The `1` is the major version: a relay that does
-/// not speak it fails the TLS handshake with `no_application_protocol`.
-pub mod alpn {
-    /// Agent control connection: registration, presence, tunnel requests.
-    pub const CONTROL: &[u8] = b"telework/1-control";
-    /// Client asking for a tunnel to a computer ID.
-    pub const CLIENT: &[u8] = b"telework/1-client";
-    /// Agent tunnel connection presenting a ticket.
-    pub const TUNNEL: &[u8] = b"telework/1-tunnel";
-    /// All roles a relay serves.
-    pub const ALL: [&[u8]; 3] = [CONTROL, CLIENT, TUNNEL];
+/// The first message on every stream the relay opens on an agent's connection: what the
+/// stream is for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RelayOpens {
+    /// The control stream (always the first): registration or presence, keepalives.
+    Control {
+        /// The relay's minor protocol version.
+        version: u16,
+    },
+    /// A tunnel: from the next byte on, a pipe to a client. `tunnel` names it in a
+    /// [`AgentToRelay::PairingFailed`] report.
+    Tunnel {
+        /// Names this tunnel to its agent.
+        tunnel: Ticket,
+    },
 }
 
-/// Messages an agent sends on its control connection.
+/// Messages an agent sends on its control stream.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum AgentToRelay {
     /// Claim `id` for the machine key `public_key` (Ed25519, 32 bytes). `proof` signs the TLS
@@ -61,12 +75,12 @@ pub enum AgentToRelay {
     },
     /// Keepalive; the relay answers [`RelayToAgent::Pong`].
     Ping(u64),
-    /// The client paired through `ticket` failed the end-to-end login (wrong password or
+    /// The client of tunnel `ticket` failed the end-to-end login (wrong password or
     /// code): the relay charges the client's address, so guessing also costs the guesser.
     PairingFailed(Ticket),
 }
 
-/// Messages the relay sends on an agent's control connection.
+/// Messages the relay sends on an agent's control stream.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RelayToAgent {
     /// Registration accepted: the machine now owns `id`.
@@ -78,13 +92,11 @@ pub enum RelayToAgent {
     Welcome,
     /// Answer to a [`AgentToRelay::Ping`].
     Pong(u64),
-    /// A client is waiting: open a tunnel connection and present this ticket.
-    OpenTunnel(Ticket),
     /// The request failed, or the relay is closing this connection.
     Error(ErrorCode),
 }
 
-/// The one message a client sends to the relay.
+/// The one message a client sends on each stream it opens.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ClientToRelay {
     /// Connect me to the agent registered as `id`.
@@ -99,30 +111,9 @@ pub enum ClientToRelay {
 /// The relay's answer to a client.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RelayToClient {
-    /// The agent has attached: from the next byte on this connection is a pipe to it.
+    /// The agent's stream is open: from the next byte on this stream is a pipe to it.
     Paired,
     /// No tunnel: the reason says why.
-    Error(ErrorCode),
-}
-
-/// The one message an agent's tunnel connection sends.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum TunnelToRelay {
-    /// Pair this connection with the client waiting on `ticket`.
-    Attach {
-        /// Sender's minor protocol version.
-        version: u16,
-        /// The ticket from [`RelayToAgent::OpenTunnel`].
-        ticket: Ticket,
-    },
-}
-
-/// The relay's answer to a tunnel attach.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum RelayToTunnel {
-    /// Paired: from the next byte on this connection is a pipe to the client.
-    Attached,
-    /// Not paired: the reason says why.
     Error(ErrorCode),
 }
 

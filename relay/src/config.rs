@@ -13,8 +13,10 @@ use crate::{Registration, RelayOptions};
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
-    /// Address to listen on (TLS over TCP).
+    /// Address to listen on: TLS over TCP and QUIC over UDP, on the same port.
     pub listen: Option<String>,
+    /// Serve QUIC on the UDP port (on by default; off leaves TLS over TCP only).
+    pub quic: Option<bool>,
     /// Directory for the database and the self-signed certificate.
     pub data_dir: Option<PathBuf>,
     /// Operator's certificate chain (PEM). Needs `key`.
@@ -45,6 +47,8 @@ pub struct Settings {
 pub struct RelayConfig {
     /// Address to listen on.
     pub listen: SocketAddr,
+    /// See [`Settings::quic`].
+    pub quic: bool,
     /// Data directory.
     pub data_dir: PathBuf,
     /// Operator certificate and key, or `None` for the self-signed one.
@@ -126,6 +130,7 @@ impl Settings {
     pub fn overridden_by(self, over: Settings) -> Settings {
         Settings {
             listen: over.listen.or(self.listen),
+            quic: over.quic.or(self.quic),
             data_dir: over.data_dir.or(self.data_dir),
             cert: over.cert.or(self.cert),
             key: over.key.or(self.key),
@@ -191,6 +196,7 @@ impl Settings {
         };
         Ok(RelayConfig {
             listen,
+            quic: self.quic.unwrap_or(true),
             data_dir,
             cert_files,
             hostnames: self.hostnames.unwrap_or_default(),
@@ -222,6 +228,7 @@ impl RelayConfig {
             registration: self.registration,
             max_connections: self.max_connections,
             max_unauthenticated: self.max_unauthenticated,
+            quic: self.quic,
             shutdown_grace: self.shutdown_grace,
             handshake_timeout: RelayOptions::default().handshake_timeout,
             limits: if self.per_address_limits {

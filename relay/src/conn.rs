@@ -1,79 +1,88 @@
-//! One accepted connection: TLS handshake (inside the connection's own task, under a
-//! deadline), then dispatch on the ALPN role.
+//! One accepted connection, on either transport: the handshake (inside the connection's own
+//! task, under a deadline), then the handler for the role its ALPN names.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use telework_net::framed::Framed;
-use telework_protocol::messages::alpn;
+use telework_net::transport::{quic, tcp, Connection, Role};
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 use tracing::{debug, Instrument};
 
-use crate::{client_conn, control, tunnel, Relay};
+use crate::{agent_conn, client_conn, Relay};
 
-/// A TLS connection accepted by the relay. (No read-ahead buffer here, unlike the programs'
-/// connections: measured three times with `telework-bench`, it saved at most 3 % of relay CPU
-/// per GB (0.80–0.82 against 0.83–0.85 s/GB), while its transient 64 KiB buffers raised the
-/// relay's memory per idle session from 35.9 to 38.9 KiB.)
-pub type RelayStream = tokio_rustls::server::TlsStream<TcpStream>;
-
-/// What a role handler gets: the framed stream, when its hello must have arrived, and the
-/// permit that counts it among unauthenticated connections until then.
+/// What a role handler gets: the connection, when its first request must have arrived, and
+/// the permits that count it.
 pub struct Accepted {
-    /// The TLS stream, framed.
-    pub framed: Framed<RelayStream>,
-    /// The peer's address.
+    /// The connection.
+    pub connection: Connection,
+    /// The peer's address when it connected.
     pub peer: SocketAddr,
     /// Deadline for the first message.
     pub hello_deadline: Instant,
-    /// Held until the peer has said who it is.
+    /// Held until the peer has shown it is legitimate (an agent's proof, a client's first
+    /// paired tunnel).
     pub unauthenticated: OwnedSemaphorePermit,
     /// Held for the whole life of the connection.
-    pub connection: OwnedSemaphorePermit,
+    pub permit: OwnedSemaphorePermit,
 }
 
-/// Runs one connection to its end.
-pub async fn handle(
-    relay: Arc<Relay>,
-    tcp: TcpStream,
-    peer: SocketAddr,
-    connection: OwnedSemaphorePermit,
-    unauthenticated: OwnedSemaphorePermit,
-) {
+/// Permits an accepted connection holds.
+pub struct Permits {
+    /// Counts it among open connections.
+    pub connection: OwnedSemaphorePermit,
+    /// Counts it among connections that have not shown who they are.
+    pub unauthenticated: OwnedSemaphorePermit,
+}
+
+/// Runs one TCP connection: TLS, HTTP/2, then its role.
+pub async fn handle_tcp(relay: Arc<Relay>, tcp: TcpStream, peer: SocketAddr, permits: Permits) {
     let started = Instant::now();
     let deadline = started + relay.options.handshake_timeout;
     let _ = tcp.set_nodelay(true);
     telework_net::enable_keepalive(&tcp);
-    let tls = match tokio::time::timeout_at(deadline.into(), relay.acceptor.accept(tcp)).await {
-        Ok(Ok(tls)) => tls,
-        Ok(Err(e)) => {
-            debug!(%e, "TLS handshake failed");
-            return;
-        }
-        Err(_) => {
-            debug!("TLS handshake timed out");
-            return;
-        }
-    };
-    let role = tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
+    let accepted =
+        tokio::time::timeout_at(deadline.into(), tcp::accept(&relay.acceptor, tcp, peer)).await;
+    match accepted {
+        Ok(Ok((role, connection))) => dispatch(&relay, role, connection, peer, deadline, permits),
+        Ok(Err(e)) => debug!(%e, "TLS handshake failed"),
+        Err(_) => debug!("TLS handshake timed out"),
+    }
+}
+
+/// Runs one QUIC connection: the handshake, then its role.
+pub async fn handle_quic(relay: Arc<Relay>, incoming: quinn::Incoming, permits: Permits) {
+    let peer = incoming.remote_address();
+    let deadline = Instant::now() + relay.options.handshake_timeout;
+    match tokio::time::timeout_at(deadline.into(), quic::accept(incoming)).await {
+        Ok(Ok((role, connection))) => dispatch(&relay, role, connection, peer, deadline, permits),
+        Ok(Err(e)) => debug!(%e, "QUIC handshake failed"),
+        Err(_) => debug!("QUIC handshake timed out"),
+    }
+}
+
+fn dispatch(
+    relay: &Arc<Relay>,
+    role: Role,
+    connection: Connection,
+    peer: SocketAddr,
+    hello_deadline: Instant,
+    permits: Permits,
+) {
+    debug!(transport = %connection.kind(), ?role, "connected");
     let accepted = Accepted {
-        framed: Framed::new(tls),
-        peer,
-        hello_deadline: deadline,
-        unauthenticated,
         connection,
+        peer,
+        hello_deadline,
+        unauthenticated: permits.unauthenticated,
+        permit: permits.connection,
     };
-    match role.as_deref() {
-        // Each role runs in a task of its own: the handshake's large future (TLS accept state)
-        // is freed now instead of living as long as the connection. An idle agent then costs
-        // only its small control loop.
-        Some(r) if r == alpn::CONTROL => spawn(&relay, control::serve(relay.clone(), accepted)),
-        Some(r) if r == alpn::CLIENT => spawn(&relay, client_conn::serve(relay.clone(), accepted)),
-        Some(r) if r == alpn::TUNNEL => spawn(&relay, tunnel::serve(relay.clone(), accepted)),
-        // rustls already refuses unknown ALPN ids; a peer that offered none is not ours.
-        _ => debug!("connection without a telework ALPN role; closing"),
+    // Each role runs in a task of its own: the handshake's large future is freed now instead
+    // of living as long as the connection.
+    match role {
+        Role::Agent => spawn(relay, agent_conn::serve(relay.clone(), accepted)),
+        Role::Client => spawn(relay, client_conn::serve(relay.clone(), accepted)),
     }
 }
 

@@ -1,50 +1,31 @@
-//! Presence and pairing: which agents are online, and which clients wait for which tunnel.
+//! Presence and pairing: which agents are online, and which tunnels were paired for whom.
 //!
-//! The hub holds no sockets itself. An online agent is a sender into its control task; a
-//! waiting client is a one-shot sender that the matching tunnel connection is handed through.
+//! The hub holds no sockets itself. An online agent is a sender into its control task and a
+//! handle on its connection, on which a client's task opens the agent's side of a tunnel.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
+use telework_net::transport::Connection;
 use telework_protocol::messages::RelayToAgent;
 use telework_protocol::{ComputerId, ErrorCode, Ticket};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
-use crate::conn::RelayStream;
-
-/// How long a client waits for the agent's tunnel, and so how long a ticket lives.
-pub const TICKET_TTL: Duration = Duration::from_secs(10);
+/// How long a client waits for the agent's side of a tunnel to open.
+pub const PAIRING_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Depth of an agent's outgoing control queue; a full queue means the agent is not reading.
 pub const AGENT_QUEUE: usize = 64;
 
-/// An agent tunnel handed to the client task that waits for it: the stream and any bytes
-/// read past the attach message.
-pub struct AgentTunnel {
-    /// The agent's tunnel connection.
-    pub stream: RelayStream,
-    /// Bytes already read from it.
-    pub leftover: BytesMut,
-    /// Counts the tunnel among the relay's open connections for as long as it lives.
-    pub _connection: tokio::sync::OwnedSemaphorePermit,
-}
-
-struct OnlineAgent {
+struct OnlineAgent<C> {
     conn_id: u64,
     tx: mpsc::Sender<RelayToAgent>,
+    connection: C,
 }
 
-struct Pending<T> {
-    id: ComputerId,
-    client: IpAddr,
-    expires: Instant,
-    deliver: oneshot::Sender<T>,
-}
-
-/// A redeemed ticket, remembered for a while so its agent can report a failed login and the
+/// A paired tunnel, remembered for a while so its agent can report a failed login and the
 /// relay can charge the client's address.
 struct Paired {
     id: ComputerId,
@@ -52,10 +33,10 @@ struct Paired {
     at: Instant,
 }
 
-/// How long a paired ticket can still be reported as a failed login.
+/// How long a paired tunnel can still be reported as a failed login.
 pub const FAILURE_REPORT_WINDOW: Duration = Duration::from_secs(120);
 
-/// Most paired tickets remembered at once.
+/// Most paired tunnels remembered at once.
 const MAX_PAIRED: usize = 100_000;
 
 /// Why a tunnel could not be requested.
@@ -63,50 +44,54 @@ const MAX_PAIRED: usize = 100_000;
 pub enum RequestError {
     /// The agent is not online.
     Offline,
-    /// The agent's control queue is full.
-    Busy,
 }
 
-struct Inner<T> {
-    agents: HashMap<ComputerId, OnlineAgent>,
-    pending: HashMap<Ticket, Pending<T>>,
+struct Inner<C> {
+    agents: HashMap<ComputerId, OnlineAgent<C>>,
     paired: HashMap<Ticket, Paired>,
 }
 
-/// Shared presence and ticket state. `T` is what a redeemed ticket hands over: an
-/// [`AgentTunnel`] in the relay, something simpler in unit tests.
-pub struct Hub<T = AgentTunnel> {
-    inner: Mutex<Inner<T>>,
+/// Shared presence state. `C` is the handle a tunnel request gets to open the agent's
+/// stream on: a [`Connection`] in the relay, something simpler in unit tests.
+pub struct Hub<C = Connection> {
+    inner: Mutex<Inner<C>>,
 }
 
-impl<T> Default for Hub<T> {
+impl<C> Default for Hub<C> {
     fn default() -> Self {
         Self {
             inner: Mutex::new(Inner {
                 agents: HashMap::new(),
-                pending: HashMap::new(),
                 paired: HashMap::new(),
             }),
         }
     }
 }
 
-impl<T> Hub<T> {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner<T>> {
+impl<C: Clone> Hub<C> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner<C>> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Marks `id` online through control connection `conn_id`. Returns the sender of the
+    /// Marks `id` online through connection `conn_id`. Returns the control sender of the
     /// connection it replaces, if any, so the caller can tell it why it is being dropped.
     pub fn agent_online(
         &self,
         id: ComputerId,
         conn_id: u64,
         tx: mpsc::Sender<RelayToAgent>,
+        connection: C,
     ) -> Option<mpsc::Sender<RelayToAgent>> {
         self.lock()
             .agents
-            .insert(id, OnlineAgent { conn_id, tx })
+            .insert(
+                id,
+                OnlineAgent {
+                    conn_id,
+                    tx,
+                    connection,
+                },
+            )
             .map(|old| old.tx)
     }
 
@@ -133,7 +118,7 @@ impl<T> Hub<T> {
         self.lock().agents.keys().cloned().collect()
     }
 
-    /// Takes `id` offline now and tells its control connection to close with `code`.
+    /// Takes `id` offline now and tells its control stream to close with `code`.
     /// Returns whether it was online.
     pub fn disconnect(&self, id: &ComputerId, code: ErrorCode) -> bool {
         let Some(agent) = self.lock().agents.remove(id) else {
@@ -144,61 +129,25 @@ impl<T> Hub<T> {
         true
     }
 
-    /// Asks the agent `id` to open a tunnel: makes a ticket, records who waits for it, and
-    /// queues the request on the agent's control connection.
+    /// A tunnel to the agent `id` for a client at `client`: a fresh name for it, remembered
+    /// so the agent can report a failed login, and the agent's connection to open it on.
     ///
     /// # Errors
-    /// [`RequestError`] when the agent is offline or not keeping up.
+    /// [`RequestError::Offline`] when the agent is not online.
     pub fn request_tunnel(
         &self,
         id: &ComputerId,
         client: IpAddr,
         now: Instant,
-    ) -> Result<(Ticket, oneshot::Receiver<T>), RequestError> {
+    ) -> Result<(Ticket, C), RequestError> {
         let mut inner = self.lock();
-        inner
-            .pending
-            .retain(|_, p| p.expires > now && !p.deliver.is_closed());
-        let agent = inner.agents.get(id).ok_or(RequestError::Offline)?;
+        let connection = inner
+            .agents
+            .get(id)
+            .ok_or(RequestError::Offline)?
+            .connection
+            .clone();
         let ticket = Ticket::random();
-        agent
-            .tx
-            .try_send(RelayToAgent::OpenTunnel(ticket))
-            .map_err(|e| match e {
-                mpsc::error::TrySendError::Full(_) => RequestError::Busy,
-                mpsc::error::TrySendError::Closed(_) => RequestError::Offline,
-            })?;
-        let (deliver, rx) = oneshot::channel();
-        inner.pending.insert(
-            ticket,
-            Pending {
-                id: id.clone(),
-                client,
-                expires: now + TICKET_TTL,
-                deliver,
-            },
-        );
-        Ok((ticket, rx))
-    }
-
-    /// Forgets a ticket whose client gave up.
-    pub fn cancel(&self, ticket: &Ticket) {
-        self.lock().pending.remove(ticket);
-    }
-
-    /// Redeems a ticket: single use, fails closed when unknown, expired, or its client left.
-    /// On success the tunnel is handed to the waiting client and its computer ID returned;
-    /// on failure the tunnel comes back so the caller can refuse it.
-    pub fn redeem(&self, ticket: &Ticket, tunnel: T, now: Instant) -> Result<ComputerId, T> {
-        let mut inner = self.lock();
-        let Some(pending) = inner.pending.remove(ticket) else {
-            return Err(tunnel);
-        };
-        if pending.expires <= now {
-            return Err(tunnel);
-        }
-        let id = pending.id;
-        pending.deliver.send(tunnel)?;
         if inner.paired.len() >= MAX_PAIRED {
             inner
                 .paired
@@ -208,28 +157,23 @@ impl<T> Hub<T> {
             }
         }
         inner.paired.insert(
-            *ticket,
+            ticket,
             Paired {
                 id: id.clone(),
-                client: pending.client,
+                client,
                 at: now,
             },
         );
-        Ok(id)
+        Ok((ticket, connection))
     }
 
-    /// The client address behind a recently paired `ticket`, if `id` is the agent it was
-    /// paired with (an agent can only report its own tunnels). Each ticket is reported once.
+    /// The client address behind a recently paired tunnel `ticket`, if `id` is the agent it
+    /// was paired with (an agent can only report its own tunnels). Each is reported once.
     pub fn failed_pairing(&self, ticket: &Ticket, id: &ComputerId, now: Instant) -> Option<IpAddr> {
         let mut inner = self.lock();
         let paired = inner.paired.remove(ticket)?;
         (paired.id == *id && now.saturating_duration_since(paired.at) < FAILURE_REPORT_WINDOW)
             .then_some(paired.client)
-    }
-
-    /// Number of tickets waiting.
-    pub fn pending_tickets(&self) -> usize {
-        self.lock().pending.len()
     }
 
     /// Tells every online agent that the relay is going away.
@@ -248,6 +192,12 @@ mod tests {
         "192.0.2.7".parse().unwrap()
     }
 
+    fn online(hub: &Hub<u32>, id: &ComputerId, conn: u64) -> mpsc::Receiver<RelayToAgent> {
+        let (tx, rx) = mpsc::channel(AGENT_QUEUE);
+        hub.agent_online(id.clone(), conn, tx, conn as u32);
+        rx
+    }
+
     #[test]
     fn failed_pairings_are_traced_to_the_client_once_and_only_by_their_agent() {
         let hub = Hub::<u32>::default();
@@ -255,19 +205,16 @@ mod tests {
         let other: ComputerId = "pc-other".parse().unwrap();
         let _rx = online(&hub, &id, 1);
         let now = Instant::now();
-        let (ticket, _waiting) = hub.request_tunnel(&id, ip(), now).unwrap();
-        hub.redeem(&ticket, 1, now).unwrap();
+        let (ticket, _) = hub.request_tunnel(&id, ip(), now).unwrap();
         assert_eq!(
             hub.failed_pairing(&ticket, &other, now),
             None,
             "another agent cannot report it"
         );
-        let (ticket, _waiting) = hub.request_tunnel(&id, ip(), now).unwrap();
-        hub.redeem(&ticket, 1, now).unwrap();
+        let (ticket, _) = hub.request_tunnel(&id, ip(), now).unwrap();
         assert_eq!(hub.failed_pairing(&ticket, &id, now), Some(ip()));
         assert_eq!(hub.failed_pairing(&ticket, &id, now), None, "reported once");
-        let (ticket, _waiting) = hub.request_tunnel(&id, ip(), now).unwrap();
-        hub.redeem(&ticket, 1, now).unwrap();
+        let (ticket, _) = hub.request_tunnel(&id, ip(), now).unwrap();
         assert_eq!(
             hub.failed_pairing(&ticket, &id, now + FAILURE_REPORT_WINDOW),
             None,
@@ -275,45 +222,18 @@ mod tests {
         );
     }
 
-    fn online(hub: &Hub<u32>, id: &ComputerId, conn: u64) -> mpsc::Receiver<RelayToAgent> {
-        let (tx, rx) = mpsc::channel(AGENT_QUEUE);
-        hub.agent_online(id.clone(), conn, tx);
-        rx
-    }
-
     #[test]
-    fn ticket_is_single_use_and_reaches_the_waiting_client() {
+    fn a_tunnel_request_gets_the_current_connection_of_its_agent() {
         let hub = Hub::<u32>::default();
         let id: ComputerId = "pc".parse().unwrap();
-        let mut agent_rx = online(&hub, &id, 1);
+        let _first = online(&hub, &id, 1);
         let now = Instant::now();
-        let (ticket, mut rx) = hub.request_tunnel(&id, ip(), now).unwrap();
-        assert_eq!(
-            agent_rx.try_recv().unwrap(),
-            RelayToAgent::OpenTunnel(ticket)
-        );
-        assert_eq!(hub.redeem(&ticket, 7, now), Ok(id.clone()));
-        assert_eq!(rx.try_recv().unwrap(), 7);
-        assert_eq!(hub.redeem(&ticket, 8, now), Err(8), "second use");
-        assert_eq!(
-            hub.redeem(&Ticket([0; 16]), 9, now),
-            Err(9),
-            "unknown ticket"
-        );
-    }
-
-    #[test]
-    fn expired_or_abandoned_tickets_fail_closed() {
-        let hub = Hub::<u32>::default();
-        let id: ComputerId = "pc".parse().unwrap();
-        let _agent_rx = online(&hub, &id, 1);
-        let now = Instant::now();
-        let (ticket, _rx) = hub.request_tunnel(&id, ip(), now).unwrap();
-        assert_eq!(hub.redeem(&ticket, 1, now + TICKET_TTL), Err(1));
-        let (ticket, rx) = hub.request_tunnel(&id, ip(), now).unwrap();
-        drop(rx);
-        assert_eq!(hub.redeem(&ticket, 2, now), Err(2));
-        assert_eq!(hub.pending_tickets(), 0);
+        let (a, conn) = hub.request_tunnel(&id, ip(), now).unwrap();
+        assert_eq!(conn, 1);
+        let _second = online(&hub, &id, 2);
+        let (b, conn) = hub.request_tunnel(&id, ip(), now).unwrap();
+        assert_eq!(conn, 2, "the replacing connection");
+        assert_ne!(a, b, "every tunnel has its own name");
     }
 
     #[test]
@@ -345,19 +265,5 @@ mod tests {
             RelayToAgent::Error(ErrorCode::UnknownId)
         );
         assert!(!hub.disconnect(&id, ErrorCode::UnknownId));
-    }
-
-    #[test]
-    fn agent_that_stops_reading_makes_requests_busy() {
-        let hub = Hub::<u32>::default();
-        let id: ComputerId = "pc".parse().unwrap();
-        let _rx = online(&hub, &id, 1);
-        for _ in 0..AGENT_QUEUE {
-            hub.request_tunnel(&id, ip(), Instant::now()).unwrap();
-        }
-        assert_eq!(
-            hub.request_tunnel(&id, ip(), Instant::now()).err(),
-            Some(RequestError::Busy)
-        );
     }
 }

@@ -1,33 +1,33 @@
 //! The public telework relay.
 //!
-//! Office agents dial in and stay connected; home clients ask for a computer ID; the relay
-//! hands the agent a one-time ticket, pairs the agent's tunnel connection with the waiting
-//! client, and copies bytes it cannot read.
+//! Office agents dial in and keep one connection each; home clients keep one connection per
+//! session and open a stream per tunnel, asking for a computer ID; the relay opens a stream
+//! on that agent's connection, pairs the two streams, and copies bytes it cannot read. It
+//! serves QUIC on UDP and TLS with HTTP/2 streams on TCP, on the same port.
 //!
 //! # Layout
 //! - [`config`]: settings from the command line and a TOML file, validated once.
 //! - [`identity`]: the TLS certificate (operator's files, or self-signed on first start).
 //! - [`registry`]: SQLite registry of machines and enrolment tokens.
-//! - [`hub`]: presence and one-time tickets.
+//! - [`hub`]: presence, and the tunnels paired for whom.
 //! - [`registrations`]: drops connected agents whose registration was removed.
 //! - [`limits`]: per-address rate limits on connections, lookups and failures.
-//! - [`conn`]: accepting a connection and dispatching on its ALPN role to [`control`],
-//!   [`client_conn`] or [`tunnel`].
-//! - [`splice`]: the byte copy between a paired client and agent.
+//! - [`conn`]: accepting a connection on either transport and dispatching on its ALPN role
+//!   to [`agent_conn`] or [`client_conn`].
+//! - [`splice`]: the byte copy between a paired client stream and agent stream.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod agent_conn;
 pub mod client_conn;
 pub mod config;
 pub mod conn;
-pub mod control;
 pub mod hub;
 pub mod identity;
 pub mod limits;
 pub mod registrations;
 pub mod registry;
 pub mod splice;
-pub mod tunnel;
 
 use std::future::Future;
 use std::sync::atomic::AtomicU64;
@@ -39,6 +39,7 @@ use telework_net::tls::{server_config, TlsConfigError};
 use telework_protocol::messages::RelayToAgent;
 use telework_protocol::ErrorCode;
 use tokio::net::TcpListener;
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
@@ -71,6 +72,8 @@ pub struct RelayOptions {
     pub max_connections: usize,
     /// Most connections that have not yet said who they are.
     pub max_unauthenticated: usize,
+    /// Whether to serve QUIC on the UDP port beside TCP.
+    pub quic: bool,
     /// How long a new connection has for TLS and its first message.
     pub handshake_timeout: Duration,
     /// How long sessions may go on after shutdown starts.
@@ -89,6 +92,7 @@ impl Default for RelayOptions {
             registration: Registration::Open,
             max_connections: 20_000,
             max_unauthenticated: 1_000,
+            quic: true,
             handshake_timeout: telework_net::HANDSHAKE_TIMEOUT,
             shutdown_grace: Duration::from_secs(10),
             limits: limits::Limits::default(),
@@ -98,15 +102,25 @@ impl Default for RelayOptions {
     }
 }
 
+/// The next incoming QUIC connection; never, without QUIC. Cancel-safe: quinn queues
+/// incoming connections in the endpoint.
+async fn accept_quic(endpoint: Option<&quinn::Endpoint>) -> Option<quinn::Incoming> {
+    match endpoint {
+        Some(endpoint) => endpoint.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// A relay: registry, presence and TLS, shared by every connection task.
 pub struct Relay {
     /// Machines and tokens.
     pub registry: Registry,
-    /// Presence and tickets.
+    /// Presence and pairing.
     pub hub: Hub,
     /// Rate limits per source address.
     pub limiters: limits::Limiters,
     acceptor: TlsAcceptor,
+    tls: Arc<rustls::ServerConfig>,
     options: RelayOptions,
     next_conn_id: AtomicU64,
     /// Cancelled when shutdown starts: stop accepting, tell agents.
@@ -132,7 +146,8 @@ impl Relay {
             registry,
             hub: Hub::default(),
             limiters: limits::Limiters::new(options.limits),
-            acceptor: TlsAcceptor::from(tls),
+            acceptor: TlsAcceptor::from(tls.clone()),
+            tls,
             options,
             next_conn_id: AtomicU64::new(1),
             shutdown: CancellationToken::new(),
@@ -141,48 +156,91 @@ impl Relay {
         }))
     }
 
-    /// Accepts connections on `listener` until `shutdown` completes, then shuts down in three
-    /// steps: stop accepting and tell agents to go; let sessions finish for the grace period;
-    /// cut what is left.
-    pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+    /// The UDP endpoint for QUIC on the TCP listener's address and port, when QUIC is on.
+    ///
+    /// # Errors
+    /// The UDP port cannot be bound (another program holds it).
+    pub fn quic_endpoint(
+        &self,
+        listener: &TcpListener,
+    ) -> std::io::Result<Option<quinn::Endpoint>> {
+        if !self.options.quic {
+            return Ok(None);
+        }
+        let addr = listener.local_addr()?;
+        telework_net::transport::quic::server_endpoint(addr, self.tls.clone()).map(Some)
+    }
+
+    /// Accepts connections on `listener` (TCP) and `quic` (UDP, the same port) until
+    /// `shutdown` completes, then shuts down in three steps: stop accepting and tell agents
+    /// to go; let sessions finish for the grace period; cut what is left.
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: TcpListener,
+        quic: Option<quinn::Endpoint>,
+        shutdown: impl Future<Output = ()>,
+    ) {
         let tracker = self.tasks.clone();
         let connections = Arc::new(Semaphore::new(self.options.max_connections));
         let unauthenticated = Arc::new(Semaphore::new(self.options.max_unauthenticated));
-        tokio::pin!(shutdown);
-        tracker.spawn(registrations::watch(self.clone()));
-        loop {
-            let (tcp, peer) = tokio::select! {
-                () = &mut shutdown => break,
-                accepted = listener.accept() => match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        // Out of file descriptors and similar: back off instead of spinning.
-                        warn!(%e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
-                },
-            };
+        let admit = |peer: std::net::SocketAddr| -> Option<conn::Permits> {
             if !self
                 .limiters
                 .connections
                 .take(peer.ip(), std::time::Instant::now())
             {
                 tracing::debug!(%peer, "connection rate limit; closing");
-                continue;
+                return None;
             }
-            let Ok(conn_permit) = connections.clone().try_acquire_owned() else {
-                warn!(%peer, "connection limit reached; closing");
-                continue;
+            let permit = |s: &Arc<Semaphore>, what: &str| -> Option<OwnedSemaphorePermit> {
+                let p = s.clone().try_acquire_owned().ok();
+                if p.is_none() {
+                    warn!(%peer, "{what}; closing");
+                }
+                p
             };
-            let Ok(unauth_permit) = unauthenticated.clone().try_acquire_owned() else {
-                warn!(%peer, "too many connections still handshaking; closing");
-                continue;
+            Some(conn::Permits {
+                connection: permit(&connections, "connection limit reached")?,
+                unauthenticated: permit(
+                    &unauthenticated,
+                    "too many connections still handshaking",
+                )?,
+            })
+        };
+        tokio::pin!(shutdown);
+        tracker.spawn(registrations::watch(self.clone()));
+        loop {
+            tokio::select! {
+                () = &mut shutdown => break,
+                accepted = listener.accept() => match accepted {
+                    Ok((tcp, peer)) => {
+                        if let Some(permits) = admit(peer) {
+                            let span = tracing::info_span!("conn", %peer);
+                            tracker.spawn(
+                                conn::handle_tcp(self.clone(), tcp, peer, permits).instrument(span),
+                            );
+                        }
+                    }
+                    Err(e) => {
+                        // Out of file descriptors and similar: back off instead of spinning.
+                        warn!(%e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                },
+                incoming = accept_quic(quic.as_ref()) => {
+                    let Some(incoming) = incoming else { continue };
+                    let peer = incoming.remote_address();
+                    match admit(peer) {
+                        Some(permits) => {
+                            let span = tracing::info_span!("conn", %peer);
+                            tracker.spawn(
+                                conn::handle_quic(self.clone(), incoming, permits).instrument(span),
+                            );
+                        }
+                        None => incoming.refuse(),
+                    }
+                }
             };
-            let span = tracing::info_span!("conn", %peer);
-            tracker.spawn(
-                conn::handle(self.clone(), tcp, peer, conn_permit, unauth_permit).instrument(span),
-            );
         }
         drop(listener);
         info!(
@@ -200,6 +258,11 @@ impl Relay {
             warn!(grace = ?self.options.shutdown_grace, "sessions still open after the grace period; closing them");
             self.hard_stop.cancel();
             let _ = tokio::time::timeout(Duration::from_secs(2), tracker.wait()).await;
+        }
+        if let Some(endpoint) = quic {
+            endpoint.close(quinn::VarInt::from_u32(0), b"relay stopped");
+            // The UDP port is free again only once the endpoint has finished closing.
+            let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
         }
         info!("relay stopped");
     }

@@ -246,6 +246,19 @@ impl RateLimiter {
         self.visit(ip, now, |_| true);
     }
 
+    /// Gives back a token taken by [`RateLimiter::take`] for work that turned out to be
+    /// legitimate (a connection that authenticated, a lookup that paired), so that one busy
+    /// address (an office behind NAT, a carrier-grade NAT) is held back only by what fails.
+    pub fn refund(&self, ip: IpAddr, now: Instant) {
+        let keys = source_keys(ip);
+        let mut levels = self.lock();
+        for (i, key) in keys.iter().enumerate() {
+            if let Some(b) = key.and_then(|k| bucket(&mut levels[i], k, self.rates[i], now)) {
+                b.tokens = (b.tokens + 1.0).min(self.rates[i].burst);
+            }
+        }
+    }
+
     /// Whether each of `ip`'s buckets has a token, without taking any.
     pub fn has_token(&self, ip: IpAddr, now: Instant) -> bool {
         self.visit(ip, now, |_| false)
@@ -332,6 +345,40 @@ impl Limiters {
             lookups: RateLimiter::new(limits.lookups),
             failures: FailureLimiter::new(limits.failures, limits.global_failures),
         }
+    }
+}
+
+/// New tunnels inside one client connection: limited per connection, not per address, once
+/// the connection has paired (see `client_conn`).
+pub const TUNNELS_PER_CONNECTION: Rate = Rate {
+    per_sec: 2_000.0,
+    burst: 10_000.0,
+};
+
+/// One connection's own bucket (no address, no lock: one task owns it).
+#[derive(Debug)]
+pub struct ConnectionRate {
+    rate: Rate,
+    bucket: Bucket,
+}
+
+impl ConnectionRate {
+    /// A full bucket of `rate`.
+    pub fn new(rate: Rate, now: Instant) -> Self {
+        Self {
+            rate,
+            bucket: Bucket::full(rate, now),
+        }
+    }
+
+    /// Takes a token; false when there is none.
+    pub fn take(&mut self, now: Instant) -> bool {
+        self.bucket.refill(self.rate, now);
+        if self.bucket.tokens < 1.0 {
+            return false;
+        }
+        self.bucket.spend(now);
+        true
     }
 }
 

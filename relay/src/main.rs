@@ -89,9 +89,12 @@ struct ServeArgs {
     /// Directory for the registry database and the self-signed certificate.
     #[arg(long, env = "TELEWORK_RELAY_DATA_DIR")]
     data_dir: Option<PathBuf>,
-    /// Address to listen on [default: 0.0.0.0:443].
+    /// Address to listen on, TCP and UDP (QUIC) alike [default: 0.0.0.0:443].
     #[arg(long)]
     listen: Option<String>,
+    /// Serve TLS over TCP only, not QUIC on UDP.
+    #[arg(long)]
+    no_quic: bool,
     /// Certificate chain (PEM) instead of the self-signed certificate.
     #[arg(long, requires = "key")]
     cert: Option<PathBuf>,
@@ -235,6 +238,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     let flags = Settings {
         listen: args.listen,
+        quic: args.no_quic.then_some(false),
         data_dir: args.data_dir,
         cert: args.cert,
         key: args.key,
@@ -262,13 +266,19 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;
         let addr = listener.local_addr()?;
-        println!("telework-relay listening on {addr}");
+        let quic = relay
+            .quic_endpoint(&listener)
+            .with_context(|| format!("cannot listen on UDP {addr} for QUIC (--no-quic serves TCP only)"))?;
+        match quic {
+            Some(_) => println!("telework-relay listening on {addr} (TCP and UDP)"),
+            None => println!("telework-relay listening on {addr} (TCP)"),
+        }
         println!("certificate fingerprint: {}", identity.fingerprint);
         if config.registration == Registration::Open {
             warn!("registration is open: anyone who reaches this relay can register a computer ID (use --registration token in production)");
         }
         relay
-            .serve(listener, async {
+            .serve(listener, quic, async {
                 shutdown_signal().await;
                 info!("shutdown signal received");
             })

@@ -11,7 +11,7 @@ use std::task::ready;
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
-use crate::conn::RelayStream;
+use telework_net::transport::Stream;
 
 /// An observer of every byte the relay forwards, for tests that play a curious relay
 /// operator. `None` in production.
@@ -21,12 +21,12 @@ pub type SpliceTap = Arc<dyn Fn(&[u8]) + Send + Sync>;
 pub struct SplicePair {
     /// The computer ID the client asked for.
     pub id: telework_protocol::ComputerId,
-    /// The client's connection.
-    pub client: RelayStream,
+    /// The client's stream.
+    pub client: Stream,
     /// Bytes already read from the client.
     pub client_left: BytesMut,
-    /// The agent's tunnel connection.
-    pub agent: RelayStream,
+    /// The agent's stream.
+    pub agent: Stream,
     /// Bytes already read from the agent.
     pub agent_left: BytesMut,
 }
@@ -47,9 +47,9 @@ pub trait SpliceHook: Send + Sync {
 /// # Errors
 /// The first socket error on either side.
 pub async fn splice(
-    mut client: RelayStream,
+    mut client: Stream,
     client_left: BytesMut,
-    mut agent: RelayStream,
+    mut agent: Stream,
     agent_left: BytesMut,
     tap: Option<SpliceTap>,
 ) -> io::Result<(u64, u64)> {

@@ -248,6 +248,7 @@ async fn machines_lists_dates_and_remove_disconnects_a_connected_agent() {
     let listening = lines.next().unwrap().unwrap();
     let relay_addr = listening
         .strip_prefix("telework-relay listening on ")
+        .and_then(|rest| rest.split_whitespace().next())
         .unwrap()
         .to_owned();
     let fp_line = lines.next().unwrap().unwrap();
@@ -276,6 +277,7 @@ async fn machines_lists_dates_and_remove_disconnects_a_connected_agent() {
         relay: relay_addr,
         relay_fingerprint: Some(fingerprint.to_owned()),
         relay_ca: None,
+        transport: Default::default(),
     };
     telework_agent::register::register(&data, &settings, None)
         .await

@@ -8,7 +8,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use telework_relay::conn::RelayStream;
+use telework_net::transport::Stream;
 use telework_relay::splice::{SpliceHook, SplicePair};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 
@@ -163,8 +163,8 @@ async fn run(pair: SplicePair, attack: Attack, recorded: Recording, applied: Arc
 }
 
 async fn copy(
-    mut from: ReadHalf<RelayStream>,
-    mut to: WriteHalf<RelayStream>,
+    mut from: ReadHalf<Stream>,
+    mut to: WriteHalf<Stream>,
     direction: Direction,
     attack: Attack,
     record: Option<(Recording, usize)>,

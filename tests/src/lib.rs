@@ -26,11 +26,12 @@ use std::time::Duration;
 use telework_agent::state::{AgentSettings, DataDir};
 use telework_agent::Agent;
 use telework_client::{ClientError, Session, Target};
-use telework_net::connect::{connect, RelayConnection};
 use telework_net::framed::Framed;
 use telework_net::tls::RelayTrust;
+use telework_net::transport::dial::Dialer;
+use telework_net::transport::{Connection, Role, Stream, TransportChoice};
 use telework_protocol::e2e::pake::PasswordRecord;
-use telework_protocol::messages::{alpn, ClientToRelay, RelayToClient, PROTOCOL_VERSION};
+use telework_protocol::messages::{ClientToRelay, RelayToClient, PROTOCOL_VERSION};
 use telework_protocol::{CertFingerprint, ComputerId};
 use telework_relay::identity;
 use telework_relay::registry::Registry;
@@ -41,6 +42,44 @@ use tokio::task::JoinHandle;
 
 pub use desktop::{echo_once, EchoServer, SinkServer};
 pub use it_staff::{require_approved_devices, require_totp, revoke, with_current_codes};
+
+tokio::task_local! {
+    /// The transport the current test runs on (set by [`on_both_transports!`]).
+    pub static TRANSPORT: TransportChoice;
+}
+
+/// The transport of the test running now: the one [`on_both_transports!`] chose, else `auto`.
+pub fn current_transport() -> TransportChoice {
+    TRANSPORT.try_with(|t| *t).unwrap_or(TransportChoice::Auto)
+}
+
+/// Runs each test twice, as `NAME::quic` and `NAME::tcp`: relays, agents and clients the
+/// harness makes inside it use that transport.
+#[macro_export]
+macro_rules! on_both_transports {
+    ($( $(#[$meta:meta])* async fn $name:ident() $body:block )*) => {
+        $(
+            mod $name {
+                #[allow(unused_imports)]
+                use super::*;
+
+                $(#[$meta])*
+                async fn quic() {
+                    $crate::TRANSPORT
+                        .scope(telework_net::transport::TransportChoice::Quic, async $body)
+                        .await
+                }
+
+                $(#[$meta])*
+                async fn tcp() {
+                    $crate::TRANSPORT
+                        .scope(telework_net::transport::TransportChoice::Tcp, async $body)
+                        .await
+                }
+            }
+        )*
+    };
+}
 
 /// Installs a test log subscriber once (`RUST_LOG` controls it).
 pub fn init_tracing() {
@@ -60,6 +99,8 @@ pub struct TestRelay {
     pub fingerprint: CertFingerprint,
     /// The relay itself, for inspecting presence and the registry.
     pub relay: Arc<Relay>,
+    /// The transport the harness's agents and clients use to reach it.
+    pub transport: TransportChoice,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
     /// Its data dir (removed on drop).
@@ -81,14 +122,16 @@ impl TestRelay {
         let relay = Relay::new(registry, &id, options).unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let quic = relay.quic_endpoint(&listener).unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(relay.clone().serve(listener, async move {
+        let task = tokio::spawn(relay.clone().serve(listener, quic, async move {
             let _ = stopped.await;
         }));
         Self {
             addr,
             fingerprint: id.fingerprint,
             relay,
+            transport: current_transport(),
             stop: Some(stop),
             task: Some(task),
             dir,
@@ -108,8 +151,18 @@ impl TestRelay {
         let registry = Registry::open(&self.dir.path().join("relay.db")).unwrap();
         let relay = Relay::new(registry, &id, RelayOptions::default()).unwrap();
         let listener = TcpListener::bind(self.addr).await.unwrap();
+        // The old endpoint's UDP socket goes when its last connection has.
+        let mut quic = relay.quic_endpoint(&listener);
+        for _ in 0..50 {
+            if quic.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            quic = relay.quic_endpoint(&listener);
+        }
+        let quic = quic.unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(relay.clone().serve(listener, async move {
+        let task = tokio::spawn(relay.clone().serve(listener, quic, async move {
             let _ = stopped.await;
         }));
         self.relay = relay;
@@ -123,8 +176,25 @@ impl TestRelay {
         Target {
             relay: self.addr.to_string().parse().unwrap(),
             trust: RelayTrust::Fingerprint(self.fingerprint),
+            transport: self.transport,
             id: id.parse().unwrap(),
         }
+    }
+
+    /// A dialler for `role` on this relay's transport.
+    pub fn dialer(&self, role: Role) -> Dialer {
+        Dialer::new(
+            self.addr.to_string().parse().unwrap(),
+            &RelayTrust::Fingerprint(self.fingerprint),
+            role,
+            self.transport,
+        )
+        .unwrap()
+    }
+
+    /// A new client connection to this relay.
+    pub async fn client_connection(&self) -> Connection {
+        self.dialer(Role::Client).dial().await.unwrap().connection
     }
 
     /// Starts building an agent registered on this relay.
@@ -135,6 +205,7 @@ impl TestRelay {
             id: id.parse().unwrap(),
             password: Some(password.to_owned()),
             target: "127.0.0.1:9".parse().unwrap(),
+            transport: self.transport,
         }
     }
 
@@ -146,17 +217,12 @@ impl TestRelay {
         (desktop, agent)
     }
 
-    /// A client connection paired with the office PC `id` by hand (the relay's `Paired`
-    /// already read): what is written next goes to the agent unchanged.
-    pub async fn pair(&self, id: &str) -> Framed<RelayConnection> {
-        let config = RelayTrust::Fingerprint(self.fingerprint)
-            .client_config(alpn::CLIENT)
-            .unwrap();
-        let mut f = Framed::new(
-            connect(&self.addr.to_string().parse().unwrap(), config)
-                .await
-                .unwrap(),
-        );
+    /// A client stream paired with the office PC `id` by hand (the relay's `Paired` already
+    /// read): what is written next goes to the agent unchanged. The stream keeps its
+    /// connection open.
+    pub async fn pair(&self, id: &str) -> Framed<Stream> {
+        let connection = self.client_connection().await;
+        let mut f = Framed::new(connection.open().await.unwrap());
         f.write(&ClientToRelay::Connect {
             version: PROTOCOL_VERSION,
             id: id.parse().unwrap(),
@@ -201,12 +267,19 @@ pub struct AgentBuilder {
     id: ComputerId,
     password: Option<String>,
     target: SocketAddr,
+    transport: TransportChoice,
 }
 
 impl AgentBuilder {
     /// The desktop service to forward to.
     pub fn target(mut self, addr: SocketAddr) -> Self {
         self.target = addr;
+        self
+    }
+
+    /// The transport the agent reaches the relay on (default: the relay's test transport).
+    pub fn transport(mut self, transport: TransportChoice) -> Self {
+        self.transport = transport;
         self
     }
 
@@ -219,6 +292,7 @@ impl AgentBuilder {
             relay: self.relay.to_string(),
             relay_fingerprint: Some(self.fingerprint.to_string()),
             relay_ca: None,
+            transport: self.transport,
         };
         telework_agent::register::register(&data, &settings, None)
             .await

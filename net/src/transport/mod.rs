@@ -14,13 +14,17 @@
 //! HTTP/2 client, so an agent is the HTTP/2 server of the connection it dialled (as
 //! cloudflared is).
 
+pub mod dial;
 pub mod h2;
 pub mod quic;
+pub mod tcp;
 
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use serde::{Deserialize, Serialize};
@@ -108,6 +112,8 @@ pub struct Connection {
     inner: Inner,
     binding: ChannelBinding,
     peer: SocketAddr,
+    /// Streams of this connection not yet dropped.
+    streams: Arc<AtomicUsize>,
 }
 
 #[derive(Clone)]
@@ -123,6 +129,7 @@ impl Connection {
             inner: Inner::Quic(conn),
             binding,
             peer,
+            streams: Arc::default(),
         }
     }
 
@@ -131,6 +138,7 @@ impl Connection {
             inner: Inner::Tcp(conn),
             binding,
             peer,
+            streams: Arc::default(),
         }
     }
 
@@ -142,9 +150,9 @@ impl Connection {
         match &self.inner {
             Inner::Quic(c) => {
                 let (send, recv) = c.open_bi().await.map_err(io::Error::from)?;
-                Ok(Stream::quic(send, recv))
+                Ok(Stream::quic(send, recv, self.count()))
             }
-            Inner::Tcp(c) => Ok(Stream::tcp(c.open().await?)),
+            Inner::Tcp(c) => Ok(Stream::tcp(c.open().await?, self.count())),
         }
     }
 
@@ -156,10 +164,32 @@ impl Connection {
         match &self.inner {
             Inner::Quic(c) => {
                 let (send, recv) = c.accept_bi().await.map_err(io::Error::from)?;
-                Ok(Stream::quic(send, recv))
+                Ok(Stream::quic(send, recv, self.count()))
             }
-            Inner::Tcp(c) => Ok(Stream::tcp(c.accept().await?)),
+            Inner::Tcp(c) => Ok(Stream::tcp(c.accept().await?, self.count())),
         }
+    }
+
+    fn count(&self) -> StreamCount {
+        self.streams.fetch_add(1, Ordering::Relaxed);
+        StreamCount(self.streams.clone())
+    }
+
+    /// How many of this connection's streams are still held at this end.
+    pub fn open_streams(&self) -> usize {
+        self.streams.load(Ordering::Relaxed)
+    }
+
+    /// Waits (up to `limit`) until at most `n` streams are held at this end, so that a
+    /// connection is closed only after its tunnels have finished and their last bytes are
+    /// out.
+    pub async fn drained_to(&self, n: usize, limit: std::time::Duration) {
+        let _ = tokio::time::timeout(limit, async {
+            while self.open_streams() > n && !self.is_closed() {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        })
+        .await;
     }
 
     /// The TLS exporter value of this connection, the same at both ends: a proof that signs it
@@ -193,6 +223,14 @@ impl Connection {
         }
     }
 
+    /// Closes once the peer has read what we sent: waits up to `grace` for the peer to close
+    /// first (it does on a refusal), then closes. A plain [`Connection::close`] may discard
+    /// data still unsent, such as the refusal itself.
+    pub async fn close_when_read(&self, why: ErrorCode, grace: std::time::Duration) {
+        let _ = tokio::time::timeout(grace, self.closed()).await;
+        self.close(why);
+    }
+
     /// Completes when the connection has closed, from either end or by a transport failure
     /// (for QUIC, the idle timeout).
     pub async fn closed(&self) {
@@ -222,6 +260,16 @@ fn close_code(why: ErrorCode) -> u32 {
 /// One bidirectional stream in a [`Connection`]: a byte pipe with half-close.
 pub struct Stream {
     inner: StreamInner,
+    _count: StreamCount,
+}
+
+/// Counts a stream among its connection's until dropped.
+struct StreamCount(Arc<AtomicUsize>);
+
+impl Drop for StreamCount {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 enum StreamInner {
@@ -233,15 +281,17 @@ enum StreamInner {
 }
 
 impl Stream {
-    fn quic(send: quinn::SendStream, recv: quinn::RecvStream) -> Self {
+    fn quic(send: quinn::SendStream, recv: quinn::RecvStream, count: StreamCount) -> Self {
         Self {
             inner: StreamInner::Quic { send, recv },
+            _count: count,
         }
     }
 
-    fn tcp(stream: h2::H2Stream) -> Self {
+    fn tcp(stream: h2::H2Stream, count: StreamCount) -> Self {
         Self {
             inner: StreamInner::Tcp(stream),
+            _count: count,
         }
     }
 }

@@ -1,19 +1,23 @@
-//! An agent's control connection: registration, or presence with keepalives and tunnel
-//! requests.
+//! An agent's connection: the relay opens its control stream first, for registration or
+//! presence with keepalives; tunnels are streams the client side opens on it (see
+//! `client_conn`).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use telework_net::framed::Framed;
-use telework_protocol::messages::{AgentToRelay, RelayToAgent, MIN_PROTOCOL_VERSION};
-use telework_protocol::proof::{verify_proof, EXPORTER_LABEL, EXPORTER_LEN};
+use telework_net::transport::{Connection, Stream};
+use telework_protocol::messages::{
+    AgentToRelay, RelayOpens, RelayToAgent, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
+};
+use telework_protocol::proof::verify_proof;
 use telework_protocol::{ComputerId, ErrorCode};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{debug, info, warn, Instrument};
 
-use crate::conn::{remaining, Accepted, RelayStream};
+use crate::conn::{remaining, Accepted};
 use crate::hub::AGENT_QUEUE;
 use crate::registry::RegistryError;
 use crate::{Registration, Relay};
@@ -24,37 +28,47 @@ pub const DEAD_PEER: Duration = Duration::from_secs(45);
 /// A write to an agent that does not finish in this time means the agent stopped reading.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
-fn exporter(stream: &RelayStream) -> Option<[u8; EXPORTER_LEN]> {
-    let mut out = [0u8; EXPORTER_LEN];
-    stream
-        .get_ref()
-        .1
-        .export_keying_material(&mut out, EXPORTER_LABEL, None)
-        .ok()?;
-    Some(out)
+async fn refuse(framed: &mut Framed<Stream>, connection: &Connection, code: ErrorCode) {
+    let _ = tokio::time::timeout(WRITE_TIMEOUT, async {
+        framed.write(&RelayToAgent::Error(code)).await?;
+        framed.shutdown().await
+    })
+    .await;
+    connection.close_when_read(code, CLOSE_GRACE).await;
 }
 
-async fn refuse(framed: &mut Framed<RelayStream>, code: ErrorCode) {
-    let _ = tokio::time::timeout(WRITE_TIMEOUT, framed.write(&RelayToAgent::Error(code))).await;
-}
+/// How long the relay waits for an agent to read a last message and close first.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
-/// Serves one control connection.
-pub async fn serve(relay: Arc<Relay>, mut conn: Accepted) {
-    let first = match conn
-        .framed
+/// Serves one agent connection.
+pub async fn serve(relay: Arc<Relay>, conn: Accepted) {
+    let opened = tokio::time::timeout(remaining(conn.hello_deadline), async {
+        let mut framed = Framed::new(conn.connection.open().await?);
+        framed
+            .write(&RelayOpens::Control {
+                version: PROTOCOL_VERSION,
+            })
+            .await?;
+        Ok::<_, telework_net::framed::FrameError>(framed)
+    })
+    .await;
+    let mut framed = match opened {
+        Ok(Ok(framed)) => framed,
+        Ok(Err(e)) => return debug!(%e, "cannot open the control stream"),
+        Err(_) => return debug!("control stream not opened in time"),
+    };
+    let first = match framed
         .read_within::<AgentToRelay>(remaining(conn.hello_deadline))
         .await
     {
         Ok(m) => m,
         Err(e) => {
             debug!(%e, "no valid agent hello");
-            refuse(&mut conn.framed, ErrorCode::ProtocolViolation).await;
+            refuse(&mut framed, &conn.connection, ErrorCode::ProtocolViolation).await;
             return;
         }
     };
-    let Some(exporter) = exporter(conn.framed.get_ref()) else {
-        return;
-    };
+    let binding = *conn.connection.channel_binding();
     // Verify first and charge the address only on failure: offices put many PCs behind one
     // address, and one broken PC must not take the others offline.
     let ip = conn.peer.ip();
@@ -70,7 +84,7 @@ pub async fn serve(relay: Arc<Relay>, mut conn: Accepted) {
             async {
                 let code = if version < MIN_PROTOCOL_VERSION {
                     Err(ErrorCode::VersionTooOld)
-                } else if !verify_proof(&public_key, &id, &exporter, &proof) {
+                } else if !verify_proof(&public_key, &id, &binding, &proof) {
                     Err(ErrorCode::BadProof)
                 } else {
                     register(&relay, &id, &public_key, token.as_deref())
@@ -78,15 +92,25 @@ pub async fn serve(relay: Arc<Relay>, mut conn: Accepted) {
                 match code {
                     Ok(()) => {
                         info!(peer = %conn.peer, "machine registered");
-                        let _ = conn
-                            .framed
-                            .write(&RelayToAgent::Registered { id: id.clone() })
+                        relay
+                            .limiters
+                            .connections
+                            .refund(ip, std::time::Instant::now());
+                        let _ = tokio::time::timeout(WRITE_TIMEOUT, async {
+                            framed
+                                .write(&RelayToAgent::Registered { id: id.clone() })
+                                .await?;
+                            framed.shutdown().await
+                        })
+                        .await;
+                        conn.connection
+                            .close_when_read(ErrorCode::ProtocolViolation, CLOSE_GRACE)
                             .await;
                     }
                     Err(code) => {
                         relay.limiters.failures.take(ip, std::time::Instant::now());
                         warn!(peer = %conn.peer, ?code, "registration refused");
-                        refuse(&mut conn.framed, code).await;
+                        refuse(&mut framed, &conn.connection, code).await;
                     }
                 }
             }
@@ -97,11 +121,11 @@ pub async fn serve(relay: Arc<Relay>, mut conn: Accepted) {
             let span = tracing::info_span!("agent", %id);
             crate::conn::spawn(
                 &relay.clone(),
-                online(relay, conn, version, id, proof, exporter).instrument(span),
+                online(relay, conn, framed, version, id, proof).instrument(span),
             );
         }
         AgentToRelay::Ping(_) | AgentToRelay::PairingFailed(_) => {
-            refuse(&mut conn.framed, ErrorCode::ProtocolViolation).await
+            refuse(&mut framed, &conn.connection, ErrorCode::ProtocolViolation).await
         }
     }
 }
@@ -137,14 +161,15 @@ fn register(
 
 pub(crate) async fn online(
     relay: Arc<Relay>,
-    mut conn: Accepted,
+    conn: Accepted,
+    mut framed: Framed<Stream>,
     version: u16,
     id: ComputerId,
     proof: Vec<u8>,
-    exporter: [u8; EXPORTER_LEN],
 ) {
+    let connection = conn.connection.clone();
     if version < MIN_PROTOCOL_VERSION {
-        return refuse(&mut conn.framed, ErrorCode::VersionTooOld).await;
+        return refuse(&mut framed, &connection, ErrorCode::VersionTooOld).await;
     }
     let machine = match relay.registry.machine(&id) {
         Ok(Some(m)) => m,
@@ -154,41 +179,56 @@ pub(crate) async fn online(
                 .limiters
                 .failures
                 .take(conn.peer.ip(), std::time::Instant::now());
-            return refuse(&mut conn.framed, ErrorCode::UnknownId).await;
+            return refuse(&mut framed, &connection, ErrorCode::UnknownId).await;
         }
         Err(e) => {
             warn!(%e, "registry lookup failed");
-            return refuse(&mut conn.framed, ErrorCode::Internal).await;
+            return refuse(&mut framed, &connection, ErrorCode::Internal).await;
         }
     };
-    if !verify_proof(&machine.public_key, &id, &exporter, &proof) {
+    if !verify_proof(
+        &machine.public_key,
+        &id,
+        connection.channel_binding(),
+        &proof,
+    ) {
         warn!(peer = %conn.peer, "machine-key proof failed");
         relay
             .limiters
             .failures
             .take(conn.peer.ip(), std::time::Instant::now());
-        return refuse(&mut conn.framed, ErrorCode::BadProof).await;
+        return refuse(&mut framed, &connection, ErrorCode::BadProof).await;
     }
     drop(conn.unauthenticated);
+    relay
+        .limiters
+        .connections
+        .refund(conn.peer.ip(), std::time::Instant::now());
     let conn_id = relay.next_conn_id.fetch_add(1, Ordering::Relaxed);
     let (tx, mut rx) = mpsc::channel(AGENT_QUEUE);
-    if let Some(old) = relay.hub.agent_online(id.clone(), conn_id, tx) {
+    if let Some(old) = relay
+        .hub
+        .agent_online(id.clone(), conn_id, tx, connection.clone())
+    {
         let _ = old.try_send(RelayToAgent::Error(ErrorCode::Replaced));
     }
     let _ = relay.registry.touch(&id);
-    info!(peer = %conn.peer, "agent online");
+    info!(peer = %conn.peer, transport = %connection.kind(), "agent online");
 
-    let (stream, buf) = conn.framed.into_parts();
+    let (stream, buf) = framed.into_parts();
     let (r, w) = tokio::io::split(stream);
     let mut reader = Framed::with_buffer(r, buf);
     let mut writer = Framed::new(w);
     let mut outgoing = Some(RelayToAgent::Welcome);
     let mut last_heard = Instant::now();
+    let mut closing_with = None;
     let reason = loop {
         if let Some(msg) = outgoing.take() {
-            let closing = matches!(msg, RelayToAgent::Error(_));
+            if let RelayToAgent::Error(code) = msg {
+                closing_with = Some(code);
+            }
             match tokio::time::timeout(WRITE_TIMEOUT, writer.write(&msg)).await {
-                Ok(Ok(())) if !closing => {}
+                Ok(Ok(())) if closing_with.is_none() => {}
                 Ok(Ok(())) => break format!("closed: {msg:?}"),
                 Ok(Err(e)) => break format!("write failed: {e}"),
                 Err(_) => break "agent stopped reading".to_owned(),
@@ -196,6 +236,7 @@ pub(crate) async fn online(
         }
         tokio::select! {
             _ = relay.shutdown.cancelled() => outgoing = Some(RelayToAgent::Error(ErrorCode::ShuttingDown)),
+            () = connection.closed() => break "connection closed".to_owned(),
             _ = tokio::time::sleep_until(last_heard + DEAD_PEER) => break "no keepalive".to_owned(),
             msg = reader.read::<AgentToRelay>() => match msg {
                 Ok(AgentToRelay::Ping(n)) => {
@@ -211,7 +252,7 @@ pub(crate) async fn online(
                     }
                 }
                 Ok(other) => {
-                    debug!(?other, "unexpected message on control connection");
+                    debug!(?other, "unexpected message on the control stream");
                     outgoing = Some(RelayToAgent::Error(ErrorCode::ProtocolViolation));
                 }
                 Err(e) => break format!("{e}"),
@@ -225,5 +266,29 @@ pub(crate) async fn online(
     relay.hub.agent_offline(&id, conn_id);
     let _ = relay.registry.touch(&id);
     info!(%reason, "agent offline");
-    drop(conn.connection);
+    match closing_with {
+        // A replaced connection keeps the tunnels already open on it: the agent moved to a
+        // new connection (a QUIC re-probe, a new network) and its desktops carry on here.
+        Some(ErrorCode::Replaced) => {
+            let _ = writer.shutdown().await;
+            tokio::select! {
+                () = connection.closed() => {}
+                _ = relay.hard_stop.cancelled() => connection.close(ErrorCode::ShuttingDown),
+            }
+        }
+        Some(code) => {
+            let _ = tokio::time::timeout(WRITE_TIMEOUT, writer.shutdown()).await;
+            connection.close_when_read(code, CLOSE_GRACE).await;
+        }
+        // The agent left or went silent: its tunnels may still be sending their last bytes
+        // (the reason a session ended); close once they are done.
+        None => {
+            tokio::select! {
+                () = connection.drained_to(1, relay.options.shutdown_grace) => {}
+                _ = relay.hard_stop.cancelled() => {}
+            }
+            connection.close(ErrorCode::ShuttingDown);
+        }
+    }
+    drop(conn.permit);
 }

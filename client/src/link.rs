@@ -1,0 +1,102 @@
+//! The client's one connection to the relay: dialled on first use, dialled again when it has
+//! broken, and moved to QUIC when a background re-probe finds that UDP works again.
+
+use std::sync::{Arc, Mutex, Weak};
+
+use telework_net::connect::ConnectError;
+use telework_net::transport::dial::Dialer;
+use telework_net::transport::{Connection, TransportChoice, TransportKind};
+use tracing::{debug, info};
+
+/// A shared handle on the session's connection to the relay (cheap to clone).
+#[derive(Clone)]
+pub struct Link {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    dialer: Dialer,
+    /// Held while dialling, so that concurrent tunnels share one new connection.
+    current: tokio::sync::Mutex<Option<Connection>>,
+    /// How the current connection's transport is named to a person.
+    transport: Mutex<String>,
+}
+
+impl Link {
+    /// A link that dials with `dialer` when first used.
+    pub fn new(dialer: Dialer) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                dialer,
+                current: tokio::sync::Mutex::new(None),
+                transport: Mutex::new(String::new()),
+            }),
+        }
+    }
+
+    /// The live connection, dialling a new one if there is none or it has closed.
+    ///
+    /// # Errors
+    /// [`ConnectError`] when the relay cannot be reached.
+    pub async fn connection(&self) -> Result<Connection, ConnectError> {
+        let mut current = self.inner.current.lock().await;
+        if let Some(c) = current.as_ref().filter(|c| !c.is_closed()) {
+            return Ok(c.clone());
+        }
+        let dialed = self.inner.dialer.dial().await?;
+        let connection = dialed.connection.clone();
+        *self.transport_slot() = dialed.describe();
+        *current = Some(connection.clone());
+        drop(current);
+        if connection.kind() == TransportKind::Tcp
+            && self.inner.dialer.choice() == TransportChoice::Auto
+        {
+            tokio::spawn(reprobe(Arc::downgrade(&self.inner), connection.clone()));
+        }
+        Ok(connection)
+    }
+
+    /// The transport of the current connection, as a person reads it (`QUIC`, `TLS/TCP`, or
+    /// `TLS/TCP (UDP to the relay seems blocked)`); empty before the first dial.
+    pub fn transport(&self) -> String {
+        self.transport_slot().clone()
+    }
+
+    fn transport_slot(&self) -> std::sync::MutexGuard<'_, String> {
+        self.inner
+            .transport
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// While `on_tcp` is the link's connection, tries QUIC now and then; when it works,
+/// new tunnels use it (open ones stay on TLS/TCP until they end).
+async fn reprobe(link: Weak<Inner>, on_tcp: Connection) {
+    loop {
+        let Some(every) = link.upgrade().map(|i| i.dialer.quic_reprobe()) else {
+            return;
+        };
+        tokio::time::sleep(every).await;
+        let Some(inner) = link.upgrade() else { return };
+        if on_tcp.is_closed() {
+            return;
+        }
+        match inner.dialer.dial_quic().await {
+            Ok(quic) => {
+                let mut current = inner.current.lock().await;
+                if current
+                    .as_ref()
+                    .is_some_and(|c| !c.is_closed() && c.kind() == TransportKind::Tcp)
+                {
+                    info!("QUIC works again; new connections to the office PC use it");
+                    *current = Some(quic);
+                    *inner.transport.lock().unwrap_or_else(|e| e.into_inner()) =
+                        TransportKind::Quic.to_string();
+                }
+                return;
+            }
+            Err(e) => debug!(%e, "QUIC still does not work"),
+        }
+    }
+}

@@ -1,0 +1,222 @@
+//! Reaching the relay on the transport the settings allow, racing QUIC against TLS/TCP.
+
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{quic, tcp, Connection, Role, TransportChoice, TransportKind};
+use crate::connect::{ConnectError, RelayAddr};
+use crate::tls::{RelayTrust, TlsConfigError};
+use crate::HANDSHAKE_TIMEOUT;
+
+/// How long QUIC has to itself before TLS/TCP joins the race.
+pub const QUIC_HEAD_START: Duration = Duration::from_millis(200);
+
+/// How often a program on TLS/TCP tries QUIC again, so that it moves back when UDP works.
+pub const QUIC_REPROBE: Duration = Duration::from_secs(300);
+
+/// Everything needed to dial the relay in one role.
+#[derive(Clone)]
+pub struct Dialer {
+    addr: RelayAddr,
+    role: Role,
+    choice: TransportChoice,
+    quic_tls: Arc<rustls::ClientConfig>,
+    tcp_tls: Arc<rustls::ClientConfig>,
+    max_incoming_streams: u32,
+    quic_reprobe: Duration,
+}
+
+/// A connection and how it was chosen.
+pub struct Dialed {
+    /// The connection.
+    pub connection: Connection,
+    /// Why QUIC was not used, when `auto` ended on TLS/TCP.
+    pub quic_failed: Option<String>,
+}
+
+impl Dialed {
+    /// How to name the transport to a person: `QUIC`, `TLS/TCP`, or `TLS/TCP (UDP to the
+    /// relay seems blocked)`.
+    pub fn describe(&self) -> String {
+        match (self.connection.kind(), &self.quic_failed) {
+            (TransportKind::Tcp, Some(_)) => "TLS/TCP (UDP to the relay seems blocked)".into(),
+            (kind, _) => kind.to_string(),
+        }
+    }
+}
+
+impl Dialer {
+    /// A dialler for `role` at `addr`, trusting the relay as `trust` says.
+    ///
+    /// # Errors
+    /// [`TlsConfigError`] if the trust anchors cannot be loaded.
+    pub fn new(
+        addr: RelayAddr,
+        trust: &RelayTrust,
+        role: Role,
+        choice: TransportChoice,
+    ) -> Result<Self, TlsConfigError> {
+        Ok(Self {
+            addr,
+            role,
+            choice,
+            quic_tls: trust.client_config(role.alpn())?,
+            tcp_tls: trust.client_config(role.alpn())?,
+            max_incoming_streams: quic::MAX_STREAMS,
+            quic_reprobe: QUIC_REPROBE,
+        })
+    }
+
+    /// How many streams the relay may open towards us at once (an agent's tunnel cap).
+    #[must_use]
+    pub fn with_max_incoming_streams(mut self, n: u32) -> Self {
+        self.max_incoming_streams = n;
+        self
+    }
+
+    /// How often to try QUIC again while on TLS/TCP with `auto` (tests shorten it).
+    #[must_use]
+    pub fn with_quic_reprobe(mut self, every: Duration) -> Self {
+        self.quic_reprobe = every;
+        self
+    }
+
+    /// See [`Dialer::with_quic_reprobe`].
+    pub fn quic_reprobe(&self) -> Duration {
+        self.quic_reprobe
+    }
+
+    /// The relay's address.
+    pub fn addr(&self) -> &RelayAddr {
+        &self.addr
+    }
+
+    /// The transports allowed.
+    pub fn choice(&self) -> TransportChoice {
+        self.choice
+    }
+
+    /// Dials with the configured choice. With `auto`, QUIC starts first and TLS/TCP joins
+    /// after [`QUIC_HEAD_START`] (or at once if QUIC fails sooner); the first to finish wins
+    /// and the other is dropped. Both are TLS 1.3 with the same certificate checks.
+    ///
+    /// # Errors
+    /// [`ConnectError`]: with `auto`, the TLS/TCP error when both fail, unless QUIC reached a
+    /// relay that refused our certificate check or version, which no fallback can fix.
+    pub async fn dial(&self) -> Result<Dialed, ConnectError> {
+        match self.choice {
+            TransportChoice::Quic => self.dial_quic().await.map(|connection| Dialed {
+                connection,
+                quic_failed: None,
+            }),
+            TransportChoice::Tcp => self.dial_tcp().await.map(|connection| Dialed {
+                connection,
+                quic_failed: None,
+            }),
+            TransportChoice::Auto => self.race().await,
+        }
+    }
+
+    /// Dials QUIC only, within the handshake deadline.
+    ///
+    /// # Errors
+    /// [`ConnectError`].
+    pub async fn dial_quic(&self) -> Result<Connection, ConnectError> {
+        let attempt = async {
+            let peer = resolve(&self.addr).await?;
+            quic::dial(
+                &self.addr,
+                peer,
+                self.quic_tls.clone(),
+                self.max_incoming_streams,
+            )
+            .await
+        };
+        tokio::time::timeout(HANDSHAKE_TIMEOUT, attempt)
+            .await
+            .unwrap_or_else(|_| {
+                Err(ConnectError::Timeout {
+                    addr: self.addr.clone(),
+                })
+            })
+    }
+
+    async fn dial_tcp(&self) -> Result<Connection, ConnectError> {
+        let attempt = tcp::dial(&self.addr, self.tcp_tls.clone(), self.role);
+        tokio::time::timeout(HANDSHAKE_TIMEOUT, attempt)
+            .await
+            .unwrap_or_else(|_| {
+                Err(ConnectError::Timeout {
+                    addr: self.addr.clone(),
+                })
+            })
+    }
+
+    async fn race(&self) -> Result<Dialed, ConnectError> {
+        let quic = self.dial_quic();
+        let head_start = tokio::time::sleep(QUIC_HEAD_START);
+        tokio::pin!(quic, head_start);
+        // QUIC alone for the head start.
+        let quic_error = tokio::select! {
+            r = &mut quic => match r {
+                Ok(connection) => return Ok(Dialed { connection, quic_failed: None }),
+                Err(e) if final_error(&e) => return Err(e),
+                Err(e) => Some(e),
+            },
+            () = &mut head_start => None,
+        };
+        let tcp = self.dial_tcp();
+        tokio::pin!(tcp);
+        let quic_error = match quic_error {
+            Some(e) => e,
+            None => tokio::select! {
+                r = &mut quic => match r {
+                    Ok(connection) => return Ok(Dialed { connection, quic_failed: None }),
+                    Err(e) if final_error(&e) => return Err(e),
+                    Err(e) => e,
+                },
+                r = &mut tcp => match r {
+                    Ok(connection) => return Ok(Dialed {
+                        connection,
+                        quic_failed: Some("QUIC had not answered".into()),
+                    }),
+                    // TCP failed first: QUIC may still make it.
+                    Err(tcp_error) => {
+                        return match quic.await {
+                            Ok(connection) => Ok(Dialed { connection, quic_failed: None }),
+                            Err(_) => Err(tcp_error),
+                        }
+                    }
+                },
+            },
+        };
+        let connection = tcp.await?;
+        Ok(Dialed {
+            connection,
+            quic_failed: Some(quic_error.to_string()),
+        })
+    }
+}
+
+/// Errors that mean the relay was reached and refused us: trying the other transport would
+/// only hide them.
+fn final_error(e: &ConnectError) -> bool {
+    matches!(
+        e,
+        ConnectError::CertificateRejected { .. } | ConnectError::VersionMismatch { .. }
+    )
+}
+
+async fn resolve(addr: &RelayAddr) -> Result<std::net::SocketAddr, ConnectError> {
+    let mut found = tokio::net::lookup_host((addr.host(), addr.port()))
+        .await
+        .map_err(|error| ConnectError::Resolve {
+            addr: addr.clone(),
+            error,
+        })?;
+    found.next().ok_or_else(|| ConnectError::Resolve {
+        addr: addr.clone(),
+        error: io::Error::new(io::ErrorKind::NotFound, "no addresses"),
+    })
+}
