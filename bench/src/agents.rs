@@ -6,31 +6,36 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use telework_net::connect::{client_exporter, connect, RelayAddr, RelayConnection};
 use telework_net::framed::Framed;
 use telework_net::tls::RelayTrust;
-use telework_protocol::messages::{alpn, AgentToRelay, RelayToAgent, PROTOCOL_VERSION};
+use telework_net::transport::dial::Dialer;
+use telework_net::transport::{Connection, Role, Stream, TransportChoice};
+use telework_protocol::messages::{AgentToRelay, RelayOpens, RelayToAgent, PROTOCOL_VERSION};
 use telework_protocol::proof::MachineKey;
 use telework_protocol::ComputerId;
 
-/// An idle agent's control connection.
-pub type Stream = Framed<RelayConnection>;
+/// An idle agent: its connection and control stream.
+pub type Idle = (Connection, Framed<Stream>);
 
-async fn one(
-    relay: &RelayAddr,
-    config: Arc<rustls::ClientConfig>,
-    id: ComputerId,
-) -> anyhow::Result<Stream> {
+/// Dials the relay and takes the control stream it opens.
+async fn control(dialer: &Dialer) -> anyhow::Result<Idle> {
+    let connection = dialer.dial().await?.connection;
+    let mut f = Framed::new(connection.accept().await?);
+    match f.read_within::<RelayOpens>(Duration::from_secs(30)).await? {
+        RelayOpens::Control { .. } => Ok((connection, f)),
+        other => bail!("expected the control stream, got {other:?}"),
+    }
+}
+
+async fn one(dialer: &Dialer, id: ComputerId) -> anyhow::Result<Idle> {
     let key = MachineKey::generate().context("key")?;
-    let tls = connect(relay, config.clone()).await?;
-    let exporter = client_exporter(&tls)?;
-    let mut f = Framed::new(tls);
+    let (connection, mut f) = control(dialer).await?;
     f.write(&AgentToRelay::Register {
         version: PROTOCOL_VERSION,
         id: id.clone(),
         public_key: key.public_key(),
         token: None,
-        proof: key.prove(&id, &exporter),
+        proof: key.prove(&id, connection.channel_binding()),
     })
     .await?;
     match f
@@ -40,13 +45,11 @@ async fn one(
         RelayToAgent::Registered { .. } => {}
         other => bail!("registration refused: {other:?}"),
     }
-    drop(f);
-    let tls = connect(relay, config).await?;
-    let exporter = client_exporter(&tls)?;
-    let mut f = Framed::new(tls);
+    drop((connection, f));
+    let (connection, mut f) = control(dialer).await?;
     f.write(&AgentToRelay::Hello {
         version: PROTOCOL_VERSION,
-        proof: key.prove(&id, &exporter),
+        proof: key.prove(&id, connection.channel_binding()),
         id,
     })
     .await?;
@@ -54,7 +57,7 @@ async fn one(
         .read_within::<RelayToAgent>(Duration::from_secs(30))
         .await?
     {
-        RelayToAgent::Welcome => Ok(f),
+        RelayToAgent::Welcome => Ok((connection, f)),
         other => bail!("hello refused: {other:?}"),
     }
 }
@@ -63,20 +66,25 @@ async fn one(
 pub async fn bring_online(
     relay: SocketAddr,
     fingerprint: &str,
+    transport: TransportChoice,
     n: usize,
     parallel: usize,
-) -> anyhow::Result<Vec<Stream>> {
-    let relay: RelayAddr = relay.to_string().parse()?;
-    let config = RelayTrust::Fingerprint(fingerprint.parse()?).client_config(alpn::CONTROL)?;
+) -> anyhow::Result<Vec<Idle>> {
+    let dialer = Dialer::new(
+        relay.to_string().parse()?,
+        &RelayTrust::Fingerprint(fingerprint.parse()?),
+        Role::Agent,
+        transport,
+    )?;
     let limit = Arc::new(tokio::sync::Semaphore::new(parallel));
     let mut tasks = Vec::with_capacity(n);
     let run = rand_suffix();
     for i in 0..n {
-        let (relay, config, limit) = (relay.clone(), config.clone(), limit.clone());
+        let (dialer, limit) = (dialer.clone(), limit.clone());
         let id: ComputerId = format!("idle-{run}-{i}").parse()?;
         tasks.push(tokio::spawn(async move {
             let _permit = limit.acquire_owned().await?;
-            one(&relay, config, id).await
+            one(&dialer, id).await
         }));
     }
     let mut conns = Vec::with_capacity(n);

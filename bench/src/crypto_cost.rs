@@ -14,9 +14,9 @@ use bytes::BytesMut;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
 use rustls::{ClientConnection, ConnectionCommon, ServerConnection};
 use telework_net::tls::{server_config, RelayTrust};
+use telework_net::transport::alpn;
 use telework_protocol::e2e::record::{Opener, Sealer};
 use telework_protocol::fingerprint::CertFingerprint;
-use telework_protocol::messages::alpn;
 
 use crate::procs::thread_cpu_ns;
 

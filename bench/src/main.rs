@@ -389,9 +389,15 @@ async fn bench(mut cli: Cli) -> anyhow::Result<()> {
         }
         let chain = Chain::start(target)?;
         let before = chain.relay.rss_kib();
-        let conns = agents::bring_online(chain.relay_addr, &chain.fingerprint, cli.agents, 32)
-            .await
-            .context("idle agents")?;
+        let conns = agents::bring_online(
+            chain.relay_addr,
+            &chain.fingerprint,
+            telework_net::transport::TransportChoice::Tcp,
+            cli.agents,
+            32,
+        )
+        .await
+        .context("idle agents")?;
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
         per_agent.push(chain.relay.rss_kib().saturating_sub(before) as f64 / cli.agents as f64);
         drop(conns);

@@ -166,6 +166,7 @@ pub async fn time_to_first_byte(
     let target = telework_client::Target {
         relay: relay.to_string().parse()?,
         trust: telework_net::tls::RelayTrust::Fingerprint(fingerprint.parse()?),
+        transport: telework_net::transport::TransportChoice::Tcp,
         id: id.parse()?,
     };
     let options = telework_client::LoginOptions::default();

@@ -1,40 +1,31 @@
-//! Hostile and broken peers: garbage, oversize frames, stalls and bad tickets. Each is closed
-//! with a reason (or cleanly), and the relay and agent keep serving everyone else.
+//! Hostile and broken peers: garbage, oversize frames, stalls, streams where none may be
+//! opened, old versions. Each is closed with a reason (or cleanly), and the relay and agent
+//! keep serving everyone else. Every test runs on QUIC and on TLS/TCP.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::time::Duration;
 
 use bytes::BytesMut;
-use telework_net::connect::connect;
 use telework_net::framed::Framed;
-use telework_net::tls::RelayTrust;
+use telework_net::transport::{Connection, Role, Stream};
 use telework_protocol::frame::decode_frame;
 use telework_protocol::messages::{
-    alpn, RelayToAgent, RelayToClient, RelayToTunnel, TunnelToRelay,
+    AgentToRelay, ClientToRelay, RelayOpens, RelayToAgent, RelayToClient, PROTOCOL_VERSION,
 };
-use telework_protocol::{ErrorCode, Ticket};
+use telework_protocol::ErrorCode;
 use telework_relay::RelayOptions;
-use telework_tests::{TestClient, TestRelay};
+use telework_tests::{on_both_transports, TestClient, TestRelay};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 const PW: &str = "bad-input-password";
-
-async fn tls(relay: &TestRelay, role: &[u8]) -> telework_net::connect::RelayConnection {
-    let config = RelayTrust::Fingerprint(relay.fingerprint)
-        .client_config(role)
-        .unwrap();
-    connect(&relay.addr.to_string().parse().unwrap(), config)
-        .await
-        .unwrap()
-}
 
 /// Reads until the peer closes; returns what it sent. Fails the test if it takes too long.
 async fn read_until_closed<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> Vec<u8> {
     let mut out = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
         .await
-        .expect("the relay closed the connection in time");
+        .expect("the relay closed the stream in time");
     out
 }
 
@@ -47,92 +38,204 @@ async fn relay_still_serves(relay: &TestRelay) {
     assert_eq!(&buf, b"still here");
 }
 
+/// An agent-role connection and the control stream the relay opened on it.
+async fn agent_control(relay: &TestRelay) -> (Connection, Framed<Stream>) {
+    let connection = relay.dialer(Role::Agent).dial().await.unwrap().connection;
+    let mut f = Framed::new(connection.accept().await.unwrap());
+    assert!(matches!(
+        f.read::<RelayOpens>().await.unwrap(),
+        RelayOpens::Control { .. }
+    ));
+    (connection, f)
+}
+
+/// A new client stream on a new connection.
+async fn client_stream(relay: &TestRelay) -> (Connection, Stream) {
+    let connection = relay.client_connection().await;
+    let stream = connection.open().await.unwrap();
+    (connection, stream)
+}
+
+/// A client stream that has asked the relay for `pc-ok`, speaking minor `version`.
+async fn client_asking_for_pc_ok(relay: &TestRelay, version: u16) -> (Connection, Framed<Stream>) {
+    let (connection, stream) = client_stream(relay).await;
+    let mut f = Framed::new(stream);
+    f.write(&ClientToRelay::Connect {
+        version,
+        id: "pc-ok".parse().unwrap(),
+    })
+    .await
+    .unwrap();
+    (connection, f)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn garbage_and_oversize_frames_are_refused_and_others_keep_working() {
+async fn not_tls_on_the_tcp_port_and_not_quic_on_the_udp_port() {
     let relay = TestRelay::start().await;
     let (_desktop, _agent) = relay.office_pc("pc-ok", PW).await;
-
-    // Not TLS at all.
     let mut raw = TcpStream::connect(relay.addr).await.unwrap();
     raw.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
         .unwrap();
     read_until_closed(&mut raw).await;
+    let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    for size in [1, 40, 1200, 1500] {
+        udp.send_to(&vec![0xc3; size], relay.addr).await.unwrap();
+    }
+    relay_still_serves(&relay).await;
+}
 
-    // Oversize frame on each role: the relay answers "protocol violation" and closes.
-    for role in [alpn::CLIENT, alpn::CONTROL, alpn::TUNNEL] {
-        let mut s = tls(&relay, role).await;
-        s.write_all(&[0xff, 0xff, 0xff, 0xff, 1, 2, 3])
-            .await
-            .unwrap();
+on_both_transports! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn garbage_and_oversize_frames_are_refused_and_others_keep_working() {
+        let relay = TestRelay::start().await;
+        let (_desktop, _agent) = relay.office_pc("pc-ok", PW).await;
+
+        // Oversize frame on a client stream: the relay answers "protocol violation" and ends
+        // the stream.
+        let (_c, mut s) = client_stream(&relay).await;
+        s.write_all(&[0xff, 0xff, 0xff, 0xff, 1, 2, 3]).await.unwrap();
         let answer = read_until_closed(&mut s).await;
         let mut buf = BytesMut::from(&answer[..]);
-        let code = if role == alpn::CLIENT {
-            decode_frame::<RelayToClient>(&mut buf).unwrap()
-                == Some(RelayToClient::Error(ErrorCode::ProtocolViolation))
-        } else if role == alpn::CONTROL {
-            decode_frame::<RelayToAgent>(&mut buf).unwrap()
-                == Some(RelayToAgent::Error(ErrorCode::ProtocolViolation))
-        } else {
-            decode_frame::<RelayToTunnel>(&mut buf).unwrap()
-                == Some(RelayToTunnel::Error(ErrorCode::ProtocolViolation))
-        };
-        assert!(
-            code,
-            "role {:?} answered {answer:?}",
-            String::from_utf8_lossy(role)
+        assert_eq!(
+            decode_frame::<RelayToClient>(&mut buf).unwrap(),
+            Some(RelayToClient::Error(ErrorCode::ProtocolViolation))
         );
+
+        // The same on an agent's control stream.
+        let (_c, f) = agent_control(&relay).await;
+        let (mut s, _) = f.into_parts();
+        s.write_all(&[0xff, 0xff, 0xff, 0xff, 1, 2, 3]).await.unwrap();
+        let answer = read_until_closed(&mut s).await;
+        let mut buf = BytesMut::from(&answer[..]);
+        assert_eq!(
+            decode_frame::<RelayToAgent>(&mut buf).unwrap(),
+            Some(RelayToAgent::Error(ErrorCode::ProtocolViolation))
+        );
+
+        // Well-framed junk.
+        let (_c, mut s) = client_stream(&relay).await;
+        s.write_all(&[0, 0, 0, 3, 0xee, 0xee, 0xee]).await.unwrap();
+        assert!(!read_until_closed(&mut s).await.is_empty());
+
+        relay_still_serves(&relay).await;
     }
 
-    // Well-framed junk.
-    let mut s = tls(&relay, alpn::CLIENT).await;
-    s.write_all(&[0, 0, 0, 3, 0xee, 0xee, 0xee]).await.unwrap();
-    assert!(!read_until_closed(&mut s).await.is_empty());
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_agent_cannot_open_streams_to_the_relay() {
+        let relay = TestRelay::start().await;
+        let (_desktop, _agent) = relay.office_pc("pc-ok", PW).await;
+        let (connection, _control) = agent_control(&relay).await;
+        // Only the relay opens streams on an agent's connection: QUIC grants the agent none,
+        // and on TLS/TCP the agent is the HTTP/2 server.
+        let opened = tokio::time::timeout(Duration::from_secs(1), async {
+            let mut s = connection.open().await?;
+            s.write_all(b"hello relay").await?;
+            s.flush().await?;
+            let mut buf = [0u8; 1];
+            s.read(&mut buf).await
+        })
+        .await;
+        assert!(!matches!(opened, Ok(Ok(n)) if n > 0), "{opened:?}");
+        relay_still_serves(&relay).await;
+    }
 
-    relay_still_serves(&relay).await;
-}
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn stalled_handshakes_are_cut_at_the_deadline() {
+        let options = RelayOptions {
+            handshake_timeout: Duration::from_millis(500),
+            ..Default::default()
+        };
+        let relay = TestRelay::start_with(options).await;
+        let (_desktop, _agent) = relay.office_pc("pc-ok", PW).await;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn forged_ticket_is_refused() {
-    let relay = TestRelay::start().await;
-    let (_desktop, _agent) = relay.office_pc("pc-ok", PW).await;
-    assert_eq!(
-        attach_made_up_ticket(&relay, telework_protocol::messages::PROTOCOL_VERSION).await,
-        RelayToTunnel::Error(ErrorCode::BadTicket)
-    );
-    relay_still_serves(&relay).await;
-}
+        // Silent TCP: never starts TLS.
+        let mut silent = TcpStream::connect(relay.addr).await.unwrap();
+        let started = std::time::Instant::now();
+        read_until_closed(&mut silent).await;
+        assert!(started.elapsed() >= Duration::from_millis(400));
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stalled_handshakes_are_cut_at_the_deadline() {
-    let options = RelayOptions {
-        handshake_timeout: Duration::from_millis(500),
-        ..Default::default()
-    };
-    let relay = TestRelay::start_with(options).await;
-    let (_desktop, _agent) = relay.office_pc("pc-ok", PW).await;
+        // A client connection that never opens a stream is closed.
+        let quiet = relay.client_connection().await;
+        tokio::time::timeout(Duration::from_secs(5), quiet.closed())
+            .await
+            .expect("an idle client connection is closed at the deadline");
 
-    // Silent TCP: never starts TLS.
-    let mut silent = TcpStream::connect(relay.addr).await.unwrap();
-    let started = std::time::Instant::now();
-    read_until_closed(&mut silent).await;
-    assert!(started.elapsed() >= Duration::from_millis(400));
+        // An agent that never says hello is told so, and its connection closed.
+        let (connection, mut f) = agent_control(&relay).await;
+        let answer = f.read::<RelayToAgent>().await;
+        assert!(
+            matches!(
+                answer,
+                Ok(RelayToAgent::Error(ErrorCode::ProtocolViolation)) | Err(_)
+            ),
+            "{answer:?}"
+        );
+        tokio::time::timeout(Duration::from_secs(5), connection.closed())
+            .await
+            .expect("closed");
 
-    // TLS done, but no hello.
-    let mut quiet = tls(&relay, alpn::CLIENT).await;
-    let answer = read_until_closed(&mut quiet).await;
-    let mut buf = BytesMut::from(&answer[..]);
-    assert_eq!(
-        decode_frame::<RelayToClient>(&mut buf).unwrap(),
-        Some(RelayToClient::Error(ErrorCode::ProtocolViolation))
-    );
+        // Half a frame on a control stream, then silence.
+        let (connection, f) = agent_control(&relay).await;
+        let (mut half, _) = f.into_parts();
+        half.write_all(&[0, 0, 0, 50, 1, 2]).await.unwrap();
+        read_until_closed(&mut half).await;
+        tokio::time::timeout(Duration::from_secs(5), connection.closed())
+            .await
+            .expect("closed");
 
-    // Half a frame, then silence.
-    let mut half = tls(&relay, alpn::CONTROL).await;
-    half.write_all(&[0, 0, 0, 50, 1, 2]).await.unwrap();
-    read_until_closed(&mut half).await;
+        relay_still_serves(&relay).await;
+    }
 
-    relay_still_serves(&relay).await;
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn garbage_inside_a_paired_tunnel_is_refused_by_the_agent() {
+        let relay = TestRelay::start().await;
+        let (desktop, _agent) = relay.office_pc("pc-ok", PW).await;
+        let (_c, mut f) = client_asking_for_pc_ok(&relay, PROTOCOL_VERSION).await;
+        assert_eq!(
+            f.read::<RelayToClient>().await.unwrap(),
+            RelayToClient::Paired
+        );
+        let (mut s, _) = f.into_parts();
+        s.write_all(&[0, 0, 0, 4, 9, 9, 9, 9]).await.unwrap();
+        let answer = read_until_closed(&mut s).await;
+        let mut buf = BytesMut::from(&answer[..]);
+        let refusal =
+            decode_frame::<telework_protocol::e2e::messages::AgentHandshake>(&mut buf).unwrap();
+        assert_eq!(
+            refusal,
+            Some(telework_protocol::e2e::messages::AgentHandshake::Refused(
+                telework_protocol::e2e::messages::Refusal::ProtocolViolation
+            ))
+        );
+        assert_eq!(desktop.connections(), 0);
+        relay_still_serves(&relay).await;
+    }
+
+    /// Software from before this build's minor version is told to update, on both roles,
+    /// instead of failing later.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn old_minor_versions_are_told_to_update() {
+        let relay = TestRelay::start().await;
+        let (_desktop, _agent) = relay.office_pc("pc-ok", PW).await;
+        let (_c, mut f) = client_asking_for_pc_ok(&relay, PROTOCOL_VERSION - 1).await;
+        assert_eq!(
+            f.read::<RelayToClient>().await.unwrap(),
+            RelayToClient::Error(ErrorCode::VersionTooOld)
+        );
+        let (_c, mut f) = agent_control(&relay).await;
+        f.write(&AgentToRelay::Hello {
+            version: PROTOCOL_VERSION - 1,
+            id: "pc-ok".parse().unwrap(),
+            proof: vec![0; 64],
+        })
+        .await
+        .unwrap();
+        assert_eq!(
+            f.read::<RelayToAgent>().await.unwrap(),
+            RelayToAgent::Error(ErrorCode::VersionTooOld)
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -153,59 +256,6 @@ async fn unauthenticated_connections_are_capped() {
     assert!(matches!(n, Ok(0) | Err(_)));
 }
 
-/// The relay's answer to a tunnel attaching a ticket it never issued, speaking minor `version`.
-async fn attach_made_up_ticket(relay: &TestRelay, version: u16) -> RelayToTunnel {
-    let mut f = Framed::new(tls(relay, alpn::TUNNEL).await);
-    f.write(&TunnelToRelay::Attach {
-        version,
-        ticket: Ticket([7; 16]),
-    })
-    .await
-    .unwrap();
-    f.read::<RelayToTunnel>().await.unwrap()
-}
-
-/// A client connection that has asked the relay for `pc-ok`, speaking minor `version`.
-async fn client_asking_for_pc_ok(
-    relay: &TestRelay,
-    version: u16,
-) -> Framed<telework_net::connect::RelayConnection> {
-    let mut f = Framed::new(tls(relay, alpn::CLIENT).await);
-    f.write(&telework_protocol::messages::ClientToRelay::Connect {
-        version,
-        id: "pc-ok".parse().unwrap(),
-    })
-    .await
-    .unwrap();
-    f
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn garbage_inside_a_paired_tunnel_is_refused_by_the_agent() {
-    let relay = TestRelay::start().await;
-    let (desktop, _agent) = relay.office_pc("pc-ok", PW).await;
-    let mut f =
-        client_asking_for_pc_ok(&relay, telework_protocol::messages::PROTOCOL_VERSION).await;
-    assert_eq!(
-        f.read::<RelayToClient>().await.unwrap(),
-        RelayToClient::Paired
-    );
-    let (mut s, _) = f.into_parts();
-    s.write_all(&[0, 0, 0, 4, 9, 9, 9, 9]).await.unwrap();
-    let answer = read_until_closed(&mut s).await;
-    let mut buf = BytesMut::from(&answer[..]);
-    let refusal =
-        decode_frame::<telework_protocol::e2e::messages::AgentHandshake>(&mut buf).unwrap();
-    assert_eq!(
-        refusal,
-        Some(telework_protocol::e2e::messages::AgentHandshake::Refused(
-            telework_protocol::e2e::messages::Refusal::ProtocolViolation
-        ))
-    );
-    assert_eq!(desktop.connections(), 0);
-    relay_still_serves(&relay).await;
-}
-
 /// A relay whose per-address failure budget is `burst`, refilled at `per_sec`.
 async fn relay_with_failure_budget(per_sec: f64, burst: f64) -> TestRelay {
     use telework_relay::limits::{Limits, Rate};
@@ -219,74 +269,59 @@ async fn relay_with_failure_budget(per_sec: f64, burst: f64) -> TestRelay {
     .await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn probing_for_computer_ids_is_rate_limited() {
-    let relay = relay_with_failure_budget(0.01, 5.0).await;
-    let (_desktop, _agent) = relay.office_pc("pc-ok", PW).await;
-    let mut answers = Vec::new();
-    for i in 0..8 {
-        let err = relay
-            .login(&format!("pc-guess-{i}"), PW)
-            .await
-            .err()
-            .unwrap();
-        answers.push(err.to_string());
-    }
-    assert!(
-        answers[..5]
-            .iter()
-            .all(|a| a.contains("no office PC is registered")),
-        "{answers:?}"
-    );
-    assert!(
-        answers[5..]
-            .iter()
-            .all(|a| a.contains("too many attempts from this address")),
-        "{answers:?}"
-    );
-    // Once the failures are used up, even a real ID gets the same answer: nothing to learn.
-    let err = relay.login("pc-ok", PW).await.err().unwrap();
-    assert!(err.to_string().contains("too many attempts"), "{err}");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn wrong_passwords_also_cost_the_guessers_address_at_the_relay() {
-    let relay = relay_with_failure_budget(0.001, 3.0).await;
-    let (_desktop, _agent) = relay.office_pc("pc-ok", PW).await;
-    for _ in 0..3 {
-        let err = relay.login("pc-ok", "a guess").await.err().unwrap();
-        assert!(err.to_string().starts_with("wrong password"), "{err}");
-    }
-    // The agent reported each failure; the relay charged this address. The agent's own
-    // lockout (5 tries) has not even started.
-    let mut refused = false;
-    for _ in 0..20 {
-        let err = relay.login("pc-ok", "another guess").await.err().unwrap();
-        if err
-            .to_string()
-            .contains("too many attempts from this address")
-        {
-            refused = true;
-            break;
+on_both_transports! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn probing_for_computer_ids_is_rate_limited() {
+        let relay = relay_with_failure_budget(0.01, 5.0).await;
+        let (_desktop, _agent) = relay.office_pc("pc-ok", PW).await;
+        let mut answers = Vec::new();
+        for i in 0..8 {
+            let err = relay
+                .login(&format!("pc-guess-{i}"), PW)
+                .await
+                .err()
+                .unwrap();
+            answers.push(err.to_string());
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(
+            answers[..5]
+                .iter()
+                .all(|a| a.contains("no office PC is registered")),
+            "{answers:?}"
+        );
+        assert!(
+            answers[5..]
+                .iter()
+                .all(|a| a.contains("too many attempts from this address")),
+            "{answers:?}"
+        );
+        // Once the failures are used up, even a real ID gets the same answer: nothing to learn.
+        let err = relay.login("pc-ok", PW).await.err().unwrap();
+        assert!(err.to_string().contains("too many attempts"), "{err}");
     }
-    assert!(refused, "the relay never throttled the guessing address");
-}
 
-/// Software from before the login answer named its stretching parameters (minor version 1)
-/// is told to update, on every role, instead of failing inside the end-to-end handshake.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn old_minor_versions_are_told_to_update() {
-    let relay = TestRelay::start().await;
-    let (_desktop, _agent) = relay.office_pc("pc-ok", PW).await;
-    let mut f = client_asking_for_pc_ok(&relay, 1).await;
-    assert_eq!(
-        f.read::<RelayToClient>().await.unwrap(),
-        RelayToClient::Error(ErrorCode::VersionTooOld)
-    );
-    assert_eq!(
-        attach_made_up_ticket(&relay, 1).await,
-        RelayToTunnel::Error(ErrorCode::VersionTooOld)
-    );
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn wrong_passwords_also_cost_the_guessers_address_at_the_relay() {
+        let relay = relay_with_failure_budget(0.001, 3.0).await;
+        let (_desktop, _agent) = relay.office_pc("pc-ok", PW).await;
+        for _ in 0..3 {
+            let err = relay.login("pc-ok", "a guess").await.err().unwrap();
+            assert!(err.to_string().starts_with("wrong password"), "{err}");
+        }
+        // The agent reported each failure; the relay charged this address. The agent's own
+        // lockout (5 tries) has not even started.
+        let mut refused = false;
+        for _ in 0..20 {
+            let err = relay.login("pc-ok", "another guess").await.err().unwrap();
+            if err
+                .to_string()
+                .contains("too many attempts from this address")
+            {
+                refused = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(refused, "the relay never throttled the guessing address");
+    }
 }

@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use telework_agent::state::DataDir;
 use telework_client::{ClientError, LoginOptions, Session};
-use telework_net::connect::RelayConnection;
 use telework_net::framed::Framed;
 use telework_net::pump::SecureTunnel;
+use telework_net::transport::Stream;
 use telework_protocol::e2e::keys::{after_login, Role};
 use telework_protocol::e2e::messages::{
     AgentHandshake, AgentNotice, ClientHandshake, ClientNotice, EndReason, Refusal,
@@ -141,7 +141,7 @@ async fn login_by_hand(
     relay: &TestRelay,
     id: &str,
 ) -> (
-    Framed<RelayConnection>,
+    Framed<Stream>,
     ClientLogin,
     Vec<u8>,
     telework_protocol::e2e::stretch::StretchParams,
