@@ -9,6 +9,7 @@ use telework_client::{ClientError, Session};
 use telework_net::connect::ConnectError;
 use telework_protocol::e2e::messages::{EndReason, Refusal};
 use telework_protocol::{CertFingerprint, ErrorCode};
+use telework_net::transport::TransportChoice;
 use telework_tests::on_both_transports;
 use telework_tests::{options_with_profile, SinkServer, TestClient, TestRelay};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -281,6 +282,14 @@ on_both_transports! {
             .await
             .err()
             .unwrap();
+        // TCP is refused at once; over QUIC a closed UDP port is silence until the deadline.
+        if telework_tests::current_transport() == TransportChoice::Quic {
+            assert!(
+                matches!(err, ClientError::Connect(ConnectError::Timeout { .. })),
+                "{err:?}"
+            );
+            return;
+        }
         assert!(
             matches!(err, ClientError::Connect(ConnectError::Unreachable { .. })),
             "{err:?}"
@@ -303,10 +312,17 @@ on_both_transports! {
         std::sync::Arc::get_mut(&mut config).unwrap().alpn_protocols =
             vec![b"telework/9-client".to_vec()];
         let addr = relay.addr.to_string().parse().unwrap();
-        let err = telework_net::connect::connect(&addr, config)
-            .await
-            .err()
-            .unwrap();
+        let err = if telework_tests::current_transport() == TransportChoice::Quic {
+            telework_net::transport::quic::dial(&addr, relay.addr, config, 16)
+                .await
+                .err()
+                .unwrap()
+        } else {
+            telework_net::connect::connect(&addr, config)
+                .await
+                .err()
+                .unwrap()
+        };
         assert!(
             matches!(err, ConnectError::VersionMismatch { .. }),
             "{err:?}"

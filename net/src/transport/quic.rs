@@ -136,8 +136,9 @@ pub async fn dial(
     Ok(Connection::quic(conn, binding))
 }
 
-/// TLS alerts (RFC 8446 §6) that mean "your certificate is not trusted".
-const CERTIFICATE_ALERTS: [u8; 6] = [42, 43, 44, 45, 46, 48];
+/// TLS alerts (RFC 8446 §6) that mean "the certificate is not trusted": the ones a peer
+/// sends, and `access_denied`, which rustls raises locally when our own verifier refuses.
+const CERTIFICATE_ALERTS: [u8; 7] = [42, 43, 44, 45, 46, 48, 49];
 /// The `no_application_protocol` alert: the relay does not speak our version.
 const NO_APPLICATION_PROTOCOL: u8 = 120;
 
