@@ -126,6 +126,8 @@ pub struct LoginOptions {
     pub totp_wait: Duration,
     /// How often to tell the office PC the session is still wanted.
     pub ping_every: Duration,
+    /// How often to try QUIC again while on TLS/TCP with `auto`.
+    pub quic_reprobe: Duration,
 }
 
 impl Default for LoginOptions {
@@ -140,6 +142,7 @@ impl Default for LoginOptions {
             totp: None,
             totp_wait: Duration::from_secs(150),
             ping_every: SESSION_PING,
+            quic_reprobe: telework_net::transport::dial::QUIC_REPROBE,
         }
     }
 }
@@ -216,12 +219,15 @@ impl Session {
         password: &[u8],
         options: &LoginOptions,
     ) -> Result<Self, ClientError> {
-        let link = Link::new(Dialer::new(
-            target.relay.clone(),
-            &target.trust,
-            telework_net::transport::Role::Client,
-            target.transport,
-        )?);
+        let link = Link::new(
+            Dialer::new(
+                target.relay.clone(),
+                &target.trust,
+                telework_net::transport::Role::Client,
+                target.transport,
+            )?
+            .with_quic_reprobe(options.quic_reprobe),
+        );
         let relay = target.relay.to_string();
         let pinned = match &options.profile {
             Some(profile) => profile
