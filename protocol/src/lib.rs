@@ -18,10 +18,10 @@
 #![warn(missing_docs)]
 
 pub mod e2e;
-pub mod handshake;
 pub mod error_code;
 pub mod fingerprint;
 pub mod frame;
+pub mod handshake;
 pub mod ids;
 pub mod messages;
 pub mod private_file;

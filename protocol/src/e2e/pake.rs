@@ -357,15 +357,9 @@ impl AgentLogin {
             context: Some(&ctx),
             ..Default::default()
         };
-        let start = opaque_ke::ServerLogin::start(
-            rng,
-            &setup,
-            Some(file),
-            request,
-            CREDENTIAL_ID,
-            params,
-        )
-        .map_err(|_| PakeError::Malformed)?;
+        let start =
+            opaque_ke::ServerLogin::start(rng, &setup, Some(file), request, CREDENTIAL_ID, params)
+                .map_err(|_| PakeError::Malformed)?;
         let response = start.message.serialize().to_vec();
         Ok((
             Self {

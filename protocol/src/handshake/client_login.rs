@@ -250,9 +250,14 @@ impl ClientLoginMachine {
                     };
                     false
                 }
-                Ok(Some(AgentHandshake::Hello { nonce, proof })) => {
-                    self.on_hello(challenge, transcript, pinned, (pake, request), (nonce, proof), now)
-                }
+                Ok(Some(AgentHandshake::Hello { nonce, proof })) => self.on_hello(
+                    challenge,
+                    transcript,
+                    pinned,
+                    (pake, request),
+                    (nonce, proof),
+                    now,
+                ),
                 Ok(Some(AgentHandshake::Refused(why))) if pinned.is_none() => {
                     self.fail(plaintext_refusal(why));
                     false

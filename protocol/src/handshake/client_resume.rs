@@ -118,8 +118,7 @@ impl ClientResumeMachine {
                     self.finish(Err(HandshakeError::BadProof));
                     return false;
                 };
-                self.wire
-                    .send_frame(&ClientHandshake::ResumeFinish { mac });
+                self.wire.send_frame(&ClientHandshake::ResumeFinish { mac });
                 self.wire.start_records(keys);
                 self.state = State::AwaitTarget;
                 self.deadline = Some(now + self.target_wait);

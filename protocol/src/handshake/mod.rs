@@ -27,7 +27,6 @@ pub mod client_login;
 pub mod client_resume;
 pub mod wire;
 
-
 use std::time::Duration;
 
 pub use agent::{AgentEvent, AgentMachine, AgentOutcome, SessionFacts};
