@@ -22,12 +22,10 @@ use crate::error::ClientError;
 use crate::local_peer::LocalAccess;
 use crate::login_driver;
 use crate::profile::Profile;
-use telework_protocol::proof::{key_fingerprint, MachineKey};
+use telework_protocol::proof::MachineKey;
 
 /// How long the relay may take to pair us (its ticket TTL plus the handshake).
 const PAIRING_TIMEOUT: Duration = Duration::from_secs(25);
-/// How long the office PC may take per handshake step.
-const E2E_STEP_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// A tunnel to the office PC, already authenticated and connected to its desktop service.
 pub type Tunnel = SecureTunnel<RelayConnection>;

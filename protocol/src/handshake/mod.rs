@@ -65,3 +65,12 @@ pub enum DeviceStanding {
     /// May not connect.
     Revoked,
 }
+
+#[cfg(test)]
+mod test_util;
+#[cfg(test)]
+mod tests_login;
+#[cfg(test)]
+mod tests_refusals;
+#[cfg(test)]
+mod tests_resume;
