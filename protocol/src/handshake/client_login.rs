@@ -54,7 +54,7 @@ pub enum ClientLoginEvent {
     /// Open the office PC's answer with the password. This is Argon2id: run
     /// [`PasswordWork::run`] off the async workers and answer with
     /// [`ClientLoginMachine::password_opened`].
-    OpenAnswer(PasswordWork),
+    OpenAnswer(Box<PasswordWork>),
     /// The office PC asks for a one-time code; answer with [`ClientLoginMachine::totp_code`].
     TotpNeeded,
     /// The login is over; write what is queued first.
@@ -109,16 +109,19 @@ struct Proven {
     identity: Option<IdentityKey>,
 }
 
+/// What the client holds while it waits for the office PC's hello.
+struct Hello {
+    challenge: IdentityChallenge,
+    transcript: Transcript,
+    pinned: Option<Vec<u8>>,
+    pake: pake::ClientLogin,
+    request: Vec<u8>,
+}
+
 enum State {
     NeedPin,
-    AwaitHello {
-        challenge: IdentityChallenge,
-        transcript: Transcript,
-        pinned: Option<Vec<u8>>,
-        pake: pake::ClientLogin,
-        request: Vec<u8>,
-    },
-    AwaitChallenge(Box<Proven>, pake::ClientLogin),
+    AwaitHello(Box<Hello>),
+    AwaitChallenge(Box<Proven>, Box<pake::ClientLogin>),
     NeedOpen(Box<Proven>),
     AwaitRefusal(Box<Proven>),
     AwaitNotice(Box<LoggedIn>),
@@ -219,13 +222,13 @@ impl ClientLoginMachine {
             nonce,
             identity_challenge: challenge.public(),
         });
-        self.state = State::AwaitHello {
+        self.state = State::AwaitHello(Box::new(Hello {
             challenge,
             transcript,
             pinned,
             pake,
             request,
-        };
+        }));
         self.deadline = Some(now + STEP_TIMEOUT);
         while self.step(now) {}
     }
@@ -233,32 +236,15 @@ impl ClientLoginMachine {
     /// Reads one message if the state waits for one; whether to try again.
     fn step(&mut self, now: Duration) -> bool {
         match std::mem::replace(&mut self.state, State::Done) {
-            State::AwaitHello {
-                challenge,
-                transcript,
-                pinned,
-                pake,
-                request,
-            } => match self.wire.frame::<AgentHandshake>() {
+            State::AwaitHello(hello) => match self.wire.frame::<AgentHandshake>() {
                 Ok(None) => {
-                    self.state = State::AwaitHello {
-                        challenge,
-                        transcript,
-                        pinned,
-                        pake,
-                        request,
-                    };
+                    self.state = State::AwaitHello(hello);
                     false
                 }
-                Ok(Some(AgentHandshake::Hello { nonce, proof })) => self.on_hello(
-                    challenge,
-                    transcript,
-                    pinned,
-                    (pake, request),
-                    (nonce, proof),
-                    now,
-                ),
-                Ok(Some(AgentHandshake::Refused(why))) if pinned.is_none() => {
+                Ok(Some(AgentHandshake::Hello { nonce, proof })) => {
+                    self.on_hello(*hello, (nonce, proof), now)
+                }
+                Ok(Some(AgentHandshake::Refused(why))) if hello.pinned.is_none() => {
                     self.fail(plaintext_refusal(why));
                     false
                 }
@@ -293,13 +279,17 @@ impl ClientLoginMachine {
 
     fn on_hello(
         &mut self,
-        challenge: IdentityChallenge,
-        mut transcript: Transcript,
-        pinned: Option<Vec<u8>>,
-        (pake, request): (pake::ClientLogin, Vec<u8>),
+        hello: Hello,
         (nonce, hello_proof): ([u8; 32], [u8; 32]),
         now: Duration,
     ) -> bool {
+        let Hello {
+            challenge,
+            mut transcript,
+            pinned,
+            pake,
+            request,
+        } = hello;
         transcript.agent_hello(&nonce);
         let hello_transcript = transcript.clone();
         let identity = match &pinned {
@@ -340,12 +330,12 @@ impl ClientLoginMachine {
             pinned,
             identity,
         };
-        self.state = State::AwaitChallenge(Box::new(proven), pake);
+        self.state = State::AwaitChallenge(Box::new(proven), Box::new(pake));
         self.deadline = Some(now + STEP_TIMEOUT);
         true
     }
 
-    fn on_challenge(&mut self, mut proven: Box<Proven>, pake: pake::ClientLogin) -> bool {
+    fn on_challenge(&mut self, mut proven: Box<Proven>, pake: Box<pake::ClientLogin>) -> bool {
         let (response, stretch, proof) = match self.wire.frame::<AgentHandshake>() {
             Ok(None) => {
                 self.state = State::AwaitChallenge(proven, pake);
@@ -379,13 +369,13 @@ impl ClientLoginMachine {
         proven.challenge_proof = proof;
         self.deadline = None;
         self.events
-            .push_back(ClientLoginEvent::OpenAnswer(PasswordWork {
-                state: pake,
+            .push_back(ClientLoginEvent::OpenAnswer(Box::new(PasswordWork {
+                state: *pake,
                 password: self.password.clone(),
                 response,
                 stretch,
                 id: self.config.id.clone(),
-            }));
+            })));
         self.state = State::NeedOpen(proven);
         false
     }

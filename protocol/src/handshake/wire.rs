@@ -9,7 +9,7 @@ use bytes::BytesMut;
 use serde::{de::DeserializeOwned, Serialize};
 
 use crate::e2e::keys::TunnelKeys;
-use crate::e2e::record::{RecordError, RecordKind, MAX_RECORD_CIPHERTEXT, RECORD_HEADER_LEN};
+use crate::e2e::record::{RecordError, RecordKind};
 use crate::frame::{decode_frame, decode_payload, encode_frame, FRAME_HEADER_LEN, MAX_FRAME_LEN};
 
 /// Most bytes a machine holds unread: two whole frames or records. A handshake peer never has
@@ -127,6 +127,3 @@ impl Wire {
         self.keys.map(|keys| (keys, self.input))
     }
 }
-
-/// Largest record on the wire, for callers sizing reads.
-pub const MAX_RECORD_ON_WIRE: usize = RECORD_HEADER_LEN + MAX_RECORD_CIPHERTEXT;
