@@ -21,6 +21,7 @@ pub mod control;
 pub mod devices;
 pub mod locked_devices;
 pub mod lockout;
+mod login_driver;
 mod login_state;
 pub mod policy;
 pub mod register;
