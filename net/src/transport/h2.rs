@@ -21,6 +21,7 @@
 //! Dropping a stream ends its write side as a shutdown does (as dropping a quinn stream does),
 //! and tells the peer we read no more. The connection lives while any handle or stream does.
 
+use std::fmt;
 use std::future::{poll_fn, Future};
 use std::io;
 use std::pin::Pin;
@@ -82,6 +83,11 @@ pub const ACCEPT_BACKLOG: usize = 64;
 
 /// How long a closing connection may take to send its GOAWAY before the socket is dropped.
 pub const CLOSE_FLUSH: Duration = Duration::from_secs(1);
+
+/// How long a dropped opener's stream may wait for the peer to end its side, so that the bytes
+/// it queued are sent (see [`H2Stream`]'s drop). Long enough for queued bytes to leave; short,
+/// because meanwhile the peer's bytes are read and dropped.
+pub const LINGER: Duration = Duration::from_secs(1);
 
 /// The request every stream is: the host is never resolved (`.invalid`), only shown to a
 /// proxy that looks.
@@ -286,6 +292,16 @@ enum Role {
     Acceptor(Arc<Mutex<mpsc::Receiver<H2Stream>>>),
 }
 
+impl fmt::Debug for H2Connection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let role = match self.role {
+            Role::Opener(_) => "opener",
+            Role::Acceptor(_) => "acceptor",
+        };
+        write!(f, "H2Connection({role}, closed: {})", self.is_closed())
+    }
+}
+
 impl H2Connection {
     fn new(shared: Arc<Shared>, role: Role) -> Self {
         Self {
@@ -295,9 +311,9 @@ impl H2Connection {
         }
     }
 
-    /// Opens a stream (opener only). It returns once the request is queued, without waiting
-    /// for the peer's answer (which the first read awaits), so opening costs no round trip. It
-    /// waits while the peer's stream limit is reached.
+    /// Opens a stream (opener only). It returns once the request is on its way, without
+    /// waiting for the peer's answer (which the first read awaits), so opening costs no round
+    /// trip. While the peer's stream limit is reached, it waits for a stream to end.
     ///
     /// # Errors
     /// Closed, or this end is the acceptor.
@@ -311,22 +327,22 @@ impl H2Connection {
         if self.is_closed() {
             return Err(closed());
         }
-        // One opener at a time: h2 lets each handle queue one request beyond the peer's
-        // limit, so a shared handle keeps that queue at one.
+        // One opener at a time, on one shared handle: h2 keeps at most one request queued
+        // beyond the peer's stream limit per handle, and we wait for it here (below), so
+        // that queue stays at one.
         let mut send = send.lock().await;
-        tokio::select! {
-            biased;
-            () = self.shared.shutdown.cancelled() => return Err(closed()),
-            ready = poll_fn(|cx| send.poll_ready(cx)) => {
-                ready.map_err(|e| connection_error(e, "cannot open a stream"))?;
-            }
-        }
+        ready(&mut send, &self.shared.shutdown).await?;
         let mut request = Request::new(());
         *request.method_mut() = Method::POST;
         *request.uri_mut() = Uri::from_static(REQUEST_URI);
         let (response, stream) = send
             .send_request(request, false)
             .map_err(|e| connection_error(e, "cannot open a stream"))?;
+        // If this request took the peer's last free stream, or is queued beyond the limit,
+        // wait until it is on its way: at once in the first case, when a stream ends in the
+        // second. Waiting here, before the stream is handed out, matters: h2 wakes one task
+        // per stream, and a writer on it would steal this wake-up.
+        ready(&mut send, &self.shared.shutdown).await?;
         Ok(H2Stream::new(
             stream,
             Recv::Response(response),
@@ -372,6 +388,18 @@ impl H2Connection {
     }
 }
 
+/// Waits until `send` may send a request: its previous one, if queued behind the peer's
+/// stream limit, is on its way.
+async fn ready(send: &mut SendRequest<Bytes>, shutdown: &CancellationToken) -> io::Result<()> {
+    tokio::select! {
+        biased;
+        () = shutdown.cancelled() => Err(closed()),
+        ready = poll_fn(|cx| send.poll_ready(cx)) => {
+            ready.map_err(|e| connection_error(e, "cannot open a stream"))
+        }
+    }
+}
+
 fn closed() -> io::Error {
     io::Error::new(io::ErrorKind::NotConnected, "the connection is closed")
 }
@@ -400,6 +428,8 @@ pub struct H2Stream {
     chunk: Bytes,
     /// Our end-of-stream has been queued.
     write_closed: bool,
+    /// We opened it (the HTTP/2 client's side), so dropping it lingers.
+    opener: bool,
     _alive: Arc<Alive>,
 }
 
@@ -414,9 +444,16 @@ enum Recv {
     Failed(io::ErrorKind),
 }
 
+impl fmt::Debug for H2Stream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "H2Stream({})", self.send.stream_id().as_u32())
+    }
+}
+
 impl H2Stream {
     fn new(send: SendStream<Bytes>, recv: Recv, alive: Arc<Alive>) -> Self {
         Self {
+            opener: matches!(recv, Recv::Response(_)),
             send,
             recv,
             chunk: Bytes::new(),
@@ -558,7 +595,7 @@ impl AsyncWrite for H2Stream {
 impl Drop for H2Stream {
     fn drop(&mut self) {
         // End our side as quinn does on drop, so the peer reads every byte we wrote and then
-        // EOF. h2 then resets the stream if the peer's side is still open: we read no more.
+        // EOF.
         if !self.write_closed {
             let _ = self.send.send_data(Bytes::new(), true);
         }
@@ -566,6 +603,36 @@ impl Drop for H2Stream {
             if !self.chunk.is_empty() {
                 let _ = body.flow_control().release_capacity(self.chunk.len());
             }
+        }
+        // If the peer's side is still open, h2 resets the stream once we let go: we read no
+        // more. An acceptor's reset (NO_ERROR) waits for our queued bytes; an opener's
+        // (CANCEL) discards them, so an opener holds on until the peer ends its side or
+        // [`LINGER`] passes, reading and dropping what comes.
+        let unfinished = match std::mem::replace(&mut self.recv, Recv::Done) {
+            Recv::Response(response) => Some(Recv::Response(response)),
+            Recv::Body(body) if !body.is_end_stream() && self.opener => Some(Recv::Body(body)),
+            _ => None,
+        };
+        if let (Some(recv), Ok(runtime)) = (unfinished, tokio::runtime::Handle::try_current()) {
+            // The receiving half alone keeps h2 from resetting the stream.
+            runtime.spawn(async move {
+                let _ = tokio::time::timeout(LINGER, discard(recv)).await;
+            });
+        }
+    }
+}
+
+/// Reads and drops the peer's bytes until its end of stream or an error.
+async fn discard(mut recv: Recv) {
+    if let Recv::Response(response) = recv {
+        match response.await {
+            Ok(answer) => recv = Recv::Body(answer.into_body()),
+            Err(_) => return,
+        }
+    }
+    if let Recv::Body(mut body) = recv {
+        while let Some(Ok(data)) = body.data().await {
+            let _ = body.flow_control().release_capacity(data.len());
         }
     }
 }
