@@ -143,7 +143,12 @@ impl Dialer {
     }
 
     async fn dial_tcp(&self) -> Result<Connection, ConnectError> {
-        let attempt = tcp::dial(&self.addr, self.tcp_tls.clone(), self.role);
+        let attempt = tcp::dial(
+            &self.addr,
+            self.tcp_tls.clone(),
+            self.role,
+            self.max_incoming_streams,
+        );
         tokio::time::timeout(HANDSHAKE_TIMEOUT, attempt)
             .await
             .unwrap_or_else(|_| {

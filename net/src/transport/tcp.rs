@@ -12,7 +12,8 @@ use super::{h2, ChannelBinding, Connection, Role};
 use crate::connect::{client_exporter, connect, ConnectError, RelayAddr};
 
 /// Dials the relay over TCP, completes TLS with `tls` (which offers `role`'s ALPN) and starts
-/// HTTP/2 in the role's direction: a client opens streams, an agent accepts them.
+/// HTTP/2 in the role's direction: a client opens streams, an agent accepts them (at most
+/// `max_incoming_streams` open at once).
 ///
 /// # Errors
 /// [`ConnectError`].
@@ -20,6 +21,7 @@ pub async fn dial(
     addr: &RelayAddr,
     tls: Arc<rustls::ClientConfig>,
     role: Role,
+    max_incoming_streams: u32,
 ) -> Result<Connection, ConnectError> {
     let stream = connect(addr, tls).await?;
     let tls_err = |error: io::Error| ConnectError::Tls {
@@ -30,7 +32,7 @@ pub async fn dial(
     let peer = stream.get_ref().0.get_ref().peer_addr().map_err(tls_err)?;
     let mux = match role {
         Role::Client => h2::opener(stream).await,
-        Role::Agent => h2::acceptor(stream).await,
+        Role::Agent => h2::acceptor_with_max_streams(stream, max_incoming_streams).await,
     }
     .map_err(tls_err)?;
     Ok(Connection::tcp(mux, binding, peer))
