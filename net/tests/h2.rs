@@ -350,6 +350,44 @@ async fn thousand_sequential_streams_do_not_leak() {
 }
 
 #[tokio::test]
+async fn dropping_a_stream_sends_its_bytes_then_eof() {
+    bounded(async {
+        // More than one write's worth, so some is still queued when the stream is dropped.
+        let data = pattern(3 << 20);
+        let (op, acc) = pair().await;
+
+        // The opener writes and drops at once, and its connection handle too.
+        let send = data.clone();
+        let writing = tokio::spawn(async move {
+            let mut s = op.open().await.unwrap();
+            s.write_all(&send).await.unwrap();
+        });
+        let mut t = acc.accept().await.unwrap();
+        assert_eq!(read_to_end(&mut t).await, data);
+        writing.await.unwrap();
+
+        // The acceptor writes and drops at once, the opener not having shut down.
+        let (op, acc) = pair().await;
+        let mut s = op.open().await.unwrap();
+        s.write_all(b"x").await.unwrap();
+        let mut t = acc.accept().await.unwrap();
+        let send = data.clone();
+        let writing = tokio::spawn(async move { t.write_all(&send).await.unwrap() });
+        assert_eq!(read_to_end(&mut s).await, data);
+        writing.await.unwrap();
+        // The acceptor reads no more: our writes end in an error, not a hang.
+        let e = loop {
+            if let Err(e) = s.write_all(b"more").await {
+                break e;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        assert_eq!(e.kind(), io::ErrorKind::BrokenPipe);
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn peer_reset_is_an_error_both_ways() {
     bounded(async {
         // A raw HTTP/2 client resets a stream our acceptor is reading and writing.

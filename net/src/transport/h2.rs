@@ -614,9 +614,12 @@ impl Drop for H2Stream {
             _ => None,
         };
         if let (Some(recv), Ok(runtime)) = (unfinished, tokio::runtime::Handle::try_current()) {
-            // The receiving half alone keeps h2 from resetting the stream.
+            // The receiving half alone keeps h2 from resetting the stream, and `alive` the
+            // connection from closing.
+            let alive = self._alive.clone();
             runtime.spawn(async move {
                 let _ = tokio::time::timeout(LINGER, discard(recv)).await;
+                drop(alive);
             });
         }
     }
