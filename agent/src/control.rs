@@ -26,7 +26,7 @@ pub const DEAD_PEER: Duration = Duration::from_secs(45);
 /// cannot fix (the relay does not know this machine, or refuses its key or version).
 pub async fn run(agent: Arc<Agent>) -> Result<(), AgentError> {
     let mut backoff = Backoff::default();
-    let mut next: Option<(Connection, Option<Control>)> = None;
+    let mut next: Option<(Connection, Option<Box<Control>>)> = None;
     loop {
         let result = online_once(&agent, &mut backoff, next.take()).await;
         let result = match result {
@@ -81,7 +81,7 @@ enum Next {
     /// Shutdown.
     Closed,
     /// QUIC works again: move to this connection, then let this control stream go.
-    MoveTo(Connection, Control),
+    MoveTo(Connection, Box<Control>),
 }
 
 /// The control stream the relay opens first on a new connection.
@@ -114,7 +114,7 @@ async fn reprobe(agent: &Agent, on: TransportKind) -> Connection {
 async fn online_once(
     agent: &Arc<Agent>,
     backoff: &mut Backoff,
-    moving: Option<(Connection, Option<Control>)>,
+    moving: Option<(Connection, Option<Box<Control>>)>,
 ) -> Result<Next, AgentError> {
     let (connection, previous, how) = match moving {
         Some((connection, previous)) => {
@@ -191,7 +191,7 @@ async fn online_once(
             },
             quic = &mut quic_again => {
                 info!("QUIC works again; moving new tunnels to it");
-                return Ok(Next::MoveTo(quic, Control { framed }));
+                return Ok(Next::MoveTo(quic, Box::new(Control { framed })));
             }
         }
     }

@@ -564,7 +564,10 @@ mod tests {
         limiter.refund(a, now);
         assert!(limiter.take(a, now));
         assert!(limiter.take(a, now));
-        assert!(!limiter.take(a, now), "refunds never raise the bucket past its burst");
+        assert!(
+            !limiter.take(a, now),
+            "refunds never raise the bucket past its burst"
+        );
     }
 
     #[test]
@@ -579,7 +582,10 @@ mod tests {
         assert!((0..3).all(|_| one.take(now)));
         assert!(!one.take(now), "burst spent");
         assert!(other.take(now), "another connection is not charged");
-        assert!(one.take(now + Duration::from_millis(100)), "refilled at the rate");
+        assert!(
+            one.take(now + Duration::from_millis(100)),
+            "refilled at the rate"
+        );
         assert!(!one.take(now + Duration::from_millis(100)));
     }
 }
