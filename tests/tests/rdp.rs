@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use telework_net::transport::TransportChoice;
 use telework_tests::{TestClient, TestRelay};
 
 const RDP_USER: &str = "twtest";
@@ -121,27 +122,35 @@ async fn real_rdp_desktop_through_client_relay_agent() {
     let rdp_port = free_port();
     let _server = RdpServer::start(rdp_port);
 
-    let relay = TestRelay::start().await;
-    let target = format!("127.0.0.1:{rdp_port}").parse().unwrap();
-    let agent = relay
-        .agent("pc-xrdp", CONNECTION_PASSWORD)
-        .target(target)
-        .run()
-        .await;
-    let client =
-        TestClient::serve(relay.login("pc-xrdp", CONNECTION_PASSWORD).await.unwrap()).await;
+    // The same desktop over each transport in turn (one xrdp, so not in parallel).
+    for transport in [TransportChoice::Quic, TransportChoice::Tcp] {
+        telework_tests::TRANSPORT
+            .scope(transport, async {
+                let relay = TestRelay::start().await;
+                let target = format!("127.0.0.1:{rdp_port}").parse().unwrap();
+                let agent = relay
+                    .agent("pc-xrdp", CONNECTION_PASSWORD)
+                    .target(target)
+                    .run()
+                    .await;
+                let client =
+                    TestClient::serve(relay.login("pc-xrdp", CONNECTION_PASSWORD).await.unwrap())
+                        .await;
 
-    // The right Windows (here: Linux) password: the desktop appears in xfreerdp.
-    let (code, verdict) = xfreerdp(client.local.port(), RDP_PASSWORD).await;
-    assert_eq!(
-        code, 0,
-        "desktop should appear through the relay: {verdict}"
-    );
+                // The right Windows (here: Linux) password: the desktop appears in xfreerdp.
+                let (code, verdict) = xfreerdp(client.local.port(), RDP_PASSWORD).await;
+                assert_eq!(
+                    code, 0,
+                    "desktop should appear through the relay: {verdict}"
+                );
 
-    // A wrong desktop password: xrdp refuses the login, through the same chain.
-    let (code, verdict) = xfreerdp(client.local.port(), "not-the-password").await;
-    assert_eq!(code, 3, "xrdp should refuse a wrong password: {verdict}");
+                // A wrong desktop password: xrdp refuses the login, through the same chain.
+                let (code, verdict) = xfreerdp(client.local.port(), "not-the-password").await;
+                assert_eq!(code, 3, "xrdp should refuse a wrong password: {verdict}");
 
-    client.stop().await.unwrap();
-    agent.stop().await;
+                client.stop().await.unwrap();
+                agent.stop().await;
+            })
+            .await;
+    }
 }
