@@ -53,7 +53,8 @@ async fn main() -> anyhow::Result<()> {
         .await
         .context("logging in")?;
     println!(
-        "client     logged in end to end (OPAQUE) in {} ms",
+        "client     logged in end to end (OPAQUE) over {} in {} ms",
+        session.transport(),
         started.elapsed().as_millis()
     );
     let client = TestClient::serve(session).await;
