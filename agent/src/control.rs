@@ -149,6 +149,7 @@ async fn online_once(
         agent.tasks.spawn(previous.retire());
     }
     backoff.reset();
+    *agent.transport.lock().unwrap_or_else(|e| e.into_inner()) = Some(connection.kind());
     agent.online.send_replace(true);
     info!(relay = %agent.dialer.addr(), "online over {how}");
 

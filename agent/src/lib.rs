@@ -21,6 +21,7 @@ pub mod control;
 pub mod devices;
 pub mod locked_devices;
 pub mod lockout;
+mod login_driver;
 mod login_state;
 pub mod policy;
 pub mod register;
@@ -38,7 +39,7 @@ use telework_net::framed::FrameError;
 use telework_net::pump::TunnelError;
 use telework_net::tls::TlsConfigError;
 use telework_net::transport::dial::Dialer;
-use telework_net::transport::{Role, TransportChoice};
+use telework_net::transport::{Role, TransportChoice, TransportKind};
 use telework_protocol::e2e::messages::{EndReason, Refusal};
 use telework_protocol::proof::MachineKey;
 use telework_protocol::{ComputerId, ErrorCode};
@@ -138,6 +139,8 @@ pub struct Agent {
     /// Messages for the relay from tunnel tasks, sent on the current control connection.
     reports: Mutex<Option<tokio::sync::mpsc::Sender<telework_protocol::messages::AgentToRelay>>>,
     online: watch::Sender<bool>,
+    /// The transport of the current connection to the relay, once online.
+    transport: Mutex<Option<TransportKind>>,
     tunnel_slots: Arc<Semaphore>,
     tasks: TaskTracker,
     shutdown: CancellationToken,
@@ -206,6 +209,7 @@ impl Agent {
             state_writes: Arc::new(Mutex::new(())),
             reports: Mutex::new(None),
             online: watch::channel(false).0,
+            transport: Mutex::new(None),
             tunnel_slots: Arc::new(Semaphore::new(MAX_TUNNELS)),
             tasks: TaskTracker::new(),
             shutdown: CancellationToken::new(),
@@ -220,6 +224,15 @@ impl Agent {
     /// Watches whether the control connection is up.
     pub fn online(&self) -> watch::Receiver<bool> {
         self.online.subscribe()
+    }
+
+    /// The transport the agent is online over (`None` while offline).
+    pub fn transport(&self) -> Option<TransportKind> {
+        if *self.online.borrow() {
+            *self.transport.lock().unwrap_or_else(|e| e.into_inner())
+        } else {
+            None
+        }
     }
 
     /// Number of authenticated sessions.

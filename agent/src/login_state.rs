@@ -89,7 +89,7 @@ impl Agent {
         off_runtime(move || cache.current(&data)).await
     }
 
-    /// Checks a one-time code; each code works once, across restarts too. The step is taken in
+    /// Checks a one-time code at `now` (seconds since the Unix epoch); each code works once, across restarts too. The step is taken in
     /// memory before the write, so a second login with the same code is refused even while the
     /// first one's write is under way.
     ///
@@ -100,13 +100,14 @@ impl Agent {
         &self,
         secret: &TotpSecret,
         code: &str,
+        now: u64,
     ) -> Result<bool, StateError> {
         {
             let mut last = self
                 .totp_last_step
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
-            match secret.verify(code, unix_now(), *last) {
+            match secret.verify(code, now, *last) {
                 Some(step) => *last = Some(step),
                 None => return Ok(false),
             }

@@ -14,6 +14,7 @@ pub mod error;
 pub mod launch;
 pub mod link;
 pub mod local_peer;
+mod login_driver;
 pub mod profile;
 pub mod session;
 

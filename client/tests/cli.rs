@@ -54,7 +54,10 @@ async fn connect_serves_the_local_address_until_ctrl_c() {
     let _agent = relay.agent("pc-cli", PW).target(desktop.addr).run().await;
 
     let (mut child, addr, mut stdout, line) = start(telework(&relay, "PC-CLI")).await;
-    assert!(line.starts_with("connected to pc-cli over QUIC: "), "{line}");
+    assert!(
+        line.starts_with("connected to pc-cli over QUIC: "),
+        "{line}"
+    );
     for _ in 0..2 {
         assert_eq!(
             round_trip(&addr, b"ping through the binary").await,

@@ -8,6 +8,7 @@
 //! - [`proof`]: the agent's machine-key proof, bound to its TLS session.
 //! - [`fingerprint`]: relay certificate pins.
 //! - [`private_file`]: owner-only files for keys and secrets.
+//! - [`handshake`]: the login and resumption as sans-IO state machines over [`e2e`].
 //! - [`e2e`]: the client↔agent layer the relay cannot read: OPAQUE login, key schedule,
 //!   resumption, AEAD records.
 //!
@@ -20,6 +21,7 @@ pub mod e2e;
 pub mod error_code;
 pub mod fingerprint;
 pub mod frame;
+pub mod handshake;
 pub mod ids;
 pub mod messages;
 pub mod private_file;

@@ -16,6 +16,7 @@
 
 pub mod desktop;
 pub mod evil;
+pub mod gate;
 pub mod hand_login;
 pub mod it_staff;
 
@@ -206,6 +207,7 @@ impl TestRelay {
             password: Some(password.to_owned()),
             target: "127.0.0.1:9".parse().unwrap(),
             transport: self.transport,
+            quic_reprobe: None,
         }
     }
 
@@ -268,6 +270,7 @@ pub struct AgentBuilder {
     password: Option<String>,
     target: SocketAddr,
     transport: TransportChoice,
+    quic_reprobe: Option<Duration>,
 }
 
 impl AgentBuilder {
@@ -280,6 +283,18 @@ impl AgentBuilder {
     /// The transport the agent reaches the relay on (default: the relay's test transport).
     pub fn transport(mut self, transport: TransportChoice) -> Self {
         self.transport = transport;
+        self
+    }
+
+    /// Reaches the relay at `addr` instead (a [`gate::Gate`] in front of it).
+    pub fn via(mut self, addr: SocketAddr) -> Self {
+        self.relay = addr;
+        self
+    }
+
+    /// How often the agent tries QUIC again while on TLS/TCP.
+    pub fn quic_reprobe(mut self, every: Duration) -> Self {
+        self.quic_reprobe = Some(every);
         self
     }
 
@@ -301,7 +316,11 @@ impl AgentBuilder {
             data.save_password(&PasswordRecord::create(pw.as_bytes()).unwrap())
                 .unwrap();
         }
-        let agent = Agent::load(data, self.target.to_string()).unwrap();
+        let mut options = telework_agent::RunOptions::default();
+        if let Some(every) = self.quic_reprobe {
+            options.quic_reprobe = every;
+        }
+        let agent = Agent::open(data, self.target.to_string(), options).unwrap();
         let mut online = agent.online();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(agent.clone().run(async move {

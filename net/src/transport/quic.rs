@@ -53,8 +53,34 @@ pub fn server_endpoint(addr: SocketAddr, tls: Arc<rustls::ServerConfig>) -> io::
     let crypto = QuicServerConfig::try_from(tls).map_err(io::Error::other)?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     config.transport_config(transport_config(MAX_STREAMS));
-    Endpoint::server(config, addr)
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )?;
+    if addr.is_ipv6() {
+        // `[::]` serves IPv6 only, as the TCP listener does.
+        socket.set_only_v6(true)?;
+    }
+    // Many agents reconnect at once after a restart (an office behind one address): with the
+    // default 208 KiB a burst of QUIC Initials overflows the socket, and each lost one costs
+    // its agent a retransmission timeout of a second or more. The kernel caps the size at
+    // net.core.rmem_max / wmem_max.
+    let _ = socket.set_recv_buffer_size(UDP_BUFFER);
+    let _ = socket.set_send_buffer_size(UDP_BUFFER);
+    socket.bind(&addr.into())?;
+    let runtime =
+        quinn::default_runtime().ok_or_else(|| io::Error::other("no async runtime for QUIC"))?;
+    Endpoint::new(
+        quinn::EndpointConfig::default(),
+        Some(config),
+        socket.into(),
+        runtime,
+    )
 }
+
+/// The relay's UDP socket buffers, each way (the kernel may grant less).
+pub const UDP_BUFFER: usize = 8 * 1024 * 1024;
 
 /// Why an incoming QUIC connection was not accepted.
 #[derive(Debug, thiserror::Error)]

@@ -150,8 +150,13 @@ pub struct IdentityChallenge {
 impl IdentityChallenge {
     /// A fresh ephemeral key from the system random source.
     pub fn generate() -> Self {
+        Self::from_rng(&mut OsRng)
+    }
+
+    /// A fresh ephemeral key from `rng` (the sans-IO handshake passes its randomness in).
+    pub fn from_rng(rng: &mut (impl RngCore + rand::CryptoRng)) -> Self {
         let mut wide = Zeroizing::new([0u8; 64]);
-        OsRng.fill_bytes(&mut wide[..]);
+        rng.fill_bytes(&mut wide[..]);
         let secret = Zeroizing::new(Scalar::from_bytes_mod_order_wide(&wide));
         let public = (RISTRETTO_BASEPOINT_POINT * *secret).compress().to_bytes();
         Self { secret, public }

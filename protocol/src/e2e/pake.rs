@@ -250,7 +250,18 @@ impl ClientLogin {
     /// # Errors
     /// Only on an internal OPAQUE failure.
     pub fn start(password: &[u8]) -> Result<(Self, Vec<u8>), PakeError> {
-        let start = opaque_ke::ClientLogin::<Suite>::start(&mut OsRng, password)
+        Self::start_with(&mut OsRng, password)
+    }
+
+    /// As [`ClientLogin::start`], with the randomness passed in.
+    ///
+    /// # Errors
+    /// Only on an internal OPAQUE failure.
+    pub fn start_with(
+        rng: &mut (impl rand::RngCore + rand::CryptoRng),
+        password: &[u8],
+    ) -> Result<(Self, Vec<u8>), PakeError> {
+        let start = opaque_ke::ClientLogin::<Suite>::start(rng, password)
             .map_err(|_| PakeError::Malformed)?;
         Ok((
             Self { state: start.state },
@@ -272,6 +283,21 @@ impl ClientLogin {
         stretch: StretchParams,
         id: &ComputerId,
     ) -> Result<ClientLoginDone, PakeError> {
+        self.finish_with(&mut OsRng, password, response, stretch, id)
+    }
+
+    /// As [`ClientLogin::finish`], with the randomness passed in.
+    ///
+    /// # Errors
+    /// As [`ClientLogin::finish`].
+    pub fn finish_with(
+        self,
+        rng: &mut (impl rand::RngCore + rand::CryptoRng),
+        password: &[u8],
+        response: &[u8],
+        stretch: StretchParams,
+        id: &ComputerId,
+    ) -> Result<ClientLoginDone, PakeError> {
         let stretch = Stretch::new(stretch.check().map_err(PakeError::Stretch)?)
             .map_err(|_| PakeError::Malformed)?;
         let response =
@@ -281,7 +307,7 @@ impl ClientLogin {
             ClientLoginFinishParameters::new(Some(&ctx), Default::default(), Some(&stretch));
         let done = self
             .state
-            .finish(&mut OsRng, password, response, params)
+            .finish(rng, password, response, params)
             .map_err(|_| PakeError::WrongPassword)?;
         Ok(ClientLoginDone {
             finalization: done.message.serialize().to_vec(),
@@ -309,6 +335,19 @@ impl AgentLogin {
         request: &[u8],
         id: &ComputerId,
     ) -> Result<(Self, Vec<u8>, StretchParams), PakeError> {
+        Self::start_with(&mut OsRng, record, request, id)
+    }
+
+    /// As [`AgentLogin::start`], with the randomness passed in.
+    ///
+    /// # Errors
+    /// As [`AgentLogin::start`].
+    pub fn start_with(
+        rng: &mut (impl rand::RngCore + rand::CryptoRng),
+        record: &PasswordRecord,
+        request: &[u8],
+        id: &ComputerId,
+    ) -> Result<(Self, Vec<u8>, StretchParams), PakeError> {
         let (setup, file) = record.parts()?;
         let stretch = record.stretch_params()?;
         let request =
@@ -318,15 +357,9 @@ impl AgentLogin {
             context: Some(&ctx),
             ..Default::default()
         };
-        let start = opaque_ke::ServerLogin::start(
-            &mut OsRng,
-            &setup,
-            Some(file),
-            request,
-            CREDENTIAL_ID,
-            params,
-        )
-        .map_err(|_| PakeError::Malformed)?;
+        let start =
+            opaque_ke::ServerLogin::start(rng, &setup, Some(file), request, CREDENTIAL_ID, params)
+                .map_err(|_| PakeError::Malformed)?;
         let response = start.message.serialize().to_vec();
         Ok((
             Self {

@@ -65,10 +65,15 @@ pub struct ClientResume {
 impl ClientResume {
     /// Starts a resumption; send `(session, nonce)` as the `Resume` message.
     pub fn start(session: SessionId, secret: &ResumptionSecret) -> Self {
+        Self::with_nonce(session, secret, rand::random())
+    }
+
+    /// As [`ClientResume::start`], with the fresh nonce passed in.
+    pub fn with_nonce(session: SessionId, secret: &ResumptionSecret, nonce: [u8; 32]) -> Self {
         Self {
             session,
             secret: secret.clone(),
-            nonce: rand::random(),
+            nonce,
         }
     }
 
@@ -101,7 +106,16 @@ pub struct AgentResume {
 impl AgentResume {
     /// Answers a client's `Resume` for a session whose secret is `secret`.
     pub fn respond(session: SessionId, secret: &ResumptionSecret, client_nonce: &[u8; 32]) -> Self {
-        let nonce: [u8; 32] = rand::random();
+        Self::respond_with_nonce(session, secret, client_nonce, rand::random())
+    }
+
+    /// As [`AgentResume::respond`], with the agent's fresh nonce passed in.
+    pub fn respond_with_nonce(
+        session: SessionId,
+        secret: &ResumptionSecret,
+        client_nonce: &[u8; 32],
+        nonce: [u8; 32],
+    ) -> Self {
         Self {
             schedule: Schedule::new(secret, session, client_nonce, &nonce),
             nonce,
