@@ -3,7 +3,7 @@
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
 use telework_protocol::frame::decode_frame;
-use telework_protocol::messages::{RelayToAgent, RelayToClient, RelayToTunnel};
+use telework_protocol::messages::{RelayToAgent, RelayToClient, RelayOpens};
 
 fuzz_target!(|data: &[u8]| {
     let mut buf = BytesMut::from(data);
@@ -11,5 +11,5 @@ fuzz_target!(|data: &[u8]| {
     let mut buf = BytesMut::from(data);
     while let Ok(Some(_)) = decode_frame::<RelayToClient>(&mut buf) {}
     let mut buf = BytesMut::from(data);
-    while let Ok(Some(_)) = decode_frame::<RelayToTunnel>(&mut buf) {}
+    while let Ok(Some(_)) = decode_frame::<RelayOpens>(&mut buf) {}
 });

@@ -545,4 +545,41 @@ mod tests {
         }
         assert_eq!(l.tracked(), [3, 3, 3]);
     }
+
+    #[test]
+    fn a_refund_gives_back_what_legitimate_work_took_and_no_more() {
+        let limiter = RateLimiter::new(Rate {
+            per_sec: 0.0,
+            burst: 2.0,
+        });
+        let now = Instant::now();
+        let a = ip("192.0.2.1");
+        assert!(limiter.take(a, now));
+        assert!(limiter.take(a, now));
+        assert!(!limiter.take(a, now), "burst spent");
+        limiter.refund(a, now);
+        assert!(limiter.take(a, now), "a refunded token is usable again");
+        limiter.refund(a, now);
+        limiter.refund(a, now);
+        limiter.refund(a, now);
+        assert!(limiter.take(a, now));
+        assert!(limiter.take(a, now));
+        assert!(!limiter.take(a, now), "refunds never raise the bucket past its burst");
+    }
+
+    #[test]
+    fn a_connection_has_its_own_tunnel_budget() {
+        let rate = Rate {
+            per_sec: 10.0,
+            burst: 3.0,
+        };
+        let now = Instant::now();
+        let mut one = ConnectionRate::new(rate, now);
+        let mut other = ConnectionRate::new(rate, now);
+        assert!((0..3).all(|_| one.take(now)));
+        assert!(!one.take(now), "burst spent");
+        assert!(other.take(now), "another connection is not charged");
+        assert!(one.take(now + Duration::from_millis(100)), "refilled at the rate");
+        assert!(!one.take(now + Duration::from_millis(100)));
+    }
 }
