@@ -119,9 +119,11 @@ impl AgentDialer {
                 .max_concurrent_uni_streams(0u32.into());
             config.transport_config(Arc::new(t));
             for a in 0..n.div_ceil(AGENTS_PER_ADDRESS) {
-                let mut endpoint =
-                    quinn::Endpoint::client(SocketAddr::new(source_address(a * AGENTS_PER_ADDRESS), 0))
-                        .context("QUIC endpoint on a loopback source address")?;
+                let mut endpoint = quinn::Endpoint::client(SocketAddr::new(
+                    source_address(a * AGENTS_PER_ADDRESS),
+                    0,
+                ))
+                .context("QUIC endpoint on a loopback source address")?;
                 endpoint.set_default_client_config(config.clone());
                 endpoints.push(endpoint);
             }
@@ -212,7 +214,12 @@ async fn register_and_hello(
 }
 
 /// Pings on the control stream until it fails; counts the failure in `lost`.
-async fn stay_online(held: Held, mut f: Framed<AgentStream>, first: Duration, lost: Arc<AtomicUsize>) {
+async fn stay_online(
+    held: Held,
+    mut f: Framed<AgentStream>,
+    first: Duration,
+    lost: Arc<AtomicUsize>,
+) {
     let _held = held;
     tokio::time::sleep(first).await;
     let mut n = 0u64;
@@ -305,7 +312,12 @@ pub async fn bring_online(
             }
         }
         if (i + 1) % 10_000 == 0 {
-            eprintln!("  {} agents: {} online, {} failed", i + 1, agents.online(), agents.failed);
+            eprintln!(
+                "  {} agents: {} online, {} failed",
+                i + 1,
+                agents.online(),
+                agents.failed
+            );
         }
     }
     Ok(agents)

@@ -234,10 +234,7 @@ fn raise_fd_limit() {
             },
         );
     }
-    eprintln!(
-        "open-file limit: {:?}",
-        getrlimit(Resource::Nofile).current
-    );
+    eprintln!("open-file limit: {:?}", getrlimit(Resource::Nofile).current);
 }
 
 /// The baseline: accept, connect to the target, copy both ways with tokio's copy loop.
@@ -381,7 +378,10 @@ async fn bench(mut cli: Cli) -> anyhow::Result<()> {
                     path.download = out;
                 }
             }
-            eprintln!("throughput {}: done", if upload { "upload" } else { "download" });
+            eprintln!(
+                "throughput {}: done",
+                if upload { "upload" } else { "download" }
+            );
         }
         b.direct_hop_cpu_s_per_gb = median(&d_cpu);
     }
@@ -468,7 +468,11 @@ async fn bench(mut cli: Cli) -> anyhow::Result<()> {
         for (chain, path) in chains.iter().zip(paths.iter_mut()) {
             let (mut seq, mut conc, mut refused) = (vec![], vec![], vec![]);
             for _ in 0..cli.runs {
-                seq.push(scenarios::tunnels_per_sec(chain.client_addr, 1, secs).await?.per_sec);
+                seq.push(
+                    scenarios::tunnels_per_sec(chain.client_addr, 1, secs)
+                        .await?
+                        .per_sec,
+                );
                 tokio::time::sleep(TUNNEL_BUDGET_REFILL).await;
                 let c = scenarios::tunnels_per_sec(chain.client_addr, TUNNEL_WORKERS, 1.0).await?;
                 conc.push(c.per_sec);
@@ -479,7 +483,8 @@ async fn bench(mut cli: Cli) -> anyhow::Result<()> {
             path.tunnels_refused_concurrent = median(&refused) as u64;
             tokio::time::sleep(TUNNEL_BUDGET_REFILL).await;
             let sustained = if cli.quick { 3.0 } else { SUSTAINED_SECS };
-            let s = scenarios::tunnels_per_sec(chain.client_addr, TUNNEL_WORKERS, sustained).await?;
+            let s =
+                scenarios::tunnels_per_sec(chain.client_addr, TUNNEL_WORKERS, sustained).await?;
             path.tunnels_per_sec_sustained = s.per_sec;
             path.tunnels_refused_sustained = s.refused;
         }
@@ -548,7 +553,10 @@ async fn bench(mut cli: Cli) -> anyhow::Result<()> {
             }
             eprintln!(
                 "idle agents over {}: {} online, {} failed, {} lost",
-                path.transport, path.idle_agents_online, path.idle_agents_failed, path.idle_agents_lost
+                path.transport,
+                path.idle_agents_online,
+                path.idle_agents_failed,
+                path.idle_agents_lost
             );
         }
     }
@@ -631,16 +639,30 @@ fn print_table(r: &Results) {
         names.join(" | ")
     );
     println!("|---|---|---|{}---|", "---|".repeat(names.len()));
-    let row = |measure: &str, direct: String, fwd: String, f: &dyn Fn(&Path) -> String, target: &str| {
-        let cells: Vec<String> = r.paths.iter().map(f).collect();
-        println!("| {measure} | {direct} | {fwd} | {} | {target} |", cells.join(" | "));
-    };
+    let row =
+        |measure: &str, direct: String, fwd: String, f: &dyn Fn(&Path) -> String, target: &str| {
+            let cells: Vec<String> = r.paths.iter().map(f).collect();
+            println!(
+                "| {measure} | {direct} | {fwd} | {} | {target} |",
+                cells.join(" | ")
+            );
+        };
     let tcp_path = r.paths.iter().find(|p| p.transport == "TLS/TCP");
     for (way, d, f) in [
         ("upload", b.upload_direct_gbps, b.upload_forwarder_gbps),
-        ("download", b.download_direct_gbps, b.download_forwarder_gbps),
+        (
+            "download",
+            b.download_direct_gbps,
+            b.download_forwarder_gbps,
+        ),
     ] {
-        let t = |p: &Path| if way == "upload" { p.upload } else { p.download };
+        let t = |p: &Path| {
+            if way == "upload" {
+                p.upload
+            } else {
+                p.download
+            }
+        };
         row(
             &format!("{way} Gbit/s (ratio to direct; QUIC: to TLS/TCP)"),
             format!("{d:.2}"),
@@ -648,7 +670,10 @@ fn print_table(r: &Results) {
             &|p| {
                 let mut s = format!("{:.2} ({:.2})", t(p).telework_gbps, t(p).ratio_to_direct);
                 if let (Some(tcp), true) = (tcp_path, p.transport == "QUIC") {
-                    s += &format!("; {:.2} of TLS/TCP", t(p).telework_gbps / t(tcp).telework_gbps);
+                    s += &format!(
+                        "; {:.2} of TLS/TCP",
+                        t(p).telework_gbps / t(tcp).telework_gbps
+                    );
                 }
                 s
             },
@@ -671,10 +696,15 @@ fn print_table(r: &Results) {
     }
     row(
         "64 B round trip p50 / p99 (us)",
-        format!("{:.0} / {:.0}", b.latency_direct_p50_us, b.latency_direct_p99_us),
+        format!(
+            "{:.0} / {:.0}",
+            b.latency_direct_p50_us, b.latency_direct_p99_us
+        ),
         format!(
             "1: {:.0}; 3: {:.0} / {:.0}",
-            b.latency_forwarder_p50_us, b.latency_three_forwarders_p50_us, b.latency_three_forwarders_p99_us
+            b.latency_forwarder_p50_us,
+            b.latency_three_forwarders_p50_us,
+            b.latency_three_forwarders_p99_us
         ),
         &|p| format!("{:.0} / {:.0}", p.latency_p50_us, p.latency_p99_us),
         "",
@@ -684,7 +714,10 @@ fn print_table(r: &Results) {
         String::new(),
         format!("3: {:+.0}", b.three_forwarders_added_p50_us),
         &|p| {
-            let mut s = format!("{:+.0}; {:+.0}", p.added_p50_us, p.added_p50_over_three_forwarders_us);
+            let mut s = format!(
+                "{:+.0}; {:+.0}",
+                p.added_p50_us, p.added_p50_over_three_forwarders_us
+            );
             if let (Some(tcp), true) = (tcp_path, p.transport == "QUIC") {
                 s += &format!(" ({:+.0})", p.latency_p50_us - tcp.latency_p50_us);
             }
@@ -710,13 +743,17 @@ fn print_table(r: &Results) {
         "< 20",
     );
     row(
-        &format!("new tunnels/s in one session: one at a time; {TUNNEL_WORKERS} in flight (refused)"),
+        &format!(
+            "new tunnels/s in one session: one at a time; {TUNNEL_WORKERS} in flight (refused)"
+        ),
         String::new(),
         String::new(),
         &|p| {
             format!(
                 "{:.0}; {:.0} ({})",
-                p.tunnels_per_sec_sequential, p.tunnels_per_sec_concurrent, p.tunnels_refused_concurrent
+                p.tunnels_per_sec_sequential,
+                p.tunnels_per_sec_concurrent,
+                p.tunnels_refused_concurrent
             )
         },
         ">= 5,000",
@@ -735,7 +772,10 @@ fn print_table(r: &Results) {
         &|p| {
             format!(
                 "{} ({}, {}); {:.0}",
-                p.idle_agents_online, p.idle_agents_failed, p.idle_agents_lost, p.relay_rss_mib_with_idle_agents
+                p.idle_agents_online,
+                p.idle_agents_failed,
+                p.idle_agents_lost,
+                p.relay_rss_mib_with_idle_agents
             )
         },
         "100,000 TLS/TCP, 20,000 QUIC, no errors",
@@ -755,7 +795,10 @@ fn print_table(r: &Results) {
         "<= 24",
     );
     row(
-        &format!("agent + client KiB per idle tunnel ({} in one session)", r.idle_tunnels),
+        &format!(
+            "agent + client KiB per idle tunnel ({} in one session)",
+            r.idle_tunnels
+        ),
         String::new(),
         String::new(),
         &|p| format!("{:.1}", p.agent_client_kib_per_idle_tunnel),
@@ -768,7 +811,9 @@ fn print_table(r: &Results) {
         &|p| {
             format!(
                 "{:.1} / {:.1}; {:.2}",
-                p.slow_reader_relay_growth_mib, p.slow_reader_agent_growth_mib, p.slow_reader_written_mb_per_s
+                p.slow_reader_relay_growth_mib,
+                p.slow_reader_agent_growth_mib,
+                p.slow_reader_written_mb_per_s
             )
         },
         "relay < 16",

@@ -218,12 +218,7 @@ impl Chain {
         let relay_dir = dir.path().join("relay");
         let agent_dir = dir.path().join("agent");
         let mut relay = Command::new(binary("telework-relay")?)
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--data-dir",
-            ])
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(&relay_dir)
             .args(relay_args)
             .env("RUST_LOG", "error")
