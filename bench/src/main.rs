@@ -18,10 +18,9 @@ use std::time::Instant;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use serde::Serialize;
+use telework_net::transport::TransportChoice;
 
-use crate::procs::{
-    start_forwarder, start_forwarder_chain, Chain, CpuSnapshot, Runtime, BENCH_ID, BENCH_PASSWORD,
-};
+use crate::procs::{start_forwarder, start_forwarder_chain, Chain, CpuSnapshot, Runtime};
 use crate::stats::{median, percentile};
 
 /// Benchmarks for telework on loopback.
@@ -30,18 +29,29 @@ use crate::stats::{median, percentile};
 struct Cli {
     #[command(subcommand)]
     mode: Option<Mode>,
+    /// The transports to measure, side by side in the same run.
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [TransportChoice::Tcp, TransportChoice::Quic])]
+    transports: Vec<TransportChoice>,
     /// Seconds per throughput run, each way.
     #[arg(long, default_value_t = 10.0)]
     seconds: f64,
     /// Runs per scenario (medians are reported).
     #[arg(long, default_value_t = 3)]
     runs: usize,
-    /// Idle agents for the memory scenario.
-    #[arg(long, default_value_t = 10_000)]
+    /// Idle agents on one relay, over TLS/TCP (one run; 100000 is the target, a long run).
+    #[arg(long, default_value_t = 5_000)]
     agents: usize,
-    /// Idle sessions for the memory scenario.
-    #[arg(long, default_value_t = 1_000)]
+    /// Idle agents on one relay over QUIC [default: as --agents] (20000 is the target).
+    #[arg(long)]
+    quic_agents: Option<usize>,
+    /// Idle sessions for the relay-memory scenario (500 fails today: "the office PC did not
+    /// answer in time" after some hundreds of logins to one agent).
+    #[arg(long, default_value_t = 100)]
     sessions: usize,
+    /// Idle tunnels in one session for the agent-plus-client memory scenario (the relay lets
+    /// a session have 256 streams open at once).
+    #[arg(long, default_value_t = 200)]
+    tunnels: usize,
     /// Where to write the JSON results.
     #[arg(long, default_value = "bench-results.json")]
     json: PathBuf,
@@ -59,8 +69,10 @@ enum Scenario {
     Throughput,
     Latency,
     Setup,
+    Tunnels,
     SlowReader,
     Memory,
+    Agents,
 }
 
 #[derive(Subcommand)]
@@ -76,33 +88,26 @@ enum Mode {
     },
 }
 
-#[derive(Serialize, Default)]
+#[derive(Serialize, Default, Clone, Copy)]
 struct Throughput {
-    direct_gbps: f64,
-    forwarder_gbps: f64,
     telework_gbps: f64,
     ratio_to_direct: f64,
     relay_cpu_s_per_gb: f64,
     agent_cpu_s_per_gb: f64,
     client_cpu_s_per_gb: f64,
     total_cpu_s_per_gb: f64,
+}
+
+/// What was measured without our programs, in the same run.
+#[derive(Serialize, Default)]
+struct Baselines {
+    upload_direct_gbps: f64,
+    upload_forwarder_gbps: f64,
+    download_direct_gbps: f64,
+    download_forwarder_gbps: f64,
     /// CPU of the bench's own sender and receiver per GB on the direct path: what one TCP hop
     /// costs, both ends, at full speed.
     direct_hop_cpu_s_per_gb: f64,
-    /// The least CPU our three processes can need per GB: each of them receives on one hop and
-    /// sends on the next (three hops' worth) and runs two AES-256-GCM passes.
-    floor_cpu_s_per_gb: f64,
-    /// The most any design with our three processes can reach on this machine's cores, from the
-    /// floor plus the sender's and receiver's own hop: as a fraction of direct.
-    ceiling_ratio_to_direct: f64,
-}
-
-#[derive(Serialize, Default)]
-struct Results {
-    machine: String,
-    runs: usize,
-    upload: Throughput,
-    download: Throughput,
     latency_direct_p50_us: f64,
     latency_direct_p99_us: f64,
     latency_forwarder_p50_us: f64,
@@ -113,36 +118,72 @@ struct Results {
     latency_three_forwarders_p99_us: f64,
     three_forwarders_added_p50_us: f64,
     /// CPU of the three middle processes per round trip over the timed round trips: time on
-    /// a CPU as the scheduler counts it, every thread (interrupt time is left out where the
-    /// kernel accounts it separately). The path is serial, so this is most of the latency.
+    /// a CPU as the scheduler counts it, every thread.
     three_forwarders_cpu_us_per_round_trip: f64,
-    telework_cpu_us_per_round_trip: f64,
-    /// The cryptography of one round trip (TLS on both hops, the end-to-end records), in
-    /// one process with no sockets: how much of the CPU difference above it explains.
+    /// The cryptography of one round trip over TLS/TCP (TLS on both hops, the end-to-end
+    /// records), in one process with no sockets.
     round_trip_crypto: crypto_cost::RoundTripCrypto,
-    latency_telework_p50_us: f64,
-    latency_telework_p99_us: f64,
-    added_p50_us: f64,
-    added_p99_us: f64,
-    new_session_ttfb_ms: f64,
     argon2id_ms: f64,
     /// One AES-256-GCM pass over 16 KiB records (our record layer's sealer), CPU s per GB.
     aes_gcm_s_per_gb: f64,
-    /// 16 KiB copies in this process (tuned as the programs are), GB/s, with the destination
-    /// 16 bytes past the source modulo 4 KiB (where `rep movsb` is slow on AMD Zen 3+), and
-    /// 1 KiB past.
     memcpy_16_past_gb_per_s: f64,
     memcpy_1k_past_gb_per_s: f64,
-    tunnels_per_sec: f64,
-    idle_agents: usize,
+}
+
+/// Everything measured through our programs on one transport.
+#[derive(Serialize, Default)]
+struct Path {
+    transport: String,
+    upload: Throughput,
+    download: Throughput,
+    latency_p50_us: f64,
+    latency_p99_us: f64,
+    added_p50_us: f64,
+    added_p99_us: f64,
+    /// Added p50 minus the three forwarders' added p50.
+    added_p50_over_three_forwarders_us: f64,
+    cpu_us_per_round_trip: f64,
+    new_session_ttfb_ms: f64,
+    /// One tunnel at a time.
+    tunnels_per_sec_sequential: f64,
+    /// [`TUNNEL_WORKERS`] in flight, 1 s after the relay's budget has refilled.
+    tunnels_per_sec_concurrent: f64,
+    tunnels_refused_concurrent: u64,
+    /// [`TUNNEL_WORKERS`] in flight for [`SUSTAINED_SECS`]: past the relay's burst of 10,000.
+    tunnels_per_sec_sustained: f64,
+    tunnels_refused_sustained: u64,
+    idle_agents_online: usize,
+    idle_agents_failed: usize,
+    idle_agents_lost: usize,
+    idle_agents_first_error: Option<String>,
+    idle_agents_bring_up_s: f64,
+    relay_rss_mib_with_idle_agents: f64,
     relay_kib_per_idle_agent: f64,
-    idle_sessions: usize,
     relay_kib_per_idle_session: f64,
+    agent_client_kib_per_idle_tunnel: f64,
     slow_reader_relay_growth_mib: f64,
     slow_reader_agent_growth_mib: f64,
     slow_reader_written_mb_per_s: f64,
+}
+
+#[derive(Serialize, Default)]
+struct Results {
+    machine: String,
+    runs: usize,
+    idle_sessions: usize,
+    idle_tunnels: usize,
+    baselines: Baselines,
+    paths: Vec<Path>,
     wall_seconds: f64,
 }
+
+/// Tunnels in flight in the concurrent tunnel-rate runs.
+const TUNNEL_WORKERS: usize = 64;
+/// Seconds of the sustained tunnel-rate run.
+const SUSTAINED_SECS: f64 = 10.0;
+/// How long the relay's per-connection tunnel budget takes to refill from empty (burst 10,000
+/// at 2,000 a second).
+const TUNNEL_BUDGET_REFILL: std::time::Duration = std::time::Duration::from_secs(5);
 
 fn main() -> anyhow::Result<()> {
     // The same memcpy as the programs under test, so the baselines and the floor compare like
@@ -163,8 +204,37 @@ fn main() -> anyhow::Result<()> {
     };
     match cli.mode {
         Some(Mode::Forwarder { target, .. }) => runtime.block_on(forwarder(target)),
-        None => runtime.block_on(bench(cli)),
+        None => {
+            raise_fd_limit();
+            runtime.block_on(bench(cli))
+        }
     }
+}
+
+/// Raises this process's open-file limit (inherited by the relay it starts) as far as it
+/// goes: a hundred thousand idle agents need a socket each, in this process and the relay.
+fn raise_fd_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let wanted = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(1 << 20);
+    let hard = getrlimit(Resource::Nofile).maximum;
+    let all = Rlimit {
+        current: Some(wanted),
+        maximum: Some(wanted),
+    };
+    if setrlimit(Resource::Nofile, all).is_err() {
+        // Not privileged: as far as the hard limit allows.
+        let _ = setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: hard,
+                maximum: hard,
+            },
+        );
+    }
+    eprintln!("open-file limit: {:?}", getrlimit(Resource::Nofile).current);
 }
 
 /// The baseline: accept, connect to the target, copy both ways with tokio's copy loop.
@@ -187,12 +257,21 @@ fn gbps(bytes_per_sec: f64) -> f64 {
     bytes_per_sec * 8.0 / 1e9
 }
 
+fn name(t: TransportChoice) -> String {
+    match t {
+        TransportChoice::Quic => "QUIC".into(),
+        TransportChoice::Tcp => "TLS/TCP".into(),
+        TransportChoice::Auto => "auto".into(),
+    }
+}
+
 async fn bench(mut cli: Cli) -> anyhow::Result<()> {
     if cli.quick {
         cli.runs = 1;
         cli.seconds = 1.0;
-        cli.agents = 500;
+        cli.agents = cli.agents.min(500);
         cli.sessions = 100;
+        cli.tunnels = cli.tunnels.min(100);
     }
     let wall = Instant::now();
     let target = target::start().await?;
@@ -209,219 +288,326 @@ async fn bench(mut cli: Cli) -> anyhow::Result<()> {
     let mut r = Results {
         runs: cli.runs,
         machine: machine(),
+        idle_sessions: cli.sessions,
+        idle_tunnels: cli.tunnels,
         ..Results::default()
     };
+    let b = &mut r.baselines;
+    let n = cli.transports.len();
+    let mut paths: Vec<Path> = cli
+        .transports
+        .iter()
+        .map(|&t| Path {
+            transport: name(t),
+            ..Path::default()
+        })
+        .collect();
 
     let wanted = |s: Scenario| cli.only.is_empty() || cli.only.contains(&s);
 
+    // Both chains stay up for the scenarios that alternate between them, so each run measures
+    // the baselines and every transport back to back.
+    let chains: Vec<Chain> = cli
+        .transports
+        .iter()
+        .map(|&t| Chain::start(target, t).with_context(|| format!("starting the chain on {t:?}")))
+        .collect::<anyhow::Result<_>>()?;
+
     // 1. Throughput, each way, each path; CPU of our processes per GB.
-    let chain = Chain::start(target)?;
     if wanted(Scenario::Throughput) {
-        r.aes_gcm_s_per_gb = median(
+        b.aes_gcm_s_per_gb = median(
             &(0..cli.runs)
                 .map(|_| scenarios::aes_gcm_pass())
                 .collect::<Vec<_>>(),
         );
-        r.memcpy_16_past_gb_per_s = scenarios::memcpy_gb_per_s(16);
-        r.memcpy_1k_past_gb_per_s = scenarios::memcpy_gb_per_s(1024);
-    }
-    for (upload, out) in [(true, &mut r.upload), (false, &mut r.download)] {
-        if !wanted(Scenario::Throughput) {
-            break;
-        }
-        let (mut d, mut d_cpu, mut f, mut t) = (vec![], vec![], vec![], vec![]);
-        let (mut relay_c, mut agent_c, mut client_c) = (vec![], vec![], vec![]);
-        for _ in 0..cli.runs {
-            let run = |addr| async move {
-                if upload {
-                    scenarios::upload(addr, cli.seconds).await
-                } else {
-                    scenarios::download(addr, cli.seconds).await
+        b.memcpy_16_past_gb_per_s = scenarios::memcpy_gb_per_s(16);
+        b.memcpy_1k_past_gb_per_s = scenarios::memcpy_gb_per_s(1024);
+        let mut d_cpu = vec![];
+        for upload in [true, false] {
+            let (mut d, mut f) = (vec![], vec![]);
+            let mut t = vec![vec![]; n];
+            let mut ratio = vec![vec![]; n];
+            let mut cpu = vec![vec![]; n];
+            for _ in 0..cli.runs {
+                let run = |addr| async move {
+                    if upload {
+                        scenarios::upload(addr, cli.seconds).await
+                    } else {
+                        scenarios::download(addr, cli.seconds).await
+                    }
+                };
+                let before = procs::cpu_secs(std::process::id());
+                let (direct, bytes) = run(target).await?;
+                d.push(direct);
+                d_cpu.push((procs::cpu_secs(std::process::id()) - before) / (bytes as f64 / 1e9));
+                f.push(run(forwarder_addr).await?.0);
+                for (i, chain) in chains.iter().enumerate() {
+                    let before = chain.cpu();
+                    let (rate, bytes) = run(chain.client_addr).await?;
+                    let after = chain.cpu();
+                    let gb = bytes as f64 / 1e9;
+                    t[i].push(rate);
+                    ratio[i].push(rate / direct);
+                    cpu[i].push([
+                        (after[0] - before[0]) / gb,
+                        (after[1] - before[1]) / gb,
+                        (after[2] - before[2]) / gb,
+                    ]);
                 }
-            };
-            let before = procs::cpu_secs(std::process::id());
-            let (rate, bytes) = run(target).await?;
-            d.push(rate);
-            d_cpu.push((procs::cpu_secs(std::process::id()) - before) / (bytes as f64 / 1e9));
-            f.push(run(forwarder_addr).await?.0);
-            let before = (
-                chain.relay.cpu_secs(),
-                chain.agent.cpu_secs(),
-                chain.client.cpu_secs(),
+            }
+            let (dg, fg) = (gbps(median(&d)), gbps(median(&f)));
+            if upload {
+                (b.upload_direct_gbps, b.upload_forwarder_gbps) = (dg, fg);
+            } else {
+                (b.download_direct_gbps, b.download_forwarder_gbps) = (dg, fg);
+            }
+            for (i, path) in paths.iter_mut().enumerate() {
+                let col = |k: usize| median(&cpu[i].iter().map(|c| c[k]).collect::<Vec<_>>());
+                let out = Throughput {
+                    telework_gbps: gbps(median(&t[i])),
+                    // The median of each run's ratio: direct and ours measured back to back.
+                    ratio_to_direct: median(&ratio[i]),
+                    relay_cpu_s_per_gb: col(0),
+                    agent_cpu_s_per_gb: col(1),
+                    client_cpu_s_per_gb: col(2),
+                    total_cpu_s_per_gb: col(0) + col(1) + col(2),
+                };
+                if upload {
+                    path.upload = out;
+                } else {
+                    path.download = out;
+                }
+            }
+            eprintln!(
+                "throughput {}: done",
+                if upload { "upload" } else { "download" }
             );
-            let (rate, bytes) = run(chain.client_addr).await?;
-            let gb = bytes as f64 / 1e9;
-            t.push(rate);
-            relay_c.push((chain.relay.cpu_secs() - before.0) / gb);
-            agent_c.push((chain.agent.cpu_secs() - before.1) / gb);
-            client_c.push((chain.client.cpu_secs() - before.2) / gb);
         }
-        out.direct_gbps = gbps(median(&d));
-        out.forwarder_gbps = gbps(median(&f));
-        out.telework_gbps = gbps(median(&t));
-        out.ratio_to_direct = out.telework_gbps / out.direct_gbps;
-        out.relay_cpu_s_per_gb = median(&relay_c);
-        out.agent_cpu_s_per_gb = median(&agent_c);
-        out.client_cpu_s_per_gb = median(&client_c);
-        out.total_cpu_s_per_gb =
-            out.relay_cpu_s_per_gb + out.agent_cpu_s_per_gb + out.client_cpu_s_per_gb;
-        out.direct_hop_cpu_s_per_gb = median(&d_cpu);
-        out.floor_cpu_s_per_gb = 3.0 * out.direct_hop_cpu_s_per_gb + 6.0 * r.aes_gcm_s_per_gb;
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
-        let ceiling_gbps =
-            gbps(cores * 1e9 / (out.floor_cpu_s_per_gb + out.direct_hop_cpu_s_per_gb));
-        out.ceiling_ratio_to_direct = ceiling_gbps / out.direct_gbps;
-        eprintln!(
-            "throughput {}: done",
-            if upload { "upload" } else { "download" }
-        );
+        b.direct_hop_cpu_s_per_gb = median(&d_cpu);
     }
 
     // 2. Latency of 64-byte round trips.
-    let (mut dp50, mut dp99, mut fp50, mut tp50, mut tp99) =
-        (vec![], vec![], vec![], vec![], vec![]);
-    let (mut f3p50, mut f3p99, mut f3cpu, mut tcpu) = (vec![], vec![], vec![], vec![]);
-    let mut crypto = vec![];
-    // About 1 to 1.5 s per path per run: 2,000 (a quarter of a second) let one burst of
-    // load on the shared host move a whole run's median by 5 to 10 µs.
-    const LATENCY_SAMPLES: usize = 10_000;
-    let per_round_trip = |ns: u64| ns as f64 / 1e3 / LATENCY_SAMPLES as f64;
-    let ours = [&chain.relay, &chain.agent, &chain.client];
-    let forwarders: Vec<&procs::Proc> = three_forwarders.iter().collect();
-    for _ in 0..cli.runs {
-        if !wanted(Scenario::Latency) {
-            break;
+    if wanted(Scenario::Latency) {
+        let (mut dp50, mut dp99, mut fp50) = (vec![], vec![], vec![]);
+        let (mut f3p50, mut f3p99, mut f3cpu) = (vec![], vec![], vec![]);
+        let (mut tp50, mut tp99, mut tcpu) = (vec![vec![]; n], vec![vec![]; n], vec![vec![]; n]);
+        let mut over_f3 = vec![vec![]; n];
+        let mut crypto = vec![];
+        // About 1 to 1.5 s per path per run: 2,000 (a quarter of a second) let one burst of
+        // load on the shared host move a whole run's median by 5 to 10 µs.
+        const LATENCY_SAMPLES: usize = 10_000;
+        let per_round_trip = |ns: u64| ns as f64 / 1e3 / LATENCY_SAMPLES as f64;
+        let forwarders: Vec<&procs::Proc> = three_forwarders.iter().collect();
+        for _ in 0..cli.runs {
+            let d = scenarios::latency(target, LATENCY_SAMPLES).await?;
+            let f = scenarios::latency(forwarder_addr, LATENCY_SAMPLES).await?;
+            let mut conn = scenarios::warmed_up(three_forwarders_addr).await?;
+            let before = CpuSnapshot::take(&forwarders);
+            let f3 = scenarios::round_trips(&mut conn, LATENCY_SAMPLES).await?;
+            f3cpu.push(per_round_trip(
+                CpuSnapshot::take(&forwarders).since(&before)?,
+            ));
+            let d50 = percentile(&d, 50.0);
+            let f3_50 = percentile(&f3, 50.0);
+            for (i, chain) in chains.iter().enumerate() {
+                let ours = [&chain.relay, &chain.agent, &chain.client];
+                let mut conn = scenarios::warmed_up(chain.client_addr).await?;
+                let before = CpuSnapshot::take(&ours);
+                let t = scenarios::round_trips(&mut conn, LATENCY_SAMPLES).await?;
+                tcpu[i].push(per_round_trip(CpuSnapshot::take(&ours).since(&before)?));
+                tp50[i].push(percentile(&t, 50.0));
+                tp99[i].push(percentile(&t, 99.0));
+                over_f3[i].push(percentile(&t, 50.0) - f3_50);
+            }
+            crypto.push(crypto_cost::round_trip_crypto()?);
+            f3p50.push(f3_50);
+            f3p99.push(percentile(&f3, 99.0));
+            dp50.push(d50);
+            dp99.push(percentile(&d, 99.0));
+            fp50.push(percentile(&f, 50.0));
         }
-        let d = scenarios::latency(target, LATENCY_SAMPLES).await?;
-        let f = scenarios::latency(forwarder_addr, LATENCY_SAMPLES).await?;
-        let mut conn = scenarios::warmed_up(three_forwarders_addr).await?;
-        let before = CpuSnapshot::take(&forwarders);
-        let f3 = scenarios::round_trips(&mut conn, LATENCY_SAMPLES).await?;
-        f3cpu.push(per_round_trip(
-            CpuSnapshot::take(&forwarders).since(&before)?,
-        ));
-        let mut conn = scenarios::warmed_up(chain.client_addr).await?;
-        let before = CpuSnapshot::take(&ours);
-        let t = scenarios::round_trips(&mut conn, LATENCY_SAMPLES).await?;
-        tcpu.push(per_round_trip(CpuSnapshot::take(&ours).since(&before)?));
-        crypto.push(crypto_cost::round_trip_crypto()?);
-        f3p50.push(percentile(&f3, 50.0));
-        f3p99.push(percentile(&f3, 99.0));
-        dp50.push(percentile(&d, 50.0));
-        dp99.push(percentile(&d, 99.0));
-        fp50.push(percentile(&f, 50.0));
-        tp50.push(percentile(&t, 50.0));
-        tp99.push(percentile(&t, 99.0));
-    }
-    r.latency_direct_p50_us = median(&dp50);
-    r.latency_direct_p99_us = median(&dp99);
-    r.latency_forwarder_p50_us = median(&fp50);
-    r.latency_three_forwarders_p50_us = median(&f3p50);
-    r.latency_three_forwarders_p99_us = median(&f3p99);
-    r.three_forwarders_added_p50_us = r.latency_three_forwarders_p50_us - r.latency_direct_p50_us;
-    r.three_forwarders_cpu_us_per_round_trip = median(&f3cpu);
-    r.telework_cpu_us_per_round_trip = median(&tcpu);
-    if !crypto.is_empty() {
+        b.latency_direct_p50_us = median(&dp50);
+        b.latency_direct_p99_us = median(&dp99);
+        b.latency_forwarder_p50_us = median(&fp50);
+        b.latency_three_forwarders_p50_us = median(&f3p50);
+        b.latency_three_forwarders_p99_us = median(&f3p99);
+        b.three_forwarders_added_p50_us =
+            b.latency_three_forwarders_p50_us - b.latency_direct_p50_us;
+        b.three_forwarders_cpu_us_per_round_trip = median(&f3cpu);
         crypto.sort_by(|a, b| a.round_trip_us.total_cmp(&b.round_trip_us));
         // The lower middle for an even count, as `stats::median`.
-        r.round_trip_crypto = crypto[(crypto.len() - 1) / 2];
+        b.round_trip_crypto = crypto[(crypto.len() - 1) / 2];
+        for (i, path) in paths.iter_mut().enumerate() {
+            path.latency_p50_us = median(&tp50[i]);
+            path.latency_p99_us = median(&tp99[i]);
+            path.added_p50_us = path.latency_p50_us - b.latency_direct_p50_us;
+            path.added_p99_us = path.latency_p99_us - b.latency_direct_p99_us;
+            path.added_p50_over_three_forwarders_us = median(&over_f3[i]);
+            path.cpu_us_per_round_trip = median(&tcpu[i]);
+        }
+        eprintln!("latency: done");
     }
-    r.latency_telework_p50_us = median(&tp50);
-    r.latency_telework_p99_us = median(&tp99);
-    r.added_p50_us = r.latency_telework_p50_us - r.latency_direct_p50_us;
-    r.added_p99_us = r.latency_telework_p99_us - r.latency_direct_p99_us;
-    eprintln!("latency: done");
 
-    // 3. New session (password handshake) to first byte; tunnels per second in a session.
-    let mut ttfb = vec![];
-    let mut tps = vec![];
-    for _ in 0..cli.runs.max(5) {
-        if !wanted(Scenario::Setup) {
-            break;
+    // 3. New session (password handshake) to first byte.
+    if wanted(Scenario::Setup) {
+        for (chain, path) in chains.iter().zip(paths.iter_mut()) {
+            let mut ttfb = vec![];
+            for _ in 0..cli.runs.max(5) {
+                ttfb.push(scenarios::time_to_first_byte(chain).await?);
+            }
+            path.new_session_ttfb_ms = median(&ttfb);
         }
-        ttfb.push(
-            scenarios::time_to_first_byte(
-                chain.relay_addr,
-                &chain.fingerprint,
-                BENCH_ID,
-                BENCH_PASSWORD,
-            )
-            .await?,
-        );
+        b.argon2id_ms = median(&(0..5).map(|_| scenarios::argon2id_ms()).collect::<Vec<_>>());
+        eprintln!("set-up: done");
     }
-    for _ in 0..cli.runs {
-        if !wanted(Scenario::Setup) {
-            break;
+
+    // 4. New tunnels per second in the chain's one session: one at a time; many at a time
+    // from a refilled budget; many at a time for long enough to meet the budget's rate.
+    if wanted(Scenario::Tunnels) {
+        let secs = if cli.quick { 1.0 } else { 2.0 };
+        for (chain, path) in chains.iter().zip(paths.iter_mut()) {
+            let (mut seq, mut conc, mut refused) = (vec![], vec![], vec![]);
+            for _ in 0..cli.runs {
+                seq.push(
+                    scenarios::tunnels_per_sec(chain.client_addr, 1, secs)
+                        .await?
+                        .per_sec,
+                );
+                tokio::time::sleep(TUNNEL_BUDGET_REFILL).await;
+                let c = scenarios::tunnels_per_sec(chain.client_addr, TUNNEL_WORKERS, 1.0).await?;
+                conc.push(c.per_sec);
+                refused.push(c.refused as f64);
+            }
+            path.tunnels_per_sec_sequential = median(&seq);
+            path.tunnels_per_sec_concurrent = median(&conc);
+            path.tunnels_refused_concurrent = median(&refused) as u64;
+            tokio::time::sleep(TUNNEL_BUDGET_REFILL).await;
+            let sustained = if cli.quick { 3.0 } else { SUSTAINED_SECS };
+            let s =
+                scenarios::tunnels_per_sec(chain.client_addr, TUNNEL_WORKERS, sustained).await?;
+            path.tunnels_per_sec_sustained = s.per_sec;
+            path.tunnels_refused_sustained = s.refused;
         }
-        tps.push(
-            scenarios::tunnels_per_sec(chain.client_addr, 8, (cli.seconds / 3.0).max(1.0)).await?,
-        );
+        eprintln!("tunnels: done");
     }
-    r.new_session_ttfb_ms = median(&ttfb);
-    r.argon2id_ms = median(&(0..5).map(|_| scenarios::argon2id_ms()).collect::<Vec<_>>());
-    r.tunnels_per_sec = median(&tps);
-    eprintln!("set-up: done");
 
     // 5. Slow reader: memory stays bounded by the buffer caps.
-    let (mut rg, mut ag, mut wr) = (vec![], vec![], vec![]);
-    for _ in 0..cli.runs {
-        if !wanted(Scenario::SlowReader) {
-            break;
+    if wanted(Scenario::SlowReader) {
+        for (chain, path) in chains.iter().zip(paths.iter_mut()) {
+            let (mut rg, mut ag, mut wr) = (vec![], vec![], vec![]);
+            for _ in 0..cli.runs {
+                let secs = cli.seconds.min(8.0);
+                let (relay_kib, agent_kib, written) =
+                    scenarios::slow_reader(chain.client_addr, &chain.relay, &chain.agent, secs)
+                        .await?;
+                wr.push(written as f64 / 1e6 / secs);
+                rg.push(relay_kib as f64 / 1024.0);
+                ag.push(agent_kib as f64 / 1024.0);
+            }
+            path.slow_reader_relay_growth_mib = median(&rg);
+            path.slow_reader_agent_growth_mib = median(&ag);
+            path.slow_reader_written_mb_per_s = median(&wr);
         }
-        let secs = cli.seconds.min(8.0);
-        let (relay_kib, agent_kib, written) =
-            scenarios::slow_reader(chain.client_addr, &chain.relay, &chain.agent, secs).await?;
-        wr.push(written as f64 / 1e6 / secs);
-        rg.push(relay_kib as f64 / 1024.0);
-        ag.push(agent_kib as f64 / 1024.0);
+        eprintln!("slow reader: done");
     }
-    r.slow_reader_relay_growth_mib = median(&rg);
-    r.slow_reader_agent_growth_mib = median(&ag);
-    r.slow_reader_written_mb_per_s = median(&wr);
-    eprintln!("slow reader: done");
-    drop(chain);
+    drop(chains);
 
-    // 4. Memory: idle agents and idle sessions, each run on a fresh relay.
-    let (mut per_agent, mut per_session) = (vec![], vec![]);
-    for _ in 0..cli.runs {
-        if !wanted(Scenario::Memory) {
-            break;
+    // 6. Memory: idle tunnels in one session (agent + client), idle sessions (relay), each
+    // run on fresh processes. Sessions log in from this one address, so that relay runs
+    // without per-address limits (its lookup budget would otherwise pace the logins).
+    if wanted(Scenario::Memory) {
+        let no_limits = ["--no-per-address-limits".to_owned()];
+        for (&t, path) in cli.transports.iter().zip(paths.iter_mut()) {
+            let (mut per_tunnel, mut per_session) = (vec![], vec![]);
+            for _ in 0..cli.runs {
+                let chain = Chain::start(target, t)?;
+                let (kib, conns) = scenarios::idle_tunnels(&chain, cli.tunnels)
+                    .await
+                    .context("idle tunnels")?;
+                per_tunnel.push(kib);
+                drop(conns);
+                drop(chain);
+                let chain = Chain::start_with(target, t, &no_limits)?;
+                let (kib, sessions) = scenarios::idle_sessions(&chain, cli.sessions)
+                    .await
+                    .context("idle sessions")?;
+                per_session.push(kib);
+                drop(sessions);
+            }
+            path.agent_client_kib_per_idle_tunnel = median(&per_tunnel);
+            path.relay_kib_per_idle_session = median(&per_session);
         }
-        let chain = Chain::start(target)?;
-        let before = chain.relay.rss_kib();
-        let conns = agents::bring_online(
-            chain.relay_addr,
-            &chain.fingerprint,
-            telework_net::transport::TransportChoice::Tcp,
-            cli.agents,
-            32,
-        )
-        .await
-        .context("idle agents")?;
-        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-        per_agent.push(chain.relay.rss_kib().saturating_sub(before) as f64 / cli.agents as f64);
-        drop(conns);
-        drop(chain);
-        let chain = Chain::start(target)?;
-        target::reset_idle_count();
-        let (kib, conns) = scenarios::idle_sessions(chain.client_addr, &chain.relay, cli.sessions)
-            .await
-            .context("idle sessions")?;
-        per_session.push(kib);
-        drop(conns);
+        eprintln!("memory: done");
     }
-    r.idle_agents = cli.agents;
-    r.relay_kib_per_idle_agent = median(&per_agent);
-    r.idle_sessions = cli.sessions;
-    r.relay_kib_per_idle_session = median(&per_session);
-    eprintln!("memory: done");
+
+    // 7. Idle agents on one relay on its default settings (but for its connection cap, raised
+    // to fit the count), from several source addresses. One run each: it is long.
+    if wanted(Scenario::Agents) {
+        for (&t, path) in cli.transports.iter().zip(paths.iter_mut()) {
+            let count = match t {
+                TransportChoice::Quic => cli.quic_agents.unwrap_or(cli.agents),
+                _ => cli.agents,
+            };
+            if let Err(e) = idle_agents(target, t, count, path).await {
+                path.idle_agents_first_error = Some(format!("{e:#}"));
+            }
+            eprintln!(
+                "idle agents over {}: {} online, {} failed, {} lost",
+                path.transport,
+                path.idle_agents_online,
+                path.idle_agents_failed,
+                path.idle_agents_lost
+            );
+        }
+    }
     drop(forwarder);
     drop(three_forwarders);
 
+    r.paths = paths;
     r.wall_seconds = wall.elapsed().as_secs_f64();
     print_table(&r);
     std::fs::write(&cli.json, serde_json::to_string_pretty(&r)?)?;
     println!("\nJSON written to {}", cli.json.display());
+    Ok(())
+}
+
+/// Connections the relay may hold beyond the idle agents (its default cap is 20,000).
+const CONNECTION_HEADROOM: usize = 1_000;
+
+/// Brings `count` idle agents online on a fresh relay and records what it costs.
+async fn idle_agents(
+    target: SocketAddr,
+    t: TransportChoice,
+    count: usize,
+    path: &mut Path,
+) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("relay.toml");
+    std::fs::write(
+        &config,
+        format!("max_connections = {}\n", count + CONNECTION_HEADROOM),
+    )?;
+    let chain = Chain::start_with(
+        target,
+        t,
+        &["--config".to_owned(), config.display().to_string()],
+    )?;
+    let before = chain.relay.rss_kib();
+    let started = Instant::now();
+    let agents = agents::bring_online(chain.relay_addr, &chain.fingerprint, t, count, 32)
+        .await
+        .context("idle agents")?;
+    path.idle_agents_bring_up_s = started.elapsed().as_secs_f64();
+    // Long enough for every agent's keepalive to have gone round once.
+    tokio::time::sleep(std::time::Duration::from_secs(16)).await;
+    let after = chain.relay.rss_kib();
+    path.idle_agents_online = agents.online();
+    path.idle_agents_failed = agents.failed;
+    path.idle_agents_lost = agents.lost();
+    path.idle_agents_first_error = agents.first_error.clone();
+    path.relay_rss_mib_with_idle_agents = after as f64 / 1024.0;
+    path.relay_kib_per_idle_agent =
+        after.saturating_sub(before) as f64 / agents.online().max(1) as f64;
     Ok(())
 }
 
@@ -441,86 +627,202 @@ fn machine() -> String {
 }
 
 fn print_table(r: &Results) {
+    let b = &r.baselines;
     println!(
         "telework benchmark ({} runs each, medians; {})",
         r.runs, r.machine
     );
     println!();
-    println!("| scenario | direct | forwarder | telework | ratio / added | target |");
-    println!("|---|---|---|---|---|---|");
-    for (name, t) in [
-        ("upload Gbit/s", &r.upload),
-        ("download Gbit/s", &r.download),
+    let names: Vec<&str> = r.paths.iter().map(|p| p.transport.as_str()).collect();
+    println!(
+        "| measure | direct | plain forwarder(s) | {} | target |",
+        names.join(" | ")
+    );
+    println!("|---|---|---|{}---|", "---|".repeat(names.len()));
+    let row =
+        |measure: &str, direct: String, fwd: String, f: &dyn Fn(&Path) -> String, target: &str| {
+            let cells: Vec<String> = r.paths.iter().map(f).collect();
+            println!(
+                "| {measure} | {direct} | {fwd} | {} | {target} |",
+                cells.join(" | ")
+            );
+        };
+    let tcp_path = r.paths.iter().find(|p| p.transport == "TLS/TCP");
+    for (way, d, f) in [
+        ("upload", b.upload_direct_gbps, b.upload_forwarder_gbps),
+        (
+            "download",
+            b.download_direct_gbps,
+            b.download_forwarder_gbps,
+        ),
     ] {
-        println!(
-            "| {name} | {:.2} | {:.2} | {:.2} | {:.2} of direct | >= 0.17 |",
-            t.direct_gbps, t.forwarder_gbps, t.telework_gbps, t.ratio_to_direct
+        let t = |p: &Path| {
+            if way == "upload" {
+                p.upload
+            } else {
+                p.download
+            }
+        };
+        row(
+            &format!("{way} Gbit/s (ratio to direct; QUIC: to TLS/TCP)"),
+            format!("{d:.2}"),
+            format!("{f:.2}"),
+            &|p| {
+                let mut s = format!("{:.2} ({:.2})", t(p).telework_gbps, t(p).ratio_to_direct);
+                if let (Some(tcp), true) = (tcp_path, p.transport == "QUIC") {
+                    s += &format!(
+                        "; {:.2} of TLS/TCP",
+                        t(p).telework_gbps / t(tcp).telework_gbps
+                    );
+                }
+                s
+            },
+            "TLS/TCP >= 0.2 of direct; QUIC >= 0.3 of TLS/TCP",
         );
-        println!(
-            "| {name}: CPU s/GB relay / agent / client / total | | | {:.2} / {:.2} / {:.2} / {:.2} | | relay <= 1.0, total <= 3.0 |",
-            t.relay_cpu_s_per_gb, t.agent_cpu_s_per_gb, t.client_cpu_s_per_gb, t.total_cpu_s_per_gb
-        );
-        println!(
-            "| {name}: floor CPU s/GB (3 x direct hop {:.2} + 6 x AES-GCM {:.2}); CPU-bound ceiling | | | {:.2}; {:.2} of direct | | |",
-            t.direct_hop_cpu_s_per_gb, r.aes_gcm_s_per_gb, t.floor_cpu_s_per_gb, t.ceiling_ratio_to_direct
+        row(
+            &format!("{way}: CPU s/GB relay / agent / client"),
+            String::new(),
+            String::new(),
+            &|p| {
+                format!(
+                    "{:.2} / {:.2} / {:.2}",
+                    t(p).relay_cpu_s_per_gb,
+                    t(p).agent_cpu_s_per_gb,
+                    t(p).client_cpu_s_per_gb
+                )
+            },
+            "",
         );
     }
-    println!(
-        "| 16 KiB memcpy GB/s, destination 16 B / 1 KiB past the source mod 4 KiB | | | {:.1} / {:.1} | | |",
-        r.memcpy_16_past_gb_per_s, r.memcpy_1k_past_gb_per_s
+    row(
+        "64 B round trip p50 / p99 (us)",
+        format!(
+            "{:.0} / {:.0}",
+            b.latency_direct_p50_us, b.latency_direct_p99_us
+        ),
+        format!(
+            "1: {:.0}; 3: {:.0} / {:.0}",
+            b.latency_forwarder_p50_us,
+            b.latency_three_forwarders_p50_us,
+            b.latency_three_forwarders_p99_us
+        ),
+        &|p| format!("{:.0} / {:.0}", p.latency_p50_us, p.latency_p99_us),
+        "",
     );
-    println!(
-        "| 64 B round trip p50 (us) | {:.0} | {:.0} | {:.0} | {:+.0} | added <= 100 |",
-        r.latency_direct_p50_us,
-        r.latency_forwarder_p50_us,
-        r.latency_telework_p50_us,
-        r.added_p50_us
+    row(
+        "added p50 (us): over direct; over three forwarders (QUIC: over TLS/TCP)",
+        String::new(),
+        format!("3: {:+.0}", b.three_forwarders_added_p50_us),
+        &|p| {
+            let mut s = format!(
+                "{:+.0}; {:+.0}",
+                p.added_p50_us, p.added_p50_over_three_forwarders_us
+            );
+            if let (Some(tcp), true) = (tcp_path, p.transport == "QUIC") {
+                s += &format!(" ({:+.0})", p.latency_p50_us - tcp.latency_p50_us);
+            }
+            s
+        },
+        "TLS/TCP <= +15 over three forwarders; QUIC <= +20 over TLS/TCP",
     );
-    println!(
-        "| 64 B round trip p50 (us), three plain forwarders in series | {:.0} | {:.0} | | {:+.0} | |",
-        r.latency_direct_p50_us,
-        r.latency_three_forwarders_p50_us,
-        r.three_forwarders_added_p50_us
+    row(
+        "64 B round trip: CPU us of the three middle processes",
+        String::new(),
+        format!("3: {:.0}", b.three_forwarders_cpu_us_per_round_trip),
+        &|p| format!("{:.0}", p.cpu_us_per_round_trip),
+        "",
     );
-    println!(
-        "| 64 B round trip: CPU us of the three middle processes, three forwarders / ours | | {:.0} | {:.0} | {:+.0} | |",
-        r.three_forwarders_cpu_us_per_round_trip,
-        r.telework_cpu_us_per_round_trip,
-        r.telework_cpu_us_per_round_trip - r.three_forwarders_cpu_us_per_round_trip
+    row(
+        &format!(
+            "new session to first byte (ms; client Argon2id alone {:.1})",
+            b.argon2id_ms
+        ),
+        String::new(),
+        String::new(),
+        &|p| format!("{:.1}", p.new_session_ttfb_ms),
+        "< 20",
     );
-    let c = &r.round_trip_crypto;
-    println!(
-        "| 64 B round trip: CPU us of its cryptography, in a hot loop in one process (4 x TLS {:.2} + 2 x end-to-end {:.2}) | | | {:.1} | | |",
-        c.tls_pair_us, c.e2e_pair_us, c.round_trip_us
+    row(
+        &format!(
+            "new tunnels/s in one session: one at a time; {TUNNEL_WORKERS} in flight (refused)"
+        ),
+        String::new(),
+        String::new(),
+        &|p| {
+            format!(
+                "{:.0}; {:.0} ({})",
+                p.tunnels_per_sec_sequential,
+                p.tunnels_per_sec_concurrent,
+                p.tunnels_refused_concurrent
+            )
+        },
+        ">= 5,000",
     );
-    println!(
-        "| 64 B round trip p99 (us) | {:.0} | | {:.0} | {:+.0} | added p99 <= 2 x added p50 |",
-        r.latency_direct_p99_us, r.latency_telework_p99_us, r.added_p99_us
+    row(
+        &format!("... {TUNNEL_WORKERS} in flight for {SUSTAINED_SECS:.0} s, past the relay's budget (burst 10,000, then 2,000/s) (refused)"),
+        String::new(),
+        String::new(),
+        &|p| format!("{:.0} ({})", p.tunnels_per_sec_sustained, p.tunnels_refused_sustained),
+        "",
     );
-    println!(
-        "| new session to first byte (ms) | | | {:.1} | | < 20 |",
-        r.new_session_ttfb_ms
+    row(
+        "idle agents on one relay: online (failed, lost); relay RSS MiB",
+        String::new(),
+        String::new(),
+        &|p| {
+            format!(
+                "{} ({}, {}); {:.0}",
+                p.idle_agents_online,
+                p.idle_agents_failed,
+                p.idle_agents_lost,
+                p.relay_rss_mib_with_idle_agents
+            )
+        },
+        "100,000 TLS/TCP, 20,000 QUIC, no errors",
     );
-    println!(
-        "| ... of which the client's Argon2id (ms) | | | {:.1} | {:.1} without it | |",
-        r.argon2id_ms,
-        r.new_session_ttfb_ms - r.argon2id_ms
+    row(
+        "relay KiB per idle agent",
+        String::new(),
+        String::new(),
+        &|p| format!("{:.1}", p.relay_kib_per_idle_agent),
+        "TLS/TCP <= 8, QUIC <= 16",
     );
-    println!(
-        "| new tunnels per second in a session | | | {:.0} | | >= 1000 |",
-        r.tunnels_per_sec
+    row(
+        &format!("relay KiB per idle session ({})", r.idle_sessions),
+        String::new(),
+        String::new(),
+        &|p| format!("{:.1}", p.relay_kib_per_idle_session),
+        "<= 24",
     );
-    println!(
-        "| relay KiB per idle agent ({}) | | | {:.1} | | <= 16 |",
-        r.idle_agents, r.relay_kib_per_idle_agent
+    row(
+        &format!(
+            "agent + client KiB per idle tunnel ({} in one session)",
+            r.idle_tunnels
+        ),
+        String::new(),
+        String::new(),
+        &|p| format!("{:.1}", p.agent_client_kib_per_idle_tunnel),
+        "<= 64",
     );
-    println!(
-        "| relay KiB per idle session ({}) | | | {:.1} | | <= 48 |",
-        r.idle_sessions, r.relay_kib_per_idle_session
+    row(
+        "slow reader (1 MB/s): growth MiB relay / agent; writer MB/s",
+        String::new(),
+        String::new(),
+        &|p| {
+            format!(
+                "{:.1} / {:.1}; {:.2}",
+                p.slow_reader_relay_growth_mib,
+                p.slow_reader_agent_growth_mib,
+                p.slow_reader_written_mb_per_s
+            )
+        },
+        "relay < 16",
     );
+    let c = &b.round_trip_crypto;
     println!(
-        "| slow reader (1 MB/s) growth MiB relay / agent; writer MB/s | | | {:.1} / {:.1}; {:.2} | | relay < 16 |",
-        r.slow_reader_relay_growth_mib, r.slow_reader_agent_growth_mib, r.slow_reader_written_mb_per_s
+        "\nbaselines: AES-256-GCM {:.2} s/GB; direct hop {:.2} CPU s/GB; 16 KiB memcpy {:.1} / {:.1} GB/s (16 B / 1 KiB past); round-trip crypto over TLS/TCP {:.1} us (4 x TLS {:.2} + 2 x end-to-end {:.2})",
+        b.aes_gcm_s_per_gb, b.direct_hop_cpu_s_per_gb, b.memcpy_16_past_gb_per_s, b.memcpy_1k_past_gb_per_s,
+        c.round_trip_us, c.tls_pair_us, c.e2e_pair_us
     );
-    println!("\nwall time {:.0} s", r.wall_seconds);
+    println!("wall time {:.0} s", r.wall_seconds);
 }

@@ -9,6 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use telework_net::transport::TransportChoice;
 
 /// A child process that is killed when dropped.
 pub struct Proc {
@@ -173,7 +174,26 @@ pub struct Chain {
     pub relay_addr: SocketAddr,
     /// The relay's certificate fingerprint.
     pub fingerprint: String,
+    /// The transport agent and client were told to use.
+    pub transport: TransportChoice,
     _dir: tempfile::TempDir,
+}
+
+/// The `--transport` value that names `choice`.
+pub fn transport_arg(choice: TransportChoice) -> &'static str {
+    match choice {
+        TransportChoice::Auto => "auto",
+        TransportChoice::Quic => "quic",
+        TransportChoice::Tcp => "tcp",
+    }
+}
+
+/// How the client names `choice` in its `connected to ID over ...` line.
+fn transport_words(choice: TransportChoice) -> &'static str {
+    match choice {
+        TransportChoice::Quic => "QUIC",
+        _ => "TLS/TCP",
+    }
 }
 
 /// The computer ID and password the bench registers.
@@ -182,20 +202,25 @@ pub const BENCH_ID: &str = "bench-pc";
 pub const BENCH_PASSWORD: &str = "bench-connection-password";
 
 impl Chain {
-    /// Starts the three processes and waits until the client listens.
-    pub fn start(target: SocketAddr) -> anyhow::Result<Self> {
+    /// Starts the three processes, the relay on its default settings, agent and client on
+    /// `transport`, and waits until the client listens.
+    pub fn start(target: SocketAddr, transport: TransportChoice) -> anyhow::Result<Self> {
+        Self::start_with(target, transport, &[])
+    }
+
+    /// As [`Chain::start`], with more arguments for `telework-relay serve`.
+    pub fn start_with(
+        target: SocketAddr,
+        transport: TransportChoice,
+        relay_args: &[String],
+    ) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let relay_dir = dir.path().join("relay");
         let agent_dir = dir.path().join("agent");
         let mut relay = Command::new(binary("telework-relay")?)
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--no-per-address-limits",
-                "--data-dir",
-            ])
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(&relay_dir)
+            .args(relay_args)
             .env("RUST_LOG", "error")
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -223,6 +248,8 @@ impl Chain {
                 &fingerprint,
                 "--id",
                 BENCH_ID,
+                "--transport",
+                transport_arg(transport),
             ])
             .arg("--data-dir")
             .arg(&agent_dir)
@@ -245,7 +272,8 @@ impl Chain {
             bail!("set-password failed");
         }
         let agent = Command::new(&agent_bin)
-            .args(["run", "--target", &target.to_string(), "--data-dir"])
+            .args(["run", "--target", &target.to_string()])
+            .args(["--transport", transport_arg(transport), "--data-dir"])
             .arg(&agent_dir)
             .env("RUST_LOG", "error")
             .stdout(Stdio::null())
@@ -264,6 +292,8 @@ impl Chain {
                     &relay_addr.to_string(),
                     "--relay-fingerprint",
                     &fingerprint,
+                    "--transport",
+                    transport_arg(transport),
                 ])
                 .args([
                     "--password-stdin",
@@ -286,11 +316,15 @@ impl Chain {
             let prefix = format!("connected to {BENCH_ID} over ");
             match read_line_with(&mut client, &prefix, Duration::from_secs(5)) {
                 Ok(rest) => {
-                    let addr = rest
+                    let (over, addr) = rest
                         .split_once(": point your RDP client at ")
-                        .map(|(_, a)| a.trim())
                         .unwrap_or_default();
-                    break (client, addr.parse::<SocketAddr>()?);
+                    if !over.starts_with(transport_words(transport)) {
+                        let _ = client.kill();
+                        let _ = client.wait();
+                        bail!("asked for {transport:?}, the client is on {over}");
+                    }
+                    break (client, addr.trim().parse::<SocketAddr>()?);
                 }
                 Err(_) if started.elapsed() < Duration::from_secs(20) => {
                     let _ = client.kill();
@@ -307,8 +341,20 @@ impl Chain {
             client_addr,
             relay_addr,
             fingerprint,
+            transport,
             _dir: dir,
         })
+    }
+}
+
+impl Chain {
+    /// CPU seconds used so far by the relay, the agent and the client.
+    pub fn cpu(&self) -> [f64; 3] {
+        [
+            self.relay.cpu_secs(),
+            self.agent.cpu_secs(),
+            self.client.cpu_secs(),
+        ]
     }
 }
 

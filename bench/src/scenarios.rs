@@ -9,7 +9,7 @@ use anyhow::Context;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::procs::Proc;
+use crate::procs::{Chain, Proc, BENCH_ID, BENCH_PASSWORD};
 use crate::target;
 
 async fn open(addr: SocketAddr, mode: u8) -> anyhow::Result<TcpStream> {
@@ -130,45 +130,58 @@ pub async fn latency(addr: SocketAddr, samples: usize) -> anyhow::Result<Vec<f64
     round_trips(&mut warmed_up(addr).await?, samples).await
 }
 
-/// New TCP connections through an authenticated session (each: connect, one byte each way,
-/// close), `workers` at a time for `secs`; returns tunnels per second.
-pub async fn tunnels_per_sec(addr: SocketAddr, workers: usize, secs: f64) -> anyhow::Result<f64> {
+/// New tunnels through one authenticated session: `workers` at a time, each a new local TCP
+/// connection to the client's port (connect, one byte each way, close), for `secs`.
+pub struct TunnelRate {
+    /// Tunnels that carried their byte, per second.
+    pub per_sec: f64,
+    /// Local connections that were closed without their byte (the relay's per-connection
+    /// budget refusing the stream, or any other failure).
+    pub refused: u64,
+}
+
+/// See [`TunnelRate`].
+pub async fn tunnels_per_sec(
+    addr: SocketAddr,
+    workers: usize,
+    secs: f64,
+) -> anyhow::Result<TunnelRate> {
     let done = Arc::new(AtomicU64::new(0));
+    let refused = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..workers {
-        let done = done.clone();
+        let (done, refused) = (done.clone(), refused.clone());
         tasks.push(tokio::spawn(async move {
             while started.elapsed().as_secs_f64() < secs {
-                let mut c = open(addr, target::ECHO).await?;
-                c.write_all(b"x").await?;
-                let mut b = [0u8; 1];
-                c.read_exact(&mut b).await?;
-                done.fetch_add(1, Ordering::Relaxed);
+                let one = async {
+                    let mut c = open(addr, target::ECHO).await?;
+                    c.write_all(b"x").await?;
+                    let mut b = [0u8; 1];
+                    c.read_exact(&mut b).await?;
+                    Ok::<(), anyhow::Error>(())
+                };
+                match tokio::time::timeout(Duration::from_secs(10), one).await {
+                    Ok(Ok(())) => done.fetch_add(1, Ordering::Relaxed),
+                    _ => refused.fetch_add(1, Ordering::Relaxed),
+                };
             }
-            Ok::<(), anyhow::Error>(())
         }));
     }
     for t in tasks {
-        t.await??;
+        t.await?;
     }
-    Ok(done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64())
+    Ok(TunnelRate {
+        per_sec: done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64(),
+        refused: refused.load(Ordering::Relaxed),
+    })
 }
 
 /// A new session including the password handshake (OPAQUE with Argon2id) up to the first
 /// echoed byte through a new tunnel, in milliseconds.
-pub async fn time_to_first_byte(
-    relay: SocketAddr,
-    fingerprint: &str,
-    id: &str,
-    password: &str,
-) -> anyhow::Result<f64> {
-    let target = telework_client::Target {
-        relay: relay.to_string().parse()?,
-        trust: telework_net::tls::RelayTrust::Fingerprint(fingerprint.parse()?),
-        transport: telework_net::transport::TransportChoice::Tcp,
-        id: id.parse()?,
-    };
+pub async fn time_to_first_byte(chain: &Chain) -> anyhow::Result<f64> {
+    let target = bench_target(chain)?;
+    let password = BENCH_PASSWORD;
     let options = telework_client::LoginOptions::default();
     let started = Instant::now();
     let session =
@@ -202,44 +215,86 @@ pub fn argon2id_ms() -> f64 {
     started.elapsed().as_secs_f64() * 1e3
 }
 
-/// Holds `n` idle connections through the chain and returns the relay's RSS growth per
-/// connection in KiB.
+/// What the client needs to log in to the chain's agent, on the chain's transport.
+fn bench_target(chain: &Chain) -> anyhow::Result<telework_client::Target> {
+    Ok(telework_client::Target {
+        relay: chain.relay_addr.to_string().parse()?,
+        trust: telework_net::tls::RelayTrust::Fingerprint(chain.fingerprint.parse()?),
+        transport: chain.transport,
+        id: BENCH_ID.parse()?,
+    })
+}
+
+/// Waits until `proc`'s RSS stops growing (up to 10 s) and returns it in KiB.
+async fn settled_rss(procs: &[&Proc]) -> u64 {
+    let total = || procs.iter().map(|p| p.rss_kib()).sum::<u64>();
+    let mut last = 0;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = total();
+        if now == last {
+            break;
+        }
+        last = now;
+    }
+    total()
+}
+
+/// Logs in `n` sessions to the chain's agent from this process (each its own connection to
+/// the relay, with its password login and its control tunnel) and holds them; returns the
+/// relay's RSS growth per session in KiB.
 pub async fn idle_sessions(
-    addr: SocketAddr,
-    relay: &Proc,
+    chain: &Chain,
     n: usize,
-) -> anyhow::Result<(f64, Vec<TcpStream>)> {
-    let before = relay.rss_kib();
+) -> anyhow::Result<(f64, Vec<telework_client::Session>)> {
+    let target = Arc::new(bench_target(chain)?);
+    let before = settled_rss(&[&chain.relay]).await;
+    // Two logins at a time (the client's Argon2id is most of a login and there are two cores).
+    let limit = Arc::new(tokio::sync::Semaphore::new(2));
+    let mut tasks = Vec::with_capacity(n);
+    for _ in 0..n {
+        let (target, limit) = (target.clone(), limit.clone());
+        tasks.push(tokio::spawn(async move {
+            let _permit = limit.acquire_owned().await?;
+            let options = telework_client::LoginOptions::default();
+            telework_client::Session::login_with(&target, BENCH_PASSWORD.as_bytes(), &options)
+                .await
+                .map_err(anyhow::Error::from)
+        }));
+    }
+    let mut sessions = Vec::with_capacity(n);
+    for t in tasks {
+        sessions.push(t.await?.context("idle session login")?);
+    }
+    let after = settled_rss(&[&chain.relay]).await;
+    Ok((after.saturating_sub(before) as f64 / n as f64, sessions))
+}
+
+/// Opens `n` idle tunnels through the chain's one session (local connections to the client's
+/// port that stay open, held idle by the target) and returns the agent's plus the client's
+/// RSS growth per tunnel in KiB.
+pub async fn idle_tunnels(chain: &Chain, n: usize) -> anyhow::Result<(f64, Vec<TcpStream>)> {
+    let ends = [&chain.agent, &chain.client];
+    let before = settled_rss(&ends).await;
+    target::reset_idle_count();
     let mut conns = Vec::with_capacity(n);
-    // In batches, each waited for at the target: a burst of a thousand tunnels opened in the
-    // same millisecond would meet the relay's cap on connections still in their handshake,
-    // which exists to refuse exactly such bursts.
+    // In batches, each waited for at the target.
     const BATCH: usize = 50;
     while conns.len() < n {
         for _ in 0..BATCH.min(n - conns.len()) {
-            conns.push(open(addr, target::IDLE).await?);
+            conns.push(open(chain.client_addr, target::IDLE).await?);
         }
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         while target::idle_count() < conns.len() as u64 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
-    // Wait until the relay's memory settles (RSS stops growing).
-    let mut last = 0;
-    for _ in 0..100 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let now = relay.rss_kib();
-        if now == last && target::idle_count() >= n as u64 {
-            break;
-        }
-        last = now;
-    }
     anyhow::ensure!(
         target::idle_count() >= n as u64,
-        "only {} of {n} idle sessions reached the target",
+        "only {} of {n} idle tunnels reached the target",
         target::idle_count()
     );
-    let after = relay.rss_kib();
+    let after = settled_rss(&ends).await;
     Ok((after.saturating_sub(before) as f64 / n as f64, conns))
 }
 
