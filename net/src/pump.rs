@@ -10,7 +10,7 @@ use super::Stream;
 use telework_protocol::e2e::keys::TunnelKeys;
 use telework_protocol::e2e::messages::{AgentNotice, EndReason};
 use telework_protocol::e2e::record::{
-    Opener, Record, RecordError, RecordKind, Sealer, BULK_RECORD_PLAINTEXT, MAX_RECORD_CIPHERTEXT,
+    Opener, Record, RecordError, RecordKind, Sealer, BULK_RECORD_PLAINTEXT,
 };
 use telework_protocol::frame::decode_payload;
 
@@ -18,6 +18,11 @@ use telework_protocol::frame::decode_payload;
 /// into one write so that bulk transfers make few syscalls; four bulk records seal to exactly
 /// 64 KiB, four full TLS records.
 const LOCAL_READ_CHUNK: usize = 4 * BULK_RECORD_PLAINTEXT;
+
+/// What the pump reads from a local socket at once until it sees bulk data: an idle desktop
+/// connection (most of them, most of the time) then holds 2 KiB, not 64 KiB, in each of its
+/// two pumps. A read that fills it switches that pump to [`LOCAL_READ_CHUNK`].
+const IDLE_READ_CHUNK: usize = 2 * 1024;
 
 /// Most already-received plaintext the pump gathers into one write to the local socket. One
 /// write per record would cost a syscall (and a wake-up of the reader) per 16 KiB. A batch
@@ -154,8 +159,9 @@ impl<S: Stream> SecureTunnel<S> {
         let (mut lr, mut lw) = tokio::io::split(local);
 
         let upstream = async move {
-            let mut chunk = vec![0u8; LOCAL_READ_CHUNK];
-            let mut out = BytesMut::with_capacity(LOCAL_READ_CHUNK + 4 * MAX_RECORD_CIPHERTEXT);
+            let mut chunk = vec![0u8; IDLE_READ_CHUNK];
+            // Grows to what the records of one read need, and stays.
+            let mut out = BytesMut::new();
             let mut sent = 0u64;
             loop {
                 let n = lr.read(&mut chunk).await?;
@@ -172,6 +178,9 @@ impl<S: Stream> SecureTunnel<S> {
                 // send them before we wait for the next local bytes, however long that is.
                 tw.flush().await?;
                 sent += n as u64;
+                if n == chunk.len() && chunk.len() < LOCAL_READ_CHUNK {
+                    chunk = vec![0u8; LOCAL_READ_CHUNK];
+                }
             }
         };
 

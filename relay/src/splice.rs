@@ -102,10 +102,10 @@ where
 /// One direction of a splice.
 #[derive(Default)]
 struct Direction {
-    /// Read but not yet written. Allocated on first use and never zero-filled, so a session
-    /// that carries little costs only the pages its bytes touched (an idle relay holds
-    /// thousands of these). Whole records at a time: one read takes every decrypted record
-    /// waiting, and one write sends them on.
+    /// Read but not yet written. Allocated when bytes may come and never zero-filled, and
+    /// given back whenever the source has nothing more for now, so an idle session holds
+    /// none (an idle relay holds thousands of these). Whole records at a time: one read
+    /// takes every decrypted record waiting, and one write sends them on.
     buf: BytesMut,
     /// Bytes written since the last flush. A TLS writer may accept bytes it could not send
     /// yet; they must be flushed before waiting for more input, or they would wait with us.
@@ -147,6 +147,9 @@ impl Direction {
                             Poll::Ready(Ok(_)) => {}
                             Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                             Poll::Pending => {
+                                // Idle: give the buffer back, so an idle session holds no
+                                // 64 KiB per direction (a burst allocates it again).
+                                self.buf = BytesMut::new();
                                 if self.unflushed {
                                     ready!(Pin::new(&mut *to).poll_flush(cx))?;
                                     self.unflushed = false;
