@@ -3,7 +3,6 @@
 //! session-table work its events ask for.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::BytesMut;
 use telework_net::framed::FrameError;
@@ -29,33 +28,10 @@ use crate::totp::TotpSecret;
 use crate::tunnel::TARGET_CONNECT_TIMEOUT;
 use crate::{Agent, AgentError};
 
+use telework_net::machine_clock::MachineClock as Clock;
+
 /// Bytes asked of the stream per read during a handshake.
 const READ_CHUNK: usize = 4096;
-
-/// Time as the machines see it: the Unix time at the start, advanced by a monotonic clock.
-pub(crate) struct Clock {
-    base_unix: Duration,
-    base: tokio::time::Instant,
-}
-
-impl Clock {
-    pub(crate) fn start() -> Self {
-        Self {
-            base_unix: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap_or_default(),
-            base: tokio::time::Instant::now(),
-        }
-    }
-
-    pub(crate) fn now(&self) -> Duration {
-        self.base_unix + self.base.elapsed()
-    }
-
-    pub(crate) fn instant(&self, at: Duration) -> tokio::time::Instant {
-        self.base + at.saturating_sub(self.base_unix)
-    }
-}
 
 /// How a handshake that did not fail ended.
 pub(crate) enum Handshake<S> {

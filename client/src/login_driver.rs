@@ -23,33 +23,10 @@ use tracing::info;
 use crate::error::ClientError;
 use crate::session::LoginOptions;
 
+use telework_net::machine_clock::MachineClock as Clock;
+
 /// Bytes asked of the stream per read during a handshake.
 const READ_CHUNK: usize = 4096;
-
-/// Time as the machines see it: the Unix time at the start, advanced by a monotonic clock.
-struct Clock {
-    base_unix: Duration,
-    base: tokio::time::Instant,
-}
-
-impl Clock {
-    fn start() -> Self {
-        Self {
-            base_unix: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap_or_default(),
-            base: tokio::time::Instant::now(),
-        }
-    }
-
-    fn now(&self) -> Duration {
-        self.base_unix + self.base.elapsed()
-    }
-
-    fn instant(&self, at: Duration) -> tokio::time::Instant {
-        self.base + at.saturating_sub(self.base_unix)
-    }
-}
 
 /// A login that succeeded: the session's first tunnel and what resumes further ones.
 pub(crate) struct LoginDone<S> {

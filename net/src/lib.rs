@@ -2,8 +2,11 @@
 //!
 //! - [`tls`]: TLS 1.3-only rustls configurations and relay-certificate trust (pinned
 //!   fingerprint, pinned CA, or system roots).
+//! - [`transport`]: the seam (a connection of streams) on QUIC and on TLS/TCP with HTTP/2,
+//!   and dialling the relay on either, racing them.
 //! - [`framed`]: a stream that reads and writes typed frames with deadlines.
-//! - [`connect`]: dialling the relay in a role, with errors a person can act on.
+//! - [`machine_clock`]: time as the handshake machines take it.
+//! - [`connect`]: TCP and TLS to the relay, with errors a person can act on.
 //! - [`pump`]: moving desktop bytes between a plain local socket and an encrypted tunnel.
 //! - [`read_ahead`]: large socket reads under rustls's small ones.
 //! - [`signal`]: waiting for Ctrl-C or SIGTERM.
@@ -12,13 +15,13 @@
 //! - `holds_until_flush` (tests only, feature `test-util`): a transport that holds writes
 //!   until flushed, to test that writers flush.
 //!
-//! Everything here works on any `AsyncRead + AsyncWrite` stream, which is the seam where QUIC
-//! streams will slot in beside TLS over TCP.
+//! Above the transport, everything works on any `AsyncRead + AsyncWrite` stream.
 
 pub mod connect;
 pub mod framed;
 #[cfg(any(test, feature = "test-util"))]
 pub mod holds_until_flush;
+pub mod machine_clock;
 pub mod memcpy_tuning;
 pub mod pump;
 pub mod read_ahead;
@@ -28,7 +31,7 @@ pub mod transport;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
-/// Any byte stream a tunnel can run over (TLS over TCP today; QUIC streams later).
+/// Any byte stream a tunnel can run over (a QUIC or HTTP/2 stream; a local socket).
 pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
 
 impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Stream for T {}
