@@ -29,8 +29,8 @@ pub const STREAM_WINDOW: u32 = 1024 * 1024;
 /// Most bytes all streams of one connection may have in flight towards us.
 pub const CONNECTION_WINDOW: u32 = 4 * 1024 * 1024;
 
-/// Most streams a peer may have open towards us at once. The relay lowers it to 0 on agent
-/// connections (only the relay opens streams there) and the agent raises it to its tunnel cap.
+/// Most streams a client may have open towards the relay at once. Agents get none (only the
+/// relay opens streams on their connections); an agent allows the relay its tunnel cap.
 pub const MAX_STREAMS: u32 = 256;
 
 fn transport_config(max_streams: u32) -> Arc<TransportConfig> {
@@ -52,7 +52,9 @@ fn transport_config(max_streams: u32) -> Arc<TransportConfig> {
 pub fn server_endpoint(addr: SocketAddr, tls: Arc<rustls::ServerConfig>) -> io::Result<Endpoint> {
     let crypto = QuicServerConfig::try_from(tls).map_err(io::Error::other)?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    config.transport_config(transport_config(MAX_STREAMS));
+    // No stream credit until the role is known: an agent may never open streams (credit
+    // granted in the handshake could not be taken back), a client gets it in [`accept`].
+    config.transport_config(transport_config(0));
     let socket = socket2::Socket::new(
         socket2::Domain::for_address(addr),
         socket2::Type::DGRAM,
@@ -109,9 +111,9 @@ pub async fn accept(incoming: quinn::Incoming) -> Result<(Role, Connection), Acc
         .and_then(|d| d.protocol)
         .and_then(|p| Role::from_alpn(&p))
         .ok_or(AcceptError::NoRole)?;
-    if role == Role::Agent {
-        // Only the relay opens streams on an agent's connection.
-        conn.set_max_concurrent_bi_streams(VarInt::from_u32(0));
+    if role == Role::Client {
+        // Only clients open streams towards the relay.
+        conn.set_max_concurrent_bi_streams(VarInt::from_u32(MAX_STREAMS));
     }
     let binding = binding(&conn).ok_or(AcceptError::NoBinding)?;
     Ok((role, Connection::quic(conn, binding)))
