@@ -7,7 +7,7 @@
 //! itself ([`TUNNELS_PER_CONNECTION`]), and how many may be open at once is the transport's
 //! stream limit, so that many employees behind one address do not throttle each other.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -39,8 +39,12 @@ struct ClientState {
     rate: Mutex<ConnectionRate>,
     /// Streams in progress.
     open: AtomicUsize,
-    /// Counts the connection as unauthenticated until its first pairing.
+    /// Counts the connection among those still handshaking until its first valid request,
+    /// as before any connection says who it is; that cap guards the handshake, not lookups.
     unauthenticated: Mutex<Option<OwnedSemaphorePermit>>,
+    /// Whether the connection's token for new connections went back to its address (once,
+    /// at its first pairing).
+    refunded: AtomicBool,
 }
 
 /// Serves one client connection until it closes.
@@ -51,6 +55,7 @@ pub async fn serve(relay: Arc<Relay>, conn: Accepted) {
         rate: Mutex::new(ConnectionRate::new(TUNNELS_PER_CONNECTION, Instant::now())),
         open: AtomicUsize::new(0),
         unauthenticated: Mutex::new(Some(conn.unauthenticated)),
+        refunded: AtomicBool::new(false),
     });
     let connection = conn.connection;
     // The first request must come within the handshake deadline; later, a connection may
@@ -113,6 +118,14 @@ async fn serve_stream(relay: &Arc<Relay>, state: &ClientState, stream: Stream) {
             let _ = framed.write(&refusal(ErrorCode::VersionTooOld)).await;
             return;
         }
+        // A valid request: the connection has said what it is, as an agent's hello does.
+        drop(
+            state
+                .unauthenticated
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take(),
+        );
         let ip = state.peer.ip();
         let now = Instant::now();
         let known = state
@@ -180,14 +193,8 @@ async fn serve_stream(relay: &Arc<Relay>, state: &ClientState, stream: Stream) {
             // address, and the connection's further tunnels to this ID are its own.
             relay.limiters.lookups.refund(ip, Instant::now());
             *state.paired.lock().unwrap_or_else(|e| e.into_inner()) = Some(id.clone());
-            if let Some(permit) = state
-                .unauthenticated
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .take()
-            {
+            if !state.refunded.swap(true, Ordering::Relaxed) {
                 relay.limiters.connections.refund(ip, Instant::now());
-                drop(permit);
             }
         }
         debug!(setup_us = now.elapsed().as_micros() as u64, "paired");

@@ -21,8 +21,8 @@ pub struct Accepted {
     pub peer: SocketAddr,
     /// Deadline for the first message.
     pub hello_deadline: Instant,
-    /// Held until the peer has shown it is legitimate (an agent's proof, a client's first
-    /// paired tunnel).
+    /// Held until the peer has said what it is (an agent's verified proof, a client's first
+    /// valid request).
     pub unauthenticated: OwnedSemaphorePermit,
     /// Held for the whole life of the connection.
     pub permit: OwnedSemaphorePermit,

@@ -208,6 +208,37 @@ on_both_transports! {
         relay_still_serves(&relay).await;
     }
 
+    /// The cap on connections still handshaking counts a client connection only until its
+    /// first valid request: connections that asked for something (here an unknown computer
+    /// ID) and stay open do not keep new ones out.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn connections_that_made_a_request_no_longer_count_as_handshaking() {
+        let relay = TestRelay::start_with(RelayOptions {
+            max_unauthenticated: 2,
+            limits: telework_relay::limits::Limits::unlimited(),
+            ..Default::default()
+        })
+        .await;
+        let (_desktop, _agent) = relay.office_pc("pc-ok", PW).await;
+        let mut held = Vec::new();
+        for _ in 0..3 {
+            let (connection, stream) = client_stream(&relay).await;
+            let mut f = Framed::new(stream);
+            f.write(&ClientToRelay::Connect {
+                version: PROTOCOL_VERSION,
+                id: "pc-nobody".parse().unwrap(),
+            })
+            .await
+            .unwrap();
+            assert_eq!(
+                f.read::<RelayToClient>().await.unwrap(),
+                RelayToClient::Error(ErrorCode::UnknownId)
+            );
+            held.push((connection, f));
+        }
+        relay_still_serves(&relay).await;
+    }
+
     /// Software from before this build's minor version is told to update, on both roles,
     /// instead of failing later.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
