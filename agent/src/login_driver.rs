@@ -14,7 +14,7 @@ use telework_protocol::handshake::{
     AgentEvent, AgentMachine, AgentOutcome, DeviceStanding, IfFailed, SessionFacts, TOTP_TIMEOUT,
 };
 use telework_protocol::{SessionId, Ticket};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tracing::{debug, warn};
 
@@ -28,7 +28,7 @@ use crate::totp::TotpSecret;
 use crate::tunnel::TARGET_CONNECT_TIMEOUT;
 use crate::{Agent, AgentError};
 
-use telework_net::machine_clock::MachineClock as Clock;
+use telework_net::handshake_io::{receive, send, Input, MachineClock as Clock};
 
 /// Bytes asked of the stream per read during a handshake.
 const READ_CHUNK: usize = 4096;
@@ -81,8 +81,7 @@ pub(crate) async fn handshake<S: Stream>(
     loop {
         // Every queued byte goes out before the events queued with it are handled.
         if let Some(out) = machine.take_output() {
-            io.write_all(&out).await.map_err(FrameError::Io)?;
-            io.flush().await.map_err(FrameError::Io)?;
+            send(&mut io, &out).await?;
         }
         if let Some(event) = machine.poll_event() {
             if let AgentEvent::Finished(outcome) = event {
@@ -94,11 +93,9 @@ pub(crate) async fn handshake<S: Stream>(
         let Some(deadline) = machine.deadline() else {
             return Err(FrameError::Closed.into());
         };
-        match tokio::time::timeout_at(clock.instant(deadline), io.read(&mut chunk)).await {
-            Err(_) => machine.handle_timeout(clock.now()),
-            Ok(Ok(0)) => return Err(FrameError::Closed.into()),
-            Ok(Ok(n)) => machine.receive(&chunk[..n], clock.now()),
-            Ok(Err(e)) => return Err(FrameError::Io(e).into()),
+        match receive(&mut io, &mut chunk, clock.instant(deadline)).await? {
+            Input::Deadline => machine.handle_timeout(clock.now()),
+            Input::Bytes(n) => machine.receive(&chunk[..n], clock.now()),
         }
     }
 }

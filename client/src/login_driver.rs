@@ -6,7 +6,6 @@
 use std::time::Duration;
 
 use bytes::BytesMut;
-use telework_net::framed::FrameError;
 use telework_net::pump::{SecureTunnel, TunnelError};
 use telework_net::Stream;
 use telework_protocol::e2e::keys::ResumptionSecret;
@@ -17,13 +16,12 @@ use telework_protocol::handshake::{
 };
 use telework_protocol::proof::key_fingerprint;
 use telework_protocol::{ComputerId, SessionId};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::info;
 
 use crate::error::ClientError;
 use crate::session::LoginOptions;
 
-use telework_net::machine_clock::MachineClock as Clock;
+use telework_net::handshake_io::{receive, send, Input, MachineClock as Clock};
 
 /// Bytes asked of the stream per read during a handshake.
 const READ_CHUNK: usize = 4096;
@@ -57,8 +55,7 @@ pub(crate) async fn login<S: Stream>(
     let mut chunk = vec![0u8; READ_CHUNK];
     loop {
         if let Some(out) = machine.take_output() {
-            io.write_all(&out).await.map_err(FrameError::Io)?;
-            io.flush().await.map_err(FrameError::Io)?;
+            send(&mut io, &out).await?;
         }
         if let Some(event) = machine.poll_event() {
             match event {
@@ -118,11 +115,9 @@ pub(crate) async fn login<S: Stream>(
         let Some(deadline) = machine.deadline() else {
             return Err(ClientError::BadProof);
         };
-        match tokio::time::timeout_at(clock.instant(deadline), io.read(&mut chunk)).await {
-            Err(_) => machine.handle_timeout(clock.now()),
-            Ok(Ok(0)) => return Err(FrameError::Closed.into()),
-            Ok(Ok(n)) => machine.receive(&chunk[..n], clock.now()),
-            Ok(Err(e)) => return Err(FrameError::Io(e).into()),
+        match receive(&mut io, &mut chunk, clock.instant(deadline)).await? {
+            Input::Deadline => machine.handle_timeout(clock.now()),
+            Input::Bytes(n) => machine.receive(&chunk[..n], clock.now()),
         }
     }
 }
@@ -151,8 +146,7 @@ pub(crate) async fn resume<S: Stream>(
     let mut chunk = vec![0u8; READ_CHUNK];
     loop {
         if let Some(out) = machine.take_output() {
-            io.write_all(&out).await.map_err(FrameError::Io)?;
-            io.flush().await.map_err(FrameError::Io)?;
+            send(&mut io, &out).await?;
         }
         if let Some(result) = machine.result() {
             result.clone().map_err(|e| client_error(e, id))?;
@@ -162,11 +156,9 @@ pub(crate) async fn resume<S: Stream>(
         let Some(deadline) = machine.deadline() else {
             return Err(ClientError::BadProof);
         };
-        match tokio::time::timeout_at(clock.instant(deadline), io.read(&mut chunk)).await {
-            Err(_) => machine.handle_timeout(clock.now()),
-            Ok(Ok(0)) => return Err(FrameError::Closed.into()),
-            Ok(Ok(n)) => machine.receive(&chunk[..n], clock.now()),
-            Ok(Err(e)) => return Err(FrameError::Io(e).into()),
+        match receive(&mut io, &mut chunk, clock.instant(deadline)).await? {
+            Input::Deadline => machine.handle_timeout(clock.now()),
+            Input::Bytes(n) => machine.receive(&chunk[..n], clock.now()),
         }
     }
 }

@@ -5,7 +5,7 @@
 //! - [`transport`]: the seam (a connection of streams) on QUIC and on TLS/TCP with HTTP/2,
 //!   and dialling the relay on either, racing them.
 //! - [`framed`]: a stream that reads and writes typed frames with deadlines.
-//! - [`machine_clock`]: time as the handshake machines take it.
+//! - [`handshake_io`]: time and IO for the drivers of the handshake machines.
 //! - [`connect`]: TCP and TLS to the relay, with errors a person can act on.
 //! - [`pump`]: moving desktop bytes between a plain local socket and an encrypted tunnel.
 //! - [`read_ahead`]: large socket reads under rustls's small ones.
@@ -19,9 +19,9 @@
 
 pub mod connect;
 pub mod framed;
+pub mod handshake_io;
 #[cfg(any(test, feature = "test-util"))]
 pub mod holds_until_flush;
-pub mod machine_clock;
 pub mod memcpy_tuning;
 pub mod pump;
 pub mod read_ahead;
