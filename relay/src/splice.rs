@@ -1,15 +1,14 @@
-//! Copying bytes between a paired client and agent. The relay cannot read them: they are the
-//! end-to-end handshake and AEAD records.
+//! Passing bytes between a paired client and agent. The relay cannot read them: they are the
+//! end-to-end handshake and AEAD records. Chunks go from one transport's receive buffer to the
+//! other's send queue as they are, uncopied.
 
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 
-use std::task::ready;
-
-use bytes::{Buf, BytesMut};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use telework_net::transport::Stream;
 
@@ -74,18 +73,57 @@ pub async fn splice(
     }
 }
 
-/// Bytes read at once per direction. Bounded: a slow reader slows the writer through TCP
-/// backpressure.
-pub const SPLICE_BUFFER: usize = 64 * 1024;
+/// Most bytes taken at once per direction. Bounded: a slow reader slows the writer through
+/// the transport's flow control.
+pub const SPLICE_CHUNK: usize = 64 * 1024;
+
+/// A byte pipe the splice can pass chunks through without copying them.
+pub trait ChunkIo: Unpin {
+    /// Up to `max` bytes from the peer; `None` at its end of stream.
+    fn poll_read_chunk(
+        &mut self,
+        cx: &mut Context<'_>,
+        max: usize,
+    ) -> Poll<io::Result<Option<Bytes>>>;
+    /// Sends a prefix of `chunk` (at least one byte) and advances `chunk` past it.
+    fn poll_write_chunk(&mut self, cx: &mut Context<'_>, chunk: &mut Bytes)
+        -> Poll<io::Result<()>>;
+    /// Sends what was accepted but held.
+    fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+    /// Ends our side: the peer reads end of stream after our last byte.
+    fn poll_shutdown(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+}
+
+impl ChunkIo for Stream {
+    fn poll_read_chunk(
+        &mut self,
+        cx: &mut Context<'_>,
+        max: usize,
+    ) -> Poll<io::Result<Option<Bytes>>> {
+        Stream::poll_read_chunk(self, cx, max)
+    }
+
+    fn poll_write_chunk(
+        &mut self,
+        cx: &mut Context<'_>,
+        chunk: &mut Bytes,
+    ) -> Poll<io::Result<()>> {
+        Stream::poll_write_chunk(self, cx, chunk)
+    }
+
+    fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(self).poll_flush(cx)
+    }
+
+    fn poll_shutdown(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(self).poll_shutdown(cx)
+    }
+}
 
 /// Copies `a`→`b` and `b`→`a` until both directions end; an end of stream on one side shuts
 /// down the other side's writing half. Both directions run in one future, with no lock
 /// between them.
-async fn copy_both_ways<A, B>(mut a: A, mut b: B) -> io::Result<(u64, u64)>
-where
-    A: AsyncRead + AsyncWrite + Unpin,
-    B: AsyncRead + AsyncWrite + Unpin,
-{
+async fn copy_both_ways<A: ChunkIo, B: ChunkIo>(mut a: A, mut b: B) -> io::Result<(u64, u64)> {
     let mut a_to_b = Direction::default();
     let mut b_to_a = Direction::default();
     std::future::poll_fn(|cx| {
@@ -102,13 +140,11 @@ where
 /// One direction of a splice.
 #[derive(Default)]
 struct Direction {
-    /// Read but not yet written. Allocated when bytes may come and never zero-filled, and
-    /// given back whenever the source has nothing more for now, so an idle session holds
-    /// none (an idle relay holds thousands of these). Whole records at a time: one read
-    /// takes every decrypted record waiting, and one write sends them on.
-    buf: BytesMut,
-    /// Bytes written since the last flush. A TLS writer may accept bytes it could not send
-    /// yet; they must be flushed before waiting for more input, or they would wait with us.
+    /// Taken from the source and not yet sent on: the transport's own buffer, passed along
+    /// uncopied. An idle direction holds none.
+    pending: Bytes,
+    /// Bytes written since the last flush. A writer may accept bytes it could not send yet;
+    /// they must be flushed before waiting for more input, or they would wait with us.
     unflushed: bool,
     state: DirectionState,
     total: u64,
@@ -123,51 +159,39 @@ enum DirectionState {
 }
 
 impl Direction {
-    fn poll<R, W>(
+    fn poll<R: ChunkIo, W: ChunkIo>(
         &mut self,
         cx: &mut Context<'_>,
         from: &mut R,
         to: &mut W,
-    ) -> Poll<io::Result<u64>>
-    where
-        R: AsyncRead + Unpin,
-        W: AsyncWrite + Unpin,
-    {
+    ) -> Poll<io::Result<u64>> {
         loop {
             match self.state {
                 DirectionState::Copying => {
-                    if self.buf.is_empty() {
-                        self.buf.reserve(SPLICE_BUFFER);
-                        match tokio_util::io::poll_read_buf(Pin::new(&mut *from), cx, &mut self.buf)
-                        {
-                            Poll::Ready(Ok(0)) => {
+                    if self.pending.is_empty() {
+                        match from.poll_read_chunk(cx, SPLICE_CHUNK) {
+                            Poll::Ready(Ok(None)) => {
                                 self.state = DirectionState::ShuttingDown;
                                 continue;
                             }
-                            Poll::Ready(Ok(_)) => {}
+                            Poll::Ready(Ok(Some(chunk))) => self.pending = chunk,
                             Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                             Poll::Pending => {
-                                // Idle: give the buffer back, so an idle session holds no
-                                // 64 KiB per direction (a burst allocates it again).
-                                self.buf = BytesMut::new();
                                 if self.unflushed {
-                                    ready!(Pin::new(&mut *to).poll_flush(cx))?;
+                                    ready!(to.poll_flush(cx))?;
                                     self.unflushed = false;
                                 }
                                 return Poll::Pending;
                             }
                         }
                     }
-                    let n = ready!(Pin::new(&mut *to).poll_write(cx, &self.buf))?;
-                    if n == 0 {
-                        return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
-                    }
-                    self.buf.advance(n);
+                    let before = self.pending.len();
+                    ready!(to.poll_write_chunk(cx, &mut self.pending))?;
                     self.unflushed = true;
-                    self.total += n as u64;
+                    self.total += (before - self.pending.len()) as u64;
                 }
                 DirectionState::ShuttingDown => {
-                    ready!(Pin::new(&mut *to).poll_shutdown(cx))?;
+                    ready!(to.poll_shutdown(cx))?;
                     self.state = DirectionState::Done;
                 }
                 DirectionState::Done => return Poll::Ready(Ok(self.total)),
@@ -182,33 +206,32 @@ struct Tapped<S> {
     tap: SpliceTap,
 }
 
-impl<S: AsyncRead + Unpin> AsyncRead for Tapped<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
+impl<S: ChunkIo> ChunkIo for Tapped<S> {
+    fn poll_read_chunk(
+        &mut self,
         cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
+        max: usize,
+    ) -> Poll<io::Result<Option<Bytes>>> {
+        self.inner.poll_read_chunk(cx, max)
+    }
+
+    fn poll_write_chunk(
+        &mut self,
+        cx: &mut Context<'_>,
+        chunk: &mut Bytes,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Tapped<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let n = ready!(Pin::new(&mut self.inner).poll_write(cx, data))?;
-        (self.tap)(&data[..n]);
-        Poll::Ready(Ok(n))
+        let whole = chunk.clone();
+        ready!(self.inner.poll_write_chunk(cx, chunk))?;
+        (self.tap)(&whole[..whole.len() - chunk.len()]);
+        Poll::Ready(Ok(()))
     }
 
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+    fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.inner.poll_flush(cx)
     }
 
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+    fn poll_shutdown(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.inner.poll_shutdown(cx)
     }
 }
 
@@ -216,12 +239,46 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tapped<S> {
 mod tests {
     use super::*;
     use telework_net::holds_until_flush::HoldsUntilFlush;
-    use tokio::io::{AsyncReadExt, DuplexStream};
+    use bytes::Buf;
+    use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, DuplexStream};
+
+    /// A byte stream as a [`ChunkIo`], copying.
+    struct Copying<S>(S);
+
+    impl<S: AsyncRead + AsyncWrite + Unpin> ChunkIo for Copying<S> {
+        fn poll_read_chunk(
+            &mut self,
+            cx: &mut Context<'_>,
+            max: usize,
+        ) -> Poll<io::Result<Option<Bytes>>> {
+            let mut buf = BytesMut::with_capacity(max);
+            let n = ready!(tokio_util::io::poll_read_buf(Pin::new(&mut self.0), cx, &mut buf))?;
+            Poll::Ready(Ok((n > 0).then(|| buf.freeze())))
+        }
+
+        fn poll_write_chunk(
+            &mut self,
+            cx: &mut Context<'_>,
+            chunk: &mut Bytes,
+        ) -> Poll<io::Result<()>> {
+            let n = ready!(Pin::new(&mut self.0).poll_write(cx, chunk))?;
+            chunk.advance(n);
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.0).poll_flush(cx)
+        }
+
+        fn poll_shutdown(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.0).poll_shutdown(cx)
+        }
+    }
 
     /// One side of the splice, whose writes are held until flushed, and its peer.
-    fn side() -> (HoldsUntilFlush<DuplexStream>, DuplexStream) {
+    fn side() -> (Copying<HoldsUntilFlush<DuplexStream>>, DuplexStream) {
         let (ours, peer) = tokio::io::duplex(1 << 16);
-        (HoldsUntilFlush::new(ours), peer)
+        (Copying(HoldsUntilFlush::new(ours)), peer)
     }
 
     #[tokio::test]

@@ -20,6 +20,7 @@ pub mod quic;
 pub mod tcp;
 
 use std::fmt;
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -27,6 +28,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use telework_protocol::proof::EXPORTER_LEN;
 use telework_protocol::ErrorCode;
@@ -292,6 +294,46 @@ impl Stream {
         Self {
             inner: StreamInner::Tcp(stream),
             _count: count,
+        }
+    }
+
+    /// Takes up to `max` of the peer's bytes as they arrived, without copying them; `None`
+    /// at the peer's end of stream. For code that passes bytes on unchanged (the relay).
+    pub fn poll_read_chunk(
+        &mut self,
+        cx: &mut Context<'_>,
+        max: usize,
+    ) -> Poll<io::Result<Option<Bytes>>> {
+        match &mut self.inner {
+            StreamInner::Quic { recv, .. } => {
+                // `read_chunk` keeps no state between polls (quinn: cancel-safe), so a
+                // fresh one per poll loses nothing.
+                let read = std::pin::pin!(recv.read_chunk(max, true));
+                read.poll(cx)
+                    .map_ok(|chunk| chunk.map(|c| c.bytes))
+                    .map_err(io::Error::from)
+            }
+            StreamInner::Tcp(s) => s.poll_read_chunk(cx, max),
+        }
+    }
+
+    /// Sends a prefix of `chunk` (at least one byte) without copying it, and advances `chunk`
+    /// past it.
+    pub fn poll_write_chunk(
+        &mut self,
+        cx: &mut Context<'_>,
+        chunk: &mut Bytes,
+    ) -> Poll<io::Result<()>> {
+        match &mut self.inner {
+            StreamInner::Quic { send, .. } => {
+                if chunk.is_empty() {
+                    return Poll::Ready(Ok(()));
+                }
+                // `write_chunks` writes nothing unless it completes (quinn: cancel-safe).
+                let write = std::pin::pin!(send.write_chunks(std::slice::from_mut(chunk)));
+                write.poll(cx).map_ok(|_| ()).map_err(io::Error::from)
+            }
+            StreamInner::Tcp(s) => s.poll_write_chunk(cx, chunk),
         }
     }
 }

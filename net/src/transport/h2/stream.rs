@@ -8,7 +8,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
-use bytes::{Buf, Bytes};
+use bytes::Bytes;
 use h2::client::ResponseFuture;
 use h2::{RecvStream, SendStream};
 use http::StatusCode;
@@ -58,7 +58,7 @@ impl H2Stream {
         }
     }
 
-    fn fail_read(&mut self, error: io::Error) -> Poll<io::Result<()>> {
+    fn fail_read<T>(&mut self, error: io::Error) -> Poll<io::Result<T>> {
         self.recv = Recv::Failed(error.kind());
         Poll::Ready(Err(error))
     }
@@ -76,59 +76,113 @@ impl H2Stream {
     }
 }
 
+impl H2Stream {
+    /// Takes up to `max` of the peer's bytes without copying them (`None` at its end of
+    /// stream), releasing their flow-control window: the caller holds them from now on.
+    pub fn poll_read_chunk(
+        &mut self,
+        cx: &mut Context<'_>,
+        max: usize,
+    ) -> Poll<io::Result<Option<Bytes>>> {
+        loop {
+            match &mut self.recv {
+                Recv::Response(response) => match ready!(Pin::new(response).poll(cx)) {
+                    Ok(answer) if answer.status() == StatusCode::OK => {
+                        self.recv = Recv::Body(answer.into_body());
+                    }
+                    Ok(answer) => {
+                        let status = answer.status();
+                        return self.fail_read(io::Error::new(
+                            io::ErrorKind::ConnectionRefused,
+                            format!("the peer refused the stream: HTTP {status}"),
+                        ));
+                    }
+                    Err(e) => {
+                        return self.fail_read(stream_error(e, io::ErrorKind::ConnectionReset))
+                    }
+                },
+                Recv::Body(body) => {
+                    if self.chunk.is_empty() {
+                        match ready!(body.poll_data(cx)) {
+                            Some(Ok(data)) => self.chunk = data,
+                            Some(Err(e)) => {
+                                return self
+                                    .fail_read(stream_error(e, io::ErrorKind::ConnectionReset))
+                            }
+                            None => self.recv = Recv::Done,
+                        }
+                        continue;
+                    }
+                    let taken = self.chunk.split_to(self.chunk.len().min(max));
+                    // Only now may the peer send these bytes again. A failure means the
+                    // stream is gone, which the next read reports.
+                    let _ = body.flow_control().release_capacity(taken.len());
+                    return Poll::Ready(Ok(Some(taken)));
+                }
+                Recv::Done => return Poll::Ready(Ok(None)),
+                Recv::Failed(kind) => {
+                    return Poll::Ready(Err(io::Error::new(*kind, "the stream failed")))
+                }
+            }
+        }
+    }
+
+    /// Queues a prefix of `chunk` (at least one byte, as much as the windows and our send
+    /// buffer allow) without copying it, and advances `chunk` past it.
+    pub fn poll_write_chunk(
+        &mut self,
+        cx: &mut Context<'_>,
+        chunk: &mut Bytes,
+    ) -> Poll<io::Result<()>> {
+        if chunk.is_empty() {
+            return Poll::Ready(Ok(()));
+        }
+        let n = ready!(self.poll_send_capacity(cx, chunk.len()))?;
+        self.send
+            .send_data(chunk.split_to(n), false)
+            .map_err(|e| stream_error(e, io::ErrorKind::BrokenPipe))?;
+        Poll::Ready(Ok(()))
+    }
+
+    /// Waits until at least one of `wanted` bytes may be queued; gives how many may.
+    /// Capacity is what both windows and our send buffer allow: never more is queued.
+    fn poll_send_capacity(&mut self, cx: &mut Context<'_>, wanted: usize) -> Poll<io::Result<usize>> {
+        if self.write_closed {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "write after shutdown",
+            )));
+        }
+        loop {
+            let capacity = self.send.capacity();
+            if capacity > 0 {
+                return Poll::Ready(Ok(capacity.min(wanted)));
+            }
+            self.send.reserve_capacity(wanted);
+            match ready!(self.send.poll_capacity(cx)) {
+                Some(Ok(_)) => {}
+                Some(Err(e)) => {
+                    return Poll::Ready(Err(stream_error(e, io::ErrorKind::BrokenPipe)))
+                }
+                None => return Poll::Ready(Err(self.send_stopped(cx))),
+            }
+        }
+    }
+}
+
 impl AsyncRead for H2Stream {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
         if buf.remaining() == 0 {
             return Poll::Ready(Ok(()));
         }
-        loop {
-            match &mut this.recv {
-                Recv::Response(response) => match ready!(Pin::new(response).poll(cx)) {
-                    Ok(answer) if answer.status() == StatusCode::OK => {
-                        this.recv = Recv::Body(answer.into_body());
-                    }
-                    Ok(answer) => {
-                        let status = answer.status();
-                        return this.fail_read(io::Error::new(
-                            io::ErrorKind::ConnectionRefused,
-                            format!("the peer refused the stream: HTTP {status}"),
-                        ));
-                    }
-                    Err(e) => {
-                        return this.fail_read(stream_error(e, io::ErrorKind::ConnectionReset))
-                    }
-                },
-                Recv::Body(body) => {
-                    if this.chunk.is_empty() {
-                        match ready!(body.poll_data(cx)) {
-                            Some(Ok(data)) => this.chunk = data,
-                            Some(Err(e)) => {
-                                return this
-                                    .fail_read(stream_error(e, io::ErrorKind::ConnectionReset))
-                            }
-                            None => this.recv = Recv::Done,
-                        }
-                        continue;
-                    }
-                    let n = this.chunk.len().min(buf.remaining());
-                    buf.put_slice(&this.chunk[..n]);
-                    this.chunk.advance(n);
-                    // Only now may the peer send these bytes again. A failure means the
-                    // stream is gone, which the next read reports.
-                    let _ = body.flow_control().release_capacity(n);
-                    return Poll::Ready(Ok(()));
-                }
-                Recv::Done => return Poll::Ready(Ok(())),
-                Recv::Failed(kind) => {
-                    return Poll::Ready(Err(io::Error::new(*kind, "the stream failed")))
-                }
-            }
+        if let Some(chunk) = ready!(self.get_mut().poll_read_chunk(cx, buf.remaining()))? {
+            buf.put_slice(&chunk);
         }
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -139,34 +193,14 @@ impl AsyncWrite for H2Stream {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        if this.write_closed {
-            return Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::BrokenPipe,
-                "write after shutdown",
-            )));
-        }
-        if buf.is_empty() {
+        if buf.is_empty() && !this.write_closed {
             return Poll::Ready(Ok(0));
         }
-        loop {
-            // Capacity is what both windows and our send buffer allow: never more is queued.
-            let capacity = this.send.capacity();
-            if capacity > 0 {
-                let n = capacity.min(buf.len());
-                this.send
-                    .send_data(Bytes::copy_from_slice(&buf[..n]), false)
-                    .map_err(|e| stream_error(e, io::ErrorKind::BrokenPipe))?;
-                return Poll::Ready(Ok(n));
-            }
-            this.send.reserve_capacity(buf.len());
-            match ready!(this.send.poll_capacity(cx)) {
-                Some(Ok(_)) => {}
-                Some(Err(e)) => {
-                    return Poll::Ready(Err(stream_error(e, io::ErrorKind::BrokenPipe)))
-                }
-                None => return Poll::Ready(Err(this.send_stopped(cx))),
-            }
-        }
+        let n = ready!(this.poll_send_capacity(cx, buf.len()))?;
+        this.send
+            .send_data(Bytes::copy_from_slice(&buf[..n]), false)
+            .map_err(|e| stream_error(e, io::ErrorKind::BrokenPipe))?;
+        Poll::Ready(Ok(n))
     }
 
     /// Written bytes are already queued for the connection's driver, which writes them out.
