@@ -16,12 +16,6 @@ use telework_net::transport::TransportChoice;
 use telework_protocol::e2e::pake::PasswordRecord;
 use telework_protocol::{CertFingerprint, ComputerId};
 
-/// mimalloc keeps freed buffers for reuse: with the system allocator, every 64 KiB chunk
-/// the data path frees was handed back to the kernel and faulted in again (about 15% of the
-/// relay's CPU under load; see docs/performance.md).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// The telework agent for the office PC: registers with the relay, keeps a connection open,
 /// and lets employees who know the connection password reach this PC's remote desktop.
 #[derive(Parser)]

@@ -20,12 +20,6 @@ use telework_net::transport::TransportChoice;
 use telework_protocol::{CertFingerprint, ComputerId};
 use zeroize::Zeroizing;
 
-/// mimalloc keeps freed buffers for reuse: with the system allocator, every 64 KiB chunk
-/// the data path frees was handed back to the kernel and faulted in again (about 15% of the
-/// relay's CPU under load; see docs/performance.md).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// Reach your office PC from home: `telework connect <computer-id> --relay <host:port>`.
 #[derive(Parser)]
 #[command(version, about)]

@@ -15,12 +15,6 @@ use telework_relay::registry::Registry;
 use telework_relay::{Registration, Relay};
 use tracing::{info, warn};
 
-/// mimalloc keeps freed buffers for reuse: with the system allocator, every 64 KiB chunk
-/// the data path frees was handed back to the kernel and faulted in again (about 15% of the
-/// relay's CPU under load; see docs/performance.md).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// The telework relay: office PCs dial in, home PCs ask for them by computer ID, and the relay
 /// pairs the two and copies end-to-end encrypted bytes it cannot read.
 #[derive(Parser)]

@@ -238,8 +238,8 @@ impl<S: ChunkIo> ChunkIo for Tapped<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use telework_net::holds_until_flush::HoldsUntilFlush;
     use bytes::Buf;
+    use telework_net::holds_until_flush::HoldsUntilFlush;
     use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, DuplexStream};
 
     /// A byte stream as a [`ChunkIo`], copying.
@@ -252,7 +252,11 @@ mod tests {
             max: usize,
         ) -> Poll<io::Result<Option<Bytes>>> {
             let mut buf = BytesMut::with_capacity(max);
-            let n = ready!(tokio_util::io::poll_read_buf(Pin::new(&mut self.0), cx, &mut buf))?;
+            let n = ready!(tokio_util::io::poll_read_buf(
+                Pin::new(&mut self.0),
+                cx,
+                &mut buf
+            ))?;
             Poll::Ready(Ok((n > 0).then(|| buf.freeze())))
         }
 

@@ -146,7 +146,11 @@ impl H2Stream {
 
     /// Waits until at least one of `wanted` bytes may be queued; gives how many may.
     /// Capacity is what both windows and our send buffer allow: never more is queued.
-    fn poll_send_capacity(&mut self, cx: &mut Context<'_>, wanted: usize) -> Poll<io::Result<usize>> {
+    fn poll_send_capacity(
+        &mut self,
+        cx: &mut Context<'_>,
+        wanted: usize,
+    ) -> Poll<io::Result<usize>> {
         if self.write_closed {
             return Poll::Ready(Err(io::Error::new(
                 io::ErrorKind::BrokenPipe,
