@@ -171,6 +171,32 @@ impl Relay {
         telework_net::transport::quic::server_endpoint(addr, self.tls.clone()).map(Some)
     }
 
+    /// Binds the public address: TCP, and UDP on the same port when QUIC is on. With port 0
+    /// the system picks a TCP port whose UDP twin may be taken (by any program's outgoing
+    /// QUIC socket, say), so a few ports are tried.
+    ///
+    /// # Errors
+    /// The address cannot be bound on TCP, or its UDP port cannot (another program holds it).
+    pub async fn bind(
+        &self,
+        addr: std::net::SocketAddr,
+    ) -> std::io::Result<(TcpListener, Option<quinn::Endpoint>)> {
+        const TRIES_ON_ANY_PORT: usize = 16;
+        let mut tries = if addr.port() == 0 {
+            TRIES_ON_ANY_PORT
+        } else {
+            1
+        };
+        loop {
+            let listener = TcpListener::bind(addr).await?;
+            match self.quic_endpoint(&listener) {
+                Ok(quic) => return Ok((listener, quic)),
+                Err(e) if tries <= 1 => return Err(e),
+                Err(_) => tries -= 1,
+            }
+        }
+    }
+
     /// Accepts connections on `listener` (TCP) and `quic` (UDP, the same port) until
     /// `shutdown` completes, then shuts down in three steps: stop accepting and tell agents
     /// to go; let sessions finish for the grace period; cut what is left.

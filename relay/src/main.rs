@@ -262,13 +262,13 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let relay = Relay::new(registry, &identity, config.options())?;
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async {
-        let listener = tokio::net::TcpListener::bind(config.listen)
-            .await
-            .with_context(|| format!("cannot listen on {}", config.listen))?;
+        let (listener, quic) = relay.bind(config.listen).await.with_context(|| {
+            format!(
+                "cannot listen on {} (TCP, and UDP for QUIC unless --no-quic)",
+                config.listen
+            )
+        })?;
         let addr = listener.local_addr()?;
-        let quic = relay
-            .quic_endpoint(&listener)
-            .with_context(|| format!("cannot listen on UDP {addr} for QUIC (--no-quic serves TCP only)"))?;
         match quic {
             Some(_) => println!("telework-relay listening on {addr} (TCP and UDP)"),
             None => println!("telework-relay listening on {addr} (TCP)"),

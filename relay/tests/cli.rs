@@ -151,6 +151,22 @@ fn bad_configuration_is_a_clear_error_before_anything_starts() {
         .unwrap()
         .contains("/nonexistent/cert.pem"));
 
+    // Another program holds the UDP port: QUIC cannot serve there, and the message says
+    // how to run on TCP alone.
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let taken = udp.local_addr().unwrap().to_string();
+    let out = relay()
+        .args(["serve", "--listen", &taken, "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        err.contains(&format!("cannot listen on {taken}")) && err.contains("--no-quic"),
+        "{err}"
+    );
+
     let out = relay().args(["serve", "--bogus-flag"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2), "clap usage error");
 

@@ -121,9 +121,8 @@ impl TestRelay {
         let id = identity::self_signed(dir.path(), &[]).unwrap();
         let registry = Registry::open(&dir.path().join("relay.db")).unwrap();
         let relay = Relay::new(registry, &id, options).unwrap();
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (listener, quic) = relay.bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let quic = relay.quic_endpoint(&listener).unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(relay.clone().serve(listener, quic, async move {
             let _ = stopped.await;
