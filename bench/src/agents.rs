@@ -81,10 +81,10 @@ impl AsyncWrite for AgentStream {
 }
 
 /// What keeps a connection open (dropping it closes the connection).
-type Held = Box<dyn std::any::Any + Send>;
+pub(crate) type Held = Box<dyn std::any::Any + Send>;
 
 /// How this process reaches the relay as an agent.
-struct AgentDialer {
+pub(crate) struct AgentDialer {
     relay: SocketAddr,
     transport: TransportChoice,
     tls: Arc<rustls::ClientConfig>,
@@ -100,7 +100,7 @@ fn source_address(i: usize) -> IpAddr {
 }
 
 impl AgentDialer {
-    fn new(
+    pub(crate) fn new(
         relay: SocketAddr,
         fingerprint: &str,
         transport: TransportChoice,
@@ -136,6 +136,27 @@ impl AgentDialer {
         })
     }
 
+    /// A QUIC connection from agent number `i`'s source address.
+    pub(crate) async fn quic(&self, i: usize) -> anyhow::Result<quinn::Connection> {
+        let endpoint = &self.endpoints[i / AGENTS_PER_ADDRESS];
+        Ok(endpoint.connect(self.relay, "127.0.0.1")?.await?)
+    }
+
+    /// A TLS connection over TCP from agent number `i`'s source address.
+    pub(crate) async fn tls(
+        &self,
+        i: usize,
+    ) -> anyhow::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.bind(SocketAddr::new(source_address(i), 0))?;
+        let tcp = socket.connect(self.relay).await?;
+        tcp.set_nodelay(true)?;
+        let name = rustls::pki_types::ServerName::try_from("127.0.0.1")?;
+        Ok(tokio_rustls::TlsConnector::from(self.tls.clone())
+            .connect(name, tcp)
+            .await?)
+    }
+
     /// Dials as agent number `i`; returns the connection, the control stream the relay opens,
     /// and the channel binding.
     async fn control(
@@ -145,8 +166,7 @@ impl AgentDialer {
         let mut binding = [0u8; EXPORTER_LEN];
         let (held, stream) = match self.transport {
             TransportChoice::Quic => {
-                let endpoint = &self.endpoints[i / AGENTS_PER_ADDRESS];
-                let conn = endpoint.connect(self.relay, "127.0.0.1")?.await?;
+                let conn = self.quic(i).await?;
                 conn.export_keying_material(&mut binding, EXPORTER_LABEL, b"")
                     .map_err(|_| anyhow::anyhow!("no QUIC exporter"))?;
                 let (send, recv) = conn.accept_bi().await?;
@@ -156,14 +176,7 @@ impl AgentDialer {
                 )
             }
             _ => {
-                let socket = tokio::net::TcpSocket::new_v4()?;
-                socket.bind(SocketAddr::new(source_address(i), 0))?;
-                let tcp = socket.connect(self.relay).await?;
-                tcp.set_nodelay(true)?;
-                let name = rustls::pki_types::ServerName::try_from("127.0.0.1")?;
-                let tls = tokio_rustls::TlsConnector::from(self.tls.clone())
-                    .connect(name, tcp)
-                    .await?;
+                let tls = self.tls(i).await?;
                 tls.get_ref()
                     .1
                     .export_keying_material(&mut binding, EXPORTER_LABEL, None)?;

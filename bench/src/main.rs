@@ -6,6 +6,7 @@
 
 mod agents;
 mod crypto_cost;
+mod floor;
 mod procs;
 mod report;
 mod scenarios;
@@ -74,6 +75,7 @@ enum Scenario {
     SlowReader,
     Memory,
     Agents,
+    Floor,
 }
 
 #[derive(Subcommand)]
@@ -86,6 +88,13 @@ enum Mode {
         /// Run on one thread (as the agent and the client do) instead of two workers.
         #[arg(long)]
         current_thread: bool,
+    },
+    /// Hold idle connections of one transport layer and nothing else (used by the bench
+    /// itself, for the libraries' floor).
+    FloorServer {
+        /// What to hold.
+        #[arg(long, value_enum)]
+        layer: floor::Layer,
     },
 }
 
@@ -100,7 +109,7 @@ const TUNNEL_BUDGET_REFILL: std::time::Duration = std::time::Duration::from_secs
 fn main() -> anyhow::Result<()> {
     // The same memcpy as the programs under test, so the baselines and the floor compare like
     // with like.
-    telework_net::memcpy_tuning::reexec_if_needed();
+    telework_net::glibc_tuning::reexec_if_needed();
     let cli = Cli::parse();
     let runtime = match cli.mode {
         Some(Mode::Forwarder {
@@ -116,6 +125,7 @@ fn main() -> anyhow::Result<()> {
     };
     match cli.mode {
         Some(Mode::Forwarder { target, .. }) => runtime.block_on(forwarder(target)),
+        Some(Mode::FloorServer { layer }) => runtime.block_on(floor::serve(layer)),
         None => {
             raise_fd_limit();
             runtime.block_on(bench(cli))
@@ -472,6 +482,16 @@ async fn bench(mut cli: Cli) -> anyhow::Result<()> {
             );
         }
     }
+    // 8. The libraries' floor: an idle connection in a process that holds nothing else.
+    if wanted(Scenario::Floor) {
+        let n = cli.agents.min(FLOOR_CONNECTIONS);
+        let b = &mut r.baselines;
+        b.floor_connections = n;
+        b.floor_kib_tls = floor::kib_per_connection(floor::Layer::Tls, n).await?;
+        b.floor_kib_tls_h2 = floor::kib_per_connection(floor::Layer::TlsH2, n).await?;
+        b.floor_kib_quic = floor::kib_per_connection(floor::Layer::Quic, n).await?;
+        eprintln!("floor: done");
+    }
     drop(forwarder);
     drop(three_forwarders);
 
@@ -482,6 +502,9 @@ async fn bench(mut cli: Cli) -> anyhow::Result<()> {
     println!("\nJSON written to {}", cli.json.display());
     Ok(())
 }
+
+/// Idle connections per layer in the floor scenario (at most `--agents`).
+const FLOOR_CONNECTIONS: usize = 5_000;
 
 /// Connections the relay may hold beyond the idle agents (its default cap is 20,000).
 const CONNECTION_HEADROOM: usize = 1_000;

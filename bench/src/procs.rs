@@ -145,7 +145,7 @@ pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
-fn read_line_with(child: &mut Child, prefix: &str, limit: Duration) -> anyhow::Result<String> {
+pub fn read_line_with(child: &mut Child, prefix: &str, limit: Duration) -> anyhow::Result<String> {
     let stdout = child.stdout.take().context("stdout")?;
     let (tx, rx) = std::sync::mpsc::channel();
     let wanted = prefix.to_owned();

@@ -40,6 +40,14 @@ pub(crate) struct Baselines {
     /// The cryptography of one round trip over TLS/TCP (TLS on both hops, the end-to-end
     /// records), in one process with no sockets.
     pub(crate) round_trip_crypto: crypto_cost::RoundTripCrypto,
+    /// Idle connections held for each layer of the floor.
+    pub(crate) floor_connections: usize,
+    /// Resident KiB per idle connection in a process that holds only TLS 1.3 over TCP.
+    pub(crate) floor_kib_tls: f64,
+    /// The same with HTTP/2 on top, set up by the relay's own accept.
+    pub(crate) floor_kib_tls_h2: f64,
+    /// The same for QUIC, set up by the relay's own endpoint and accept.
+    pub(crate) floor_kib_quic: f64,
     pub(crate) argon2id_ms: f64,
     /// One AES-256-GCM pass over 16 KiB records (our record layer's sealer), CPU s per GB.
     pub(crate) aes_gcm_s_per_gb: f64,
@@ -306,6 +314,10 @@ pub(crate) fn print_table(r: &Results) {
         "\nbaselines: AES-256-GCM {:.2} s/GB; direct hop {:.2} CPU s/GB; 16 KiB memcpy {:.1} / {:.1} GB/s (16 B / 1 KiB past); round-trip crypto over TLS/TCP {:.1} us (4 x TLS {:.2} + 2 x end-to-end {:.2})",
         b.aes_gcm_s_per_gb, b.direct_hop_cpu_s_per_gb, b.memcpy_16_past_gb_per_s, b.memcpy_1k_past_gb_per_s,
         c.round_trip_us, c.tls_pair_us, c.e2e_pair_us
+    );
+    println!(
+        "the libraries alone, KiB per idle connection ({} each, a process holding nothing else): TLS 1.3 {:.1}; TLS + HTTP/2 {:.1}; QUIC {:.1}",
+        b.floor_connections, b.floor_kib_tls, b.floor_kib_tls_h2, b.floor_kib_quic
     );
     println!("wall time {:.0} s", r.wall_seconds);
 }

@@ -78,7 +78,7 @@ pub fn aes_gcm_pass() -> f64 {
 
 /// GB/s of 16 KiB copies from a page-aligned source to a destination `past` bytes further on
 /// modulo 4 KiB: the placement glibc's `rep movsb` is sensitive to on AMD Zen 3 and later
-/// (see `telework_net::memcpy_tuning`).
+/// (see `telework_net::glibc_tuning`).
 pub fn memcpy_gb_per_s(past: usize) -> f64 {
     const LEN: usize = 16 * 1024;
     const ROUNDS: usize = 100_000;

@@ -212,7 +212,7 @@ pub fn launch(plan: &LaunchPlan) -> std::io::Result<tokio::process::Child> {
     let mut command = std::process::Command::new(&plan.program);
     command.args(&plan.args).stdin(std::process::Stdio::null());
     // The RDP client gets the environment we were started with, not our memcpy tuning.
-    for (name, value) in telework_net::memcpy_tuning::child_env() {
+    for (name, value) in telework_net::glibc_tuning::child_env() {
         match value {
             Some(value) => command.env(name, value),
             None => command.env_remove(name),

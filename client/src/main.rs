@@ -89,7 +89,7 @@ struct ConnectArgs {
 const PROMPT_TRIES: u32 = 3;
 
 fn main() -> ExitCode {
-    telework_net::memcpy_tuning::reexec_if_needed();
+    telework_net::glibc_tuning::reexec_if_needed();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(

@@ -10,8 +10,8 @@
 //! - [`pump`]: moving desktop bytes between a plain local socket and an encrypted tunnel.
 //! - [`read_ahead`]: large socket reads under rustls's small ones.
 //! - [`signal`]: waiting for Ctrl-C or SIGTERM.
-//! - [`memcpy_tuning`]: keeping glibc's `memcpy` off `rep movsb` on AMD Zen 3+, which the
-//!   programs do first thing at start.
+//! - [`glibc_tuning`]: glibc's heap trim threshold, and `memcpy` off `rep movsb` on AMD Zen
+//!   3+, which the programs set first thing at start.
 //! - `holds_until_flush` (tests only, feature `test-util`): a transport that holds writes
 //!   until flushed, to test that writers flush.
 //!
@@ -19,10 +19,10 @@
 
 pub mod connect;
 pub mod framed;
+pub mod glibc_tuning;
 pub mod handshake_io;
 #[cfg(any(test, feature = "test-util"))]
 pub mod holds_until_flush;
-pub mod memcpy_tuning;
 pub mod pump;
 pub mod read_ahead;
 pub mod signal;

@@ -114,7 +114,7 @@ struct ServeArgs {
 }
 
 fn main() -> ExitCode {
-    telework_net::memcpy_tuning::reexec_if_needed();
+    telework_net::glibc_tuning::reexec_if_needed();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(

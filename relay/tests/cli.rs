@@ -181,13 +181,13 @@ fn bad_configuration_is_a_clear_error_before_anything_starts() {
         .contains("start the relay once first"));
 }
 
-/// On an AMD CPU with fast short `rep movsb` the relay runs with glibc's copy threshold raised
-/// (it executes itself again, keeping its pid and name, and the operator's own tunables);
-/// elsewhere its environment is left alone.
+/// The relay runs with glibc's heap tunables, and on an AMD CPU with fast short `rep movsb`
+/// with its copy threshold raised: it executes itself again, keeping its pid, its name and the
+/// operator's own tunables.
 #[cfg(all(target_os = "linux", target_env = "gnu", target_arch = "x86_64"))]
 #[test]
-fn the_relay_runs_with_vector_memcpy_exactly_where_rep_movsb_is_slow() {
-    use telework_net::memcpy_tuning::{wanted_tunables, Start, REEXEC_MARK};
+fn the_relay_runs_with_glibc_tuned_and_keeps_the_operators_tunables() {
+    use telework_net::glibc_tuning::{wanted_tunables, Start, REEXEC_MARK};
     let operators = "glibc.malloc.arena_max=2";
     let dir = tempfile::tempdir().unwrap();
     let (mut child, _lines) = serve(dir.path(), |c| {

@@ -1,31 +1,43 @@
-//! Keeps glibc's `memcpy` off `rep movsb` on AMD Zen 3 and later, where it can be 30 times
-//! slower for some buffer placements.
+//! Two glibc tunables that cost our programs a fifth to a quarter of their CPU per GB when left
+//! at their defaults. They can only be set before the process starts, so a program that
+//! needs them executes itself again, once, with them set.
 //!
-//! glibc (2.36, as in Debian 12) copies anything over about 2 KiB with `rep movsb` when the CPU
-//! reports fast short `rep movsb` (FSRM). On AMD CPUs with FSRM that instruction slows to a crawl
-//! when the destination sits a few bytes past the source modulo 4 KiB: on the benchmark machine
-//! (EPYC, family 25) a 16 KiB copy runs at 2.7 GB/s in that placement and at 90 GB/s in others.
-//! Every record our programs move is copied a few times (by rustls, and by us into write
-//! batches), and where the allocator happens to put those buffers decides the placement, so a
-//! process was either fast or up to a quarter slower per GB for its whole life. Newer glibc
-//! releases stop using `rep movsb` below the L2 cache size on these CPUs; this does the same for
-//! older ones, through glibc's own documented tunable, which can only be set before the process
-//! starts. So on an affected machine the program executes itself again, once, with the tunable
-//! set.
+//! **The heap's trim threshold.** The data path allocates and frees 16-64 KiB buffers all the
+//! time (TLS records in rustls, HTTP/2 frames in `h2`, QUIC packets in quinn). With glibc's
+//! default (128 KiB, adjusted upwards only by large mmapped frees), freeing such a buffer at
+//! the top of a heap often hands the pages back to the kernel, and the next allocation faults
+//! them in again, zero-filled: about 20% of each program's CPU per GB in the benchmark
+//! (`docs/performance.md`). With the trim threshold at 4 MiB and the mmap threshold at 1 MiB
+//! (setting one turns off glibc's adjustment of both), freed buffers are reused; idle memory
+//! per agent, session and tunnel is unchanged.
 //!
-//! Nothing changes when the CPU is not affected, when the operator already set the tunable, when
-//! the program runs with raised privileges (glibc ignores tunables then), on other C libraries or
-//! systems, or when the re-execution fails (the program then runs as it is). Setting
-//! `TELEWORK_MEMCPY_TUNED` (to anything) turns the re-execution off.
+//! **`memcpy` on AMD Zen 3 and later.** glibc (2.36, as in Debian 12) copies anything over
+//! about 2 KiB with `rep movsb` when the CPU reports fast short `rep movsb` (FSRM). On AMD CPUs
+//! with FSRM that instruction slows to a crawl when the destination sits a few bytes past the
+//! source modulo 4 KiB: on the benchmark machine (EPYC, family 25) a 16 KiB copy runs at 2.7
+//! GB/s in that placement and at 90 GB/s in others. Where the allocator puts the buffers
+//! decides the placement, so a process was either fast or up to a quarter slower per GB for its
+//! whole life. Newer glibc releases stop using `rep movsb` below the L2 cache size on these
+//! CPUs; the tunable does the same for older ones.
+//!
+//! Nothing changes when the operator already set every tunable we would, when the program runs
+//! with raised privileges (glibc ignores tunables then), on other C libraries or systems, or
+//! when the re-execution fails (the program then runs as it is). Setting `TELEWORK_GLIBC_TUNED`
+//! (to anything) turns the re-execution off.
 
 use std::ffi::OsString;
 
-/// The glibc tunable, and the size up to which copies then use vector loops (above L2 sizes).
-const TUNABLE: &str = "glibc.cpu.x86_rep_movsb_threshold";
-const THRESHOLD: usize = 1 << 20;
+/// The copy threshold, and the size up to which copies then use vector loops (above L2 sizes).
+const REP_MOVSB: (&str, usize) = ("glibc.cpu.x86_rep_movsb_threshold", 1 << 20);
+
+/// The heap tunables, on every glibc machine.
+const MALLOC: [(&str, usize); 2] = [
+    ("glibc.malloc.trim_threshold", 4 << 20),
+    ("glibc.malloc.mmap_threshold", 1 << 20),
+];
 
 /// Set on the re-executed process so that it never executes itself again.
-pub const REEXEC_MARK: &str = "TELEWORK_MEMCPY_TUNED";
+pub const REEXEC_MARK: &str = "TELEWORK_GLIBC_TUNED";
 
 /// On the re-executed process: the operator's own `GLIBC_TUNABLES`, if there was one, so that
 /// programs we start (the RDP client) get the environment they would have had.
@@ -50,18 +62,26 @@ pub fn wanted_tunables(start: Start<'_>) -> Option<String> {
         return None;
     }
     let cpuinfo = start.cpuinfo;
-    let affected = cpuinfo_field(cpuinfo, "vendor_id") == Some("AuthenticAMD")
+    let slow_rep_movsb = cpuinfo_field(cpuinfo, "vendor_id") == Some("AuthenticAMD")
         && cpuinfo_field(cpuinfo, "flags")
             .is_some_and(|f| f.split_whitespace().any(|x| x == "fsrm"));
-    if !affected {
+    let operators = start.tunables.unwrap_or("");
+    // The operator's own setting of a tunable wins.
+    let ours: Vec<String> = MALLOC
+        .iter()
+        .chain(slow_rep_movsb.then_some(&REP_MOVSB))
+        .filter(|(name, _)| !operators.contains(name))
+        .map(|(name, value)| format!("{name}={value}"))
+        .collect();
+    if ours.is_empty() {
         return None;
     }
-    let ours = format!("{TUNABLE}={THRESHOLD}");
-    match start.tunables {
-        Some(c) if c.contains(TUNABLE) => None,
-        Some(c) if !c.is_empty() => Some(format!("{c}:{ours}")),
-        _ => Some(ours),
-    }
+    let ours = ours.join(":");
+    Some(if operators.is_empty() {
+        ours
+    } else {
+        format!("{operators}:{ours}")
+    })
 }
 
 /// The value of the first `name : value` line of `/proc/cpuinfo`.
@@ -89,7 +109,7 @@ pub fn auxv_is_secure(auxv: &[u8]) -> bool {
         .is_some_and(|pair| word(&pair[8..]) != 0)
 }
 
-/// Executes this program again with the tunable set, if this machine needs it. Call it first
+/// Executes this program again with the tunables set, if this machine needs them. Call it first
 /// thing in `main`, before any thread starts. Returns only when nothing was done or the
 /// execution failed.
 pub fn reexec_if_needed() {
@@ -180,7 +200,10 @@ mod tests {
                         flags\t\t: fpu sse2 avx2 erms fsrm vaes\n\nprocessor\t: 1\n";
     const ZEN2: &str = "vendor_id\t: AuthenticAMD\ncpu family\t: 23\nflags\t\t: fpu avx2 erms\n";
     const INTEL: &str = "vendor_id\t: GenuineIntel\nflags\t\t: fpu avx2 erms fsrm\n";
-    const OURS: &str = "glibc.cpu.x86_rep_movsb_threshold=1048576";
+    const MALLOC_TUNED: &str =
+        "glibc.malloc.trim_threshold=4194304:glibc.malloc.mmap_threshold=1048576";
+    const ALL_TUNED: &str = "glibc.malloc.trim_threshold=4194304:\
+        glibc.malloc.mmap_threshold=1048576:glibc.cpu.x86_rep_movsb_threshold=1048576";
 
     fn start(cpuinfo: &str) -> Start<'_> {
         Start {
@@ -192,15 +215,15 @@ mod tests {
     }
 
     #[test]
-    fn only_amd_cpus_with_fast_short_rep_movsb_are_tuned() {
-        assert_eq!(wanted_tunables(start(ZEN3)).as_deref(), Some(OURS));
-        assert_eq!(wanted_tunables(start(ZEN2)), None);
-        assert_eq!(wanted_tunables(start(INTEL)), None);
-        assert_eq!(wanted_tunables(start("")), None);
+    fn the_heap_everywhere_and_memcpy_only_on_amd_cpus_with_fast_short_rep_movsb() {
+        assert_eq!(wanted_tunables(start(ZEN3)).as_deref(), Some(ALL_TUNED));
+        assert_eq!(wanted_tunables(start(ZEN2)).as_deref(), Some(MALLOC_TUNED));
+        assert_eq!(wanted_tunables(start(INTEL)).as_deref(), Some(MALLOC_TUNED));
+        assert_eq!(wanted_tunables(start("")).as_deref(), Some(MALLOC_TUNED));
     }
 
     #[test]
-    fn the_operators_tunables_are_kept_and_their_own_threshold_wins() {
+    fn the_operators_tunables_are_kept_and_their_own_values_win() {
         let with = |t| {
             wanted_tunables(Start {
                 tunables: Some(t),
@@ -209,10 +232,21 @@ mod tests {
         };
         assert_eq!(
             with("glibc.malloc.arena_max=2").as_deref(),
-            Some("glibc.malloc.arena_max=2:glibc.cpu.x86_rep_movsb_threshold=1048576")
+            Some(format!("glibc.malloc.arena_max=2:{ALL_TUNED}").as_str())
         );
-        assert_eq!(with("glibc.cpu.x86_rep_movsb_threshold=4096"), None);
-        assert_eq!(with("").as_deref(), Some(OURS));
+        assert_eq!(
+            with("glibc.cpu.x86_rep_movsb_threshold=4096:glibc.malloc.trim_threshold=0").as_deref(),
+            Some(
+                "glibc.cpu.x86_rep_movsb_threshold=4096:glibc.malloc.trim_threshold=0:\
+                 glibc.malloc.mmap_threshold=1048576"
+            )
+        );
+        assert_eq!(
+            with("glibc.cpu.x86_rep_movsb_threshold=4096:glibc.malloc.trim_threshold=0:glibc.malloc.mmap_threshold=0"),
+            None,
+            "nothing left to set"
+        );
+        assert_eq!(with("").as_deref(), Some(ALL_TUNED));
     }
 
     #[test]
