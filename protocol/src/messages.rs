@@ -22,13 +22,14 @@ use crate::ids::{ComputerId, Ticket};
 ///
 /// 2: the agent's login answer names its password-stretching parameters, which a version-1
 /// client cannot read. 3: a login opens with the office PC's identity proof and the device's
-/// proof, before the password step. 4: one connection per endpoint, tunnels as streams.
+/// proof, before the password step. 4: one connection per endpoint, tunnels as streams. 5: a session's
+/// control tunnel can be re-attached after its connection broke.
 /// Relays refuse older versions so that old software is told to update instead of failing
 /// mid-login.
-pub const PROTOCOL_VERSION: u16 = 4;
+pub const PROTOCOL_VERSION: u16 = 5;
 
 /// Oldest minor version a relay accepts.
-pub const MIN_PROTOCOL_VERSION: u16 = 4;
+pub const MIN_PROTOCOL_VERSION: u16 = 5;
 
 /// The first message on every stream the relay opens on an agent's connection: what the
 /// stream is for.

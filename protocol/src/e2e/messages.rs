@@ -44,6 +44,15 @@ pub enum ClientHandshake {
         /// HMAC over the transcript with the client confirm key.
         mac: [u8; 32],
     },
+    /// Make this tunnel the session's control tunnel again, after the connection that carried
+    /// it broke (a relay restart, a network change). Proven like a [`Self::Resume`], under its
+    /// own label.
+    ReattachControl {
+        /// The session, from [`AgentNotice::SessionReady`].
+        session: SessionId,
+        /// Client's fresh random nonce.
+        nonce: [u8; 32],
+    },
 }
 
 /// A client device's key and its signature over the login transcript
@@ -229,6 +238,8 @@ pub enum AgentNotice {
     TotpRequired,
     /// The login is refused after the password step (device or one-time code).
     Refused(Refusal),
+    /// This tunnel is the session's control tunnel again ([`ClientHandshake::ReattachControl`]).
+    ControlReattached,
 }
 
 /// Control messages a client sends inside the record layer, after the password step.

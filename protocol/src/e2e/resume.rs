@@ -15,6 +15,25 @@ use crate::ids::SessionId;
 #[error("the resumption proof did not verify")]
 pub struct ResumeError;
 
+/// What a resumption opens. Each has its own label in the transcript, so a relay cannot turn
+/// one into the other: the MACs would not verify.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResumePurpose {
+    /// A tunnel to the desktop service.
+    Desktop,
+    /// The session's control tunnel again, after the connection that carried it broke.
+    Control,
+}
+
+impl ResumePurpose {
+    fn label(self) -> &'static [u8] {
+        match self {
+            Self::Desktop => b"telework/1 resume",
+            Self::Control => b"telework/1 reattach control",
+        }
+    }
+}
+
 struct Schedule {
     prk: ring::hkdf::Prk,
     transcript: Vec<u8>,
@@ -22,13 +41,14 @@ struct Schedule {
 
 impl Schedule {
     fn new(
+        purpose: ResumePurpose,
         secret: &[u8; 32],
         session: SessionId,
         client_nonce: &[u8; 32],
         agent_nonce: &[u8; 32],
     ) -> Self {
-        let mut transcript = Vec::with_capacity(16 + 64 + 32);
-        transcript.extend_from_slice(b"telework/1 resume");
+        let mut transcript = Vec::with_capacity(32 + 16 + 64);
+        transcript.extend_from_slice(purpose.label());
         transcript.extend_from_slice(&session.0);
         transcript.extend_from_slice(client_nonce);
         transcript.extend_from_slice(agent_nonce);
@@ -57,6 +77,7 @@ const CLIENT_CONFIRM: &[u8] = b"telework/1 client confirm";
 
 /// The client's side of a resumption.
 pub struct ClientResume {
+    purpose: ResumePurpose,
     session: SessionId,
     secret: ResumptionSecret,
     nonce: [u8; 32],
@@ -65,12 +86,18 @@ pub struct ClientResume {
 impl ClientResume {
     /// Starts a resumption; send `(session, nonce)` as the `Resume` message.
     pub fn start(session: SessionId, secret: &ResumptionSecret) -> Self {
-        Self::with_nonce(session, secret, rand::random())
+        Self::with_nonce(ResumePurpose::Desktop, session, secret, rand::random())
     }
 
     /// As [`ClientResume::start`], with the fresh nonce passed in.
-    pub fn with_nonce(session: SessionId, secret: &ResumptionSecret, nonce: [u8; 32]) -> Self {
+    pub fn with_nonce(
+        purpose: ResumePurpose,
+        session: SessionId,
+        secret: &ResumptionSecret,
+        nonce: [u8; 32],
+    ) -> Self {
         Self {
+            purpose,
             session,
             secret: secret.clone(),
             nonce,
@@ -91,7 +118,13 @@ impl ClientResume {
         agent_nonce: &[u8; 32],
         agent_mac: &[u8; 32],
     ) -> Result<([u8; 32], TunnelKeys), ResumeError> {
-        let s = Schedule::new(&self.secret, self.session, &self.nonce, agent_nonce);
+        let s = Schedule::new(
+            self.purpose,
+            &self.secret,
+            self.session,
+            &self.nonce,
+            agent_nonce,
+        );
         s.verify(AGENT_CONFIRM, agent_mac)?;
         Ok((s.mac(CLIENT_CONFIRM), tunnel_keys(&s.prk, Role::Client)))
     }
@@ -106,18 +139,25 @@ pub struct AgentResume {
 impl AgentResume {
     /// Answers a client's `Resume` for a session whose secret is `secret`.
     pub fn respond(session: SessionId, secret: &ResumptionSecret, client_nonce: &[u8; 32]) -> Self {
-        Self::respond_with_nonce(session, secret, client_nonce, rand::random())
+        Self::respond_with_nonce(
+            ResumePurpose::Desktop,
+            session,
+            secret,
+            client_nonce,
+            rand::random(),
+        )
     }
 
     /// As [`AgentResume::respond`], with the agent's fresh nonce passed in.
     pub fn respond_with_nonce(
+        purpose: ResumePurpose,
         session: SessionId,
         secret: &ResumptionSecret,
         client_nonce: &[u8; 32],
         nonce: [u8; 32],
     ) -> Self {
         Self {
-            schedule: Schedule::new(secret, session, client_nonce, &nonce),
+            schedule: Schedule::new(purpose, secret, session, client_nonce, &nonce),
             nonce,
         }
     }
@@ -158,6 +198,22 @@ mod tests {
             &ak.opener.open(&mut wire).unwrap().unwrap().payload[..],
             b"x"
         );
+    }
+
+    #[test]
+    fn a_desktop_resumption_cannot_be_taken_for_a_control_one() {
+        let secret = Zeroizing::new([9u8; 32]);
+        let session = SessionId([1; 16]);
+        let client = ClientResume::with_nonce(ResumePurpose::Desktop, session, &secret, [3; 32]);
+        let agent = AgentResume::respond_with_nonce(
+            ResumePurpose::Control,
+            session,
+            &secret,
+            &client.nonce(),
+            [4; 32],
+        );
+        let (nonce, mac) = agent.challenge();
+        assert!(client.finish(&nonce, &mac).is_err());
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! ```text
 //! AwaitFirst ─Hello──▶ login steps (agent_login.rs)
 //!            ─Resume─▶ NeedSession ─▶ AwaitResumeFinish ─▶ NeedAccess ─▶ NeedTarget ─▶ done
+//!            ─ReattachControl─▶ (the same, under its own label) ─▶ NeedAccess ─▶ done
 //! ```
 
 use std::collections::VecDeque;
@@ -17,7 +18,7 @@ use super::STEP_TIMEOUT;
 use crate::e2e::keys::{ResumptionSecret, TunnelKeys};
 use crate::e2e::messages::{AgentHandshake, AgentNotice, ClientHandshake, EndReason, Refusal};
 use crate::e2e::pake::PasswordRecord;
-use crate::e2e::resume::AgentResume;
+use crate::e2e::resume::{AgentResume, ResumePurpose};
 use crate::ids::{ComputerId, SessionId};
 
 /// What the agent's machine asks its driver to do, or tells it. Those that say "answer with"
@@ -122,6 +123,9 @@ pub enum AgentOutcome {
     SessionStarted(SessionId),
     /// A resumption succeeded and `TargetConnected` is queued: pump the tunnel.
     TunnelReady(SessionId),
+    /// A control re-attachment succeeded and `ControlReattached` is queued: the tunnel
+    /// ([`AgentMachine::into_tunnel`]) holds the session from now on.
+    ControlReattached(SessionId),
     /// The handshake was refused; the refusal is queued.
     Refused(Refusal),
     /// A resumed session may not go on (the notice is queued): end it for this reason.
@@ -162,15 +166,17 @@ pub(super) enum State {
     NeedAdmission(Box<After>),
     NeedSession(Box<After>),
     NeedSessionFacts {
+        purpose: ResumePurpose,
         session: SessionId,
         client_nonce: [u8; 32],
     },
     AwaitResumeFinish {
+        purpose: ResumePurpose,
         session: SessionId,
         resume: Box<AgentResume>,
         expires_at: Option<Duration>,
     },
-    NeedAccess(SessionId),
+    NeedAccess(SessionId, ResumePurpose),
     NeedTarget(SessionId),
     Done,
 }
@@ -264,10 +270,11 @@ impl AgentMachine {
                 State::AwaitDeviceName(after) => self.on_device_name(after),
                 State::AwaitTotp(after) => self.on_totp(after, now),
                 State::AwaitResumeFinish {
+                    purpose,
                     session,
                     resume,
                     expires_at,
-                } => self.on_resume_finish(session, resume, expires_at, now),
+                } => self.on_resume_finish(purpose, session, resume, expires_at, now),
                 other => {
                     self.state = other;
                     false
@@ -327,6 +334,15 @@ impl AgentMachine {
             }
             ClientHandshake::Resume { session, nonce } => {
                 self.state = State::NeedSessionFacts {
+                    purpose: ResumePurpose::Desktop,
+                    session,
+                    client_nonce: nonce,
+                };
+                self.events.push_back(AgentEvent::LookupSession { session });
+            }
+            ClientHandshake::ReattachControl { session, nonce } => {
+                self.state = State::NeedSessionFacts {
+                    purpose: ResumePurpose::Control,
                     session,
                     client_nonce: nonce,
                 };
@@ -366,6 +382,7 @@ impl AgentMachine {
         now: Duration,
     ) {
         let State::NeedSessionFacts {
+            purpose,
             session,
             client_nonce,
         } = std::mem::replace(&mut self.state, State::Done)
@@ -377,11 +394,13 @@ impl AgentMachine {
         };
         let mut nonce = [0u8; 32];
         rng.fill_bytes(&mut nonce);
-        let resume = AgentResume::respond_with_nonce(session, &facts.secret, &client_nonce, nonce);
+        let resume =
+            AgentResume::respond_with_nonce(purpose, session, &facts.secret, &client_nonce, nonce);
         let (nonce, mac) = resume.challenge();
         self.wire
             .send_frame(&AgentHandshake::ResumeChallenge { nonce, mac });
         self.state = State::AwaitResumeFinish {
+            purpose,
             session,
             resume: Box::new(resume),
             expires_at: facts.expires_at,
@@ -392,6 +411,7 @@ impl AgentMachine {
 
     fn on_resume_finish(
         &mut self,
+        purpose: ResumePurpose,
         session: SessionId,
         resume: Box<AgentResume>,
         expires_at: Option<Duration>,
@@ -400,6 +420,7 @@ impl AgentMachine {
         let mac = match self.wire.frame::<ClientHandshake>() {
             Ok(None) => {
                 self.state = State::AwaitResumeFinish {
+                    purpose,
                     session,
                     resume,
                     expires_at,
@@ -422,22 +443,27 @@ impl AgentMachine {
             self.end_session(session, EndReason::MaxDuration);
             return false;
         }
-        self.state = State::NeedAccess(session);
+        self.state = State::NeedAccess(session, purpose);
         self.events.push_back(AgentEvent::CheckAccess { session });
         false
     }
 
     /// The answer to [`AgentEvent::CheckAccess`]: `Err` with the reason the session must end.
     pub fn access_checked(&mut self, verdict: Result<(), EndReason>) {
-        let State::NeedAccess(session) = std::mem::replace(&mut self.state, State::Done) else {
+        let State::NeedAccess(session, purpose) = std::mem::replace(&mut self.state, State::Done)
+        else {
             return self.misuse();
         };
-        match verdict {
-            Ok(()) => {
+        match (verdict, purpose) {
+            (Ok(()), ResumePurpose::Desktop) => {
                 self.state = State::NeedTarget(session);
                 self.events.push_back(AgentEvent::ConnectTarget);
             }
-            Err(reason) => self.end_session(session, reason),
+            (Ok(()), ResumePurpose::Control) => {
+                self.wire.send_control(&AgentNotice::ControlReattached);
+                self.finish(AgentOutcome::ControlReattached(session));
+            }
+            (Err(reason), _) => self.end_session(session, reason),
         }
     }
 

@@ -1,7 +1,8 @@
-//! The employee's side of a resumption: a further tunnel of a session, with no password.
+//! The employee's side of a resumption: a further tunnel of a session, with no password, or
+//! the session's control tunnel again after its connection broke.
 //!
 //! ```text
-//! AwaitChallenge ─▶ AwaitTarget ─▶ ready (TargetConnected)
+//! AwaitChallenge ─▶ AwaitTarget ─▶ ready (TargetConnected, or ControlReattached)
 //! ```
 
 use std::time::Duration;
@@ -13,7 +14,7 @@ use super::wire::Wire;
 use super::{HandshakeError, STEP_TIMEOUT};
 use crate::e2e::keys::{ResumptionSecret, TunnelKeys};
 use crate::e2e::messages::{AgentHandshake, AgentNotice, ClientHandshake};
-use crate::e2e::resume::ClientResume;
+use crate::e2e::resume::{ClientResume, ResumePurpose};
 use crate::ids::SessionId;
 
 enum State {
@@ -26,6 +27,7 @@ enum State {
 /// [`ClientResumeMachine::result`] gives `Ok`, the office PC has connected the tunnel to its
 /// desktop service.
 pub struct ClientResumeMachine {
+    purpose: ResumePurpose,
     wire: Wire,
     state: State,
     deadline: Option<Duration>,
@@ -44,12 +46,39 @@ impl ClientResumeMachine {
         rng: &mut (impl rand::RngCore + rand::CryptoRng),
         now: Duration,
     ) -> Self {
+        Self::start(ResumePurpose::Desktop, session, secret, target_wait, rng, now)
+    }
+
+    /// Starts making this tunnel the control tunnel of `session` again (queues
+    /// `ReattachControl`). When [`ClientResumeMachine::result`] gives `Ok`, the office PC
+    /// holds the session on it.
+    pub fn reattach_control(
+        session: SessionId,
+        secret: &ResumptionSecret,
+        rng: &mut (impl rand::RngCore + rand::CryptoRng),
+        now: Duration,
+    ) -> Self {
+        Self::start(ResumePurpose::Control, session, secret, STEP_TIMEOUT, rng, now)
+    }
+
+    fn start(
+        purpose: ResumePurpose,
+        session: SessionId,
+        secret: &ResumptionSecret,
+        target_wait: Duration,
+        rng: &mut (impl rand::RngCore + rand::CryptoRng),
+        now: Duration,
+    ) -> Self {
         let mut nonce = [0u8; 32];
         rng.fill_bytes(&mut nonce);
-        let resume = ClientResume::with_nonce(session, secret, nonce);
+        let resume = ClientResume::with_nonce(purpose, session, secret, nonce);
         let mut wire = Wire::default();
-        wire.send_frame(&ClientHandshake::Resume { session, nonce });
+        wire.send_frame(&match purpose {
+            ResumePurpose::Desktop => ClientHandshake::Resume { session, nonce },
+            ResumePurpose::Control => ClientHandshake::ReattachControl { session, nonce },
+        });
         Self {
+            purpose,
             wire,
             state: State::AwaitChallenge(resume),
             deadline: Some(now + STEP_TIMEOUT),
@@ -130,7 +159,16 @@ impl ClientResumeMachine {
                         self.state = State::AwaitTarget;
                         return false;
                     }
-                    Ok(Some(AgentNotice::TargetConnected)) => Ok(()),
+                    Ok(Some(AgentNotice::TargetConnected))
+                        if self.purpose == ResumePurpose::Desktop =>
+                    {
+                        Ok(())
+                    }
+                    Ok(Some(AgentNotice::ControlReattached))
+                        if self.purpose == ResumePurpose::Control =>
+                    {
+                        Ok(())
+                    }
                     Ok(Some(AgentNotice::TargetRefused)) => Err(HandshakeError::TargetRefused),
                     Ok(Some(AgentNotice::SessionEnded(r))) => Err(HandshakeError::Ended(r)),
                     Ok(Some(AgentNotice::Refused(why))) => Err(HandshakeError::Refused(why)),

@@ -299,7 +299,29 @@ pub fn resume(
     chunk: usize,
     now: Duration,
 ) -> Resume {
-    let mut c = ClientResumeMachine::new(session, secret, Duration::from_secs(10), &mut OsRng, now);
+    let c = ClientResumeMachine::new(session, secret, Duration::from_secs(10), &mut OsRng, now);
+    run_resume(office, c, chunk, now)
+}
+
+/// Runs a re-attachment of `session`'s control tunnel with `secret`.
+pub fn reattach(
+    office: &mut Office,
+    session: SessionId,
+    secret: &ResumptionSecret,
+    chunk: usize,
+    now: Duration,
+) -> Resume {
+    let c = ClientResumeMachine::reattach_control(session, secret, &mut OsRng, now);
+    run_resume(office, c, chunk, now)
+}
+
+/// Runs the client machine `c` against a fresh agent machine of `office`.
+pub fn run_resume(
+    office: &mut Office,
+    mut c: ClientResumeMachine,
+    chunk: usize,
+    now: Duration,
+) -> Resume {
     let mut a = AgentMachine::new(id(), TOTP_TIMEOUT, now);
     let mut agent = None;
     for _ in 0..1000 {

@@ -170,3 +170,47 @@ fn a_silent_agent_times_out_the_resume_at_its_deadline() {
     c.handle_timeout(deadline);
     assert_eq!(c.result(), Some(&Err(HandshakeError::Timeout)));
 }
+
+#[test]
+fn a_control_tunnel_is_reattached_without_touching_the_desktop() {
+    let mut office = Office::default();
+    let (session, secret) = logged_in(&mut office);
+    office.events.clear();
+    for chunk in [usize::MAX, 1] {
+        let run = reattach(&mut office, session, &secret, chunk, START);
+        assert_eq!(run.client, Some(Ok(())));
+        assert_eq!(run.agent, Some(AgentOutcome::ControlReattached(session)));
+    }
+    assert!(!office.events.iter().any(|e| e == "ConnectTarget"));
+    // Access is checked again: a revoked device gets no control tunnel either.
+    office.access = Err(EndReason::DeviceRevoked);
+    let run = reattach(&mut office, session, &secret, usize::MAX, START);
+    assert_eq!(
+        run.client,
+        Some(Err(HandshakeError::Ended(EndReason::DeviceRevoked)))
+    );
+}
+
+#[test]
+fn a_relay_cannot_turn_a_reattachment_into_a_desktop_tunnel() {
+    let mut office = Office::default();
+    let (session, secret) = logged_in(&mut office);
+    let mut c = super::ClientResumeMachine::reattach_control(session, &secret, &mut OsRng, START);
+    let mut first = c.take_output().unwrap();
+    let Some(ClientHandshake::ReattachControl { nonce, .. }) =
+        crate::frame::decode_frame::<ClientHandshake>(&mut first).unwrap()
+    else {
+        panic!("the first message is the re-attachment");
+    };
+    // The relay sends the agent a plain resumption with the same nonce instead.
+    let mut forged = bytes::BytesMut::new();
+    encode_frame(&ClientHandshake::Resume { session, nonce }, &mut forged).unwrap();
+    let mut a = AgentMachine::new(id(), TOTP_TIMEOUT, START);
+    a.receive(&forged, START);
+    while let Some(ev) = a.poll_event() {
+        office.handle(&mut a, ev, START);
+    }
+    c.receive(&a.take_output().unwrap(), START);
+    assert_eq!(c.result(), Some(&Err(HandshakeError::BadProof)));
+    assert!(!office.events.iter().any(|e| e == "ConnectTarget"));
+}
