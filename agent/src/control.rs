@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use telework_net::framed::Framed;
+use telework_net::transport::network_watch::{NetworkChange, NetworkWatch};
 use telework_net::transport::{Connection, Stream, TransportChoice, TransportKind};
 use telework_net::HANDSHAKE_TIMEOUT;
 use telework_protocol::messages::{AgentToRelay, RelayOpens, RelayToAgent, PROTOCOL_VERSION};
@@ -19,6 +20,9 @@ use crate::{tunnel, Agent, AgentError};
 
 /// How often the agent sends a keepalive.
 pub const KEEPALIVE: Duration = Duration::from_secs(15);
+/// How often the agent looks whether its network changed.
+const NETWORK_CHECK: Duration = Duration::from_secs(1);
+
 /// Silence from the relay after which the connection is considered dead.
 pub const DEAD_PEER: Duration = Duration::from_secs(45);
 
@@ -160,8 +164,19 @@ async fn online_once(
     *agent.reports.lock().unwrap_or_else(|e| e.into_inner()) = Some(reports_tx);
     let quic_again = reprobe(agent, connection.kind());
     tokio::pin!(quic_again);
+    let mut network = NetworkWatch::new(&connection);
+    let mut look = tokio::time::interval(NETWORK_CHECK);
     loop {
         tokio::select! {
+            _ = look.tick() => match network.check() {
+                NetworkChange::Moved => info!("the network changed; QUIC followed it"),
+                NetworkChange::Lost => {
+                    info!("the address this connection left from is gone; reconnecting");
+                    connection.close(ErrorCode::Replaced);
+                    return Err(AgentError::NetworkChanged);
+                }
+                NetworkChange::None => {}
+            },
             _ = agent.shutdown.cancelled() => {
                 leave(agent, framed, &connection).await;
                 return Ok(Next::Closed);

@@ -89,6 +89,9 @@ pub enum AgentError {
     /// The relay went silent.
     #[error("the relay stopped answering")]
     Timeout,
+    /// The address the connection left from is no longer on this machine.
+    #[error("this computer's network changed")]
+    NetworkChanged,
 }
 
 /// Seconds since the Unix epoch (0 if the clock is before it).

@@ -42,6 +42,12 @@ pub(crate) enum Handshake<S> {
         session: Arc<Session>,
         policy: Policy,
     },
+    /// The session's control tunnel again, after the connection that carried it broke.
+    Control {
+        tunnel: SecureTunnel<S>,
+        id: SessionId,
+        session: Arc<Session>,
+    },
     /// A resumption, connected to the desktop service.
     Tunnel {
         tunnel: SecureTunnel<S>,
@@ -293,6 +299,14 @@ async fn finished<S: Stream>(
                 target,
             })
         }
+        (AgentOutcome::ControlReattached(_), Some((id, session))) => {
+            let tunnel = tunnel(io, machine).ok_or(AgentError::Unexpected)?;
+            Ok(Handshake::Control {
+                tunnel,
+                id,
+                session,
+            })
+        }
         (AgentOutcome::SessionEnded { session, reason }, _) => {
             tracing::info!(session = %session, %reason, "ending a session");
             agent.sessions.end_for(&session, reason);
@@ -309,9 +323,12 @@ async fn finished<S: Stream>(
             Err(AgentError::HandshakeRefused(why))
         }
         (AgentOutcome::TimedOut, _) => Err(FrameError::Timeout.into()),
-        (AgentOutcome::SessionStarted(_) | AgentOutcome::TunnelReady(_), None) => {
-            Err(AgentError::Unexpected)
-        }
+        (
+            AgentOutcome::SessionStarted(_)
+            | AgentOutcome::TunnelReady(_)
+            | AgentOutcome::ControlReattached(_),
+            None,
+        ) => Err(AgentError::Unexpected),
     }
 }
 

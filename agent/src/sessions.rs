@@ -3,6 +3,8 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use telework_net::pump::SecureTunnel;
+use telework_net::transport::Stream;
 use telework_protocol::e2e::keys::ResumptionSecret;
 use telework_protocol::e2e::messages::EndReason;
 use telework_protocol::SessionId;
@@ -21,9 +23,26 @@ pub struct Session {
     pub activity: Arc<crate::activity::Activity>,
     /// Why the agent ended it, when it did, to tell the client.
     end_reason: Mutex<Option<EndReason>>,
+    /// A control tunnel the client re-attached after its connection broke, for the task that
+    /// holds the session. One at a time: a newer one replaces an older one not yet taken.
+    reattached: tokio::sync::watch::Sender<Option<Arc<ControlTunnel>>>,
 }
 
+/// A re-attached control tunnel, taken once by the task that holds the session.
+pub type ControlTunnel = Mutex<Option<SecureTunnel<Stream>>>;
+
 impl Session {
+    /// Hands a re-attached control tunnel to the task holding the session.
+    pub fn reattach(&self, tunnel: SecureTunnel<Stream>) {
+        self.reattached
+            .send_replace(Some(Arc::new(Mutex::new(Some(tunnel)))));
+    }
+
+    /// Watches for re-attached control tunnels.
+    pub fn reattachments(&self) -> tokio::sync::watch::Receiver<Option<Arc<ControlTunnel>>> {
+        self.reattached.subscribe()
+    }
+
     /// Why the agent ended the session, if it did.
     pub fn end_reason(&self) -> Option<EndReason> {
         *self.end_reason.lock().unwrap_or_else(|e| e.into_inner())
@@ -63,6 +82,7 @@ impl Sessions {
             ended: CancellationToken::new(),
             activity: crate::activity::Activity::new(),
             end_reason: Mutex::new(None),
+            reattached: tokio::sync::watch::Sender::new(None),
         });
         self.lock().insert(id, session.clone());
         (id, session)

@@ -50,6 +50,15 @@ pub async fn serve(agent: Arc<Agent>, stream: Stream) -> Result<(), AgentError> 
             session,
             target,
         } => resume(agent, tunnel, id, session, target).await,
+        Handshake::Control {
+            tunnel,
+            id,
+            session,
+        } => {
+            info!(session = %id, "the client is back: the session goes on");
+            session.reattach(tunnel);
+            Ok(())
+        }
         Handshake::Over => Ok(()),
     }
 }
@@ -63,25 +72,26 @@ pub const CLIENT_SILENCE: Duration = Duration::from_secs(45);
 /// tunnel holds it until it ends.
 async fn login(
     agent: Arc<Agent>,
-    mut tunnel: SecureTunnel<Stream>,
+    tunnel: SecureTunnel<Stream>,
     session_id: SessionId,
     session: Arc<crate::sessions::Session>,
     policy: Policy,
 ) -> Result<(), AgentError> {
     info!(session = %session_id, "session started");
-    let end = hold_session(&agent, &mut tunnel, &session, &policy).await;
+    let end = hold_session(&agent, tunnel, &session, &policy).await;
     agent.sessions.end(&session_id);
     info!(session = %session_id, %end, "session ended");
     Ok(())
 }
 
-/// Keeps a session's first tunnel open for the session's life, once the client has been told
-/// it is ready. It carries no desktop bytes,
-/// only the client's pings one way and the reason a session ends the other. Returns why the
-/// session ended.
+/// Keeps a session's control tunnel open for the session's life. It carries no desktop
+/// bytes, only the client's pings one way and the reason a session ends the other. When its
+/// connection breaks (a relay restart, the client's network changing), the client may
+/// re-attach a new control tunnel ([`crate::sessions::Session::reattach`]) within
+/// [`CLIENT_SILENCE`], and the session goes on. Returns why the session ended.
 async fn hold_session(
     agent: &Agent,
-    tunnel: &mut SecureTunnel<Stream>,
+    mut tunnel: SecureTunnel<Stream>,
     session: &crate::sessions::Session,
     policy: &Policy,
 ) -> String {
@@ -99,14 +109,40 @@ async fn hold_session(
         }
     };
     tokio::pin!(max_session, idle);
+    let mut reattachments = session.reattachments();
+    // Whether the current control tunnel can still carry a message.
+    let mut attached = true;
     loop {
+        let heard = async {
+            if attached {
+                tunnel.recv_control::<ClientNotice>().await
+            } else {
+                std::future::pending().await
+            }
+        };
         let reason = tokio::select! {
-            r = tokio::time::timeout(agent.client_silence, tunnel.recv_control::<ClientNotice>()) => match r {
+            r = tokio::time::timeout(agent.client_silence, heard) => match r {
                 Ok(Ok(ClientNotice::Ping)) => continue,
-                Ok(Ok(_)) | Ok(Err(TunnelError::Truncated)) => return "client closed the session".to_owned(),
-                Ok(Err(e)) => return format!("session tunnel failed: {e}"),
+                Ok(Ok(_)) | Ok(Err(TunnelError::Finished)) => return "client closed the session".to_owned(),
+                Ok(Err(e)) => {
+                    // The connection broke: wait for the client to come back.
+                    info!(%e, "the session's control tunnel broke; waiting for the client to re-attach");
+                    attached = false;
+                    continue;
+                }
                 Err(_) => return format!("the client went silent (no ping for {} s)", agent.client_silence.as_secs()),
             },
+            Ok(()) = reattachments.changed() => {
+                let new = reattachments
+                    .borrow_and_update()
+                    .as_ref()
+                    .and_then(|slot| slot.lock().unwrap_or_else(|e| e.into_inner()).take());
+                if let Some(new) = new {
+                    tunnel = new;
+                    attached = true;
+                }
+                continue;
+            }
             _ = agent.shutdown.cancelled() => EndReason::AgentShutdown,
             () = &mut max_session => EndReason::MaxDuration,
             () = &mut idle => EndReason::Idle,

@@ -35,12 +35,19 @@ pub enum ClientError {
     /// The office PC ended the session.
     #[error("the session ended: {0}")]
     Ended(EndReason),
-    /// The end-to-end tunnel failed its integrity checks or broke.
-    #[error("the connection to the office PC broke: {0}")]
-    Tunnel(#[from] TunnelError),
+    /// The end-to-end tunnel failed its integrity checks or broke. The details go to the
+    /// log (`RUST_LOG=debug`), not to the employee.
+    #[error("{}", tunnel_sentence(.0))]
+    Tunnel(TunnelError),
     /// Something on the way sent bytes that break the protocol.
-    #[error("the connection to the office PC broke: {0}")]
-    Frame(#[from] FrameError),
+    #[error("the connection to the office PC broke")]
+    Frame(FrameError),
+    /// The session's connection broke and could not be made again in time.
+    #[error(
+        "lost the connection to the relay and could not get it back within {} s; run the \
+         command again", crate::session::REATTACH_WINDOW.as_secs()
+    )]
+    Lost,
     /// The office PC's identity proof did not verify: someone in the middle is tampering.
     #[error("the office PC could not prove the session; the connection may be tampered with")]
     BadProof,
@@ -66,6 +73,31 @@ pub enum ClientError {
     /// TLS could not be configured (for example an unreadable CA file).
     #[error(transparent)]
     Tls(#[from] telework_net::tls::TlsConfigError),
+}
+
+// Written out instead of `#[from]`, which would make the cause the error's `source`, and
+// `{:#}` would print its internal chain to the employee.
+impl From<TunnelError> for ClientError {
+    fn from(e: TunnelError) -> Self {
+        Self::Tunnel(e)
+    }
+}
+
+impl From<FrameError> for ClientError {
+    fn from(e: FrameError) -> Self {
+        Self::Frame(e)
+    }
+}
+
+fn tunnel_sentence(e: &TunnelError) -> &'static str {
+    match e {
+        TunnelError::Record(_) => {
+            "the connection to the office PC was altered on the way, so it was closed (nothing \
+             altered reached the desktop)"
+        }
+        TunnelError::Ended(_) => "the office PC ended the session",
+        _ => "the connection to the office PC broke",
+    }
 }
 
 impl ClientError {
@@ -94,5 +126,12 @@ mod tests {
         })
         .to_string()
         .contains("5 minutes"));
+        let broke = ClientError::Tunnel(TunnelError::Io(std::io::Error::other(
+            "peer closed connection without sending TLS close_notify: https://docs.rs/rustls",
+        )));
+        assert_eq!(
+            format!("{:#}", anyhow::Error::new(broke)),
+            "the connection to the office PC broke"
+        );
     }
 }

@@ -56,6 +56,27 @@ impl Link {
         Ok(connection)
     }
 
+    /// Closes the current connection if it is `broken`, so that the next use dials again
+    /// (a connection whose network went away may not know it yet).
+    pub async fn drop_broken(&self, broken: &Connection) {
+        let mut current = self.inner.current.lock().await;
+        if current.as_ref().is_some_and(|c| c.same_as(broken)) {
+            broken.close(telework_protocol::ErrorCode::Replaced);
+            *current = None;
+        }
+    }
+
+    /// The current connection, if one is up (no dialling).
+    pub async fn current(&self) -> Option<Connection> {
+        self.inner
+            .current
+            .lock()
+            .await
+            .as_ref()
+            .filter(|c| !c.is_closed())
+            .cloned()
+    }
+
     /// The transport of the current connection, as a person reads it (`QUIC`, `TLS/TCP`, or
     /// `TLS/TCP (UDP to the relay seems blocked)`); empty before the first dial.
     pub fn transport(&self) -> String {

@@ -125,7 +125,7 @@ pub(crate) async fn login<S: Stream>(
 /// Runs a resumption on `io` (already paired with the office PC); the tunnel it gives is
 /// connected to the desktop service.
 pub(crate) async fn resume<S: Stream>(
-    mut io: S,
+    io: S,
     leftover: BytesMut,
     id: &ComputerId,
     session: SessionId,
@@ -133,13 +133,37 @@ pub(crate) async fn resume<S: Stream>(
     target_wait: Duration,
 ) -> Result<SecureTunnel<S>, ClientError> {
     let clock = Clock::start();
-    let mut machine = ClientResumeMachine::new(
+    let machine = ClientResumeMachine::new(
         session,
         secret,
         target_wait,
         &mut rand::rngs::OsRng,
         clock.now(),
     );
+    drive_resume(io, leftover, id, machine, clock).await
+}
+
+/// Makes `io` (already paired with the office PC) the session's control tunnel again.
+pub(crate) async fn reattach_control<S: Stream>(
+    io: S,
+    leftover: BytesMut,
+    id: &ComputerId,
+    session: SessionId,
+    secret: &ResumptionSecret,
+) -> Result<SecureTunnel<S>, ClientError> {
+    let clock = Clock::start();
+    let machine =
+        ClientResumeMachine::reattach_control(session, secret, &mut rand::rngs::OsRng, clock.now());
+    drive_resume(io, leftover, id, machine, clock).await
+}
+
+async fn drive_resume<S: Stream>(
+    mut io: S,
+    leftover: BytesMut,
+    id: &ComputerId,
+    mut machine: ClientResumeMachine,
+    clock: Clock,
+) -> Result<SecureTunnel<S>, ClientError> {
     if !leftover.is_empty() {
         machine.receive(&leftover, clock.now());
     }

@@ -10,6 +10,7 @@ use telework_net::framed::Framed;
 use telework_net::pump::{SecureTunnel, TunnelError};
 use telework_net::tls::RelayTrust;
 use telework_net::transport::dial::Dialer;
+use telework_net::transport::network_watch::{NetworkChange, NetworkWatch};
 use telework_net::transport::{Stream, TransportChoice};
 use telework_net::HANDSHAKE_TIMEOUT;
 use telework_protocol::e2e::keys::ResumptionSecret;
@@ -252,22 +253,43 @@ impl Session {
             tokio::time::Instant::now() + self.ping_every,
             self.ping_every,
         );
+        let mut look = tokio::time::interval(NETWORK_CHECK);
+        let mut watch = self
+            .link
+            .current()
+            .await
+            .map(|c| (NetworkWatch::new(&c), c));
         let result = loop {
-            tokio::select! {
+            let broken = tokio::select! {
                 () = &mut shutdown => {
                     let _ = self.control.finish().await;
                     break Ok(Ended::Stopped);
                 }
                 _ = ping.tick() => {
                     // Receiving is cancel-safe, so leaving the select to send loses nothing.
-                    if let Err(e) = self.control.send_control(&ClientNotice::Ping).await {
-                        break Err(ClientError::Tunnel(e));
+                    match self.control.send_control(&ClientNotice::Ping).await {
+                        Ok(()) => continue,
+                        Err(e) => e,
                     }
                 }
-                notice = self.control.recv_notice() => break match notice {
-                    Ok(AgentNotice::SessionEnded(reason)) => Err(ClientError::Ended(reason)),
-                    Ok(_) => Err(ClientError::Tunnel(TunnelError::Unexpected)),
-                    Err(e) => Err(ClientError::Tunnel(e)),
+                _ = look.tick() => {
+                    match watch.as_mut().map(|(w, c)| (w.check(), c.clone())) {
+                        Some((NetworkChange::Moved, _)) => {
+                            info!("the network changed; QUIC followed it");
+                            eprintln!("network changed, still connected");
+                        }
+                        Some((NetworkChange::Lost, connection)) => {
+                            info!("the address this connection left from is gone");
+                            self.link.drop_broken(&connection).await;
+                        }
+                        _ => {}
+                    }
+                    continue;
+                }
+                notice = self.control.recv_notice() => match notice {
+                    Ok(AgentNotice::SessionEnded(reason)) => break Err(ClientError::Ended(reason)),
+                    Ok(_) => break Err(ClientError::Tunnel(TunnelError::Unexpected)),
+                    Err(e) => e,
                 },
                 accepted = listener.accept() => {
                     let (local, peer) = match accepted {
@@ -298,7 +320,25 @@ impl Session {
                             }
                         }
                     }.instrument(tracing::info_span!("local", %peer)));
+                    continue;
                 }
+            };
+            // The control tunnel broke: a relay restart or a network change, unless someone
+            // tampered with it.
+            if matches!(broken, TunnelError::Record(_)) {
+                break Err(ClientError::Tunnel(broken));
+            }
+            info!(%broken, "the session's connection broke; reconnecting");
+            match self.reattach().await {
+                Ok(()) => {
+                    eprintln!("reconnected to the relay (the desktop reconnects by itself)");
+                    watch = self
+                        .link
+                        .current()
+                        .await
+                        .map(|c| (NetworkWatch::new(&c), c));
+                }
+                Err(e) => break Err(e),
             }
         };
         tasks.close();
@@ -307,6 +347,63 @@ impl Session {
         result
     }
 }
+
+impl Session {
+    /// Gets a new control tunnel for the session after the old one's connection broke: dials
+    /// the relay again and proves the session, retrying for up to [`REATTACH_WINDOW`] (the
+    /// office PC keeps the session that long without a control tunnel). No password.
+    async fn reattach(&mut self) -> Result<(), ClientError> {
+        if let Some(old) = self.link.current().await {
+            self.link.drop_broken(&old).await;
+        }
+        let give_up = tokio::time::Instant::now() + REATTACH_WINDOW;
+        let mut wait = Duration::from_millis(250);
+        loop {
+            let attempt = async {
+                let framed = pair(&self.link, &self.id).await?;
+                let (stream, leftover) = framed.into_parts();
+                login_driver::reattach_control(
+                    stream,
+                    leftover,
+                    &self.id,
+                    self.session,
+                    &self.secret,
+                )
+                .await
+            };
+            match tokio::time::timeout_at(give_up, attempt).await {
+                Ok(Ok(control)) => {
+                    self.control = control;
+                    return Ok(());
+                }
+                // The office PC itself says the session is over: no retry helps.
+                Ok(Err(e @ (ClientError::Refused(_) | ClientError::Ended(_)))) => return Err(e),
+                Ok(Err(e)) if tokio::time::Instant::now() + wait < give_up => {
+                    debug!(%e, "not reconnected yet");
+                    if let Some(c) = self.link.current().await {
+                        if c.is_closed() {
+                            self.link.drop_broken(&c).await;
+                        }
+                    }
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(2));
+                }
+                Ok(Err(e)) => {
+                    debug!(%e, "could not reconnect");
+                    return Err(ClientError::Lost);
+                }
+                Err(_) => return Err(ClientError::Lost),
+            }
+        }
+    }
+}
+
+/// How long the client tries to get its session back after the connection broke: inside the
+/// office PC's patience for a silent client ([`SESSION_PING`] is a third of it).
+pub const REATTACH_WINDOW: Duration = Duration::from_secs(40);
+
+/// How often the client looks whether its network changed.
+const NETWORK_CHECK: Duration = Duration::from_secs(1);
 
 /// Opens tunnels in an authenticated session (cheap to clone).
 #[derive(Clone)]

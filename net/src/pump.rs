@@ -45,6 +45,10 @@ pub enum TunnelError {
     /// The tunnel closed without an authenticated end of stream: someone cut it.
     #[error("the tunnel was cut off before the other side finished")]
     Truncated,
+    /// The other side ended the tunnel (an authenticated end of stream) where a message was
+    /// expected.
+    #[error("the other side closed the tunnel")]
+    Finished,
     /// The agent ended the session.
     #[error("the session ended: {0}")]
     Ended(EndReason),
@@ -238,7 +242,7 @@ async fn drain<R: tokio::io::AsyncRead + Unpin>(io: &mut R) {
 fn parse_control<T: serde::de::DeserializeOwned>(record: &Record) -> Result<T, TunnelError> {
     match record.kind {
         RecordKind::Control => decode_payload(&record.payload).map_err(|_| TunnelError::Unexpected),
-        RecordKind::Eof => Err(TunnelError::Truncated),
+        RecordKind::Eof => Err(TunnelError::Finished),
         RecordKind::Data => Err(TunnelError::Unexpected),
     }
 }

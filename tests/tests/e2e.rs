@@ -388,3 +388,47 @@ on_both_transports! {
         echo_round_trip(client.local, b"after restart").await;
     }
 }
+
+/// Echoes `data` through `local`, or says why not (for retries while a session reconnects).
+async fn try_echo(local: std::net::SocketAddr, data: &[u8]) -> Result<(), String> {
+    let mut conn = TcpStream::connect(local).await.map_err(|e| e.to_string())?;
+    let (mut r, mut w) = conn.split();
+    let write = async {
+        w.write_all(data).await?;
+        w.shutdown().await
+    };
+    let mut back = Vec::new();
+    let (wrote, read) = tokio::join!(write, r.read_to_end(&mut back));
+    wrote.map_err(|e| e.to_string())?;
+    read.map_err(|e| e.to_string())?;
+    (back == data)
+        .then_some(())
+        .ok_or_else(|| format!("{} of {} bytes back", back.len(), data.len()))
+}
+
+on_both_transports! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_session_goes_on_after_a_relay_restart_without_the_password() {
+        let relay = TestRelay::start().await;
+        let (_desktop, _agent) = relay.office_pc("pc-on", PW).await;
+        let client = TestClient::serve(relay.login("pc-on", PW).await.unwrap()).await;
+        echo_round_trip(client.local, b"before the restart").await;
+        let relay = relay.restart().await;
+        // The agent comes back, the client re-attaches its session, and the next local
+        // connection gets a tunnel with no login: the RDP client's own reconnect.
+        let mut last = String::new();
+        for _ in 0..100 {
+            match try_echo(client.local, b"after the restart").await {
+                Ok(()) => break,
+                Err(e) => last = e,
+            }
+            assert!(!client.task.is_finished(), "the session ended: {last}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        try_echo(client.local, b"after the restart")
+            .await
+            .unwrap_or_else(|e| panic!("no tunnel after the restart: {e} ({last})"));
+        assert!(!client.task.is_finished(), "the session is still on");
+        drop(relay);
+    }
+}

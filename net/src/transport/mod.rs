@@ -16,6 +16,7 @@
 
 pub mod dial;
 pub mod h2;
+pub mod network_watch;
 pub mod quic;
 pub mod tcp;
 
@@ -114,6 +115,8 @@ pub struct Connection {
     inner: Inner,
     binding: ChannelBinding,
     peer: SocketAddr,
+    /// Where a TCP connection was opened from (dialled side only).
+    local: Option<std::net::IpAddr>,
     /// Streams of this connection not yet dropped.
     streams: Arc<AtomicUsize>,
 }
@@ -131,17 +134,35 @@ impl Connection {
             inner: Inner::Quic(conn),
             binding,
             peer,
+            local: None,
             streams: Arc::default(),
         }
     }
 
-    pub(crate) fn tcp(conn: h2::H2Connection, binding: ChannelBinding, peer: SocketAddr) -> Self {
+    pub(crate) fn tcp(
+        conn: h2::H2Connection,
+        binding: ChannelBinding,
+        peer: SocketAddr,
+        local: Option<std::net::IpAddr>,
+    ) -> Self {
         Self {
             inner: Inner::Tcp(conn),
             binding,
             peer,
+            local,
             streams: Arc::default(),
         }
+    }
+
+    /// Whether `other` is a handle on this same connection.
+    pub fn same_as(&self, other: &Connection) -> bool {
+        Arc::ptr_eq(&self.streams, &other.streams)
+    }
+
+    /// The local address a TCP connection was opened from; `None` on QUIC, whose packets
+    /// leave from wherever the route to the peer does ([`network_watch`]).
+    pub fn local_ip(&self) -> Option<std::net::IpAddr> {
+        self.local
     }
 
     /// Opens a stream to the peer. Only the opening role may (see the module documentation).

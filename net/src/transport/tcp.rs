@@ -30,12 +30,19 @@ pub async fn dial(
     };
     let binding = client_exporter(&stream).map_err(|e| tls_err(io::Error::other(e)))?;
     let peer = stream.get_ref().0.get_ref().peer_addr().map_err(tls_err)?;
+    let local = stream
+        .get_ref()
+        .0
+        .get_ref()
+        .local_addr()
+        .ok()
+        .map(|a| a.ip());
     let mux = match role {
         Role::Client => h2::opener(stream).await,
         Role::Agent => h2::acceptor_with_max_streams(stream, max_incoming_streams).await,
     }
     .map_err(tls_err)?;
-    Ok(Connection::tcp(mux, binding, peer))
+    Ok(Connection::tcp(mux, binding, peer, local))
 }
 
 /// Completes the relay's side of an accepted TCP connection: TLS, the role from ALPN, the
@@ -63,5 +70,5 @@ pub async fn accept(
         Role::Agent => h2::opener(tls).await?,
         Role::Client => h2::acceptor(tls).await?,
     };
-    Ok((role, Connection::tcp(mux, binding, peer)))
+    Ok((role, Connection::tcp(mux, binding, peer, None)))
 }

@@ -46,7 +46,14 @@ impl ClientResumeMachine {
         rng: &mut (impl rand::RngCore + rand::CryptoRng),
         now: Duration,
     ) -> Self {
-        Self::start(ResumePurpose::Desktop, session, secret, target_wait, rng, now)
+        Self::start(
+            ResumePurpose::Desktop,
+            session,
+            secret,
+            target_wait,
+            rng,
+            now,
+        )
     }
 
     /// Starts making this tunnel the control tunnel of `session` again (queues
@@ -58,7 +65,14 @@ impl ClientResumeMachine {
         rng: &mut (impl rand::RngCore + rand::CryptoRng),
         now: Duration,
     ) -> Self {
-        Self::start(ResumePurpose::Control, session, secret, STEP_TIMEOUT, rng, now)
+        Self::start(
+            ResumePurpose::Control,
+            session,
+            secret,
+            STEP_TIMEOUT,
+            rng,
+            now,
+        )
     }
 
     fn start(
