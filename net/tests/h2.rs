@@ -505,3 +505,39 @@ async fn closed_completes_when_the_peer_drops() {
     })
     .await;
 }
+
+/// PINGs keep an idle connection whose peer answers, and give up on one whose peer went
+/// silent (the wire still open, nothing crossing it) within 45 s, as QUIC's idle timeout.
+#[tokio::test(start_paused = true)]
+async fn a_silent_peer_is_given_up_on_and_an_idle_one_is_kept() {
+    let (a, mut a2) = tokio::io::duplex(WIRE);
+    let (b, mut b2) = tokio::io::duplex(WIRE);
+    let (stall, stalled) = tokio::sync::oneshot::channel::<()>();
+    let cable = tokio::spawn(async move {
+        tokio::select! {
+            _ = tokio::io::copy_bidirectional(&mut a2, &mut b2) => {}
+            _ = stalled => {}
+        }
+        // Both ends stay open; nothing crosses any more.
+        std::future::pending::<()>().await;
+        drop((a2, b2));
+    });
+    let (o, acc) = tokio::join!(opener(a), acceptor(b));
+    let (o, acc) = (o.unwrap(), acc.unwrap());
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    assert!(
+        !o.is_closed() && !acc.is_closed(),
+        "an idle, live connection is kept"
+    );
+    stall.send(()).unwrap();
+    let silent_since = tokio::time::Instant::now();
+    tokio::time::timeout(Duration::from_secs(60), o.closed())
+        .await
+        .expect("the opener gives up on a silent peer");
+    tokio::time::timeout(Duration::from_secs(60), acc.closed())
+        .await
+        .expect("the acceptor gives up on a silent peer");
+    let took = silent_since.elapsed();
+    assert!(took <= Duration::from_secs(46), "{took:?}");
+    cable.abort();
+}

@@ -40,6 +40,7 @@ use tracing::Instrument;
 
 use super::quic;
 
+mod keepalive;
 mod stream;
 
 pub use stream::H2Stream;
@@ -105,7 +106,7 @@ pub async fn opener<T>(io: T) -> io::Result<H2Connection>
 where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (send, conn) = h2::client::Builder::new()
+    let (send, mut conn) = h2::client::Builder::new()
         .initial_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
         .max_frame_size(MAX_FRAME_SIZE)
@@ -118,6 +119,9 @@ where
         .await
         .map_err(|e| connection_error(e, "HTTP/2 handshake failed"))?;
     let shared = Arc::new(Shared::default());
+    if let Some(ping_pong) = conn.ping_pong() {
+        tokio::spawn(keepalive::keep_alive(ping_pong, shared.clone()).in_current_span());
+    }
     let driver = shared.clone();
     tokio::spawn(
         async move {
@@ -163,7 +167,7 @@ pub async fn acceptor_with_max_streams<T>(io: T, max_streams: u32) -> io::Result
 where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let conn = h2::server::Builder::new()
+    let mut conn = h2::server::Builder::new()
         .initial_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
         .max_frame_size(MAX_FRAME_SIZE)
@@ -176,6 +180,9 @@ where
         .await
         .map_err(|e| connection_error(e, "HTTP/2 handshake failed"))?;
     let shared = Arc::new(Shared::default());
+    if let Some(ping_pong) = conn.ping_pong() {
+        tokio::spawn(keepalive::keep_alive(ping_pong, shared.clone()).in_current_span());
+    }
     let (tx, rx) = mpsc::channel(ACCEPT_BACKLOG);
     let handle = H2Connection::new(shared.clone(), Role::Acceptor(Arc::new(Mutex::new(rx))));
     let alive = Arc::downgrade(&handle.alive);
