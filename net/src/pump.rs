@@ -406,10 +406,11 @@ mod tests {
             client.recv_notice().await.unwrap(),
             AgentNotice::TargetRefused
         );
+        // An authenticated end is told apart from a cut.
         agent.finish().await.unwrap();
         assert!(matches!(
             client.recv_notice().await,
-            Err(TunnelError::Truncated)
+            Err(TunnelError::Finished)
         ));
     }
 
