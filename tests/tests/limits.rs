@@ -12,38 +12,45 @@ use telework_protocol::messages::{
 };
 use telework_protocol::proof::MachineKey;
 use telework_protocol::ComputerId;
+use telework_protocol::ErrorCode;
 use telework_tests::{on_both_transports, TestRelay};
 
 /// Office PCs behind one address, registered beforehand; how many come online at once.
 const OFFICE: usize = 1_000;
 
-/// Comes online as an agent does after a relay restart: dial, and on failure wait the agent's
-/// own back-off (0.5 s doubling, full jitter) and try again.
+/// Comes online as an agent does after a relay restart: dial, prove the machine key, and on
+/// any failure wait the agent's own back-off and start again.
 async fn come_online(dialer: Dialer, id: ComputerId, key: MachineKey) -> impl Send {
     let mut backoff = telework_agent::backoff::Backoff::default();
-    let connection = loop {
-        match dialer.dial().await {
-            Ok(d) => break d.connection,
-            Err(_) => tokio::time::sleep(backoff.next_delay(rand::random::<f64>())).await,
+    loop {
+        let attempt = async {
+            let connection = dialer.dial().await.ok()?.connection;
+            let mut f = Framed::new(connection.accept().await.ok()?);
+            let RelayOpens::Control { .. } = f.read::<RelayOpens>().await.ok()? else {
+                panic!("the relay's first stream is the control stream");
+            };
+            f.write(&AgentToRelay::Hello {
+                version: PROTOCOL_VERSION,
+                proof: key.prove(&id, connection.channel_binding()),
+                id: id.clone(),
+            })
+            .await
+            .ok()?;
+            match f.read::<RelayToAgent>().await.ok()? {
+                RelayToAgent::Welcome => Some((connection, f)),
+                // What the agent gives up on; anything else (a hello that missed the relay's
+                // deadline on a loaded machine) it retries.
+                RelayToAgent::Error(
+                    code @ (ErrorCode::UnknownId | ErrorCode::BadProof | ErrorCode::VersionTooOld),
+                ) => panic!("the relay refused a registered agent: {code:?}"),
+                _ => None,
+            }
+        };
+        if let Some(online) = attempt.await {
+            return online;
         }
-    };
-    let mut f = Framed::new(connection.accept().await.unwrap());
-    assert!(matches!(
-        f.read::<RelayOpens>().await.unwrap(),
-        RelayOpens::Control { .. }
-    ));
-    f.write(&AgentToRelay::Hello {
-        version: PROTOCOL_VERSION,
-        proof: key.prove(&id, connection.channel_binding()),
-        id,
-    })
-    .await
-    .unwrap();
-    assert_eq!(
-        f.read::<RelayToAgent>().await.unwrap(),
-        RelayToAgent::Welcome
-    );
-    (connection, f)
+        tokio::time::sleep(backoff.next_delay(rand::random::<f64>())).await;
+    }
 }
 
 on_both_transports! {
