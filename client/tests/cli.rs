@@ -8,7 +8,7 @@ mod common;
 
 use common::{interrupt, round_trip, start, stderr, PW};
 use telework_tests::{EchoServer, TestRelay};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 use tokio::process::Command;
 
 /// `telework connect ID` as an employee runs it here, no RDP client started.
@@ -157,5 +157,44 @@ async fn a_profile_dir_that_others_can_write_is_refused() {
             "{err}"
         );
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+}
+
+/// A relay restart mid-session: the employee reads one line, types no password, and the next
+/// connection of the RDP client works, on each transport.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_restart_is_one_line_and_no_password() {
+    for transport in ["quic", "tcp"] {
+        let relay = TestRelay::start().await;
+        let desktop = EchoServer::start().await;
+        let id = format!("pc-restart-{transport}");
+        let _agent = relay.agent(&id, PW).target(desktop.addr).run().await;
+        let cmd = common::telework(
+            &relay,
+            &id,
+            &["--launch", "none", "--transport", transport],
+            None,
+        );
+        let (mut child, addr, _stdout, _line) = start(cmd).await;
+        assert_eq!(round_trip(&addr, b"before").await, b"before");
+        let mut errors = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+
+        let _relay = relay.restart().await;
+        let reconnected = tokio::time::timeout(Duration::from_secs(30), async {
+            while let Some(line) = errors.next_line().await.unwrap() {
+                if line.contains("reconnected") {
+                    return line;
+                }
+            }
+            panic!("telework exited");
+        })
+        .await
+        .expect("a line saying the session is back");
+        assert_eq!(
+            reconnected, "reconnected to the relay (the desktop reconnects by itself)",
+            "{transport}"
+        );
+        assert_eq!(round_trip(&addr, b"after").await, b"after", "{transport}");
+        interrupt(&mut child).await;
     }
 }
