@@ -307,6 +307,7 @@ impl AgentBuilder {
             relay_fingerprint: Some(self.fingerprint.to_string()),
             relay_ca: None,
             transport: self.transport,
+            proxy: None,
         };
         telework_agent::register::register(&data, &settings, None)
             .await
