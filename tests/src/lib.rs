@@ -19,6 +19,7 @@ pub mod evil;
 pub mod gate;
 pub mod hand_login;
 pub mod it_staff;
+pub mod tinyproxy;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

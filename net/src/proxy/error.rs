@@ -34,7 +34,7 @@ pub enum ProxyError {
         /// The proxy.
         proxy: String,
     },
-    /// 407 and no credentials were given.
+    /// 407 (or 401) and no credentials were given.
     #[error(
         "the proxy at {proxy} wants a user name and password: give them as \
          --proxy http://USER:PASSWORD@{proxy}"
@@ -43,7 +43,7 @@ pub enum ProxyError {
         /// The proxy.
         proxy: String,
     },
-    /// 407 although credentials were given.
+    /// 407 (or 401) although credentials were given.
     #[error(
         "the proxy at {proxy} wants a user name and password and refused the ones given; check \
          them (in --proxy, the settings file or HTTPS_PROXY)"

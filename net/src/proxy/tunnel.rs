@@ -105,14 +105,18 @@ fn check(
     relay: &RelayAddr,
 ) -> Result<Vec<u8>, ProxyError> {
     let name = proxy.to_string();
+    // 407 is the standard answer; some proxies (tinyproxy among them) answer wrong
+    // credentials with 401, which from a proxy to CONNECT can only mean the same.
     match answer.status {
         200..=299 => Ok(answer.rest),
-        407 if !answer.offers_basic() => Err(ProxyError::UnsupportedAuth {
+        401 | 407 if !answer.offers_basic() => Err(ProxyError::UnsupportedAuth {
             proxy: name,
             schemes: answer.auth_schemes.join(", "),
         }),
-        407 if proxy.credentials().is_some() => Err(ProxyError::CredentialsRefused { proxy: name }),
-        407 => Err(ProxyError::CredentialsNeeded { proxy: name }),
+        401 | 407 if proxy.credentials().is_some() => {
+            Err(ProxyError::CredentialsRefused { proxy: name })
+        }
+        401 | 407 => Err(ProxyError::CredentialsNeeded { proxy: name }),
         403 => Err(ProxyError::Forbidden {
             proxy: name,
             relay: relay.clone(),
