@@ -15,7 +15,8 @@ const START_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct ProxyConfig {
     /// The only ports `CONNECT` may reach (tinyproxy refuses others with 403).
     pub connect_ports: Vec<u16>,
-    /// `BasicAuth user password`: without them the proxy answers 407.
+    /// `BasicAuth user password` (letters and digits: tinyproxy's syntax): without them
+    /// the proxy answers 407.
     pub basic_auth: Option<(String, String)>,
 }
 
@@ -59,21 +60,23 @@ impl Tinyproxy {
             .arg(&conf)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("stderr")).unwrap())
             .kill_on_drop(true)
             .spawn()
             .unwrap_or_else(|e| {
                 panic!("cannot start tinyproxy ({e}): install it with 'apt-get install tinyproxy'")
             });
-        let proxy = Self { port, child, dir };
+        let mut proxy = Self { port, child, dir };
         let deadline = tokio::time::Instant::now() + START_TIMEOUT;
         while tokio::net::TcpStream::connect(("127.0.0.1", port))
             .await
             .is_err()
         {
+            let exited = proxy.child.try_wait().unwrap();
             assert!(
-                tokio::time::Instant::now() < deadline,
-                "tinyproxy did not listen on {port} within {START_TIMEOUT:?}: {}",
+                exited.is_none() && tokio::time::Instant::now() < deadline,
+                "tinyproxy did not listen on {port} within {START_TIMEOUT:?} ({exited:?}): {}{}",
+                std::fs::read_to_string(proxy.dir.path().join("stderr")).unwrap_or_default(),
                 proxy.log()
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
