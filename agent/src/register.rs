@@ -39,12 +39,8 @@ pub async fn register_with(
 ) -> Result<ComputerId, AgentError> {
     let key = data.machine_key()?;
     let relay = settings.relay_addr()?;
-    let proxy = telework_net::proxy::choose(
-        None,
-        settings.proxy_setting()?.as_ref(),
-        env,
-        relay.host(),
-    )?;
+    let proxy =
+        telework_net::proxy::choose(None, settings.proxy_setting()?.as_ref(), env, relay.host())?;
     let dialer = Dialer::new(
         relay,
         &settings.relay_trust()?,

@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use telework_net::connect::RelayAddr;
-use telework_net::tls::RelayTrust;
 use telework_net::proxy::{ProxyConfigError, ProxySetting};
+use telework_net::tls::RelayTrust;
 use telework_net::transport::TransportChoice;
 use telework_protocol::e2e::pake::PasswordRecord;
 use telework_protocol::private_file::{check_private_dir, create_private_dir, write_private};

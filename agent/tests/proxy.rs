@@ -86,7 +86,12 @@ async fn set_password(data: &Path) {
 
 /// Starts `run`, waits until the relay has `id` online, stops it with SIGTERM and returns
 /// everything it printed.
-async fn run_until_online(relay: &TestRelay, data: &Path, id: &str, env: &[(&str, &str)]) -> String {
+async fn run_until_online(
+    relay: &TestRelay,
+    data: &Path,
+    id: &str,
+    env: &[(&str, &str)],
+) -> String {
     let desktop = EchoServer::start().await;
     let mut cmd = agent(data);
     cmd.args(["run", "--target", &desktop.addr.to_string()]);
@@ -147,17 +152,30 @@ async fn register_and_run_through_a_proxy_with_basic_auth() {
 
     let out = output(register(&relay, &data, "pc-proxy-01", &["--proxy", &url])).await;
     assert!(out.status.success(), "{}", text(&out));
-    assert_eq!(proxy.connects_to(&relay.addr.to_string()), 1, "{}", proxy.log());
+    assert_eq!(
+        proxy.connects_to(&relay.addr.to_string()),
+        1,
+        "{}",
+        proxy.log()
+    );
     // 'run' takes the proxy from the settings file that 'register' wrote.
     let settings = std::fs::read_to_string(data.join("agent.toml")).unwrap();
-    assert!(settings.contains(&format!("proxy = \"{url}\"")), "{settings}");
+    assert!(
+        settings.contains(&format!("proxy = \"{url}\"")),
+        "{settings}"
+    );
 
     set_password(&data).await;
     let printed = run_until_online(&relay, &data, "pc-proxy-01", &[]).await;
     let expected = format!("online over TLS/TCP through the proxy {}", proxy.addr());
     assert!(printed.contains(&expected), "{printed}");
     assert!(!printed.contains("s3cret-proxy-pw"), "{printed}");
-    assert_eq!(proxy.connects_to(&relay.addr.to_string()), 2, "{}", proxy.log());
+    assert_eq!(
+        proxy.connects_to(&relay.addr.to_string()),
+        2,
+        "{}",
+        proxy.log()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -181,8 +199,13 @@ async fn https_proxy_and_no_proxy_from_the_environment() {
     assert_eq!(proxy.connects_to(&target), 0, "{}", proxy.log());
 
     set_password(&data).await;
-    let printed =
-        run_until_online(&relay, &data, "pc-proxy-02", &[("https_proxy", &proxy.url(None))]).await;
+    let printed = run_until_online(
+        &relay,
+        &data,
+        "pc-proxy-02",
+        &[("https_proxy", &proxy.url(None))],
+    )
+    .await;
     let expected = format!("online over TLS/TCP through the proxy {}", proxy.addr());
     assert!(printed.contains(&expected), "{printed}");
     assert_eq!(proxy.connects_to(&target), 1, "{}", proxy.log());
@@ -199,7 +222,13 @@ async fn https_proxy_and_no_proxy_from_the_environment() {
 /// Registers with `extra` arguments, expecting failure, and returns what it printed, which must be one line.
 async fn refused(relay: &TestRelay, extra: &[&str]) -> String {
     let dir = tempfile::tempdir().unwrap();
-    let out = output(register(relay, &dir.path().join("agent"), "pc-proxy-x", extra)).await;
+    let out = output(register(
+        relay,
+        &dir.path().join("agent"),
+        "pc-proxy-x",
+        extra,
+    ))
+    .await;
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let printed = text(&out);
     assert_eq!(printed.lines().count(), 1, "one line: {printed}");
@@ -217,7 +246,11 @@ async fn each_refusal_is_one_sentence_that_names_the_proxy() {
     .await;
     let p = with_auth.addr();
 
-    let printed = refused(&relay, &["--proxy", &with_auth.url(Some(("office", "wrong")))]).await;
+    let printed = refused(
+        &relay,
+        &["--proxy", &with_auth.url(Some(("office", "wrong")))],
+    )
+    .await;
     assert_eq!(
         printed,
         format!(
@@ -252,7 +285,10 @@ async fn each_refusal_is_one_sentence_that_names_the_proxy() {
     );
 
     // Nobody listens on this port any more.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let printed = refused(&relay, &["--proxy", &format!("http://{closed}")]).await;
     assert!(
         printed.starts_with(&format!(
@@ -262,7 +298,11 @@ async fn each_refusal_is_one_sentence_that_names_the_proxy() {
     );
     assert!(!printed.contains(&relay.addr.to_string()), "{printed}");
 
-    let printed = refused(&relay, &["--proxy", &with_auth.url(None), "--transport", "quic"]).await;
+    let printed = refused(
+        &relay,
+        &["--proxy", &with_auth.url(None), "--transport", "quic"],
+    )
+    .await;
     assert_eq!(
         printed,
         format!(
@@ -271,7 +311,14 @@ async fn each_refusal_is_one_sentence_that_names_the_proxy() {
         )
     );
 
-    let printed = refused(&relay, &["--proxy", "socks5://office:hidden@127.0.0.1:1080"]).await;
-    assert!(printed.starts_with("telework-agent: --proxy: only http:// proxies"), "{printed}");
+    let printed = refused(
+        &relay,
+        &["--proxy", "socks5://office:hidden@127.0.0.1:1080"],
+    )
+    .await;
+    assert!(
+        printed.starts_with("telework-agent: --proxy: only http:// proxies"),
+        "{printed}"
+    );
     assert!(!printed.contains("hidden"), "{printed}");
 }

@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use telework_net::connect::RelayAddr;
 use telework_net::framed::Framed;
+use telework_net::proxy::ProxyUrl;
 use telework_net::pump::{SecureTunnel, TunnelError};
 use telework_net::tls::RelayTrust;
-use telework_net::proxy::ProxyUrl;
 use telework_net::transport::dial::Dialer;
 use telework_net::transport::{Stream, TransportChoice};
 use telework_net::HANDSHAKE_TIMEOUT;

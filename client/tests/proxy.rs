@@ -139,7 +139,13 @@ async fn proxy_refusals_are_one_sentence_each() {
         )
     );
     assert_eq!(
-        failure(telework(&relay, id, &[], &[("https_proxy", &with_auth.url(None))])).await,
+        failure(telework(
+            &relay,
+            id,
+            &[],
+            &[("https_proxy", &with_auth.url(None))]
+        ))
+        .await,
         format!(
             "telework: the proxy at {p} wants a user name and password: give them as \
              --proxy http://USER:PASSWORD@{p}"
@@ -152,7 +158,13 @@ async fn proxy_refusals_are_one_sentence_each() {
     })
     .await;
     assert_eq!(
-        failure(telework(&relay, id, &["--proxy", &other_port.url(None)], &[])).await,
+        failure(telework(
+            &relay,
+            id,
+            &["--proxy", &other_port.url(None)],
+            &[]
+        ))
+        .await,
         format!(
             "telework: the proxy at {} refuses connections to {}; ask the network \
              administrators to allow it",
@@ -165,7 +177,13 @@ async fn proxy_refusals_are_one_sentence_each() {
         .unwrap()
         .local_addr()
         .unwrap();
-    let line = failure(telework(&relay, id, &["--proxy", &format!("http://{closed}")], &[])).await;
+    let line = failure(telework(
+        &relay,
+        id,
+        &["--proxy", &format!("http://{closed}")],
+        &[],
+    ))
+    .await;
     assert!(
         line.starts_with(&format!(
             "telework: cannot reach the proxy at {closed}: Connection refused"

@@ -286,9 +286,11 @@ mod tests {
 
     #[test]
     fn typical_answers() {
-        let ok = parse_all(b"HTTP/1.0 200 Connection established\r\nProxy-agent: tinyproxy/1.11.1\r\n\r\n")
-            .unwrap()
-            .unwrap();
+        let ok = parse_all(
+            b"HTTP/1.0 200 Connection established\r\nProxy-agent: tinyproxy/1.11.1\r\n\r\n",
+        )
+        .unwrap()
+        .unwrap();
         assert!(ok.is_success());
         assert_eq!(ok.reason, "Connection established");
         assert!(ok.rest.is_empty());
@@ -307,7 +309,9 @@ mod tests {
         let bare = parse_all(b"HTTP/1.1 403\r\n\r\n").unwrap().unwrap();
         assert_eq!((bare.status, bare.reason.as_str()), (403, ""));
         // Bare LF line ends are accepted from a proxy.
-        let lf = parse_all(b"HTTP/1.1 502 Bad Gateway\nVia: x\n\n").unwrap().unwrap();
+        let lf = parse_all(b"HTTP/1.1 502 Bad Gateway\nVia: x\n\n")
+            .unwrap()
+            .unwrap();
         assert_eq!(lf.status, 502);
     }
 

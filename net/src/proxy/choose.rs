@@ -201,7 +201,10 @@ mod tests {
             chosen(choose(None, Some(&saved), &e, "relay")),
             Some("from-settings:3".into())
         );
-        assert_eq!(chosen(choose(None, None, &e, "relay")), Some("from-env:1".into()));
+        assert_eq!(
+            chosen(choose(None, None, &e, "relay")),
+            Some("from-env:1".into())
+        );
         assert_eq!(chosen(choose(None, None, &env(&[]), "relay")), None);
     }
 
@@ -221,19 +224,39 @@ mod tests {
 
     #[test]
     fn variables_in_order() {
-        let e = env(&[("https_proxy", "http://lower:1"), ("ALL_PROXY", "http://all:2")]);
-        assert_eq!(chosen(choose(None, None, &e, "relay")), Some("lower:1".into()));
+        let e = env(&[
+            ("https_proxy", "http://lower:1"),
+            ("ALL_PROXY", "http://all:2"),
+        ]);
+        assert_eq!(
+            chosen(choose(None, None, &e, "relay")),
+            Some("lower:1".into())
+        );
         let e = env(&[("all_proxy", "http://all:2"), ("HTTPS_PROXY", "")]);
-        assert_eq!(chosen(choose(None, None, &e, "relay")), Some("all:2".into()));
+        assert_eq!(
+            chosen(choose(None, None, &e, "relay")),
+            Some("all:2".into())
+        );
         // HTTP_PROXY is for plain http:// URLs; the relay is always TLS.
-        assert_eq!(chosen(choose(None, None, &env(&[("HTTP_PROXY", "http://h:1")]), "relay")), None);
+        assert_eq!(
+            chosen(choose(
+                None,
+                None,
+                &env(&[("HTTP_PROXY", "http://h:1")]),
+                "relay"
+            )),
+            None
+        );
     }
 
     #[test]
     fn no_proxy_applies_to_the_environment_only() {
         let e = env(&[("HTTPS_PROXY", "http://p:1"), ("no_proxy", "relay.example")]);
         assert_eq!(chosen(choose(None, None, &e, "relay.example")), None);
-        assert_eq!(chosen(choose(None, None, &e, "other.example")), Some("p:1".into()));
+        assert_eq!(
+            chosen(choose(None, None, &e, "other.example")),
+            Some("p:1".into())
+        );
         let flag = setting("http://p:1");
         assert_eq!(
             chosen(choose(Some(&flag), None, &e, "relay.example")),
@@ -257,7 +280,13 @@ mod tests {
         ] {
             assert!(no_proxy_matches(list, host), "{host}");
         }
-        for host in ["notcorp.example", "example.com", "10.1.2.4", "::2", "xlocalhost"] {
+        for host in [
+            "notcorp.example",
+            "example.com",
+            "10.1.2.4",
+            "::2",
+            "xlocalhost",
+        ] {
             assert!(!no_proxy_matches(list, host), "{host}");
         }
         assert!(no_proxy_matches("*", "anything"));
@@ -273,7 +302,10 @@ mod tests {
         let e = env(&[("HTTPS_PROXY", "socks5://user:secret@p:1")]);
         let err = choose(None, None, &e, "relay").unwrap_err();
         let text = err.to_string();
-        assert!(text.starts_with("the proxy in HTTPS_PROXY is not usable"), "{text}");
+        assert!(
+            text.starts_with("the proxy in HTTPS_PROXY is not usable"),
+            "{text}"
+        );
         assert!(!text.contains("secret"));
         assert!(!format!("{e:?}").contains("secret"));
     }

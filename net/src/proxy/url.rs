@@ -155,10 +155,7 @@ impl fmt::Debug for ProxyUrl {
             .field("host", &self.host)
             .field("port", &self.port)
             .field("user", &self.credentials.as_ref().map(|c| c.user.as_str()))
-            .field(
-                "password",
-                &self.credentials.as_ref().map(|_| "MASKED"),
-            )
+            .field("password", &self.credentials.as_ref().map(|_| "MASKED"))
             .finish()
     }
 }
@@ -170,7 +167,10 @@ mod tests {
     #[test]
     fn forms_people_write() {
         let p: ProxyUrl = "http://proxy.example:3128".parse().unwrap();
-        assert_eq!((p.host(), p.port(), p.credentials()), ("proxy.example", 3128, None));
+        assert_eq!(
+            (p.host(), p.port(), p.credentials()),
+            ("proxy.example", 3128, None)
+        );
         let p: ProxyUrl = "proxy.example:8080/".parse().unwrap();
         assert_eq!((p.host(), p.port()), ("proxy.example", 8080));
         let p: ProxyUrl = "HTTP://10.0.0.1".parse().unwrap();
@@ -216,7 +216,11 @@ mod tests {
             "http://u:%ff@proxy:3128",
             "http://[nonsense]:3128",
         ] {
-            assert_eq!(bad.parse::<ProxyUrl>(), Err(BadProxyUrl::Malformed), "{bad}");
+            assert_eq!(
+                bad.parse::<ProxyUrl>(),
+                Err(BadProxyUrl::Malformed),
+                "{bad}"
+            );
         }
         assert_eq!(
             "https://proxy:3128".parse::<ProxyUrl>(),

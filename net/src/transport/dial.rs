@@ -265,3 +265,43 @@ async fn resolve(addr: &RelayAddr) -> Result<std::net::SocketAddr, ConnectError>
         error: io::Error::new(io::ErrorKind::NotFound, "no addresses"),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use telework_protocol::CertFingerprint;
+
+    fn dialer(choice: TransportChoice) -> Dialer {
+        let trust = RelayTrust::Fingerprint(CertFingerprint([7; 32]));
+        Dialer::new(
+            "relay.example:443".parse().unwrap(),
+            &trust,
+            Role::Agent,
+            choice,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_proxy_means_tls_tcp_only() {
+        let proxy: ProxyUrl = "http://proxy.example:3128".parse().unwrap();
+        // `auto` through a proxy dials TLS/TCP at once and never re-probes QUIC (the
+        // re-probe loops run only while the choice is `auto`).
+        let auto = dialer(TransportChoice::Auto)
+            .with_proxy(Some(proxy.clone()))
+            .unwrap();
+        assert_eq!(auto.choice(), TransportChoice::Tcp);
+        assert_eq!(auto.proxy(), Some(&proxy));
+        assert_eq!(
+            dialer(TransportChoice::Quic)
+                .with_proxy(Some(proxy))
+                .err()
+                .unwrap()
+                .to_string(),
+            "--transport quic cannot go through the proxy at proxy.example:3128, which carries \
+             TCP only: use --transport auto or tcp, or --proxy none"
+        );
+        let direct = dialer(TransportChoice::Auto).with_proxy(None).unwrap();
+        assert_eq!(direct.choice(), TransportChoice::Auto);
+    }
+}
