@@ -23,7 +23,10 @@ fuzz_target!(|data: &[u8]| {
     }
     match (&whole, &pieces) {
         (Ok(Some(a)), Ok(Some(b))) => {
-            assert_eq!((a.status, &a.reason, &a.auth_schemes), (b.status, &b.reason, &b.auth_schemes));
+            assert_eq!(
+                (a.status, &a.reason, &a.auth_schemes),
+                (b.status, &b.reason, &b.auth_schemes)
+            );
             // What follows the header is reported, never lost.
             let header_len = input.len() - a.rest.len();
             assert!(header_len <= MAX_HEADER_BYTES);
