@@ -36,6 +36,7 @@ use std::time::Duration;
 
 use telework_net::connect::ConnectError;
 use telework_net::framed::FrameError;
+use telework_net::proxy::{ProxyConfigError, ProxyEnv, ProxySetting};
 use telework_net::pump::TunnelError;
 use telework_net::tls::TlsConfigError;
 use telework_net::transport::dial::Dialer;
@@ -92,6 +93,9 @@ pub enum AgentError {
     /// The address the connection left from is no longer on this machine.
     #[error("this computer's network changed")]
     NetworkChanged,
+    /// The proxy setting cannot be used.
+    #[error(transparent)]
+    Proxy(#[from] ProxyConfigError),
 }
 
 /// Seconds since the Unix epoch (0 if the clock is before it).
@@ -111,6 +115,11 @@ pub struct RunOptions {
     pub client_silence: Duration,
     /// How often to try QUIC again while on TLS/TCP with `auto`.
     pub quic_reprobe: Duration,
+    /// The `--proxy` flag, ahead of the settings file's `proxy`.
+    pub proxy: Option<ProxySetting>,
+    /// The proxy variables of the environment, used when neither names a proxy (empty by
+    /// default, so that a library caller opts in).
+    pub proxy_env: ProxyEnv,
 }
 
 impl Default for RunOptions {
@@ -119,6 +128,8 @@ impl Default for RunOptions {
             transport: None,
             client_silence: tunnel::CLIENT_SILENCE,
             quic_reprobe: telework_net::transport::dial::QUIC_REPROBE,
+            proxy: None,
+            proxy_env: ProxyEnv::default(),
         }
     }
 }
@@ -192,14 +203,22 @@ impl Agent {
         // A damaged wrong-password file is reported at start, not at the first login.
         data.lockout()?;
         let totp_last_step = data.totp_last_step()?;
+        let relay = settings.relay_addr()?;
+        let proxy = telework_net::proxy::choose(
+            options.proxy.as_ref(),
+            settings.proxy_setting()?.as_ref(),
+            &options.proxy_env,
+            relay.host(),
+        )?;
         Ok(Arc::new(Self {
             id: settings.computer_id.clone(),
             dialer: Dialer::new(
-                settings.relay_addr()?,
+                relay,
                 &trust,
                 Role::Agent,
                 options.transport.unwrap_or(settings.transport),
             )?
+            .with_proxy(proxy)?
             .with_max_incoming_streams(MAX_TUNNELS as u32)
             .with_quic_reprobe(options.quic_reprobe),
             key: data.machine_key()?,

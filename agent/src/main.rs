@@ -11,6 +11,7 @@ use telework_agent::devices::DeviceStatus;
 use telework_agent::state::{AgentSettings, DataDir, StateError};
 use telework_agent::totp::TotpSecret;
 use telework_agent::{Agent, RunOptions, DEFAULT_TARGET};
+use telework_net::proxy::{ProxyEnv, ProxySetting};
 use telework_net::signal::shutdown_signal;
 use telework_net::transport::TransportChoice;
 use telework_protocol::e2e::pake::PasswordRecord;
@@ -51,6 +52,11 @@ enum Command {
         /// in the settings for 'run').
         #[arg(long, value_enum, default_value_t = TransportChoice::Auto)]
         transport: TransportChoice,
+        /// Reach the relay through this HTTP proxy, http://[user:password@]host:port, or
+        /// 'none' to ignore HTTPS_PROXY and ALL_PROXY (saved in the settings for 'run')
+        /// [default: HTTPS_PROXY or ALL_PROXY unless NO_PROXY names the relay].
+        #[arg(long, value_name = "URL")]
+        proxy: Option<String>,
     },
     /// Set the connection password employees type. It stays on this PC, and this PC keeps
     /// its identity key, so employees' pins stay valid.
@@ -98,6 +104,11 @@ enum Command {
         /// How to reach the relay [default: the setting saved by 'register', else auto].
         #[arg(long, value_enum)]
         transport: Option<TransportChoice>,
+        /// Reach the relay through this HTTP proxy, http://[user:password@]host:port, or
+        /// 'none' for a direct connection [default: the setting saved by 'register', else
+        /// HTTPS_PROXY or ALL_PROXY unless NO_PROXY names the relay].
+        #[arg(long, value_name = "URL")]
+        proxy: Option<String>,
     },
 }
 
@@ -208,7 +219,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             token,
             id,
             transport,
+            proxy,
         } => {
+            // Checked before anything is written; the text is kept as given for 'run'.
+            proxy_flag(proxy.as_deref())?;
             let data = DataDir::open(&data_dir)?;
             let id = match id {
                 Some(id) => id,
@@ -223,9 +237,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 relay_fingerprint: relay_fingerprint.map(|f| f.to_string()),
                 relay_ca,
                 transport,
+                proxy,
             };
-            let id =
-                runtime()?.block_on(telework_agent::register::register(&data, &settings, token))?;
+            let id = runtime()?.block_on(telework_agent::register::register_with(
+                &data,
+                &settings,
+                token,
+                &ProxyEnv::from_process(),
+            ))?;
             println!("registered as computer ID: {id}");
             if data.password()?.is_none() {
                 println!("next: set the connection password with 'telework-agent set-password --data-dir {}'", data_dir.display());
@@ -339,6 +358,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             data_dir,
             target,
             transport,
+            proxy,
         } => {
             let data = DataDir::open(&data_dir)?;
             if data.password()?.is_none() {
@@ -346,6 +366,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             let options = RunOptions {
                 transport,
+                proxy: proxy_flag(proxy.as_deref())?,
+                proxy_env: ProxyEnv::from_process(),
                 ..RunOptions::default()
             };
             let agent = Agent::open(data, target, options)?;
@@ -354,6 +376,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// The `--proxy` flag, checked (the error never repeats the text: it may hold a password).
+fn proxy_flag(flag: Option<&str>) -> anyhow::Result<Option<ProxySetting>> {
+    flag.map(|text| text.parse().map_err(|e| anyhow::anyhow!("--proxy: {e}")))
+        .transpose()
 }
 
 /// Reads a new connection password (twice at a prompt, or one line of standard input) and

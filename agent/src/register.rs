@@ -2,6 +2,7 @@
 //! save the settings.
 
 use telework_net::framed::Framed;
+use telework_net::proxy::ProxyEnv;
 use telework_net::transport::dial::Dialer;
 use telework_net::transport::Role;
 use telework_net::HANDSHAKE_TIMEOUT;
@@ -22,13 +23,31 @@ pub async fn register(
     settings: &AgentSettings,
     token: Option<String>,
 ) -> Result<ComputerId, AgentError> {
+    register_with(data, settings, token, &ProxyEnv::default()).await
+}
+
+/// As [`register`], through the settings' proxy or else the one `env` names (see
+/// [`telework_net::proxy::choose`]).
+///
+/// # Errors
+/// As [`register`], and [`AgentError::Proxy`] for a proxy that cannot be used.
+pub async fn register_with(
+    data: &DataDir,
+    settings: &AgentSettings,
+    token: Option<String>,
+    env: &ProxyEnv,
+) -> Result<ComputerId, AgentError> {
     let key = data.machine_key()?;
+    let relay = settings.relay_addr()?;
+    let proxy =
+        telework_net::proxy::choose(None, settings.proxy_setting()?.as_ref(), env, relay.host())?;
     let dialer = Dialer::new(
-        settings.relay_addr()?,
+        relay,
         &settings.relay_trust()?,
         Role::Agent,
         settings.transport,
-    )?;
+    )?
+    .with_proxy(proxy)?;
     let connection = dialer.dial().await?.connection;
     let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, connection.accept())
         .await

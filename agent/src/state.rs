@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use telework_net::connect::RelayAddr;
+use telework_net::proxy::{ProxyConfigError, ProxySetting};
 use telework_net::tls::RelayTrust;
 use telework_net::transport::TransportChoice;
 use telework_protocol::e2e::pake::PasswordRecord;
@@ -44,6 +45,11 @@ pub struct AgentSettings {
     /// or `tcp`.
     #[serde(default)]
     pub transport: TransportChoice,
+    /// The HTTP proxy to reach the relay through, `http://[user:password@]host:port`, or
+    /// `none` to ignore `HTTPS_PROXY` and the like; unset means "as the environment says".
+    /// (The file is owner-only, so a proxy password here is as safe as the machine key.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<String>,
 }
 
 /// A data-dir problem, said precisely.
@@ -339,6 +345,18 @@ impl AgentSettings {
         )
     }
 
+    /// The saved proxy setting, if any.
+    ///
+    /// # Errors
+    /// [`ProxyConfigError::Settings`] if it is not a proxy address or `none`.
+    pub fn proxy_setting(&self) -> Result<Option<ProxySetting>, ProxyConfigError> {
+        self.proxy
+            .as_deref()
+            .map(str::parse)
+            .transpose()
+            .map_err(ProxyConfigError::Settings)
+    }
+
     /// How to trust the relay: the pinned fingerprint, the pinned CA, or the system roots.
     ///
     /// # Errors
@@ -467,6 +485,7 @@ mod tests {
             relay_fingerprint: Some(CertFingerprint([1; 32]).to_string()),
             relay_ca: None,
             transport: Default::default(),
+            proxy: None,
         };
         data.save_settings(&s).unwrap();
         assert_eq!(data.settings().unwrap(), s);

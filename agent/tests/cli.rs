@@ -308,6 +308,7 @@ async fn set_password_keeps_the_identity_key_and_rotate_key_changes_it() {
         relay_fingerprint: Some(relay.fingerprint.to_string()),
         relay_ca: None,
         transport: Default::default(),
+        proxy: None,
     };
     telework_agent::register::register(&data, &settings, None)
         .await

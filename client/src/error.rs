@@ -73,6 +73,9 @@ pub enum ClientError {
     /// TLS could not be configured (for example an unreadable CA file).
     #[error(transparent)]
     Tls(#[from] telework_net::tls::TlsConfigError),
+    /// The proxy setting cannot be used (for example with `--transport quic`).
+    #[error(transparent)]
+    Proxy(#[from] telework_net::proxy::ProxyConfigError),
 }
 
 // Written out instead of `#[from]`, which would make the cause the error's `source`, and

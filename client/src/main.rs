@@ -15,6 +15,7 @@ use telework_client::profile::{self, Profile};
 use telework_client::session::TotpSource;
 use telework_client::{ClientError, LoginOptions, Session, Target};
 use telework_net::connect::RelayAddr;
+use telework_net::proxy::{ProxyConfigError, ProxyEnv, ProxySetting, ProxyUrl};
 use telework_net::tls::RelayTrust;
 use telework_net::transport::TransportChoice;
 use telework_protocol::{CertFingerprint, ComputerId};
@@ -58,6 +59,11 @@ struct ConnectArgs {
     /// How to reach the relay: QUIC with a TLS/TCP fallback, or only one of them.
     #[arg(long, value_enum, default_value_t = TransportChoice::Auto)]
     transport: TransportChoice,
+    /// Reach the relay through this HTTP proxy, http://[user:password@]host:port, or 'none'
+    /// for a direct connection [default: HTTPS_PROXY or ALL_PROXY unless NO_PROXY names the
+    /// relay].
+    #[arg(long, value_name = "URL")]
+    proxy: Option<String>,
     /// Local address for your RDP client to connect to (loopback only, unless --allow-remote).
     #[arg(long, default_value = "127.0.0.1:0")]
     listen: std::net::SocketAddr,
@@ -163,12 +169,36 @@ fn login_options(args: &ConnectArgs) -> anyhow::Result<LoginOptions> {
         }),
     };
     Ok(LoginOptions {
+        proxy: proxy(args)?,
         device: Arc::new(device),
         device_name,
         profile: Some(profile),
         totp: Some(totp),
         ..LoginOptions::default()
     })
+}
+
+/// The proxy to go through: `--proxy`, else the environment. Checked before the password is
+/// asked for; no error repeats the proxy text, which may hold a password.
+fn proxy(args: &ConnectArgs) -> anyhow::Result<Option<ProxyUrl>> {
+    let flag = args
+        .proxy
+        .as_deref()
+        .map(str::parse::<ProxySetting>)
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("--proxy: {e}"))?;
+    let proxy = telework_net::proxy::choose(
+        flag.as_ref(),
+        None,
+        &ProxyEnv::from_process(),
+        args.relay.host(),
+    )?;
+    match &proxy {
+        Some(p) if args.transport == TransportChoice::Quic => {
+            Err(ProxyConfigError::QuicThroughProxy(p.to_string()).into())
+        }
+        _ => Ok(proxy),
+    }
 }
 
 fn connect(args: ConnectArgs) -> anyhow::Result<()> {
@@ -208,7 +238,13 @@ fn connect(args: ConnectArgs) -> anyhow::Result<()> {
         let mut tries = 0;
         let session = loop {
             let password = read_password(&args)?;
-            eprintln!("connecting to {} through {} …", args.id, args.relay);
+            match &options.proxy {
+                Some(proxy) => eprintln!(
+                    "connecting to {} through {} (via the proxy {proxy}) …",
+                    args.id, args.relay
+                ),
+                None => eprintln!("connecting to {} through {} …", args.id, args.relay),
+            }
             match Session::login_with(&target, password.as_bytes(), &options).await {
                 Ok(s) => break s,
                 Err(e)

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use telework_net::connect::RelayAddr;
 use telework_net::framed::Framed;
+use telework_net::proxy::ProxyUrl;
 use telework_net::pump::{SecureTunnel, TunnelError};
 use telework_net::tls::RelayTrust;
 use telework_net::transport::dial::Dialer;
@@ -72,6 +73,8 @@ pub struct LoginOptions {
     pub ping_every: Duration,
     /// How often to try QUIC again while on TLS/TCP with `auto`.
     pub quic_reprobe: Duration,
+    /// The HTTP proxy to reach the relay through (TLS/TCP only), if any.
+    pub proxy: Option<ProxyUrl>,
 }
 
 impl Default for LoginOptions {
@@ -87,6 +90,7 @@ impl Default for LoginOptions {
             totp_wait: Duration::from_secs(150),
             ping_every: SESSION_PING,
             quic_reprobe: telework_net::transport::dial::QUIC_REPROBE,
+            proxy: None,
         }
     }
 }
@@ -170,6 +174,7 @@ impl Session {
                 telework_net::transport::Role::Client,
                 target.transport,
             )?
+            .with_proxy(options.proxy.clone())?
             .with_quic_reprobe(options.quic_reprobe),
         );
         let relay = target.relay.to_string();

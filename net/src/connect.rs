@@ -10,6 +10,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
+use super::proxy::{tunnel, ProxyError, ProxyUrl};
 use super::read_ahead::ReadAhead;
 use super::HANDSHAKE_TIMEOUT;
 use telework_protocol::proof::{EXPORTER_LABEL, EXPORTER_LEN};
@@ -115,6 +116,9 @@ pub enum ConnectError {
         /// The relay.
         addr: RelayAddr,
     },
+    /// The proxy could not be reached or would not open the tunnel.
+    #[error(transparent)]
+    Proxy(#[from] ProxyError),
     /// Another TLS failure.
     #[error("TLS with the relay at {addr} failed: {error}")]
     Tls {
@@ -173,12 +177,39 @@ async fn connect_inner(
     })?;
     let _ = tcp.set_nodelay(true);
     super::enable_keepalive(&tcp);
+    tls_over(addr, ReadAhead::new(tcp), config).await
+}
+
+/// Connects to the relay through an HTTP proxy's `CONNECT` tunnel, then completes TLS with
+/// the relay exactly as [`connect`] does (the proxy sees only ciphertext).
+///
+/// # Errors
+/// [`ConnectError::Proxy`] naming the proxy when the tunnel does not open; otherwise as
+/// [`connect`].
+pub async fn connect_via(
+    proxy: &ProxyUrl,
+    addr: &RelayAddr,
+    config: Arc<rustls::ClientConfig>,
+) -> Result<TlsStream<ReadAhead>, ConnectError> {
+    let (tcp, already_read) = tunnel::open(proxy, addr).await?;
+    let tls = tls_over(addr, ReadAhead::with_buffered(tcp, already_read), config);
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls).await {
+        Ok(result) => result,
+        Err(_) => Err(ConnectError::Timeout { addr: addr.clone() }),
+    }
+}
+
+async fn tls_over(
+    addr: &RelayAddr,
+    tcp: ReadAhead,
+    config: Arc<rustls::ClientConfig>,
+) -> Result<TlsStream<ReadAhead>, ConnectError> {
     let name = ServerName::try_from(addr.host.clone()).map_err(|e| ConnectError::Tls {
         addr: addr.clone(),
         error: io::Error::new(io::ErrorKind::InvalidInput, e),
     })?;
     TlsConnector::from(config)
-        .connect(name, ReadAhead::new(tcp))
+        .connect(name, tcp)
         .await
         .map_err(|error| classify_tls_error(addr, error))
 }

@@ -7,6 +7,7 @@
 //! - [`framed`]: a stream that reads and writes typed frames with deadlines.
 //! - [`handshake_io`]: time and IO for the drivers of the handshake machines.
 //! - [`connect`]: TCP and TLS to the relay, with errors a person can act on.
+//! - [`proxy`]: reaching the relay through an HTTP proxy (`CONNECT`, Basic authentication).
 //! - [`pump`]: moving desktop bytes between a plain local socket and an encrypted tunnel.
 //! - [`read_ahead`]: large socket reads under rustls's small ones.
 //! - [`signal`]: waiting for Ctrl-C or SIGTERM.
@@ -23,6 +24,7 @@ pub mod glibc_tuning;
 pub mod handshake_io;
 #[cfg(any(test, feature = "test-util"))]
 pub mod holds_until_flush;
+pub mod proxy;
 pub mod pump;
 pub mod read_ahead;
 pub mod signal;

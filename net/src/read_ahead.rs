@@ -33,6 +33,15 @@ impl ReadAhead {
         }
     }
 
+    /// Wraps a connected socket whose first bytes were already read (a proxy's tunnel may
+    /// carry the relay's first bytes in the same read as the proxy's answer).
+    pub fn with_buffered(inner: TcpStream, already_read: Vec<u8>) -> Self {
+        Self {
+            inner,
+            buf: BytesMut::from(&already_read[..]),
+        }
+    }
+
     /// The socket.
     pub fn get_ref(&self) -> &TcpStream {
         &self.inner

@@ -7,6 +7,7 @@
 //! - [`error_code`]: refusal reasons and the sentence a person reads for each.
 //! - [`proof`]: the agent's machine-key proof, bound to its TLS session.
 //! - [`fingerprint`]: relay certificate pins.
+//! - [`http_connect`]: the CONNECT request to a web proxy and a bounded parser for its answer.
 //! - [`private_file`]: owner-only files for keys and secrets.
 //! - [`handshake`]: the login and resumption as sans-IO state machines over [`e2e`].
 //! - [`e2e`]: the client↔agent layer the relay cannot read: OPAQUE login, key schedule,
@@ -22,6 +23,7 @@ pub mod error_code;
 pub mod fingerprint;
 pub mod frame;
 pub mod handshake;
+pub mod http_connect;
 pub mod ids;
 pub mod messages;
 pub mod private_file;

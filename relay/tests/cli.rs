@@ -294,6 +294,7 @@ async fn machines_lists_dates_and_remove_disconnects_a_connected_agent() {
         relay_fingerprint: Some(fingerprint.to_owned()),
         relay_ca: None,
         transport: Default::default(),
+        proxy: None,
     };
     telework_agent::register::register(&data, &settings, None)
         .await

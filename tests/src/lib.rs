@@ -19,6 +19,7 @@ pub mod evil;
 pub mod gate;
 pub mod hand_login;
 pub mod it_staff;
+pub mod tinyproxy;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -307,6 +308,7 @@ impl AgentBuilder {
             relay_fingerprint: Some(self.fingerprint.to_string()),
             relay_ca: None,
             transport: self.transport,
+            proxy: None,
         };
         telework_agent::register::register(&data, &settings, None)
             .await

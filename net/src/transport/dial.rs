@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use super::{quic, tcp, Connection, Role, TransportChoice, TransportKind};
 use crate::connect::{ConnectError, RelayAddr};
+use crate::proxy::{tunnel::PROXY_TIMEOUT, ProxyConfigError, ProxyUrl};
 use crate::tls::{RelayTrust, TlsConfigError};
 use crate::HANDSHAKE_TIMEOUT;
 
@@ -25,6 +26,8 @@ pub struct Dialer {
     tcp_tls: Arc<rustls::ClientConfig>,
     max_incoming_streams: u32,
     quic_reprobe: Duration,
+    /// The HTTP proxy TLS/TCP goes through, if any (then QUIC is never tried).
+    proxy: Option<Arc<ProxyUrl>>,
 }
 
 /// A connection and how it was chosen.
@@ -33,12 +36,17 @@ pub struct Dialed {
     pub connection: Connection,
     /// Why QUIC was not used, when `auto` ended on TLS/TCP.
     pub quic_failed: Option<String>,
+    /// The proxy the connection goes through (`host:port`), if any.
+    pub proxy: Option<String>,
 }
 
 impl Dialed {
-    /// How to name the transport to a person: `QUIC`, `TLS/TCP`, or `TLS/TCP (UDP to the
-    /// relay seems blocked)`.
+    /// How to name the transport to a person: `QUIC`, `TLS/TCP`, `TLS/TCP (UDP to the
+    /// relay seems blocked)` or `TLS/TCP through the proxy proxy.example:3128`.
     pub fn describe(&self) -> String {
+        if let Some(proxy) = &self.proxy {
+            return format!("{} through the proxy {proxy}", self.connection.kind());
+        }
         match (self.connection.kind(), &self.quic_failed) {
             (TransportKind::Tcp, Some(_)) => "TLS/TCP (UDP to the relay seems blocked)".into(),
             (kind, _) => kind.to_string(),
@@ -65,7 +73,29 @@ impl Dialer {
             tcp_tls: trust.client_config(role.alpn())?,
             max_incoming_streams: quic::MAX_STREAMS,
             quic_reprobe: QUIC_REPROBE,
+            proxy: None,
         })
+    }
+
+    /// Goes through `proxy` (when `Some`): TLS/TCP only, so `auto` dials TLS/TCP at once and
+    /// never re-probes QUIC.
+    ///
+    /// # Errors
+    /// [`ProxyConfigError::QuicThroughProxy`] when only QUIC is allowed.
+    pub fn with_proxy(mut self, proxy: Option<ProxyUrl>) -> Result<Self, ProxyConfigError> {
+        if let Some(proxy) = &proxy {
+            if self.choice == TransportChoice::Quic {
+                return Err(ProxyConfigError::QuicThroughProxy(proxy.to_string()));
+            }
+            self.choice = TransportChoice::Tcp;
+        }
+        self.proxy = proxy.map(Arc::new);
+        Ok(self)
+    }
+
+    /// The proxy TLS/TCP goes through, if any.
+    pub fn proxy(&self) -> Option<&ProxyUrl> {
+        self.proxy.as_deref()
     }
 
     /// How many streams the relay may open towards us at once (an agent's tunnel cap).
@@ -92,7 +122,7 @@ impl Dialer {
         &self.addr
     }
 
-    /// The transports allowed.
+    /// The transports allowed (TLS/TCP only when going through a proxy).
     pub fn choice(&self) -> TransportChoice {
         self.choice
     }
@@ -109,10 +139,12 @@ impl Dialer {
             TransportChoice::Quic => self.dial_quic().await.map(|connection| Dialed {
                 connection,
                 quic_failed: None,
+                proxy: None,
             }),
             TransportChoice::Tcp => self.dial_tcp().await.map(|connection| Dialed {
                 connection,
                 quic_failed: None,
+                proxy: self.proxy.as_ref().map(|p| p.to_string()),
             }),
             TransportChoice::Auto => self.race().await,
         }
@@ -148,8 +180,14 @@ impl Dialer {
             self.tcp_tls.clone(),
             self.role,
             self.max_incoming_streams,
+            self.proxy.as_deref(),
         );
-        tokio::time::timeout(HANDSHAKE_TIMEOUT, attempt)
+        // Through a proxy, reaching it has its own deadline before the relay's.
+        let deadline = match self.proxy {
+            Some(_) => HANDSHAKE_TIMEOUT + PROXY_TIMEOUT,
+            None => HANDSHAKE_TIMEOUT,
+        };
+        tokio::time::timeout(deadline, attempt)
             .await
             .unwrap_or_else(|_| {
                 Err(ConnectError::Timeout {
@@ -165,7 +203,7 @@ impl Dialer {
         // QUIC alone for the head start.
         let quic_error = tokio::select! {
             r = &mut quic => match r {
-                Ok(connection) => return Ok(Dialed { connection, quic_failed: None }),
+                Ok(connection) => return Ok(Dialed { connection, quic_failed: None, proxy: None }),
                 Err(e) if final_error(&e) => return Err(e),
                 Err(e) => Some(e),
             },
@@ -177,7 +215,7 @@ impl Dialer {
             Some(e) => e,
             None => tokio::select! {
                 r = &mut quic => match r {
-                    Ok(connection) => return Ok(Dialed { connection, quic_failed: None }),
+                    Ok(connection) => return Ok(Dialed { connection, quic_failed: None, proxy: None }),
                     Err(e) if final_error(&e) => return Err(e),
                     Err(e) => e,
                 },
@@ -185,11 +223,12 @@ impl Dialer {
                     Ok(connection) => return Ok(Dialed {
                         connection,
                         quic_failed: Some("QUIC had not answered".into()),
+                        proxy: None,
                     }),
                     // TCP failed first: QUIC may still make it.
                     Err(tcp_error) => {
                         return match quic.await {
-                            Ok(connection) => Ok(Dialed { connection, quic_failed: None }),
+                            Ok(connection) => Ok(Dialed { connection, quic_failed: None, proxy: None }),
                             Err(_) => Err(tcp_error),
                         }
                     }
@@ -200,6 +239,7 @@ impl Dialer {
         Ok(Dialed {
             connection,
             quic_failed: Some(quic_error.to_string()),
+            proxy: None,
         })
     }
 }
@@ -224,4 +264,44 @@ async fn resolve(addr: &RelayAddr) -> Result<std::net::SocketAddr, ConnectError>
         addr: addr.clone(),
         error: io::Error::new(io::ErrorKind::NotFound, "no addresses"),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use telework_protocol::CertFingerprint;
+
+    fn dialer(choice: TransportChoice) -> Dialer {
+        let trust = RelayTrust::Fingerprint(CertFingerprint([7; 32]));
+        Dialer::new(
+            "relay.example:443".parse().unwrap(),
+            &trust,
+            Role::Agent,
+            choice,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_proxy_means_tls_tcp_only() {
+        let proxy: ProxyUrl = "http://proxy.example:3128".parse().unwrap();
+        // `auto` through a proxy dials TLS/TCP at once and never re-probes QUIC (the
+        // re-probe loops run only while the choice is `auto`).
+        let auto = dialer(TransportChoice::Auto)
+            .with_proxy(Some(proxy.clone()))
+            .unwrap();
+        assert_eq!(auto.choice(), TransportChoice::Tcp);
+        assert_eq!(auto.proxy(), Some(&proxy));
+        assert_eq!(
+            dialer(TransportChoice::Quic)
+                .with_proxy(Some(proxy))
+                .err()
+                .unwrap()
+                .to_string(),
+            "--transport quic cannot go through the proxy at proxy.example:3128, which carries \
+             TCP only: use --transport auto or tcp, or --proxy none"
+        );
+        let direct = dialer(TransportChoice::Auto).with_proxy(None).unwrap();
+        assert_eq!(direct.choice(), TransportChoice::Auto);
+    }
 }

@@ -9,11 +9,12 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 
 use super::{h2, ChannelBinding, Connection, Role};
-use crate::connect::{client_exporter, connect, ConnectError, RelayAddr};
+use crate::connect::{client_exporter, connect, connect_via, ConnectError, RelayAddr};
+use crate::proxy::ProxyUrl;
 
 /// Dials the relay over TCP, completes TLS with `tls` (which offers `role`'s ALPN) and starts
 /// HTTP/2 in the role's direction: a client opens streams, an agent accepts them (at most
-/// `max_incoming_streams` open at once).
+/// `max_incoming_streams` open at once). With `proxy`, TCP goes through its `CONNECT` tunnel.
 ///
 /// # Errors
 /// [`ConnectError`].
@@ -22,8 +23,12 @@ pub async fn dial(
     tls: Arc<rustls::ClientConfig>,
     role: Role,
     max_incoming_streams: u32,
+    proxy: Option<&ProxyUrl>,
 ) -> Result<Connection, ConnectError> {
-    let stream = connect(addr, tls).await?;
+    let stream = match proxy {
+        Some(proxy) => connect_via(proxy, addr, tls).await?,
+        None => connect(addr, tls).await?,
+    };
     let tls_err = |error: io::Error| ConnectError::Tls {
         addr: addr.clone(),
         error,
