@@ -505,7 +505,19 @@ pub fn binary(name: &str) -> PathBuf {
         let dir = me.parent().unwrap().parent().unwrap().to_path_buf();
         let profile = dir.file_name().unwrap().to_string_lossy().into_owned();
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
+        let mut command = Command::new(cargo);
+        // Not the variables cargo set for this test (`CARGO_MANIFEST_DIR` and the like):
+        // build scripts that read them would run again, and so would the outer build.
+        for (key, _) in std::env::vars_os() {
+            let key = key.to_string_lossy();
+            let config = ["CARGO_HOME", "CARGO_TARGET_DIR", "CARGO_BUILD_", "CARGO_PROFILE_"]
+                .iter()
+                .any(|keep| key.starts_with(keep));
+            if (key.starts_with("CARGO_") && !config) || key == "OUT_DIR" {
+                command.env_remove(&*key);
+            }
+        }
+        let status = command
             .args(["build", "--bins", "--profile"])
             .arg(if profile == "debug" { "dev" } else { &profile })
             .args(["-p", "telework-relay", "-p", "telework-agent", "-p", "telework-client"])

@@ -106,16 +106,17 @@ async fn home_address_changes_during_64_mib_over_quic() {
         write.shutdown().await.unwrap();
         sha.finish()
     });
-    let net = tokio::task::spawn_blocking(move || {
-        nets.move_home(HOME_MOVED, HOME_MOVED_GATEWAY);
-        nets
-    });
     let started = Instant::now();
     tokio::time::timeout(Duration::from_secs(30), moved_rx)
         .await
         .expect("16 MiB written")
         .unwrap();
-    let nets = net.await.unwrap();
+    let nets = tokio::task::spawn_blocking(move || {
+        nets.move_home(HOME_MOVED, HOME_MOVED_GATEWAY);
+        nets
+    })
+    .await
+    .unwrap();
     assert_eq!(nets.home_addresses(), vec![HOME_MOVED]);
     let mut answer = [0u8; 40];
     tokio::time::timeout(Duration::from_secs(90), read.read_exact(&mut answer))
