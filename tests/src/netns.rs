@@ -165,8 +165,14 @@ impl Ns {
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", program.display()));
         let lines = Arc::new(Lines::default());
         for out in [
-            child.stdout.take().map(|o| Box::new(o) as Box<dyn std::io::Read + Send>),
-            child.stderr.take().map(|e| Box::new(e) as Box<dyn std::io::Read + Send>),
+            child
+                .stdout
+                .take()
+                .map(|o| Box::new(o) as Box<dyn std::io::Read + Send>),
+            child
+                .stderr
+                .take()
+                .map(|e| Box::new(e) as Box<dyn std::io::Read + Send>),
         ]
         .into_iter()
         .flatten()
@@ -510,9 +516,14 @@ pub fn binary(name: &str) -> PathBuf {
         // build scripts that read them would run again, and so would the outer build.
         for (key, _) in std::env::vars_os() {
             let key = key.to_string_lossy();
-            let config = ["CARGO_HOME", "CARGO_TARGET_DIR", "CARGO_BUILD_", "CARGO_PROFILE_"]
-                .iter()
-                .any(|keep| key.starts_with(keep));
+            let config = [
+                "CARGO_HOME",
+                "CARGO_TARGET_DIR",
+                "CARGO_BUILD_",
+                "CARGO_PROFILE_",
+            ]
+            .iter()
+            .any(|keep| key.starts_with(keep));
             if (key.starts_with("CARGO_") && !config) || key == "OUT_DIR" {
                 command.env_remove(&*key);
             }
@@ -520,7 +531,14 @@ pub fn binary(name: &str) -> PathBuf {
         let status = command
             .args(["build", "--bins", "--profile"])
             .arg(if profile == "debug" { "dev" } else { &profile })
-            .args(["-p", "telework-relay", "-p", "telework-agent", "-p", "telework-client"])
+            .args([
+                "-p",
+                "telework-relay",
+                "-p",
+                "telework-agent",
+                "-p",
+                "telework-client",
+            ])
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .status()
             .expect("run cargo build for the programs");

@@ -82,7 +82,10 @@ impl RelayProcess {
     pub fn kill_and_restart(&mut self) {
         self.process.kill();
         let (process, fingerprint) = Self::serve(&self.ns, &self.data_dir);
-        assert_eq!(fingerprint, self.fingerprint, "same certificate after restart");
+        assert_eq!(
+            fingerprint, self.fingerprint,
+            "same certificate after restart"
+        );
         self.process = process;
     }
 
@@ -140,9 +143,10 @@ impl AgentProcess {
                 transport,
             ],
         );
-        let mut set = nets
-            .office
-            .spawn(&agent, &["set-password", "--data-dir", data, "--password-stdin"]);
+        let mut set = nets.office.spawn(
+            &agent,
+            &["set-password", "--data-dir", data, "--password-stdin"],
+        );
         set.write_line(password);
         let code = set.wait_exit(START);
         assert_eq!(code, Some(0), "set-password failed:\n{}", set.output());
@@ -263,12 +267,19 @@ fn current_thread() -> tokio::runtime::Runtime {
 pub struct SimulatedAgents {
     /// Welcomes from the relay so far, over all agents and connections.
     pub welcomes: Arc<AtomicUsize>,
+    /// Of those, the welcomes on QUIC connections.
+    pub on_quic: Arc<AtomicUsize>,
     stop: CancellationToken,
 }
 
 impl SimulatedAgents {
     /// Registers `n` machines in `relay`'s registry and brings them online from `office`.
-    pub fn start(nets: &Networks, relay: &RelayProcess, n: usize, transport: TransportChoice) -> Self {
+    pub fn start(
+        nets: &Networks,
+        relay: &RelayProcess,
+        n: usize,
+        transport: TransportChoice,
+    ) -> Self {
         let machines: Vec<(ComputerId, MachineKey)> = (0..n)
             .map(|i| {
                 let id = format!("sim-pc-{i}").parse().unwrap();
@@ -277,24 +288,32 @@ impl SimulatedAgents {
             .collect();
         relay.register(&machines);
         let welcomes = Arc::new(AtomicUsize::new(0));
+        let on_quic = Arc::new(AtomicUsize::new(0));
         let stop = CancellationToken::new();
         let addr = nets.relay_from_office().to_string().parse().unwrap();
         let trust = RelayTrust::Fingerprint(relay.fingerprint);
-        let (count, stopped) = (welcomes.clone(), stop.clone());
+        let (count, quic, stopped) = (welcomes.clone(), on_quic.clone(), stop.clone());
         nets.office.thread(move || {
             current_thread().block_on(async move {
                 let dialer = Dialer::new(addr, &trust, Role::Agent, transport).unwrap();
                 let mut tasks = tokio::task::JoinSet::new();
                 for (id, key) in machines {
-                    let (dialer, count) = (dialer.clone(), count.clone());
-                    tasks.spawn(stopped.clone().run_until_cancelled_owned(async move {
-                        stay_online(dialer, id, key, count).await
-                    }));
+                    let counts = (count.clone(), quic.clone());
+                    tasks.spawn(stopped.clone().run_until_cancelled_owned(stay_online(
+                        dialer.clone(),
+                        id,
+                        key,
+                        counts,
+                    )));
                 }
                 while tasks.join_next().await.is_some() {}
             })
         });
-        Self { welcomes, stop }
+        Self {
+            welcomes,
+            on_quic,
+            stop,
+        }
     }
 
     /// Waits until the relay has welcomed `total` times (bounded by `timeout`); returns
@@ -318,11 +337,19 @@ impl Drop for SimulatedAgents {
 }
 
 /// One simulated agent, forever: online, keepalives, and again after the connection is lost.
-async fn stay_online(dialer: Dialer, id: ComputerId, key: MachineKey, welcomes: Arc<AtomicUsize>) {
+async fn stay_online(
+    dialer: Dialer,
+    id: ComputerId,
+    key: MachineKey,
+    (welcomes, on_quic): (Arc<AtomicUsize>, Arc<AtomicUsize>),
+) {
     let mut backoff = telework_agent::backoff::Backoff::default();
     loop {
         if let Ok((connection, mut control)) = online(&dialer, &id, &key).await {
             backoff.reset();
+            if connection.kind() == telework_net::transport::TransportKind::Quic {
+                on_quic.fetch_add(1, Ordering::SeqCst);
+            }
             welcomes.fetch_add(1, Ordering::SeqCst);
             let mut seq = 0;
             loop {
