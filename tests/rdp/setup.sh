@@ -22,6 +22,7 @@ PACKAGES=(
   x11-xserver-utils                 # xsetroot (session marker colour)
   xterm xfonts-base                 # something visible in the session
   python3 openssl iproute2 procps   # screenshot check, per-run TLS cert, ss, ps
+  nftables                          # network-namespace tests (tests/tests/networks.rs): ip netns, nft
 )
 
 die() { echo "setup.sh: $*" >&2; exit 1; }

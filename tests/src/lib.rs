@@ -19,6 +19,8 @@ pub mod evil;
 pub mod gate;
 pub mod hand_login;
 pub mod it_staff;
+pub mod netns;
+pub mod netns_chain;
 pub mod tinyproxy;
 
 use std::net::SocketAddr;
