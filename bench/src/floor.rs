@@ -43,7 +43,8 @@ pub async fn serve(layer: Layer) -> anyhow::Result<()> {
     let config = telework_net::tls::server_config(vec![der.clone()], key)?;
     let fingerprint = CertFingerprint::of_der(&der);
     if layer == Layer::Quic {
-        let endpoint = quic::server_endpoint("127.0.0.1:0".parse()?, config)?;
+        // A throwaway process: any reset key does.
+        let endpoint = quic::server_endpoint("127.0.0.1:0".parse()?, config, &[7; 32])?;
         println!("floor server on {} {fingerprint}", endpoint.local_addr()?);
         while let Some(incoming) = endpoint.accept().await {
             tokio::spawn(async move {

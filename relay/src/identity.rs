@@ -82,6 +82,18 @@ pub fn self_signed(data_dir: &Path, hostnames: &[String]) -> Result<TlsIdentity,
     })
 }
 
+/// The key that signs the relay's QUIC stateless resets, derived from its TLS key: secret,
+/// and the same after a restart (and on every node that serves the same certificate), so
+/// that a restarted relay's resets are believed.
+pub fn quic_reset_key(tls_key: &PrivateKeyDer<'_>) -> [u8; 32] {
+    let mut context = ring::digest::Context::new(&ring::digest::SHA256);
+    context.update(b"telework/1 QUIC stateless reset key");
+    context.update(tls_key.secret_der());
+    let mut out = [0u8; 32];
+    out.copy_from_slice(context.finish().as_ref());
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

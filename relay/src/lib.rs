@@ -129,6 +129,8 @@ pub struct Relay {
     hard_stop: CancellationToken,
     /// Every connection's tasks, so shutdown can wait for them.
     tasks: TaskTracker,
+    /// Signs QUIC stateless resets; the same after a restart.
+    quic_reset_key: [u8; 32],
 }
 
 impl Relay {
@@ -142,7 +144,9 @@ impl Relay {
         options: RelayOptions,
     ) -> Result<Arc<Self>, TlsConfigError> {
         let tls = server_config(identity.chain.clone(), identity.key.clone_key())?;
+        let quic_reset_key = identity::quic_reset_key(&identity.key);
         Ok(Arc::new(Self {
+            quic_reset_key,
             registry,
             hub: Hub::default(),
             limiters: limits::Limiters::new(options.limits),
@@ -168,7 +172,8 @@ impl Relay {
             return Ok(None);
         }
         let addr = listener.local_addr()?;
-        telework_net::transport::quic::server_endpoint(addr, self.tls.clone()).map(Some)
+        telework_net::transport::quic::server_endpoint(addr, self.tls.clone(), &self.quic_reset_key)
+            .map(Some)
     }
 
     /// Binds the public address: TCP, and UDP on the same port when QUIC is on. With port 0

@@ -175,11 +175,7 @@ async fn home_address_changes_during_64_mib_over_quic() {
 
 /// (d) On TLS/TCP, home's address changes under an open session: the client notices, dials
 /// again and resumes the session, and the next local connection works with no password.
-///
-/// Fails on this branch: the client prints nothing for 60 s after the move (it has no
-/// redial on TLS/TCP yet).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs session re-attach (lead's branch)"]
 async fn home_address_changes_on_tcp_session_resumes() {
     let Some(nets) = Networks::create() else {
         return;
@@ -222,16 +218,10 @@ async fn home_address_changes_on_tcp_session_resumes() {
 
 /// (e) The relay is killed (SIGKILL) and started again: 1,000 simulated office PCs are
 /// online again within 10 s, and a client's session goes on: the next local connection
-/// works with no password.
-///
-/// Fails on this branch in two ways. The simulated agents that were on QUIC (most of them)
-/// come back only after about 50 s: the restarted relay's QUIC endpoint has a new random
-/// stateless-reset key, so the agents ignore its resets and wait out the 45 s idle timeout
-/// (the real agent on QUIC too). And the client does not re-attach its session: on TLS/TCP it
-/// exits with "the connection to the office PC broke: connection error: peer closed
-/// connection without sending TLS close_notify: https://docs.rs/rustls/…" (three times over).
+/// works with no password. (The restarted relay signs QUIC stateless resets with the key it
+/// had before, so agents and clients on QUIC learn at once that their connections are gone
+/// instead of waiting out the 45 s idle timeout.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs session re-attach (lead's branch); QUIC agents notice a killed relay only after 45 s"]
 async fn relay_killed_and_restarted_agents_back_and_session_goes_on() {
     let Some(nets) = Networks::create() else {
         return;

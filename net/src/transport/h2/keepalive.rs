@@ -7,10 +7,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::Shared;
-use crate::transport::quic::{IDLE_TIMEOUT, KEEP_ALIVE};
+use crate::transport::quic::IDLE_TIMEOUT;
 
-/// How often a PING goes out: as often as QUIC's keep-alive.
-const EVERY: Duration = KEEP_ALIVE;
+/// How often a PING goes out. Less often than QUIC's keep-alive: a killed relay's kernel
+/// resets its TCP connections itself.
+const EVERY: Duration = Duration::from_secs(10);
 
 /// No answer to a PING for this long after sending it means the peer is gone: together with
 /// [`EVERY`], the peer is given up on at most [`IDLE_TIMEOUT`] after it last answered.
