@@ -171,6 +171,18 @@ async fn home_address_changes_during_64_mib_over_quic() {
         "one login only:\n{}",
         client.process.output()
     );
+    // The employee is told, once, and nothing was dialled again.
+    let told = tokio::task::block_in_place(|| {
+        client
+            .process
+            .try_wait_for("network changed, still connected", 0, Duration::from_secs(5))
+    });
+    assert!(told.is_some(), "{}", client.process.output());
+    assert!(
+        !client.process.output().contains("reconnected"),
+        "{}",
+        client.process.output()
+    );
 }
 
 /// (d) On TLS/TCP, home's address changes under an open session: the client notices, dials
