@@ -119,6 +119,17 @@ impl Ns {
         run("ip", &all)
     }
 
+    /// As [`Ns::exec`], but `None` when the command fails instead of a panic.
+    pub fn try_exec(&self, program: &str, args: &[&str]) -> Option<Output> {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.name, program])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .ok()?;
+        out.status.success().then_some(out)
+    }
+
     /// Loads an nftables ruleset (the text `nft -f` reads) into this namespace.
     pub fn nft(&self, ruleset: &str) {
         let mut child = Command::new("ip")

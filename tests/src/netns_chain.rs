@@ -121,6 +121,20 @@ impl AgentProcess {
         target: SocketAddr,
         transport: &str,
     ) -> Self {
+        Self::start_with(nets, relay, id, password, target, transport, &[])
+    }
+
+    /// [`AgentProcess::start`] with `extra` arguments to `register` (which saves settings
+    /// such as `--proxy` for `run`).
+    pub fn start_with(
+        nets: &Networks,
+        relay: &RelayProcess,
+        id: &str,
+        password: &str,
+        target: SocketAddr,
+        transport: &str,
+        extra: &[&str],
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("agent");
         let data = data.to_str().unwrap();
@@ -141,7 +155,10 @@ impl AgentProcess {
                 id,
                 "--transport",
                 transport,
-            ],
+            ]
+            .into_iter()
+            .chain(extra.iter().copied())
+            .collect::<Vec<_>>(),
         );
         let mut set = nets.office.spawn(
             &agent,

@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 
 use telework_net::transport::TransportChoice;
 use telework_tests::echo_once;
-use telework_tests::netns::Networks;
+use telework_tests::netns::{
+    binary, Networks, NsProcess, OFFICE_ADDR, RELAY_OFFICE_SIDE, RELAY_PORT,
+};
 use telework_tests::netns_chain::{
     AgentProcess, ClientProcess, OfficeServices, RelayProcess, SimulatedAgents,
 };
@@ -173,9 +175,11 @@ async fn home_address_changes_during_64_mib_over_quic() {
     );
     // The employee is told, once, and nothing was dialled again.
     let told = tokio::task::block_in_place(|| {
-        client
-            .process
-            .try_wait_for("network changed, still connected", 0, Duration::from_secs(5))
+        client.process.try_wait_for(
+            "network changed, still connected",
+            0,
+            Duration::from_secs(5),
+        )
     });
     assert!(told.is_some(), "{}", client.process.output());
     assert!(
@@ -395,5 +399,139 @@ async fn real_rdp_from_home_to_office_on_both_transports() {
             rdp.output()
         );
         eprintln!("{}", rdp.output());
+    }
+}
+
+/// tinyproxy listening on the relay namespace's office side, port 3128: the only address the
+/// office may reach. With `basic_auth` it wants that user name and password.
+fn office_proxy(
+    nets: &Networks,
+    basic_auth: Option<(&str, &str)>,
+) -> (NsProcess, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut conf = format!(
+        "Port 3128\nListen {RELAY_OFFICE_SIDE}\nTimeout 30\nMaxClients 50\nAllow {OFFICE_ADDR}\n\
+         ConnectPort {RELAY_PORT}\nLogLevel Connect\nLogFile \"{}\"\n",
+        dir.path().join("tinyproxy.log").display()
+    );
+    if let Some((user, password)) = basic_auth {
+        conf.push_str(&format!("BasicAuth {user} {password}\n"));
+    }
+    let path = dir.path().join("tinyproxy.conf");
+    std::fs::write(&path, conf).unwrap();
+    let proxy = nets.relay.spawn(
+        Path::new("tinyproxy"),
+        &["-d", "-c", path.to_str().unwrap()],
+    );
+    // Listening once the office can open a connection to it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while nets
+        .office
+        .try_exec(
+            "bash",
+            &["-c", &format!("exec 3<>/dev/tcp/{RELAY_OFFICE_SIDE}/3128")],
+        )
+        .is_none()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "tinyproxy did not start: {}",
+            proxy.output()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (proxy, dir)
+}
+
+/// (b) The office reaches nothing but an HTTP proxy (nftables): the agent comes online
+/// through it, without and with Basic authentication, and a session from home works; a wrong
+/// proxy password gets the sentence that says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn office_behind_an_http_proxy_only() {
+    let Some(nets) = Networks::create() else {
+        return;
+    };
+    let relay = RelayProcess::start(&nets);
+    let office = OfficeServices::start(&nets.office);
+    nets.restrict_office_to((RELAY_OFFICE_SIDE, 3128).into());
+    let proxy_addr = format!("{RELAY_OFFICE_SIDE}:3128");
+    for (n, auth) in [None, Some(("officeuser", "proxypass1"))]
+        .into_iter()
+        .enumerate()
+    {
+        let (proxy, proxy_dir) = office_proxy(&nets, auth);
+        let url = match auth {
+            Some((user, password)) => format!("http://{user}:{password}@{proxy_addr}"),
+            None => format!("http://{proxy_addr}"),
+        };
+        if let Some((user, _)) = auth {
+            // A wrong password: one sentence naming the proxy, and nothing registered.
+            let agent = binary("telework-agent");
+            let dir = tempfile::tempdir().unwrap();
+            let wrong = format!("http://{user}:wrong@{proxy_addr}");
+            let relay_addr = nets.relay_from_office().to_string();
+            let fingerprint = relay.fingerprint.to_string();
+            let data = dir.path().join("agent");
+            let mut refused = nets.office.spawn(
+                &agent,
+                &[
+                    "register",
+                    "--data-dir",
+                    data.to_str().unwrap(),
+                    "--relay",
+                    &relay_addr,
+                    "--relay-fingerprint",
+                    &fingerprint,
+                    "--id",
+                    "pc-wrong-proxy",
+                    "--proxy",
+                    &wrong,
+                ],
+            );
+            assert_eq!(
+                refused.wait_exit(Duration::from_secs(30)),
+                Some(1),
+                "{}",
+                refused.output()
+            );
+            assert!(
+                refused.output().contains(&format!(
+                    "the proxy at {proxy_addr} wants a user name and password and refused the ones given"
+                )),
+                "{}",
+                refused.output()
+            );
+        }
+        let id = format!("pc-proxied-{n}");
+        let agent = AgentProcess::start_with(
+            &nets,
+            &relay,
+            &id,
+            PASSWORD,
+            office.echo,
+            "auto",
+            &["--proxy", &url],
+        );
+        let online = agent
+            .process
+            .wait_for("online over", Duration::from_secs(15));
+        assert!(
+            online.contains(&format!("TLS/TCP through the proxy {proxy_addr}")),
+            "{online}"
+        );
+        let log =
+            std::fs::read_to_string(proxy_dir.path().join("tinyproxy.log")).unwrap_or_default();
+        assert!(
+            log.contains(&format!("CONNECT {} HTTP/1.1", nets.relay_from_office())),
+            "the proxy carried the agent's connection: {log}\n{}",
+            proxy.output()
+        );
+        let client = ClientProcess::connect(&nets, &relay, &id, PASSWORD, "auto");
+        let mut conn = nets.home.connect(client.local).await;
+        echo_once(&mut conn).await;
+        assert!(
+            !agent.process.output().contains("officeuser:proxypass1"),
+            "the proxy password is never printed"
+        );
     }
 }
