@@ -9,17 +9,20 @@
 //!   queue makes it; no reordering). Each client address gets its own upstream socket, as a
 //!   NAT's mapping. Queues are bounded: a datagram that finds its queue full is dropped.
 //! - **TCP**: bytes cannot be dropped from a stream, so a loss is modelled as what TCP does
-//!   about it: each 1,448-byte segment of the stream is lost with the given probability, and a
-//!   lost segment holds everything behind it until its retransmission arrives: one round trip
-//!   of the path (fast retransmit) when three or more segments follow it in the same read, else
-//!   a retransmission timeout of `max(200 ms, 2 × round trip)` (Linux's smallest RTO is
-//!   200 ms). Delay and jitter keep the stream's order: a chunk leaves no earlier than the one
-//!   before it. The congestion window's cut after a loss is *not* modelled (the real TCP
-//!   underneath sees no loss), so bulk throughput over TCP is optimistic, while QUIC, whose
-//!   datagrams are really dropped, pays its congestion controller's full price.
+//!   about it. Each chunk read is `len / 1448` segments (a small write is a segment of its
+//!   own), each lost with the given probability, and a lost segment holds everything behind
+//!   it until its retransmission arrives: one round trip of the path (fast retransmit) when
+//!   three or more segments follow it in the same read, else a retransmission timeout of
+//!   `max(200 ms, 2 × round trip)` (Linux's smallest RTO is 200 ms; a lone lost segment, as in
+//!   interactive traffic, has nothing behind it to set off fast retransmit). The sender's
+//!   smaller congestion window after losses is modelled by its steady-state rate (Mathis et
+//!   al., 1997): `1448 / round trip × 1.22 / √p` bytes a second at most, as a bottleneck. Delay
+//!   and jitter keep the stream's order: a chunk leaves no earlier than the one before it.
+//!   The round trip is the forwarder's own (both directions' delays). QUIC, whose datagrams
+//!   are really dropped, pays what its own loss recovery and congestion controller charge.
 //! - **Determinism**: every direction of every flow (UDP mapping or TCP connection, numbered in
 //!   the order they arrive) draws from its own generator seeded from the forwarder's seed, so
-//!   the same sequence of datagrams, or the same stream of bytes, gets the same decisions.
+//!   the same sequence of datagrams, or of chunks read from a stream, gets the same decisions.
 //! - **Bounds**: at most [`MAX_FLOWS`] mappings and connections; per TCP direction at most
 //!   [`TCP_QUEUE`] chunks of [`TCP_CHUNK`] bytes in flight (then the reader waits:
 //!   backpressure); per UDP direction at most [`UDP_QUEUE`] datagrams.

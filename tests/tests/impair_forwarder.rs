@@ -159,7 +159,7 @@ async fn a_tcp_stream_through_loss_arrives_whole_and_in_order() {
             .with_jitter(Duration::from_millis(3)),
     )
     .await;
-    let data: Vec<u8> = (0..4u32 << 20).map(|i| (i ^ (i >> 11)) as u8).collect();
+    let data: Vec<u8> = (0..2u32 << 20).map(|i| (i ^ (i >> 11)) as u8).collect();
     let conn = TcpStream::connect(forwarder.addr).await.unwrap();
     let (mut r, mut w) = conn.into_split();
     let sent = data.clone();

@@ -17,6 +17,10 @@ pub const MSS: usize = 1448;
 /// Linux's smallest retransmission timeout (`TCP_RTO_MIN`).
 pub const MIN_RTO: Duration = Duration::from_millis(200);
 
+/// The constant of Mathis et al.'s rate for TCP under random loss, `sqrt(3/2)`, for a
+/// receiver that acknowledges every segment.
+const MATHIS_C: f64 = 1.22;
+
 /// Duplicate acknowledgements a TCP sender waits for before it retransmits without a timeout.
 const DUP_ACK_THRESHOLD: usize = 3;
 
@@ -32,10 +36,6 @@ pub struct Link {
     jitter: StdRng,
     /// When the last datagram or chunk leaves: nothing overtakes it.
     last: Option<Instant>,
-    /// TCP: segments whose loss has been decided (each `MSS` bytes of the stream).
-    segments_decided: u64,
-    /// TCP: bytes of the stream seen so far.
-    stream_pos: u64,
 }
 
 /// What the TCP model did with one chunk.
@@ -59,15 +59,13 @@ impl Link {
             loss: StdRng::seed_from_u64(seed),
             jitter: StdRng::seed_from_u64(seed ^ 0x9e37_79b9_7f4a_7c15),
             last: None,
-            segments_decided: 0,
-            stream_pos: 0,
         }
     }
 
     /// A datagram arriving at `now`: `None` if it is lost, else when it leaves.
     pub fn datagram(&mut self, now: Instant) -> Option<Instant> {
         let lost = self.draw_loss();
-        let departure = self.departure(now, Duration::ZERO);
+        let departure = self.departure(now, Duration::ZERO, Duration::ZERO);
         if lost {
             None
         } else {
@@ -78,27 +76,28 @@ impl Link {
 
     /// A chunk of `len` bytes of a TCP stream read at `now`: when it may be written on.
     ///
-    /// The stream loses nothing, but a lost segment holds everything behind it until it is
-    /// retransmitted, as the receiving TCP delivers in order: for one round trip when at least
-    /// three segments follow it in the chunk (the duplicate acknowledgements they cause make
-    /// the sender retransmit at once: fast retransmit), else for a retransmission timeout,
-    /// `max(200 ms, 2 × round trip)` (a lost tail segment, typical of small interactive
-    /// writes, has nothing behind it to cause duplicate acknowledgements). Several losses in
-    /// one chunk are one recovery: the longest hold counts.
+    /// The chunk is `len / MSS` segments (a small write is one segment of its own, as with
+    /// `TCP_NODELAY`), each lost with the link's probability. The stream loses nothing, but a
+    /// lost segment holds everything behind it until it is retransmitted, as the receiving
+    /// TCP delivers in order: for one round trip when at least three segments follow it in the
+    /// chunk (the duplicate acknowledgements they cause make the sender retransmit at once:
+    /// fast retransmit), else for a retransmission timeout, `max(200 ms, 2 × round trip)` (a
+    /// lost tail segment, typical of small interactive writes, has nothing behind it to cause
+    /// duplicate acknowledgements). Several losses in one chunk are one recovery: the longest
+    /// hold counts.
+    ///
+    /// The sender's answer to loss, a smaller congestion window, is modelled by its
+    /// steady-state rate (Mathis et al., 1997): at most `MSS / round trip × 1.22 / √p` bytes a
+    /// second leave, as through a bottleneck of that rate.
     pub fn chunk(&mut self, len: usize, now: Instant) -> ChunkFate {
-        let start = self.stream_pos;
-        let end = start + len as u64;
-        self.stream_pos = end;
+        let segments = len.div_ceil(MSS).max(1);
         let mut lost_segments = 0;
         let mut held = Duration::ZERO;
-        // Each segment is decided once, by where it starts in the stream.
-        while self.segments_decided * (MSS as u64) < end {
-            let segment_start = self.segments_decided * MSS as u64;
-            self.segments_decided += 1;
+        for i in 0..segments {
             if self.draw_loss() {
                 lost_segments += 1;
-                let behind = (end.saturating_sub(segment_start + MSS as u64)).div_ceil(MSS as u64);
-                let hold = if behind as usize >= DUP_ACK_THRESHOLD {
+                let behind = segments - i - 1;
+                let hold = if behind >= DUP_ACK_THRESHOLD {
                     self.round_trip
                 } else {
                     self.rto()
@@ -106,13 +105,25 @@ impl Link {
                 held = held.max(hold);
             }
         }
-        let departure = self.departure(now, held);
+        let serialisation = match self.loss_limited_rate() {
+            Some(bytes_per_sec) => Duration::from_secs_f64(len as f64 / bytes_per_sec),
+            None => Duration::ZERO,
+        };
+        let departure = self.departure(now, held, serialisation);
         self.last = Some(departure);
         ChunkFate {
             departure,
             lost_segments,
             held,
         }
+    }
+
+    /// The most a Reno-like TCP sender gets through this link's loss, in bytes a second
+    /// (`None` without loss, or without a round trip to pace by).
+    pub fn loss_limited_rate(&self) -> Option<f64> {
+        let p = self.impairment.loss_percent / 100.0;
+        let rtt = self.round_trip.as_secs_f64();
+        (p > 0.0 && rtt > 0.0).then(|| MSS as f64 / rtt * MATHIS_C / p.sqrt())
     }
 
     /// The retransmission timeout of the TCP model.
@@ -126,9 +137,10 @@ impl Link {
     }
 
     /// `now` plus the delay, plus or minus up to the jitter, plus `extra`, and no earlier than
-    /// the one before: jitter as a queue makes it, without reordering. (Reordering, which
-    /// netem's jitter causes, makes both QUIC and TCP declare losses that did not happen.)
-    fn departure(&mut self, now: Instant, extra: Duration) -> Instant {
+    /// `gap` after the one before: jitter as a queue makes it, without reordering.
+    /// (Reordering, which netem's jitter causes, makes both QUIC and TCP declare losses that
+    /// did not happen.)
+    fn departure(&mut self, now: Instant, extra: Duration, gap: Duration) -> Instant {
         let jitter = self.impairment.jitter;
         let mut at = now + self.impairment.delay + extra;
         if !jitter.is_zero() {
@@ -141,7 +153,7 @@ impl Link {
         }
         at = at.max(now);
         match self.last {
-            Some(last) => at.max(last),
+            Some(last) => at.max(last + gap),
             None => at,
         }
     }
@@ -216,23 +228,35 @@ mod tests {
     }
 
     #[test]
-    fn a_stream_loses_the_same_segments_however_its_bytes_are_read() {
+    fn a_stream_loses_its_share_of_segments_and_small_writes_are_segments_of_their_own() {
         let now = Instant::now();
-        let lost_at = |chunks: &[usize]| {
-            let mut link = Link::new(lossy(2.0), Duration::from_millis(20), 11);
-            chunks
-                .iter()
-                .map(|&len| link.chunk(len, now).lost_segments)
-                .sum::<u32>()
-        };
-        let whole = lost_at(&[MSS * 10_000]);
-        let pieces: Vec<usize> = std::iter::repeat_n([MSS * 3, MSS * 7], 1_000)
-            .flatten()
-            .collect();
-        assert_eq!(lost_at(&pieces), whole);
+        let mut link = Link::new(lossy(2.0), Duration::from_millis(20), 11);
+        let big: u32 = (0..1_000).map(|_| link.chunk(MSS * 10, now).lost_segments).sum();
         // 2 % of 10,000 segments, within a few standard deviations (sd = 14).
-        assert!((150..=250).contains(&whole), "{whole}");
+        assert!((150..=250).contains(&big), "{big}");
+        let small: u32 = (0..10_000).map(|_| link.chunk(64, now).lost_segments).sum();
+        assert!((150..=250).contains(&small), "{small}");
     }
+
+    #[test]
+    fn a_lossy_stream_leaves_no_faster_than_tcp_gets_through_such_loss() {
+        let now = Instant::now();
+        let rtt = Duration::from_millis(15);
+        let mut link = Link::new(lossy(2.0), rtt, 4);
+        // 1448 / 0.015 × 1.22 / √0.02: about 833 kB/s.
+        let rate = link.loss_limited_rate().unwrap();
+        assert!((rate - 832_900.0).abs() < 1_000.0, "{rate}");
+        let total = 100 * TCP_CHUNK_FOR_TEST;
+        let last = (0..100)
+            .map(|_| link.chunk(TCP_CHUNK_FOR_TEST, now).departure)
+            .last()
+            .unwrap();
+        let secs = (last - now).as_secs_f64();
+        assert!(secs >= total as f64 / rate * 0.99, "{secs} s");
+        assert!(Link::new(lossy(0.0), rtt, 4).loss_limited_rate().is_none());
+    }
+
+    const TCP_CHUNK_FOR_TEST: usize = 64 * 1024;
 
     #[test]
     fn a_lost_tail_waits_a_timeout_and_a_lost_segment_with_followers_a_round_trip() {
