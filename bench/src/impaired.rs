@@ -79,9 +79,8 @@ pub async fn run(
             let (a, c) = (agent_side.addr, client_side.addr);
             // The chain's start-up blocks (it waits for the processes' lines): off the
             // runtime's workers, which carry the forwarders meanwhile.
-            let chain =
-                tokio::task::spawn_blocking(move || Chain::around(relay, target, t, a, c))
-                    .await??;
+            let chain = tokio::task::spawn_blocking(move || Chain::around(relay, target, t, a, c))
+                .await??;
             let mut row = measure(chain.client_addr, seconds, samples).await?;
             row.path = name(t);
             row.loss_percent_each_way_each_side = loss;

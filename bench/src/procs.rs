@@ -236,8 +236,6 @@ impl Chain {
             dir,
         } = relay;
         let agent_dir = dir.path().join("agent");
-
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         let agent_bin = binary("telework-agent")?;
         let status = Command::new(&agent_bin)
             .args([

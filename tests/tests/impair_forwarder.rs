@@ -96,7 +96,10 @@ async fn udp_jitter_varies_the_delay_within_its_bounds() {
     // machine only ever adds time.)
     let (fastest, median) = (rtts[0], rtts[rtts.len() / 2]);
     assert!(fastest >= Duration::from_millis(20), "{fastest:?}");
-    assert!(fastest < Duration::from_millis(36), "jitter shortened none: {fastest:?}");
+    assert!(
+        fastest < Duration::from_millis(36),
+        "jitter shortened none: {fastest:?}"
+    );
     assert!(
         median > Duration::from_millis(40) && median < Duration::from_millis(75),
         "{median:?}"
@@ -143,9 +146,13 @@ async fn a_lost_tcp_segment_holds_the_stream_for_a_retransmission_timeout() {
         .segments_lost
         .load(std::sync::atomic::Ordering::Relaxed);
     assert!(lost > 0, "5 % of 200 segments");
-    assert!(!held.is_empty() && held.len() as u64 <= lost, "{held:?}, {lost} lost");
     assert!(
-        held.iter().all(|r| **r >= MIN_RTO + rtt && **r < MIN_RTO * 3),
+        !held.is_empty() && held.len() as u64 <= lost,
+        "{held:?}, {lost} lost"
+    );
+    assert!(
+        held.iter()
+            .all(|r| **r >= MIN_RTO + rtt && **r < MIN_RTO * 3),
         "{held:?}"
     );
 }

@@ -231,7 +231,9 @@ mod tests {
     fn a_stream_loses_its_share_of_segments_and_small_writes_are_segments_of_their_own() {
         let now = Instant::now();
         let mut link = Link::new(lossy(2.0), Duration::from_millis(20), 11);
-        let big: u32 = (0..1_000).map(|_| link.chunk(MSS * 10, now).lost_segments).sum();
+        let big: u32 = (0..1_000)
+            .map(|_| link.chunk(MSS * 10, now).lost_segments)
+            .sum();
         // 2 % of 10,000 segments, within a few standard deviations (sd = 14).
         assert!((150..=250).contains(&big), "{big}");
         let small: u32 = (0..10_000).map(|_| link.chunk(64, now).lost_segments).sum();

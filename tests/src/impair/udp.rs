@@ -71,7 +71,10 @@ fn enqueue(link: &mut Link, queue: &mpsc::Sender<Queued>, datagram: &[u8], c: &C
     match link.datagram(Instant::now()) {
         None => Counters::add(&c.datagrams_lost, 1),
         Some(at) => {
-            if queue.try_send((at, Bytes::copy_from_slice(datagram))).is_err() {
+            if queue
+                .try_send((at, Bytes::copy_from_slice(datagram)))
+                .is_err()
+            {
                 Counters::add(&c.datagrams_dropped, 1);
             }
         }
