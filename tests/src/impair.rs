@@ -218,7 +218,7 @@ impl Impairer {
 async fn bind_twins() -> (TcpListener, UdpSocket) {
     for _ in 0..20 {
         let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        if let Ok(udp) = UdpSocket::bind(tcp.local_addr().unwrap()).await {
+        if let Ok(udp) = udp::bind(tcp.local_addr().unwrap()) {
             return (tcp, udp);
         }
     }

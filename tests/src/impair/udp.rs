@@ -20,6 +20,11 @@ use super::{Counters, Link, Shared, MAX_FLOWS, UDP_QUEUE};
 /// loopback may be larger).
 const DATAGRAM: usize = 65_535;
 
+/// Each forwarder socket's kernel buffers: a burst of QUIC at full speed overflows the default
+/// 208 KiB while a task waits its turn, and a datagram the kernel drops is a loss nobody asked
+/// for.
+const SOCKET_BUFFER: usize = 4 * 1024 * 1024;
+
 /// A datagram and when it leaves.
 type Queued = (Instant, Bytes);
 
@@ -89,7 +94,7 @@ async fn open(
     shared: &Arc<Shared>,
     tasks: &mut JoinSet<()>,
 ) -> Option<Mapping> {
-    let upstream = UdpSocket::bind("127.0.0.1:0").await.ok()?;
+    let upstream = bind(SocketAddr::from(([127, 0, 0, 1], 0))).ok()?;
     upstream.connect(shared.target).await.ok()?;
     let upstream = Arc::new(upstream);
     let (up_link, mut down_link) = shared.next_flow();
@@ -142,4 +147,19 @@ where
             Counters::add(&shared.counters.datagrams, 1);
         }
     }
+}
+
+/// A UDP socket on `addr` with [`SOCKET_BUFFER`]-sized kernel buffers (as far as
+/// net.core.rmem_max and wmem_max allow).
+pub(super) fn bind(addr: SocketAddr) -> std::io::Result<UdpSocket> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )?;
+    let _ = socket.set_recv_buffer_size(SOCKET_BUFFER);
+    let _ = socket.set_send_buffer_size(SOCKET_BUFFER);
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    UdpSocket::from_std(socket.into())
 }
