@@ -7,6 +7,7 @@
 mod agents;
 mod crypto_cost;
 mod floor;
+mod impaired;
 mod procs;
 mod report;
 mod scenarios;
@@ -54,9 +55,21 @@ struct Cli {
     /// a session have 256 streams open at once).
     #[arg(long, default_value_t = 200)]
     tunnels: usize,
-    /// Where to write the JSON results.
-    #[arg(long, default_value = "bench-results.json")]
-    json: PathBuf,
+    /// Where to write the JSON results [default: bench-results.json, or
+    /// bench/results-impaired.json with --impaired].
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Instead of the scenarios: both transports through the impairment forwarder (one on
+    /// each side of the relay) at 0, 1 and 3 % loss and a 30 ms round trip, beside plain TCP
+    /// through the same forwarders.
+    #[arg(long)]
+    impaired: bool,
+    /// Seconds per throughput run, each way, with --impaired.
+    #[arg(long, default_value_t = 4.0)]
+    impaired_seconds: f64,
+    /// Timed 64-byte round trips per path and loss rate, with --impaired.
+    #[arg(long, default_value_t = 300)]
+    impaired_round_trips: usize,
     /// A short smoke run (1 run, 1 s, 500 agents, 100 sessions).
     #[arg(long)]
     quick: bool,
@@ -188,6 +201,18 @@ fn name(t: TransportChoice) -> String {
 }
 
 async fn bench(mut cli: Cli) -> anyhow::Result<()> {
+    if cli.impaired {
+        let json = cli
+            .json
+            .unwrap_or_else(|| PathBuf::from("bench/results-impaired.json"));
+        return impaired::run(
+            &cli.transports,
+            cli.impaired_seconds,
+            cli.impaired_round_trips,
+            &json,
+        )
+        .await;
+    }
     if cli.quick {
         cli.runs = 1;
         cli.seconds = 1.0;
@@ -498,8 +523,11 @@ async fn bench(mut cli: Cli) -> anyhow::Result<()> {
     r.paths = paths;
     r.wall_seconds = wall.elapsed().as_secs_f64();
     print_table(&r);
-    std::fs::write(&cli.json, serde_json::to_string_pretty(&r)?)?;
-    println!("\nJSON written to {}", cli.json.display());
+    let json = cli
+        .json
+        .unwrap_or_else(|| PathBuf::from("bench-results.json"));
+    std::fs::write(&json, serde_json::to_string_pretty(&r)?)?;
+    println!("\nJSON written to {}", json.display());
     Ok(())
 }
 

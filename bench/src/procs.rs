@@ -214,36 +214,34 @@ impl Chain {
         transport: TransportChoice,
         relay_args: &[String],
     ) -> anyhow::Result<Self> {
-        let dir = tempfile::tempdir()?;
-        let relay_dir = dir.path().join("relay");
-        let agent_dir = dir.path().join("agent");
-        let mut relay = Command::new(binary("telework-relay")?)
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(&relay_dir)
-            .args(relay_args)
-            .env("RUST_LOG", "error")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()?;
-        let listening = read_line_with(
-            &mut relay,
-            "telework-relay listening on ",
-            Duration::from_secs(10),
-        )?;
-        let relay_addr: SocketAddr = listening
-            .split_whitespace()
-            .next()
-            .unwrap_or_default()
-            .parse()?;
-        let relay = Proc { child: relay };
-        let fingerprint = fingerprint_of(&relay_dir)?;
+        let relay = RelayProc::start(relay_args)?;
+        let addr = relay.addr;
+        Self::around(relay, target, transport, addr, addr)
+    }
 
+    /// An agent and a client on `transport` around a running relay, the agent dialling
+    /// `agent_via` and the client `client_via` (the relay's address, or something in front
+    /// of it), and waits until the client listens.
+    pub fn around(
+        relay: RelayProc,
+        target: SocketAddr,
+        transport: TransportChoice,
+        agent_via: SocketAddr,
+        client_via: SocketAddr,
+    ) -> anyhow::Result<Self> {
+        let RelayProc {
+            proc: relay,
+            addr: relay_addr,
+            fingerprint,
+            dir,
+        } = relay;
+        let agent_dir = dir.path().join("agent");
         let agent_bin = binary("telework-agent")?;
         let status = Command::new(&agent_bin)
             .args([
                 "register",
                 "--relay",
-                &relay_addr.to_string(),
+                &agent_via.to_string(),
                 "--relay-fingerprint",
                 &fingerprint,
                 "--id",
@@ -289,7 +287,7 @@ impl Chain {
                     "connect",
                     BENCH_ID,
                     "--relay",
-                    &relay_addr.to_string(),
+                    &client_via.to_string(),
                     "--relay-fingerprint",
                     &fingerprint,
                     "--transport",
@@ -343,6 +341,52 @@ impl Chain {
             fingerprint,
             transport,
             _dir: dir,
+        })
+    }
+}
+
+/// A relay process started on its own: the first part of a [`Chain`].
+pub struct RelayProc {
+    /// The process.
+    pub proc: Proc,
+    /// Where it listens (TCP and UDP).
+    pub addr: SocketAddr,
+    /// Its certificate's fingerprint.
+    pub fingerprint: String,
+    /// Its data dir, and the chain's others beside it.
+    dir: tempfile::TempDir,
+}
+
+impl RelayProc {
+    /// Starts `telework-relay serve` on a free loopback port with `relay_args`.
+    pub fn start(relay_args: &[String]) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let relay_dir = dir.path().join("relay");
+        let mut relay = Command::new(binary("telework-relay")?)
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(&relay_dir)
+            .args(relay_args)
+            .env("RUST_LOG", "error")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let listening = read_line_with(
+            &mut relay,
+            "telework-relay listening on ",
+            Duration::from_secs(10),
+        )?;
+        let addr: SocketAddr = listening
+            .split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .parse()?;
+        let proc = Proc { child: relay };
+        let fingerprint = fingerprint_of(&relay_dir)?;
+        Ok(Self {
+            proc,
+            addr,
+            fingerprint,
+            dir,
         })
     }
 }

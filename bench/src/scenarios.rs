@@ -12,7 +12,8 @@ use tokio::net::TcpStream;
 use crate::procs::{Chain, Proc, BENCH_ID, BENCH_PASSWORD};
 use crate::target;
 
-async fn open(addr: SocketAddr, mode: u8) -> anyhow::Result<TcpStream> {
+/// A connection to the target through `addr`, in `mode` (see [`target`]).
+pub(crate) async fn open(addr: SocketAddr, mode: u8) -> anyhow::Result<TcpStream> {
     let mut conn = TcpStream::connect(addr).await?;
     conn.set_nodelay(true)?;
     conn.write_all(&[mode]).await?;

@@ -18,6 +18,7 @@ pub mod desktop;
 pub mod evil;
 pub mod gate;
 pub mod hand_login;
+pub mod impair;
 pub mod it_staff;
 pub mod netns;
 pub mod netns_chain;
