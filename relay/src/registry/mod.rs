@@ -40,7 +40,10 @@ pub struct Registry {
     db: Mutex<Connection>,
 }
 
-const SCHEMA: &str = "
+/// Each part's tables; every one is `CREATE … IF NOT EXISTS`, applied at every open.
+const SCHEMAS: &[&str] = &[MACHINES_SCHEMA];
+
+const MACHINES_SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS machines (
     id          TEXT PRIMARY KEY,
     public_key  BLOB NOT NULL,
@@ -78,8 +81,7 @@ impl Registry {
         db.pragma_update(None, "journal_mode", "WAL")?;
         db.pragma_update(None, "synchronous", "NORMAL")?;
         db.busy_timeout(std::time::Duration::from_secs(5))?;
-        db.execute_batch(SCHEMA)?;
-        Ok(Self { db: Mutex::new(db) })
+        Self::migrated(db)
     }
 
     /// An in-memory registry, for tests.
@@ -88,7 +90,13 @@ impl Registry {
     /// Only if SQLite fails.
     pub fn in_memory() -> Result<Self, RegistryError> {
         let db = Connection::open_in_memory()?;
-        db.execute_batch(SCHEMA)?;
+        Self::migrated(db)
+    }
+
+    fn migrated(db: Connection) -> Result<Self, RegistryError> {
+        for schema in SCHEMAS {
+            db.execute_batch(schema)?;
+        }
         Ok(Self { db: Mutex::new(db) })
     }
 
