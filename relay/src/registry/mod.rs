@@ -1,5 +1,6 @@
 //! The machine registry: an embedded SQLite database of computer IDs, machine keys and
-//! enrolment tokens.
+//! enrolment tokens, and the parts beside it: [`operators`] (console accounts and API tokens)
+//! and [`enrolment`] (listing and revoking tokens).
 
 use std::path::Path;
 use std::sync::Mutex;
@@ -7,6 +8,12 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use rusqlite::{params, Connection, OptionalExtension};
 use telework_protocol::ComputerId;
+
+mod enrolment;
+mod operators;
+
+pub use enrolment::EnrolmentToken;
+pub use operators::{hash_password, valid_operator_name, ApiToken, MIN_PASSWORD_LEN};
 
 /// A registry failure.
 #[derive(Debug, thiserror::Error)]
@@ -20,6 +27,9 @@ pub enum RegistryError {
     /// The enrolment token is unknown, used up or expired.
     #[error("enrolment token not valid")]
     BadToken,
+    /// A value given to the registry is not acceptable.
+    #[error("{0}")]
+    Invalid(&'static str),
 }
 
 /// One registered machine.
@@ -41,7 +51,7 @@ pub struct Registry {
 }
 
 /// Each part's tables; every one is `CREATE … IF NOT EXISTS`, applied at every open.
-const SCHEMAS: &[&str] = &[MACHINES_SCHEMA];
+const SCHEMAS: &[&str] = &[MACHINES_SCHEMA, operators::OPERATORS_SCHEMA];
 
 const MACHINES_SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS machines (
@@ -97,6 +107,7 @@ impl Registry {
         for schema in SCHEMAS {
             db.execute_batch(schema)?;
         }
+        enrolment::migrate(&db)?;
         Ok(Self { db: Mutex::new(db) })
     }
 
