@@ -1,31 +1,12 @@
 //! Enrolment tokens as the console lists them: a short non-secret id (from the stored hash),
 //! an optional label, uses left and expiry; never the secret.
 
-use rusqlite::{params, Connection};
+use rusqlite::params;
 
 use super::{now, Registry, RegistryError};
 
 /// The id of a token: the first 6 bytes of its stored SHA-256, in lower-case hex.
 const ID_SQL: &str = "lower(hex(substr(token_hash, 1, 6)))";
-
-/// Columns added after the first release, each with its type; added to existing databases.
-const ADDED_COLUMNS: &[(&str, &str)] = &[("label", "TEXT"), ("created_by", "TEXT")];
-
-/// Adds the columns of [`ADDED_COLUMNS`] that an older database lacks.
-pub(super) fn migrate(db: &Connection) -> Result<(), rusqlite::Error> {
-    let mut stmt = db.prepare("SELECT name FROM pragma_table_info('enrolment_tokens')")?;
-    let have: Vec<String> = stmt
-        .query_map([], |r| r.get(0))?
-        .collect::<Result<_, _>>()?;
-    for (column, kind) in ADDED_COLUMNS {
-        if !have.iter().any(|c| c == column) {
-            db.execute_batch(&format!(
-                "ALTER TABLE enrolment_tokens ADD COLUMN {column} {kind}"
-            ))?;
-        }
-    }
-    Ok(())
-}
 
 /// One enrolment token, as listed.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -150,7 +131,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("relay.db");
         {
-            let db = Connection::open(&path).unwrap();
+            let db = rusqlite::Connection::open(&path).unwrap();
             db.execute_batch(
                 "CREATE TABLE enrolment_tokens (token_hash BLOB PRIMARY KEY, created INTEGER NOT NULL,
                  expires INTEGER NOT NULL, uses_left INTEGER NOT NULL);
