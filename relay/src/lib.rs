@@ -6,6 +6,7 @@
 //! serves QUIC on UDP and TLS with HTTP/2 streams on TCP, on the same port.
 //!
 //! # Layout
+//! - [`admin`]: the admin listener: metrics, the operators' web console and its JSON API.
 //! - [`config`]: settings from the command line and a TOML file, validated once.
 //! - [`identity`]: the TLS certificate (operator's files, or self-signed on first start).
 //! - [`registry`]: SQLite registry of machines, enrolment tokens, operators and the audit log.
@@ -20,6 +21,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod admin;
 pub mod agent_conn;
 pub mod client_conn;
 pub mod config;

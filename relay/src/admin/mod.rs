@@ -127,8 +127,6 @@ routes! {
     GET "/tokens" Page => pages::tokens,
     POST "/tokens" Page => pages::create_token,
     POST "/tokens/{id}/revoke" Page => pages::revoke_token,
-    GET "/audit" Page => pages::audit,
-    GET "/audit/export" Page => pages::audit_export,
     GET "/events" Page => live::events,
     GET "/metrics" Public => metrics,
     GET "/static/{file}" Public => pages::asset,
@@ -141,7 +139,6 @@ routes! {
     GET "/api/v1/tokens" Api => api::tokens,
     POST "/api/v1/tokens" Api => api::create_token,
     DELETE "/api/v1/tokens/{id}" Api => api::revoke_token,
-    GET "/api/v1/audit" Api => api::audit,
 }
 
 /// What every admin request shares.
@@ -211,7 +208,7 @@ async fn metrics(State(console): State<Arc<Console>>) -> Response {
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        console.relay.metrics.encode(),
+        console.relay.metrics_text(),
     )
         .into_response()
 }

@@ -3,7 +3,8 @@
 //! Passwords are stored as Argon2id PHC strings; API tokens are shown once and only their
 //! SHA-256 is kept, beside a short non-secret id that lists and revokes them.
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::password_hash::phc::PasswordHash;
+use argon2::password_hash::{PasswordHasher, PasswordVerifier};
 use argon2::Argon2;
 use rusqlite::{params, OptionalExtension};
 
@@ -40,10 +41,9 @@ pub fn valid_operator_name(name: &str) -> bool {
 /// # Errors
 /// Only if Argon2 rejects its own parameters.
 pub fn hash_password(password: &str) -> Result<String, argon2::password_hash::Error> {
-    let salt = SaltString::generate(&mut argon2::password_hash::rand_core::OsRng);
-    Ok(Argon2::default()
-        .hash_password(password.as_bytes(), &salt)?
-        .to_string())
+    let salt: [u8; 16] = rand::random();
+    let hash: PasswordHash = Argon2::default().hash_password_with_salt(password.as_bytes(), &salt)?;
+    Ok(hash.to_string())
 }
 
 /// A PHC string of a password nobody knows, verified against when the user name is unknown

@@ -1,0 +1,241 @@
+//! What an operator can do, shared by the pages and the API. Every action that changes
+//! something is audited with the operator's name through [`audit`].
+
+use std::sync::Arc;
+
+use telework_protocol::{ComputerId, ErrorCode};
+use tracing::info;
+
+use super::Console;
+use crate::registry::RegistryError;
+
+/// Why an action failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ActionError {
+    /// Nothing by that id.
+    #[error("{0}")]
+    NotFound(String),
+    /// The input is not acceptable.
+    #[error("{0}")]
+    Invalid(String),
+    /// The registry failed.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    /// The blocking task was lost.
+    #[error("internal error")]
+    Internal,
+}
+
+impl ActionError {
+    /// The HTTP status that says it.
+    pub fn status(&self) -> axum::http::StatusCode {
+        use axum::http::StatusCode;
+        match self {
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::Invalid(_) | Self::Registry(RegistryError::Invalid(_)) => StatusCode::BAD_REQUEST,
+            Self::Registry(_) | Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+/// Records that `operator` did `action`, on `computer_id` and/or `target`.
+pub fn audit(
+    console: &Console,
+    operator: &str,
+    action: &str,
+    computer_id: Option<&ComputerId>,
+    target: Option<&str>,
+) {
+    let _ = console;
+    info!(
+        operator,
+        action,
+        computer_id = computer_id.map(ComputerId::as_str),
+        target,
+        "admin action"
+    );
+}
+
+/// Runs registry work off the async threads.
+async fn blocking<T: Send + 'static>(
+    console: &Arc<Console>,
+    work: impl FnOnce(&crate::registry::Registry) -> Result<T, RegistryError> + Send + 'static,
+) -> Result<T, ActionError> {
+    let relay = console.relay.clone();
+    tokio::task::spawn_blocking(move || work(&relay.registry))
+        .await
+        .map_err(|_| ActionError::Internal)?
+        .map_err(ActionError::from)
+}
+
+/// Parses a computer ID from a path.
+///
+/// # Errors
+/// [`ActionError::NotFound`]: no machine can have that ID.
+pub fn computer_id(text: &str) -> Result<ComputerId, ActionError> {
+    text.parse()
+        .map_err(|_| ActionError::NotFound(format!("no machine is registered as {text:?}")))
+}
+
+/// Disables (or enables) machine `id`; a disabled machine's agent is dropped at once and
+/// refused until it is enabled again.
+///
+/// # Errors
+/// [`ActionError::NotFound`] if it is not registered.
+pub async fn set_disabled(
+    console: &Arc<Console>,
+    operator: &str,
+    id: ComputerId,
+    disabled: bool,
+) -> Result<(), ActionError> {
+    let key = id.clone();
+    if !blocking(console, move |r| r.set_disabled(&key, disabled)).await? {
+        return Err(ActionError::NotFound(format!(
+            "no machine is registered as {id}"
+        )));
+    }
+    if disabled {
+        console.relay.hub.disconnect(&id, ErrorCode::Disabled);
+    }
+    let action = if disabled {
+        "machine_disable"
+    } else {
+        "machine_enable"
+    };
+    audit(console, operator, action, Some(&id), None);
+    Ok(())
+}
+
+/// Removes machine `id`'s registration and disconnects its agent.
+///
+/// # Errors
+/// [`ActionError::NotFound`] if it is not registered.
+pub async fn remove_machine(
+    console: &Arc<Console>,
+    operator: &str,
+    id: ComputerId,
+) -> Result<(), ActionError> {
+    let key = id.clone();
+    if !blocking(console, move |r| r.remove(&key)).await? {
+        return Err(ActionError::NotFound(format!(
+            "no machine is registered as {id}"
+        )));
+    }
+    console.relay.hub.disconnect(&id, ErrorCode::UnknownId);
+    audit(console, operator, "machine_remove", Some(&id), None);
+    Ok(())
+}
+
+/// Ends live session `id`: the client is told the relay operator ended it.
+///
+/// # Errors
+/// [`ActionError::NotFound`] if no such session is live.
+pub fn end_session(console: &Console, operator: &str, id: u64) -> Result<(), ActionError> {
+    let computer = console
+        .relay
+        .sessions
+        .list()
+        .into_iter()
+        .find(|s| s.id == id)
+        .map(|s| s.computer_id);
+    if !console.relay.sessions.end(id) {
+        return Err(ActionError::NotFound(format!("no live session {id}")));
+    }
+    audit(
+        console,
+        operator,
+        "session_end",
+        computer.as_ref(),
+        Some(&format!("session {id}")),
+    );
+    Ok(())
+}
+
+/// Most registrations one enrolment token may allow.
+pub const MAX_TOKEN_USES: u32 = 10_000;
+/// Longest an enrolment token may stay valid, in hours (a year).
+pub const MAX_TOKEN_HOURS: u64 = 24 * 366;
+
+/// A new enrolment token: the secret (shown once) and its id.
+#[derive(Debug, serde::Serialize)]
+pub struct NewToken {
+    /// The token to hand to IT staff; not kept by the relay.
+    pub token: String,
+    /// Its id, for listing and revoking.
+    pub id: String,
+    /// Registrations it allows.
+    pub uses: u32,
+    /// Hours it stays valid.
+    pub hours: u64,
+}
+
+/// Creates an enrolment token for `uses` registrations within `hours`.
+///
+/// # Errors
+/// [`ActionError::Invalid`] for values out of range.
+pub async fn create_token(
+    console: &Arc<Console>,
+    operator: &str,
+    uses: u32,
+    hours: u64,
+    label: Option<String>,
+) -> Result<NewToken, ActionError> {
+    if !(1..=MAX_TOKEN_USES).contains(&uses) {
+        return Err(ActionError::Invalid(format!(
+            "uses must be between 1 and {MAX_TOKEN_USES}"
+        )));
+    }
+    if !(1..=MAX_TOKEN_HOURS).contains(&hours) {
+        return Err(ActionError::Invalid(format!(
+            "hours must be between 1 and {MAX_TOKEN_HOURS}"
+        )));
+    }
+    let label = label.map(|l| l.trim().to_owned()).filter(|l| !l.is_empty());
+    if label
+        .as_ref()
+        .is_some_and(|l| l.chars().count() > 64 || l.chars().any(char::is_control))
+    {
+        return Err(ActionError::Invalid(
+            "a label is at most 64 printable characters".into(),
+        ));
+    }
+    let by = operator.to_owned();
+    let (token, id) = blocking(console, move |r| {
+        r.create_labelled_token(uses, hours.saturating_mul(3600), label.as_deref(), Some(&by))
+    })
+    .await?;
+    audit(console, operator, "token_create", None, Some(&id));
+    Ok(NewToken {
+        token,
+        id,
+        uses,
+        hours,
+    })
+}
+
+/// Revokes enrolment token `id`.
+///
+/// # Errors
+/// [`ActionError::NotFound`] if there is no such token.
+pub async fn revoke_token(
+    console: &Arc<Console>,
+    operator: &str,
+    id: String,
+) -> Result<(), ActionError> {
+    let key = id.clone();
+    if !blocking(console, move |r| r.revoke_token(&key)).await? {
+        return Err(ActionError::NotFound(format!("no enrolment token {id}")));
+    }
+    audit(console, operator, "token_revoke", None, Some(&id));
+    Ok(())
+}
+
+/// Every enrolment token.
+///
+/// # Errors
+/// A registry error.
+pub async fn tokens(
+    console: &Arc<Console>,
+) -> Result<Vec<crate::registry::EnrolmentToken>, ActionError> {
+    blocking(console, |r| r.enrolment_tokens()).await
+}
