@@ -40,6 +40,41 @@ pub struct Settings {
     /// together, with a minute's worth allowed at once. Raise it on a relay whose employees
     /// often look up PCs that are off; see `limits` for what happens when it runs out.
     pub global_failures_per_sec: Option<f64>,
+    /// Serve the admin console and metrics (on by default).
+    pub admin: Option<bool>,
+    /// Address of the admin listener (default `127.0.0.1:9480`).
+    pub admin_listen: Option<String>,
+    /// TLS on the admin listener: `auto` (on unless the address is loopback), `on` or `off`
+    /// (loopback only).
+    pub admin_tls: Option<AdminTls>,
+    /// Certificate chain (PEM) for the admin listener instead of the relay's. Needs
+    /// `admin_key`.
+    pub admin_cert: Option<PathBuf>,
+    /// Private key (PEM) for `admin_cert`.
+    pub admin_key: Option<PathBuf>,
+}
+
+/// Whether the admin listener serves TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum AdminTls {
+    /// TLS unless the address is loopback (or an admin certificate is given).
+    Auto,
+    /// Always TLS.
+    On,
+    /// Plain HTTP: refused on any address but loopback.
+    Off,
+}
+
+/// The admin listener's checked settings.
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    /// Where it listens.
+    pub listen: SocketAddr,
+    /// Whether it serves TLS.
+    pub tls: bool,
+    /// Its own certificate and key, or `None` for the relay's.
+    pub cert_files: Option<(PathBuf, PathBuf)>,
 }
 
 /// A checked configuration.
@@ -67,6 +102,8 @@ pub struct RelayConfig {
     pub per_address_limits: bool,
     /// See [`Settings::global_failures_per_sec`].
     pub global_failures: crate::limits::Rate,
+    /// The admin listener, unless turned off.
+    pub admin: Option<AdminConfig>,
 }
 
 /// A configuration problem, said precisely.
@@ -143,6 +180,11 @@ impl Settings {
             global_failures_per_sec: over
                 .global_failures_per_sec
                 .or(self.global_failures_per_sec),
+            admin: over.admin.or(self.admin),
+            admin_listen: over.admin_listen.or(self.admin_listen),
+            admin_tls: over.admin_tls.or(self.admin_tls),
+            admin_cert: over.admin_cert.or(self.admin_cert),
+            admin_key: over.admin_key.or(self.admin_key),
         }
     }
 
@@ -151,6 +193,7 @@ impl Settings {
     /// # Errors
     /// [`ConfigError::Invalid`] naming the setting.
     pub fn validate(self) -> Result<RelayConfig, ConfigError> {
+        let admin = self.admin_config()?;
         let listen_text = self.listen.unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
         let listen = listen_text.parse().map_err(|_| ConfigError::Invalid {
             setting: "listen",
@@ -217,7 +260,55 @@ impl Settings {
                 .unwrap_or(defaults.shutdown_grace),
             per_address_limits: self.per_address_limits.unwrap_or(true),
             global_failures,
+            admin,
         })
+    }
+
+    /// Checks the admin listener's settings: plain HTTP only on loopback.
+    fn admin_config(&self) -> Result<Option<AdminConfig>, ConfigError> {
+        if self.admin == Some(false) {
+            return Ok(None);
+        }
+        let text = self
+            .admin_listen
+            .clone()
+            .unwrap_or_else(|| crate::admin::DEFAULT_ADMIN_LISTEN.to_owned());
+        let listen: SocketAddr = text.parse().map_err(|_| ConfigError::Invalid {
+            setting: "admin_listen",
+            message: format!("{text:?} is not an address like 127.0.0.1:9480"),
+        })?;
+        let cert_files = match (&self.admin_cert, &self.admin_key) {
+            (Some(c), Some(k)) => Some((c.clone(), k.clone())),
+            (None, None) => None,
+            _ => {
+                return Err(ConfigError::Invalid {
+                    setting: "admin_cert/admin_key",
+                    message: "give both a certificate and its key, or neither for the relay's"
+                        .into(),
+                })
+            }
+        };
+        let loopback = listen.ip().is_loopback();
+        let tls = match self.admin_tls.unwrap_or(AdminTls::Auto) {
+            AdminTls::On => true,
+            AdminTls::Off => false,
+            AdminTls::Auto => !loopback || cert_files.is_some(),
+        };
+        if !tls && !loopback {
+            return Err(ConfigError::Invalid {
+                setting: "admin_listen",
+                message: format!(
+                    "{listen} is not a loopback address, and the admin console serves plain \
+                     HTTP only on loopback: drop --admin-tls off (TLS with the relay's \
+                     certificate, or --admin-cert/--admin-key), or listen on 127.0.0.1"
+                ),
+            });
+        }
+        Ok(Some(AdminConfig {
+            listen,
+            tls,
+            cert_files,
+        }))
     }
 }
 
@@ -343,6 +434,38 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("data_dir"));
+    }
+
+    #[test]
+    fn the_admin_listener_needs_tls_off_loopback() {
+        let with = |listen: &str, tls: Option<AdminTls>| Settings {
+            data_dir: Some("/d".into()),
+            admin_listen: Some(listen.into()),
+            admin_tls: tls,
+            ..Default::default()
+        };
+        let admin = with("127.0.0.1:0", None).validate().unwrap().admin.unwrap();
+        assert!(!admin.tls);
+        let admin = with("0.0.0.0:9480", None).validate().unwrap().admin.unwrap();
+        assert!(admin.tls);
+        let err = with("0.0.0.0:9480", Some(AdminTls::Off))
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not a loopback address"), "{err}");
+        assert!(with("[::1]:1", Some(AdminTls::Off)).validate().is_ok());
+        let default = Settings {
+            data_dir: Some("/d".into()),
+            ..Default::default()
+        };
+        let admin = default.validate().unwrap().admin.unwrap();
+        assert_eq!(admin.listen.to_string(), "127.0.0.1:9480");
+        let off = Settings {
+            data_dir: Some("/d".into()),
+            admin: Some(false),
+            ..Default::default()
+        };
+        assert!(off.validate().unwrap().admin.is_none());
     }
 
     #[test]

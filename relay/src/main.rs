@@ -12,7 +12,7 @@ use telework_protocol::ComputerId;
 use telework_relay::config::Settings;
 use telework_relay::identity::{self, TlsIdentity};
 use telework_relay::registry::Registry;
-use telework_relay::{Registration, Relay};
+use telework_relay::{admin, Registration, Relay};
 use tracing::{info, warn};
 
 /// The telework relay: office PCs dial in, home PCs ask for them by computer ID, and the relay
@@ -42,6 +42,9 @@ enum Command {
     Token(TokenCommand),
     /// List registered machines (or remove one).
     Machines(MachinesArgs),
+    /// Console accounts and API tokens.
+    #[command(subcommand)]
+    Admin(telework_relay::admin::cli::AdminCommand),
 }
 
 #[derive(clap::Args)]
@@ -111,6 +114,22 @@ struct ServeArgs {
     /// addresses, or for load tests from one address).
     #[arg(long)]
     no_per_address_limits: bool,
+    /// Address of the admin console and metrics [default: 127.0.0.1:9480]. Anything but
+    /// loopback needs TLS (the relay's certificate unless --admin-cert is given).
+    #[arg(long)]
+    admin_listen: Option<String>,
+    /// Do not serve the admin console and metrics.
+    #[arg(long, conflicts_with = "admin_listen")]
+    no_admin: bool,
+    /// TLS on the admin listener [default: auto, meaning on unless it is loopback].
+    #[arg(long, value_enum)]
+    admin_tls: Option<telework_relay::config::AdminTls>,
+    /// Certificate chain (PEM) for the admin listener instead of the relay's.
+    #[arg(long, requires = "admin_key")]
+    admin_cert: Option<PathBuf>,
+    /// Private key (PEM) for --admin-cert.
+    #[arg(long, requires = "admin_cert")]
+    admin_key: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -134,6 +153,11 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve(args),
+        Command::Admin(command) => telework_relay::admin::cli::run(
+            command,
+            open_registry,
+            &mut std::io::stdin().lock(),
+        ),
         Command::Fingerprint { data_dir, cert } => {
             let id = match cert {
                 Some(cert) => {
@@ -245,8 +269,14 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         registration: args.registration,
         hostnames: (!args.hostnames.is_empty()).then_some(args.hostnames),
         per_address_limits: args.no_per_address_limits.then_some(false),
+        admin: args.no_admin.then_some(false),
+        admin_listen: args.admin_listen.clone(),
+        admin_tls: args.admin_tls,
+        admin_cert: args.admin_cert,
+        admin_key: args.admin_key,
         ..Default::default()
     };
+    let admin_address_given = args.admin_listen.is_some() || file.admin_listen.is_some();
     let config = file.overridden_by(flags).validate()?;
     let registry = open_registry(&config.data_dir)?;
     let identity: TlsIdentity = match &config.cert_files {
@@ -277,12 +307,41 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         if config.registration == Registration::Open {
             warn!("registration is open: anyone who reaches this relay can register a computer ID (use --registration token in production)");
         }
+        let stop = tokio_util::sync::CancellationToken::new();
+        let admin = match &config.admin {
+            None => None,
+            Some(admin) => match admin::cli::bind(admin, &identity).await {
+                Ok((admin_listener, options)) => {
+                    let scheme = if options.tls.is_some() { "https" } else { "http" };
+                    println!("admin console on {scheme}://{}/", admin_listener.local_addr()?);
+                    let stopped = stop.clone();
+                    Some(tokio::spawn(admin::serve(
+                        relay.clone(),
+                        admin_listener,
+                        options,
+                        async move { stopped.cancelled().await },
+                    )))
+                }
+                // The default address may be taken by another program: go on without it.
+                Err(e) if !admin_address_given => {
+                    warn!("admin console not started: {e:#}");
+                    None
+                }
+                Err(e) => return Err(e),
+            },
+        };
+        let stopping = stop.clone();
         relay
-            .serve(listener, quic, async {
+            .serve(listener, quic, async move {
                 shutdown_signal().await;
                 info!("shutdown signal received");
+                stopping.cancel();
             })
             .await;
+        stop.cancel();
+        if let Some(admin) = admin {
+            let _ = admin.await;
+        }
         Ok::<(), anyhow::Error>(())
     })
 }

@@ -14,6 +14,7 @@
 pub mod actions;
 pub mod api;
 pub mod auth;
+pub mod cli;
 pub mod live;
 pub mod pages;
 

@@ -1,0 +1,195 @@
+//! `telework-relay admin …` (operator accounts and API tokens) and starting the admin
+//! listener from the checked configuration; `main.rs` only dispatches here.
+
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+
+use super::AdminOptions;
+use crate::config::AdminConfig;
+use crate::identity::{self, TlsIdentity};
+use crate::registry::{Registry, MIN_PASSWORD_LEN};
+
+/// `telework-relay admin`: console accounts and API tokens.
+#[derive(clap::Subcommand)]
+pub enum AdminCommand {
+    /// Add an operator who can sign in to the console (or set an existing one's password).
+    AddUser {
+        /// The operator's user name: 1 to 32 letters, digits, '.', '_' or '-'.
+        name: String,
+        /// The relay's data directory.
+        #[arg(long, env = "TELEWORK_RELAY_DATA_DIR")]
+        data_dir: PathBuf,
+        /// Read the password from one line of standard input (required: passwords never go
+        /// on the command line).
+        #[arg(long, required = true)]
+        password_stdin: bool,
+    },
+    /// API tokens for scripts (`Authorization: Bearer …`).
+    #[command(subcommand)]
+    Token(ApiTokenCommand),
+}
+
+/// `telework-relay admin token …`.
+#[derive(clap::Subcommand)]
+pub enum ApiTokenCommand {
+    /// Create an API token and print it once (only its SHA-256 is kept).
+    Create {
+        /// The relay's data directory.
+        #[arg(long, env = "TELEWORK_RELAY_DATA_DIR")]
+        data_dir: PathBuf,
+        /// A name to recognise it by (shown in lists and in the audit log).
+        #[arg(long, default_value = "api")]
+        name: String,
+    },
+    /// List API tokens (never their secrets).
+    List {
+        /// The relay's data directory.
+        #[arg(long, env = "TELEWORK_RELAY_DATA_DIR")]
+        data_dir: PathBuf,
+    },
+    /// Revoke an API token by its id.
+    Revoke {
+        /// The token's id, from 'admin token list'.
+        id: String,
+        /// The relay's data directory.
+        #[arg(long, env = "TELEWORK_RELAY_DATA_DIR")]
+        data_dir: PathBuf,
+    },
+}
+
+/// Runs an admin command; `open` opens the registry in a data directory, `stdin` gives the
+/// password.
+///
+/// # Errors
+/// A one-line explanation for the operator.
+pub fn run(
+    command: AdminCommand,
+    open: impl Fn(&Path) -> anyhow::Result<Registry>,
+    stdin: &mut dyn BufRead,
+) -> anyhow::Result<()> {
+    match command {
+        AdminCommand::AddUser { name, data_dir, .. } => {
+            anyhow::ensure!(
+                crate::registry::valid_operator_name(&name),
+                "{name:?} is not a user name: use 1 to 32 letters, digits, '.', '_' or '-'"
+            );
+            let mut line = String::new();
+            stdin
+                .read_line(&mut line)
+                .context("reading the password from standard input")?;
+            let password = line.trim_end_matches(['\r', '\n']);
+            anyhow::ensure!(
+                !password.is_empty(),
+                "no password on standard input: give it as one line"
+            );
+            anyhow::ensure!(
+                password.chars().count() >= MIN_PASSWORD_LEN,
+                "the password is too short: use at least {MIN_PASSWORD_LEN} characters"
+            );
+            let registry = open(&data_dir)?;
+            if registry.set_operator(&name, password)? {
+                println!("added operator {name}");
+            } else {
+                println!("changed the password of operator {name}");
+            }
+            Ok(())
+        }
+        AdminCommand::Token(ApiTokenCommand::Create { data_dir, name }) => {
+            let registry = open(&data_dir)?;
+            let (id, secret) = registry.create_api_token(&name)?;
+            println!("{secret}");
+            eprintln!(
+                "API token {id} ({name}): shown only now; send it as 'Authorization: Bearer …'"
+            );
+            Ok(())
+        }
+        AdminCommand::Token(ApiTokenCommand::List { data_dir }) => {
+            let tokens = open(&data_dir)?.api_tokens()?;
+            if tokens.is_empty() {
+                println!("no API tokens");
+            }
+            for t in tokens {
+                let used = t
+                    .last_used
+                    .map_or_else(|| "never".to_owned(), super::pages::utc);
+                println!(
+                    "{}  {:<24} created {}  last used {used}",
+                    t.id,
+                    t.name,
+                    super::pages::utc(t.created)
+                );
+            }
+            Ok(())
+        }
+        AdminCommand::Token(ApiTokenCommand::Revoke { id, data_dir }) => {
+            anyhow::ensure!(
+                open(&data_dir)?.revoke_api_token(&id)?,
+                "no API token has id {id:?} (see 'telework-relay admin token list')"
+            );
+            println!("revoked API token {id}");
+            Ok(())
+        }
+    }
+}
+
+/// Binds the admin listener as configured, with TLS from its own files or the relay's
+/// identity.
+///
+/// # Errors
+/// The address cannot be bound, or the certificate files are wrong.
+pub async fn bind(
+    config: &AdminConfig,
+    relay_identity: &TlsIdentity,
+) -> anyhow::Result<(TcpListener, AdminOptions)> {
+    let tls = if config.tls {
+        let server = match &config.cert_files {
+            Some((cert, key)) => {
+                let own = identity::from_files(cert, key)?;
+                http_tls(own.chain, own.key)?
+            }
+            None => http_tls(
+                relay_identity.chain.clone(),
+                relay_identity.key.clone_key(),
+            )?,
+        };
+        Some(Arc::new(server))
+    } else {
+        None
+    };
+    let listener = TcpListener::bind(config.listen).await.with_context(|| {
+        format!(
+            "cannot listen on {} for the admin console (--admin-listen ADDR, or --no-admin)",
+            config.listen
+        )
+    })?;
+    Ok((
+        listener,
+        AdminOptions {
+            tls,
+            ..AdminOptions::default()
+        },
+    ))
+}
+
+/// A TLS 1.2/1.3 server configuration for browsers (HTTP/1.1).
+///
+/// # Errors
+/// The key does not match the certificate.
+pub fn http_tls(
+    chain: Vec<rustls::pki_types::CertificateDer<'static>>,
+    key: rustls::pki_types::PrivateKeyDer<'static>,
+) -> anyhow::Result<rustls::ServerConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("TLS protocol versions")?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .context("the admin certificate and key do not match")?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
