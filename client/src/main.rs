@@ -15,6 +15,7 @@ use telework_client::profile::{self, Profile};
 use telework_client::session::TotpSource;
 use telework_client::{ClientError, LoginOptions, Session, Target};
 use telework_net::connect::RelayAddr;
+use telework_net::logging::LogFormat;
 use telework_net::proxy::{ProxyConfigError, ProxyEnv, ProxySetting, ProxyUrl};
 use telework_net::tls::RelayTrust;
 use telework_net::transport::TransportChoice;
@@ -27,6 +28,9 @@ use zeroize::Zeroizing;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// How to write logs on standard error: text, or one JSON object per line.
+    #[arg(long, value_enum, global = true, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
 }
 
 #[derive(Subcommand)]
@@ -97,12 +101,7 @@ const PROMPT_TRIES: u32 = 3;
 fn main() -> ExitCode {
     telework_net::glibc_tuning::reexec_if_needed();
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    telework_net::logging::init(cli.log_format, "warn");
     let result = match cli.command {
         Command::Connect(args) => connect(args),
         Command::Forget { id, config_dir } => forget(&id, config_dir),

@@ -18,6 +18,7 @@ use telework_protocol::{ComputerId, ErrorCode};
 use tokio::sync::OwnedSemaphorePermit;
 use tracing::{debug, info, Instrument};
 
+use crate::audit::Refusal;
 use crate::conn::Accepted;
 use crate::hub::{RequestError, PAIRING_TIMEOUT};
 use crate::limits::{ConnectionRate, TUNNELS_PER_CONNECTION};
@@ -145,6 +146,7 @@ async fn serve_stream(relay: &Arc<Relay>, state: &ClientState, stream: Stream) {
         };
         if !allowed {
             info!("rate limited");
+            relay.audit.lookup_refused(ip, Refusal::RateLimited);
             let _ = framed.write(&refusal(ErrorCode::RateLimited)).await;
             return;
         }
@@ -162,6 +164,11 @@ async fn serve_stream(relay: &Arc<Relay>, state: &ClientState, stream: Stream) {
                     }
                 };
                 failed();
+                let why = match code {
+                    ErrorCode::Offline => Refusal::Offline,
+                    _ => Refusal::UnknownId,
+                };
+                relay.audit.lookup_refused(ip, why);
                 let _ = framed.write(&refusal(code)).await;
                 return;
             }

@@ -40,6 +40,9 @@ pub struct Settings {
     /// together, with a minute's worth allowed at once. Raise it on a relay whose employees
     /// often look up PCs that are off; see `limits` for what happens when it runs out.
     pub global_failures_per_sec: Option<f64>,
+    /// Days the audit log keeps its rows (default 90); older rows are deleted at start and
+    /// then hourly. At least 1: the audit log cannot be turned off.
+    pub audit_days: Option<u32>,
 }
 
 /// A checked configuration.
@@ -67,6 +70,8 @@ pub struct RelayConfig {
     pub per_address_limits: bool,
     /// See [`Settings::global_failures_per_sec`].
     pub global_failures: crate::limits::Rate,
+    /// See [`Settings::audit_days`].
+    pub audit_days: u32,
 }
 
 /// A configuration problem, said precisely.
@@ -143,6 +148,7 @@ impl Settings {
             global_failures_per_sec: over
                 .global_failures_per_sec
                 .or(self.global_failures_per_sec),
+            audit_days: over.audit_days.or(self.audit_days),
         }
     }
 
@@ -217,6 +223,17 @@ impl Settings {
                 .unwrap_or(defaults.shutdown_grace),
             per_address_limits: self.per_address_limits.unwrap_or(true),
             global_failures,
+            audit_days: match self.audit_days {
+                Some(0) => {
+                    return Err(ConfigError::Invalid {
+                        setting: "audit_days",
+                        message: "must be at least 1 (the audit log keeps rows this many days)"
+                            .into(),
+                    })
+                }
+                Some(days) => days,
+                None => crate::audit::DEFAULT_AUDIT_DAYS,
+            },
         })
     }
 }
@@ -241,6 +258,7 @@ impl RelayConfig {
             },
             splice_tap: None,
             splice_hook: None,
+            audit_days: self.audit_days,
         }
     }
 }
@@ -261,6 +279,7 @@ mod tests {
             shutdown_grace_secs = 30
             per_address_limits = false
             global_failures_per_sec = 2.5
+            audit_days = 30
             "#,
         )
         .unwrap();
@@ -276,6 +295,8 @@ mod tests {
         assert!(!cfg.per_address_limits);
         assert_eq!(cfg.global_failures.per_sec, 2.5);
         assert_eq!(cfg.global_failures.burst, 150.0);
+        assert_eq!(cfg.audit_days, 30);
+        assert_eq!(cfg.options().audit_days, 30);
         let limited = Settings {
             data_dir: Some("/d".into()),
             global_failures_per_sec: Some(2.5),
@@ -338,6 +359,16 @@ mod tests {
                 .to_string()
                 .contains("global_failures_per_sec"));
         }
+        let no_audit = Settings {
+            audit_days: Some(0),
+            data_dir: Some("/d".into()),
+            ..Default::default()
+        };
+        assert!(no_audit
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("audit_days"));
         assert!(Settings::default()
             .validate()
             .unwrap_err()

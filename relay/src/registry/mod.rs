@@ -1,5 +1,9 @@
 //! The machine registry: an embedded SQLite database of computer IDs, machine keys and
-//! enrolment tokens.
+//! enrolment tokens, and the audit log ([`audit`]).
+
+pub mod audit;
+
+pub use audit::{AuditFilter, AuditRow};
 
 use std::path::Path;
 use std::sync::Mutex;
@@ -41,7 +45,7 @@ pub struct Registry {
 }
 
 /// Each part's tables; every one is `CREATE … IF NOT EXISTS`, applied at every open.
-const SCHEMAS: &[&str] = &[MACHINES_SCHEMA];
+const SCHEMAS: &[&str] = &[MACHINES_SCHEMA, audit::AUDIT_SCHEMA];
 
 const MACHINES_SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS machines (
