@@ -101,7 +101,8 @@ const PROMPT_TRIES: u32 = 3;
 fn main() -> ExitCode {
     telework_net::glibc_tuning::reexec_if_needed();
     let cli = Cli::parse();
-    telework_net::logging::init(cli.log_format, "warn");
+    let format = cli.log_format;
+    telework_net::logging::init(format, "warn");
     let result = match cli.command {
         Command::Connect(args) => connect(args),
         Command::Forget { id, config_dir } => forget(&id, config_dir),
@@ -109,7 +110,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("telework: {e:#}");
+            telework_net::logging::report_error(format, "telework", &format!("{e:#}"));
             ExitCode::FAILURE
         }
     }

@@ -26,3 +26,13 @@ pub fn init(format: LogFormat, default_filter: &str) {
         LogFormat::Json => builder.json().with_current_span(true).with_span_list(true).init(),
     }
 }
+
+/// Tells the user why `program` is exiting: `program: message` on standard error as text, or
+/// one more JSON log line (level `ERROR`) in the JSON format, so that every line a log
+/// collector reads parses.
+pub fn report_error(format: LogFormat, program: &str, message: &str) {
+    match format {
+        LogFormat::Text => eprintln!("{program}: {message}"),
+        LogFormat::Json => tracing::error!(program, "{message}"),
+    }
+}

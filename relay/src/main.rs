@@ -151,11 +151,12 @@ struct ServeArgs {
 fn main() -> ExitCode {
     telework_net::glibc_tuning::reexec_if_needed();
     let cli = Cli::parse();
-    telework_net::logging::init(cli.log_format, "info");
+    let format = cli.log_format;
+    telework_net::logging::init(format, "info");
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("telework-relay: {e:#}");
+            telework_net::logging::report_error(format, "telework-relay", &format!("{e:#}"));
             ExitCode::FAILURE
         }
     }
