@@ -9,7 +9,10 @@ fn a_relay_that_cannot_be_reached_is_logged_as_json_lines() {
     let out = Command::new(env!("CARGO_BIN_EXE_telework-agent"))
         .args(["--log-format", "json", "register", "--relay", "127.0.0.1:1"])
         .args(["--id", "pc-json", "--transport", "tcp", "--proxy", "none"])
-        .args(["--relay-fingerprint", &format!("sha256:{}", "00".repeat(32))])
+        .args([
+            "--relay-fingerprint",
+            &format!("sha256:{}", "00".repeat(32)),
+        ])
         .arg("--data-dir")
         .arg(dir.path().join("agent"))
         .env("RUST_LOG", "info")

@@ -8,9 +8,19 @@ use std::process::{Command, Stdio};
 fn an_unreachable_relay_is_logged_as_json_lines() {
     let dir = tempfile::tempdir().unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_telework"))
-        .args(["connect", "pc-json", "--relay", "127.0.0.1:1", "--log-format", "json"])
+        .args([
+            "connect",
+            "pc-json",
+            "--relay",
+            "127.0.0.1:1",
+            "--log-format",
+            "json",
+        ])
         .args(["--transport", "tcp", "--proxy", "none", "--launch", "none"])
-        .args(["--relay-fingerprint", &format!("sha256:{}", "00".repeat(32))])
+        .args([
+            "--relay-fingerprint",
+            &format!("sha256:{}", "00".repeat(32)),
+        ])
         .arg("--password-stdin")
         .arg("--config-dir")
         .arg(dir.path())

@@ -23,9 +23,9 @@ pub mod connect;
 pub mod framed;
 pub mod glibc_tuning;
 pub mod handshake_io;
-pub mod logging;
 #[cfg(any(test, feature = "test-util"))]
 pub mod holds_until_flush;
+pub mod logging;
 pub mod proxy;
 pub mod pump;
 pub mod read_ahead;

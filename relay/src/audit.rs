@@ -456,7 +456,11 @@ pub async fn retain(registry: Arc<Registry>, keep: Duration, stop: CancellationT
         let cutoff = unix_now().saturating_sub(i64::try_from(keep.as_secs()).unwrap_or(i64::MAX));
         match tokio::task::spawn_blocking(move || registry.prune_audit(cutoff)).await {
             Ok(Ok(0)) => {}
-            Ok(Ok(n)) => info!(rows = n, days = keep.as_secs() / 86_400, "pruned old audit rows"),
+            Ok(Ok(n)) => info!(
+                rows = n,
+                days = keep.as_secs() / 86_400,
+                "pruned old audit rows"
+            ),
             Ok(Err(e)) => warn!(%e, "pruning audit rows failed"),
             Err(e) => warn!(%e, "pruning audit rows failed"),
         }
@@ -469,9 +473,7 @@ pub async fn retain(registry: Arc<Registry>, keep: Duration, stop: CancellationT
 /// A sentence saying what was expected.
 pub fn parse_age(text: &str) -> Result<Duration, String> {
     let bad = || format!("{text:?} is not an age like 90m, 24h or 7d");
-    let unit_at = text
-        .find(|c: char| !c.is_ascii_digit())
-        .ok_or_else(bad)?;
+    let unit_at = text.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
     let (number, unit) = text.split_at(unit_at);
     let n: u64 = number.parse().map_err(|_| bad())?;
     let secs: u64 = match unit {

@@ -194,7 +194,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let registry = open_registry(&data_dir)?;
             let token = registry.create_token(uses, hours.saturating_mul(3600))?;
             println!("{token}");
-            eprintln!("valid for {uses} registration(s) within {hours} hour(s)");
+            telework_net::say!("valid for {uses} registration(s) within {hours} hour(s)");
             Ok(())
         }
         Command::Machines(MachinesArgs { command, data_dir }) => {
@@ -260,7 +260,7 @@ fn show_audit(args: AuditArgs) -> anyhow::Result<()> {
         }
     }
     if rows.is_empty() && !args.json {
-        eprintln!("no audit rows match");
+        telework_net::say!("no audit rows match");
     }
     Ok(())
 }

@@ -251,11 +251,17 @@ async fn enrolment_presence_and_refusals_are_audited_and_filtered() {
         "{table}"
     );
     assert!(lines[1].contains("pc-audit-01") && lines[1].contains("127.0.0.1:"));
-    assert!(lines[1].contains(&format!("transport={transport:?}")), "{table}");
+    assert!(
+        lines[1].contains(&format!("transport={transport:?}")),
+        "{table}"
+    );
 
     // Bad input is one line that says what is wrong.
     for (args, expect) in [
-        (&["--since", "3x"][..], "--since \"3x\" is not an age like 90m, 24h or 7d"),
+        (
+            &["--since", "3x"][..],
+            "--since \"3x\" is not an age like 90m, 24h or 7d",
+        ),
         (&["--kind", "logins"][..], "--kind \"logins\" is not one of"),
     ] {
         let out = audit(&relay_dir, args);
@@ -283,18 +289,31 @@ fn rows_older_than_audit_days_are_pruned_at_start_and_zero_days_is_refused() {
     assert!(out.status.success(), "{out:?}");
     let registry = Registry::open(&dir.path().join("relay.db")).unwrap();
     registry
-        .record_audit_batch(&[row(10, "pc-ten-days"), row(3, "pc-three-days"), row(0, "pc-today")])
+        .record_audit_batch(&[
+            row(10, "pc-ten-days"),
+            row(3, "pc-three-days"),
+            row(0, "pc-today"),
+        ])
         .unwrap();
     drop(registry);
 
     let out = relay()
-        .args(["serve", "--listen", "127.0.0.1:0", "--audit-days", "0", "--data-dir"])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--audit-days",
+            "0",
+            "--data-dir",
+        ])
         .arg(dir.path())
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(
-        String::from_utf8(out.stderr).unwrap().contains("audit_days"),
+        String::from_utf8(out.stderr)
+            .unwrap()
+            .contains("audit_days"),
         "0 days is refused"
     );
 
@@ -307,7 +326,10 @@ fn rows_older_than_audit_days_are_pruned_at_start_and_zero_days_is_refused() {
     };
     let started = Instant::now();
     while ids().len() == 3 {
-        assert!(started.elapsed() < Duration::from_secs(15), "pruned at start");
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "pruned at start"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     assert_eq!(ids(), ["pc-today", "pc-three-days"]);

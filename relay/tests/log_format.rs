@@ -69,7 +69,10 @@ fn serve_logs_json_lines_and_keeps_its_stdout() {
         messages.iter().any(|m| m.contains("registration is open")),
         "{messages:?}"
     );
-    assert!(messages.iter().any(|m| m == "relay stopped"), "{messages:?}");
+    assert!(
+        messages.iter().any(|m| m == "relay stopped"),
+        "{messages:?}"
+    );
 }
 
 #[test]

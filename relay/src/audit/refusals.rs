@@ -95,7 +95,12 @@ impl RefusalSummary {
                 out.push(event(Some(key.0), key.1, kinds));
             }
         }
-        let minutes: Vec<i64> = self.overflow.keys().copied().filter(|m| ended(*m)).collect();
+        let minutes: Vec<i64> = self
+            .overflow
+            .keys()
+            .copied()
+            .filter(|m| ended(*m))
+            .collect();
         for minute in minutes {
             if let Some(kinds) = self.overflow.remove(&minute) {
                 out.push(event(None, minute, kinds));
@@ -195,7 +200,10 @@ mod tests {
             .filter(|e| matches!(e, AuditEvent::LookupsRefused { address: None, .. }))
             .collect();
         assert!(
-            matches!(overflow[..], [AuditEvent::LookupsRefused { count: 1000, .. }]),
+            matches!(
+                overflow[..],
+                [AuditEvent::LookupsRefused { count: 1000, .. }]
+            ),
             "{overflow:?}"
         );
     }

@@ -64,7 +64,10 @@ fn the_writer_stores_events_and_this_minutes_refusals_on_flush() {
     let rows = registry.audit_rows(&AuditFilter::default()).unwrap();
     let kinds: Vec<&str> = rows.iter().map(|r| r.kind.as_str()).collect();
     assert!(kinds.contains(&"enrolled"), "{kinds:?}");
-    let refused: Vec<_> = rows.iter().filter(|r| r.kind == "lookups_refused").collect();
+    let refused: Vec<_> = rows
+        .iter()
+        .filter(|r| r.kind == "lookups_refused")
+        .collect();
     assert_eq!(refused.len(), 1, "{rows:?}");
     assert_eq!(refused[0].detail["count"], json!(100));
     assert_eq!(refused[0].address.as_deref(), Some("192.0.2.10"));

@@ -210,7 +210,8 @@ mod tests {
     fn pruning_deletes_only_older_rows() {
         let reg = Registry::in_memory().unwrap();
         for at in [10, 20, 30] {
-            reg.record_audit(&row(at, "enrolled", Some("pc-1"))).unwrap();
+            reg.record_audit(&row(at, "enrolled", Some("pc-1")))
+                .unwrap();
         }
         assert_eq!(reg.prune_audit(20).unwrap(), 1);
         assert_eq!(reg.prune_audit(20).unwrap(), 0);
