@@ -75,7 +75,8 @@ pub enum AuditEvent {
         /// Whether an enrolment token was used up.
         with_token: bool,
     },
-    /// `removed`: a machine's registration was removed.
+    /// `removed`: a machine's registration was removed. The actor column says who (`cli`, or
+    /// the operator's name with `"via": "console"` in the detail).
     Removed {
         /// The computer ID.
         id: ComputerId,
@@ -213,7 +214,10 @@ impl AuditEvent {
                 id_of(id),
                 None,
                 Some(by.name().to_owned()),
-                json!({ "by": match by { Actor::Cli => "cli", Actor::Operator(_) => "operator" } }),
+                match by {
+                    Actor::Cli => json!({}),
+                    Actor::Operator(_) => json!({ "via": "console" }),
+                },
             ),
             Self::AgentOnline {
                 id,

@@ -293,13 +293,14 @@ fn audit_line(row: &AuditRow) -> String {
         .actor
         .as_deref()
         .map_or(String::new(), |a| format!("by={a:?} "));
-    format!(
+    let line = format!(
         "{}  {:<16} {:<20} {:<22} {actor}{detail}",
         utc(row.at),
         row.kind,
         row.computer_id.as_deref().unwrap_or("-"),
         row.address.as_deref().unwrap_or("-"),
-    )
+    );
+    line.trim_end().to_owned()
 }
 
 fn list_machines(registry: &Registry) -> anyhow::Result<()> {

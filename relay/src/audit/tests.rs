@@ -28,7 +28,7 @@ fn events_become_rows_with_stable_columns() {
     }
     .row(1000);
     assert_eq!(removed.actor.as_deref(), Some("alice"));
-    assert_eq!(removed.detail, json!({ "by": "operator" }));
+    assert_eq!(removed.detail, json!({ "via": "console" }));
 
     let summary = AuditEvent::LookupsRefused {
         address: None,
