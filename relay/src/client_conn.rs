@@ -343,6 +343,7 @@ async fn serve_stream(relay: &Arc<Relay>, state: &ClientState, stream: Stream) {
         let stop = relay.hard_stop.clone();
         let tap = relay.options.splice_tap.clone();
         let meters = Meters {
+            off: !relay.options.count_bytes,
             session: session.counts.clone(),
             up: relay.metrics.relayed_up.clone(),
             down: relay.metrics.relayed_down.clone(),

@@ -86,6 +86,9 @@ pub struct RelayOptions {
     pub shutdown_grace: Duration,
     /// Per-source-address rate limits.
     pub limits: limits::Limits,
+    /// Whether splices count the bytes they forward (per session and in the metrics). Off
+    /// only for the benchmark's baseline, which shows what counting costs.
+    pub count_bytes: bool,
     /// Test hook: sees every spliced byte.
     pub splice_tap: Option<SpliceTap>,
     /// Test hook: takes over splicing entirely (a malicious relay).
@@ -102,6 +105,7 @@ impl Default for RelayOptions {
             handshake_timeout: telework_net::HANDSHAKE_TIMEOUT,
             shutdown_grace: Duration::from_secs(10),
             limits: limits::Limits::default(),
+            count_bytes: true,
             splice_tap: None,
             splice_hook: None,
         }

@@ -111,6 +111,10 @@ struct ServeArgs {
     /// addresses, or for load tests from one address).
     #[arg(long)]
     no_per_address_limits: bool,
+    /// Do not count relayed bytes (only for `telework-bench --byte-counting`, which measures
+    /// what counting costs against this).
+    #[arg(long, hide = true)]
+    no_byte_counts: bool,
 }
 
 fn main() -> ExitCode {
@@ -259,7 +263,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             id
         }
     };
-    let relay = Relay::new(registry, &identity, config.options())?;
+    let mut options = config.options();
+    options.count_bytes = !args.no_byte_counts;
+    let relay = Relay::new(registry, &identity, options)?;
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async {
         let (listener, quic) = relay.bind(config.listen).await.with_context(|| {
