@@ -239,6 +239,7 @@ impl RelayConfig {
             } else {
                 crate::limits::Limits::unlimited()
             },
+            count_bytes: true,
             splice_tap: None,
             splice_hook: None,
         }
