@@ -147,6 +147,12 @@ async fn online_once(
         RelayToAgent::Error(code) => return Err(AgentError::Refused(code)),
         _ => return Err(AgentError::Unexpected),
     }
+    // What the operator's console shows as this agent's version.
+    framed
+        .write(&AgentToRelay::About {
+            software: concat!("telework-agent ", env!("CARGO_PKG_VERSION")).to_owned(),
+        })
+        .await?;
     if let Some(previous) = previous {
         // The relay now sends new tunnels here; the old connection keeps its open tunnels
         // until they end. Its control stream goes once the relay has said so.

@@ -6,7 +6,13 @@ use std::sync::{Arc, Mutex, Weak};
 use telework_net::connect::ConnectError;
 use telework_net::transport::dial::Dialer;
 use telework_net::transport::{Connection, TransportChoice, TransportKind};
+use telework_protocol::messages::{ClientToRelay, PROTOCOL_VERSION};
+use telework_protocol::proof::{device_proof_message, MachineKey};
+use telework_protocol::{ComputerId, ErrorCode};
 use tracing::{debug, info};
+
+/// How long a broken session waits for its connection's close reason.
+const CLOSE_REASON_WAIT: std::time::Duration = std::time::Duration::from_millis(300);
 
 /// A shared handle on the session's connection to the relay (cheap to clone).
 #[derive(Clone)]
@@ -16,6 +22,10 @@ pub struct Link {
 
 struct Inner {
     dialer: Dialer,
+    /// Shown to the relay on every stream (see [`Link::connect_request`]).
+    device: Arc<MachineKey>,
+    /// The device proof for the current connection, signed once per connection.
+    proof: Mutex<Option<(Connection, Vec<u8>)>>,
     /// Held while dialling, so that concurrent tunnels share one new connection.
     current: tokio::sync::Mutex<Option<Connection>>,
     /// How the current connection's transport is named to a person.
@@ -23,11 +33,13 @@ struct Inner {
 }
 
 impl Link {
-    /// A link that dials with `dialer` when first used.
-    pub fn new(dialer: Dialer) -> Self {
+    /// A link that dials with `dialer` when first used and names `device` to the relay.
+    pub fn new(dialer: Dialer, device: Arc<MachineKey>) -> Self {
         Self {
             inner: Arc::new(Inner {
                 dialer,
+                device,
+                proof: Mutex::new(None),
                 current: tokio::sync::Mutex::new(None),
                 transport: Mutex::new(String::new()),
             }),
@@ -64,6 +76,40 @@ impl Link {
             broken.close(telework_protocol::ErrorCode::Replaced);
             *current = None;
         }
+    }
+
+    /// The request that opens a stream on `connection` to the office PC `id`, with this
+    /// device's proof bound to that connection (the relay names sessions by device).
+    pub fn connect_request(&self, connection: &Connection, id: &ComputerId) -> ClientToRelay {
+        let mut cached = self.inner.proof.lock().unwrap_or_else(|e| e.into_inner());
+        let proof = match cached.as_ref() {
+            Some((c, proof)) if c.same_as(connection) => proof.clone(),
+            _ => {
+                let proof = self
+                    .inner
+                    .device
+                    .sign(&device_proof_message(connection.channel_binding()));
+                *cached = Some((connection.clone(), proof.clone()));
+                proof
+            }
+        };
+        ClientToRelay::ConnectAs {
+            version: PROTOCOL_VERSION,
+            id: id.clone(),
+            device_key: self.inner.device.public_key(),
+            device_proof: proof,
+        }
+    }
+
+    /// Why the relay closed the link's connection, if it did so on purpose: an operator
+    /// ending the session or disabling the office PC. Waits a moment for a closing
+    /// connection to finish closing, so that the reason has arrived.
+    pub async fn closed_by_relay(&self) -> Option<ErrorCode> {
+        let connection = self.inner.current.lock().await.clone()?;
+        let _ = tokio::time::timeout(CLOSE_REASON_WAIT, connection.closed()).await;
+        connection
+            .peer_close_reason()
+            .filter(|code| matches!(code, ErrorCode::EndedByOperator | ErrorCode::Disabled))
     }
 
     /// The current connection, if one is up (no dialling).

@@ -16,7 +16,7 @@ use telework_net::transport::{Stream, TransportChoice};
 use telework_net::HANDSHAKE_TIMEOUT;
 use telework_protocol::e2e::keys::ResumptionSecret;
 use telework_protocol::e2e::messages::{AgentNotice, ClientNotice};
-use telework_protocol::messages::{ClientToRelay, RelayToClient, PROTOCOL_VERSION};
+use telework_protocol::messages::RelayToClient;
 use telework_protocol::{ComputerId, SessionId};
 use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;
@@ -117,24 +117,21 @@ pub struct Session {
 /// Opens a stream on the session's connection and asks the relay to pair it with the office
 /// PC `id`. A connection that has broken is dialled again once.
 async fn pair(link: &Link, id: &ComputerId) -> Result<Framed<Stream>, ClientError> {
-    let connection = link.connection().await?;
+    let mut connection = link.connection().await?;
     let stream = match connection.open().await {
         Ok(stream) => stream,
-        Err(_) if connection.is_closed() => link
-            .connection()
-            .await?
-            .open()
-            .await
-            .map_err(|e| ClientError::Frame(e.into()))?,
+        Err(_) if connection.is_closed() => {
+            connection = link.connection().await?;
+            connection
+                .open()
+                .await
+                .map_err(|e| ClientError::Frame(e.into()))?
+        }
         Err(e) => return Err(ClientError::Frame(e.into())),
     };
+    let request = link.connect_request(&connection, id);
     let mut framed = Framed::new(stream);
-    framed
-        .write(&ClientToRelay::Connect {
-            version: PROTOCOL_VERSION,
-            id: id.clone(),
-        })
-        .await?;
+    framed.write(&request).await?;
     match framed.read_within::<RelayToClient>(PAIRING_TIMEOUT).await? {
         RelayToClient::Paired => Ok(framed),
         RelayToClient::Error(code) => Err(ClientError::Relay(code)),
@@ -176,6 +173,7 @@ impl Session {
             )?
             .with_proxy(options.proxy.clone())?
             .with_quic_reprobe(options.quic_reprobe),
+            options.device.clone(),
         );
         let relay = target.relay.to_string();
         let framed = pair(&link, &target.id).await?;
@@ -332,6 +330,13 @@ impl Session {
             // tampered with it.
             if matches!(broken, TunnelError::Record(_)) {
                 break Err(ClientError::Tunnel(broken));
+            }
+            if let Some(code) = self.link.closed_by_relay().await {
+                info!(
+                    ?code,
+                    "the relay closed the session's connection on purpose"
+                );
+                break Err(ClientError::Relay(code));
             }
             info!(%broken, "the session's connection broke; reconnecting");
             match self.reattach().await {

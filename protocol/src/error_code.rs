@@ -37,11 +37,15 @@ pub enum ErrorCode {
     ProtocolViolation,
     /// The relay failed internally.
     Internal,
+    /// The relay's operator ended this session (from the console).
+    EndedByOperator,
+    /// The relay's operator disabled this office PC.
+    Disabled,
 }
 
 impl ErrorCode {
     /// Every code, for exhaustive tests.
-    pub const ALL: [ErrorCode; 15] = [
+    pub const ALL: [ErrorCode; 17] = [
         Self::Offline,
         Self::UnknownId,
         Self::Busy,
@@ -57,7 +61,21 @@ impl ErrorCode {
         Self::Replaced,
         Self::ProtocolViolation,
         Self::Internal,
+        Self::EndedByOperator,
+        Self::Disabled,
     ];
+
+    /// The code a connection close carried (see [`ErrorCode::close_code`]), if it is one.
+    pub fn from_close_code(code: u64) -> Option<Self> {
+        let index = usize::try_from(code.checked_sub(1)?).ok()?;
+        Self::ALL.get(index).copied()
+    }
+
+    /// The number a connection close carries on the wire: the code's position, offset so
+    /// that 0 stays "no error".
+    pub fn close_code(self) -> u32 {
+        1 + self as u32
+    }
 }
 
 impl fmt::Display for ErrorCode {
@@ -78,6 +96,8 @@ impl fmt::Display for ErrorCode {
             Self::Replaced => "another agent came online with this computer ID",
             Self::ProtocolViolation => "the peer broke the protocol",
             Self::Internal => "the relay had an internal error",
+            Self::EndedByOperator => "the relay operator ended the session",
+            Self::Disabled => "the relay operator disabled this office PC",
         })
     }
 }
@@ -94,6 +114,12 @@ mod tests {
             let s = code.to_string();
             assert!(s.len() > 10, "{code:?}");
             assert!(!s.contains("Error"), "{code:?} reads like a debug name");
+            assert_eq!(
+                ErrorCode::from_close_code(u64::from(code.close_code())),
+                Some(code)
+            );
         }
+        assert_eq!(ErrorCode::from_close_code(0), None);
+        assert_eq!(ErrorCode::from_close_code(1000), None);
     }
 }

@@ -23,13 +23,15 @@ use crate::ids::{ComputerId, Ticket};
 /// 2: the agent's login answer names its password-stretching parameters, which a version-1
 /// client cannot read. 3: a login opens with the office PC's identity proof and the device's
 /// proof, before the password step. 4: one connection per endpoint, tunnels as streams. 5: a session's
-/// control tunnel can be re-attached after its connection broke.
+/// control tunnel can be re-attached after its connection broke. 6: a client proves its device
+/// key to the relay (the operator's console names sessions by device), and an agent names its
+/// software version.
 /// Relays refuse older versions so that old software is told to update instead of failing
 /// mid-login.
-pub const PROTOCOL_VERSION: u16 = 5;
+pub const PROTOCOL_VERSION: u16 = 6;
 
 /// Oldest minor version a relay accepts.
-pub const MIN_PROTOCOL_VERSION: u16 = 5;
+pub const MIN_PROTOCOL_VERSION: u16 = 6;
 
 /// The first message on every stream the relay opens on an agent's connection: what the
 /// stream is for.
@@ -79,7 +81,16 @@ pub enum AgentToRelay {
     /// The client of tunnel `ticket` failed the end-to-end login (wrong password or
     /// code): the relay charges the client's address, so guessing also costs the guesser.
     PairingFailed(Ticket),
+    /// After [`RelayToAgent::Welcome`]: the agent's software, as its operator reads it
+    /// (`telework-agent 0.1.0`). The relay keeps at most [`MAX_SOFTWARE_LEN`] characters.
+    About {
+        /// Program name and version.
+        software: String,
+    },
 }
+
+/// Most characters of [`AgentToRelay::About`] the relay keeps.
+pub const MAX_SOFTWARE_LEN: usize = 64;
 
 /// Messages the relay sends on an agent's control stream.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -100,12 +111,27 @@ pub enum RelayToAgent {
 /// The one message a client sends on each stream it opens.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ClientToRelay {
-    /// Connect me to the agent registered as `id`.
+    /// Connect me to the agent registered as `id` (versions before 6; refused now).
     Connect {
         /// Sender's minor protocol version.
         version: u16,
         /// The computer to reach.
         id: ComputerId,
+    },
+    /// Connect me to the agent registered as `id`, from the device whose Ed25519 key is
+    /// `device_key`. `device_proof` signs [`crate::proof::device_proof_message`] of this
+    /// connection's exporter value, so the relay can name the device in its audit log and
+    /// console, and a captured proof is useless on another connection. The same proof is
+    /// sent on every stream of a connection.
+    ConnectAs {
+        /// Sender's minor protocol version.
+        version: u16,
+        /// The computer to reach.
+        id: ComputerId,
+        /// The device's public key (32 bytes).
+        device_key: Vec<u8>,
+        /// The signature.
+        device_proof: Vec<u8>,
     },
 }
 
@@ -157,6 +183,9 @@ mod tests {
                 proof: vec![3; 64],
             },
             AgentToRelay::Ping(9),
+            AgentToRelay::About {
+                software: "telework-agent 0.1.0".into(),
+            },
         ];
         for m in msgs {
             let mut buf = BytesMut::new();

@@ -25,6 +25,16 @@ pub fn proof_message(id: &ComputerId, exporter: &[u8; EXPORTER_LEN]) -> Vec<u8> 
     msg
 }
 
+/// The exact bytes a client signs to show the relay its device key on one connection: a domain
+/// label of its own (so no machine proof or login signature can stand for it) and the
+/// exporter value.
+pub fn device_proof_message(exporter: &[u8; EXPORTER_LEN]) -> Vec<u8> {
+    let mut msg = Vec::with_capacity(64);
+    msg.extend_from_slice(b"telework/1 device proof to the relay\0");
+    msg.extend_from_slice(exporter);
+    msg
+}
+
 /// An office PC's long-term signing key.
 pub struct MachineKey {
     pair: Ed25519KeyPair,
@@ -124,9 +134,31 @@ pub fn verify_proof(
             .is_ok()
 }
 
+/// Checks a device proof: `device_key` signed [`device_proof_message`] of `exporter`.
+pub fn verify_device_proof(device_key: &[u8], exporter: &[u8; EXPORTER_LEN], proof: &[u8]) -> bool {
+    verify_signature(device_key, &device_proof_message(exporter), proof)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn device_proof_is_bound_to_its_connection_and_is_no_machine_proof() {
+        let key = MachineKey::generate().unwrap();
+        let proof = key.sign(&device_proof_message(&[7; 32]));
+        assert!(verify_device_proof(&key.public_key(), &[7; 32], &proof));
+        assert!(!verify_device_proof(&key.public_key(), &[8; 32], &proof));
+        let other = MachineKey::generate().unwrap();
+        assert!(!verify_device_proof(&other.public_key(), &[7; 32], &proof));
+        let id: ComputerId = "pc-1".parse().unwrap();
+        let machine_proof = key.prove(&id, &[7; 32]);
+        assert!(!verify_device_proof(
+            &key.public_key(),
+            &[7; 32],
+            &machine_proof
+        ));
+    }
 
     #[test]
     fn small_order_keys_are_refused_though_their_signatures_verify() {

@@ -19,7 +19,8 @@ use tracing::{debug, info, warn, Instrument};
 
 use crate::audit::AuditEvent;
 use crate::conn::{remaining, Accepted};
-use crate::hub::AGENT_QUEUE;
+use crate::hub::{Arrival, AGENT_QUEUE};
+use crate::metrics::Role;
 use crate::registry::RegistryError;
 use crate::{Registration, Relay};
 
@@ -29,7 +30,15 @@ pub const DEAD_PEER: Duration = Duration::from_secs(45);
 /// A write to an agent that does not finish in this time means the agent stopped reading.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
-async fn refuse(framed: &mut Framed<Stream>, connection: &Connection, code: ErrorCode) {
+/// Refuses an agent's registration or hello with `code` (counted in the metrics), and closes
+/// once it has read why.
+async fn refuse(
+    relay: &Relay,
+    framed: &mut Framed<Stream>,
+    connection: &Connection,
+    code: ErrorCode,
+) {
+    relay.metrics.handshake(Role::Agent, Err(code));
     let _ = tokio::time::timeout(WRITE_TIMEOUT, async {
         framed.write(&RelayToAgent::Error(code)).await?;
         framed.shutdown().await
@@ -65,7 +74,13 @@ pub async fn serve(relay: Arc<Relay>, conn: Accepted) {
         Ok(m) => m,
         Err(e) => {
             debug!(%e, "no valid agent hello");
-            refuse(&mut framed, &conn.connection, ErrorCode::ProtocolViolation).await;
+            refuse(
+                &relay,
+                &mut framed,
+                &conn.connection,
+                ErrorCode::ProtocolViolation,
+            )
+            .await;
             return;
         }
     };
@@ -93,6 +108,7 @@ pub async fn serve(relay: Arc<Relay>, conn: Accepted) {
                 match code {
                     Ok(with_token) => {
                         info!(peer = %conn.peer, with_token, "machine registered");
+                        relay.metrics.handshake(Role::Agent, Ok(()));
                         relay.audit.record(AuditEvent::Enrolled {
                             id: id.clone(),
                             address: conn.peer,
@@ -116,7 +132,7 @@ pub async fn serve(relay: Arc<Relay>, conn: Accepted) {
                     Err(code) => {
                         relay.limiters.failures.take(ip, std::time::Instant::now());
                         warn!(peer = %conn.peer, ?code, "registration refused");
-                        refuse(&mut framed, &conn.connection, code).await;
+                        refuse(&relay, &mut framed, &conn.connection, code).await;
                     }
                 }
             }
@@ -130,8 +146,14 @@ pub async fn serve(relay: Arc<Relay>, conn: Accepted) {
                 online(relay, conn, framed, version, id, proof).instrument(span),
             );
         }
-        AgentToRelay::Ping(_) | AgentToRelay::PairingFailed(_) => {
-            refuse(&mut framed, &conn.connection, ErrorCode::ProtocolViolation).await
+        AgentToRelay::Ping(_) | AgentToRelay::PairingFailed(_) | AgentToRelay::About { .. } => {
+            refuse(
+                &relay,
+                &mut framed,
+                &conn.connection,
+                ErrorCode::ProtocolViolation,
+            )
+            .await
         }
     }
 }
@@ -190,7 +212,7 @@ pub(crate) async fn online(
 ) {
     let connection = conn.connection.clone();
     if version < MIN_PROTOCOL_VERSION {
-        return refuse(&mut framed, &connection, ErrorCode::VersionTooOld).await;
+        return refuse(&relay, &mut framed, &connection, ErrorCode::VersionTooOld).await;
     }
     let machine = match relay.registry.machine(&id) {
         Ok(Some(m)) => m,
@@ -200,11 +222,11 @@ pub(crate) async fn online(
                 .limiters
                 .failures
                 .take(conn.peer.ip(), std::time::Instant::now());
-            return refuse(&mut framed, &connection, ErrorCode::UnknownId).await;
+            return refuse(&relay, &mut framed, &connection, ErrorCode::UnknownId).await;
         }
         Err(e) => {
             warn!(%e, "registry lookup failed");
-            return refuse(&mut framed, &connection, ErrorCode::Internal).await;
+            return refuse(&relay, &mut framed, &connection, ErrorCode::Internal).await;
         }
     };
     if !verify_proof(
@@ -218,18 +240,28 @@ pub(crate) async fn online(
             .limiters
             .failures
             .take(conn.peer.ip(), std::time::Instant::now());
-        return refuse(&mut framed, &connection, ErrorCode::BadProof).await;
+        return refuse(&relay, &mut framed, &connection, ErrorCode::BadProof).await;
+    }
+    // Only the machine itself learns that it is disabled.
+    if machine.disabled {
+        info!(peer = %conn.peer, "hello from a disabled machine");
+        return refuse(&relay, &mut framed, &connection, ErrorCode::Disabled).await;
     }
     drop(conn.unauthenticated);
+    relay.metrics.handshake(Role::Agent, Ok(()));
     relay
         .limiters
         .connections
         .refund(conn.peer.ip(), std::time::Instant::now());
     let conn_id = relay.next_conn_id.fetch_add(1, Ordering::Relaxed);
     let (tx, mut rx) = mpsc::channel(AGENT_QUEUE);
+    let arrival = Arrival {
+        address: conn.peer,
+        transport: connection.kind().name(),
+    };
     if let Some(old) = relay
         .hub
-        .agent_online(id.clone(), conn_id, tx, connection.clone())
+        .agent_online(id.clone(), conn_id, tx, connection.clone(), arrival)
     {
         let _ = old.try_send(RelayToAgent::Error(ErrorCode::Replaced));
     }
@@ -278,6 +310,10 @@ pub(crate) async fn online(
                         info!(%client, "failed end-to-end login charged to the client's address");
                         relay.limiters.failures.take(client, now);
                     }
+                }
+                Ok(AgentToRelay::About { software }) => {
+                    last_heard = Instant::now();
+                    relay.hub.set_software(&id, conn_id, &software);
                 }
                 Ok(other) => {
                     debug!(?other, "unexpected message on the control stream");

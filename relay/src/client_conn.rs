@@ -14,15 +14,18 @@ use std::time::{Duration, Instant};
 use telework_net::framed::Framed;
 use telework_net::transport::Stream;
 use telework_protocol::messages::{ClientToRelay, RelayOpens, RelayToClient, MIN_PROTOCOL_VERSION};
+use telework_protocol::proof::{key_fingerprint, verify_device_proof, EXPORTER_LEN};
 use telework_protocol::{ComputerId, ErrorCode};
 use tokio::sync::OwnedSemaphorePermit;
 use tracing::{debug, info, Instrument};
 
-use crate::audit::Refusal;
+use crate::audit::{AuditEvent, Refusal};
 use crate::conn::Accepted;
 use crate::hub::{RequestError, PAIRING_TIMEOUT};
 use crate::limits::{ConnectionRate, TUNNELS_PER_CONNECTION};
-use crate::splice::splice;
+use crate::metrics::{LimitKind, Role};
+use crate::sessions::{EndSwitch, NewSession, SessionHandle};
+use crate::splice::{splice, Meters};
 use crate::Relay;
 
 /// A client connection with no open stream for this long is closed.
@@ -46,6 +49,17 @@ struct ClientState {
     /// Whether the connection's token for new connections went back to its address (once,
     /// at its first pairing).
     refunded: AtomicBool,
+    /// `QUIC` or `TLS/TCP`.
+    transport: &'static str,
+    /// The connection's exporter value, which device proofs sign.
+    binding: [u8; EXPORTER_LEN],
+    /// The device key and proof this connection showed, once verified: later streams that
+    /// carry the same bytes are not verified again.
+    device: Mutex<Option<(Vec<u8>, Vec<u8>)>>,
+    /// The session, from the first pairing on.
+    session: Mutex<Option<Arc<SessionHandle>>>,
+    /// Thrown when an operator ends the session.
+    end: Arc<EndSwitch>,
 }
 
 /// Serves one client connection until it closes.
@@ -57,12 +71,17 @@ pub async fn serve(relay: Arc<Relay>, conn: Accepted) {
         open: AtomicUsize::new(0),
         unauthenticated: Mutex::new(Some(conn.unauthenticated)),
         refunded: AtomicBool::new(false),
+        transport: conn.connection.kind().name(),
+        binding: *conn.connection.channel_binding(),
+        device: Mutex::new(None),
+        session: Mutex::new(None),
+        end: Arc::default(),
     });
     let connection = conn.connection;
     // The first request must come within the handshake deadline; later, a connection may
     // rest between tunnels, but not for ever.
     let mut idle_deadline = conn.hello_deadline;
-    loop {
+    let reason = loop {
         let idle = tokio::time::sleep_until(idle_deadline.into());
         tokio::select! {
             accepted = connection.accept() => match accepted {
@@ -77,48 +96,176 @@ pub async fn serve(relay: Arc<Relay>, conn: Accepted) {
                 }
                 Err(e) => {
                     debug!(%e, "client connection closed");
-                    break;
+                    break "the client's connection closed";
                 }
             },
             () = idle => {
                 if state.open.load(Ordering::Relaxed) == 0 {
                     debug!("client connection idle; closing");
                     connection.close(ErrorCode::ProtocolViolation);
-                    break;
+                    break "idle";
                 }
                 idle_deadline = Instant::now() + IDLE_CONNECTION;
             }
             _ = relay.hard_stop.cancelled() => {
                 connection.close(ErrorCode::ShuttingDown);
-                break;
+                break "the relay shut down";
+            }
+            () = state.end.token.cancelled() => {
+                let code = state.end.code().unwrap_or(ErrorCode::EndedByOperator);
+                info!(peer = %state.peer, ?code, "session ended by the relay operator");
+                connection.close(code);
+                break match code {
+                    ErrorCode::Disabled => "the office PC was disabled",
+                    _ => "ended by the relay operator",
+                };
             }
         }
+    };
+    let session = lock(&state.session).take();
+    if let Some(session) = session {
+        finish(&relay, &session, reason);
     }
     drop(conn.permit);
+}
+
+/// Takes a session off the live list and writes its end to the audit log.
+fn finish(relay: &Relay, session: &SessionHandle, reason: &str) {
+    if let Some(last) = relay.sessions.finish(session) {
+        let secs = session.elapsed().as_secs();
+        info!(
+            session = session.id,
+            up = last.bytes_up,
+            down = last.bytes_down,
+            secs,
+            reason,
+            "session ended"
+        );
+        relay.audit.record(AuditEvent::SessionEnded {
+            id: last.computer_id,
+            client: last.client,
+            device: last.device,
+            transport: last.transport.to_owned(),
+            secs,
+            bytes_up: last.bytes_up,
+            bytes_down: last.bytes_down,
+            reason: reason.to_owned(),
+        });
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Checks the device proof of a request on `connection`: verified once per connection, then
+/// compared. Returns the device key's fingerprint.
+fn check_device(state: &ClientState, key: Vec<u8>, proof: Vec<u8>) -> Option<String> {
+    let mut known = lock(&state.device);
+    if let Some((k, p)) = known.as_ref() {
+        if *k == key && *p == proof {
+            return Some(key_fingerprint(&key));
+        }
+    }
+    if !verify_device_proof(&key, &state.binding, &proof) {
+        return None;
+    }
+    let fingerprint = key_fingerprint(&key);
+    *known = Some((key, proof));
+    Some(fingerprint)
 }
 
 fn refusal(code: ErrorCode) -> RelayToClient {
     RelayToClient::Error(code)
 }
 
+/// The connection's session, started at its first pairing (and again if the connection
+/// pairs with another office PC).
+fn session_for(
+    relay: &Relay,
+    state: &ClientState,
+    id: &ComputerId,
+    device: String,
+    requested: Instant,
+) -> Arc<SessionHandle> {
+    let mut slot = lock(&state.session);
+    if let Some(session) = slot.as_ref() {
+        if session.computer_id == *id {
+            return session.clone();
+        }
+        finish(relay, session, "the client asked for another office PC");
+    }
+    let session = Arc::new(relay.sessions.start(
+        NewSession {
+            computer_id: id.clone(),
+            client: state.peer,
+            device: device.clone(),
+            transport: state.transport,
+        },
+        state.end.clone(),
+    ));
+    relay.metrics.session_set_up(requested.elapsed());
+    info!(session = session.id, "session started");
+    relay.audit.record(AuditEvent::SessionStarted {
+        id: id.clone(),
+        client: state.peer,
+        device,
+        transport: state.transport.to_owned(),
+    });
+    *slot = Some(session.clone());
+    session
+}
+
 /// Serves one stream: its request, the pairing, then the splice.
 async fn serve_stream(relay: &Arc<Relay>, state: &ClientState, stream: Stream) {
     let mut framed = Framed::new(stream);
     let request = framed.read_within::<ClientToRelay>(REQUEST_TIMEOUT).await;
-    let ClientToRelay::Connect { version, id } = match request {
-        Ok(m) => m,
+    let (version, id, device) = match request {
+        Ok(ClientToRelay::ConnectAs {
+            version,
+            id,
+            device_key,
+            device_proof,
+        }) => (version, id, Some((device_key, device_proof))),
+        // Only versions before 6 send this; they are told to update.
+        Ok(ClientToRelay::Connect { version, id }) => (version, id, None),
         Err(e) => {
             debug!(%e, "no valid client request");
+            relay
+                .metrics
+                .handshake(Role::Client, Err(ErrorCode::ProtocolViolation));
             let _ = framed.write(&refusal(ErrorCode::ProtocolViolation)).await;
             return;
         }
     };
     let span = tracing::info_span!("session", %id, peer = %state.peer);
     async move {
-        if version < MIN_PROTOCOL_VERSION {
-            let _ = framed.write(&refusal(ErrorCode::VersionTooOld)).await;
-            return;
-        }
+        let refuse = |code: ErrorCode| {
+            relay.metrics.handshake(Role::Client, Err(code));
+            refusal(code)
+        };
+        let device = match device {
+            _ if version < MIN_PROTOCOL_VERSION => {
+                let _ = framed.write(&refuse(ErrorCode::VersionTooOld)).await;
+                return;
+            }
+            None => {
+                let _ = framed.write(&refuse(ErrorCode::ProtocolViolation)).await;
+                return;
+            }
+            Some((key, proof)) => match check_device(state, key, proof) {
+                Some(fingerprint) => fingerprint,
+                None => {
+                    info!("device proof failed");
+                    relay
+                        .limiters
+                        .failures
+                        .take(state.peer.ip(), Instant::now());
+                    let _ = framed.write(&refuse(ErrorCode::BadProof)).await;
+                    return;
+                }
+            },
+        };
         // A valid request: the connection has said what it is, as an agent's hello does.
         drop(
             state
@@ -147,7 +294,12 @@ async fn serve_stream(relay: &Arc<Relay>, state: &ClientState, stream: Stream) {
         if !allowed {
             info!("rate limited");
             relay.audit.lookup_refused(ip, Refusal::RateLimited);
-            let _ = framed.write(&refusal(ErrorCode::RateLimited)).await;
+            relay.metrics.limit_refused(if known {
+                LimitKind::Tunnels
+            } else {
+                LimitKind::Lookups
+            });
+            let _ = framed.write(&refuse(ErrorCode::RateLimited)).await;
             return;
         }
         let failed = || relay.limiters.failures.take(ip, Instant::now());
@@ -159,7 +311,7 @@ async fn serve_stream(relay: &Arc<Relay>, state: &ClientState, stream: Stream) {
                     Ok(None) => ErrorCode::UnknownId,
                     Err(e) => {
                         tracing::warn!(%e, "registry lookup failed");
-                        let _ = framed.write(&refusal(ErrorCode::Internal)).await;
+                        let _ = framed.write(&refuse(ErrorCode::Internal)).await;
                         return;
                     }
                 };
@@ -169,7 +321,7 @@ async fn serve_stream(relay: &Arc<Relay>, state: &ClientState, stream: Stream) {
                     _ => Refusal::UnknownId,
                 };
                 relay.audit.lookup_refused(ip, why);
-                let _ = framed.write(&refusal(code)).await;
+                let _ = framed.write(&refuse(code)).await;
                 return;
             }
         };
@@ -183,18 +335,21 @@ async fn serve_stream(relay: &Arc<Relay>, state: &ClientState, stream: Stream) {
             Ok(Ok(agent)) => agent,
             Ok(Err(e)) => {
                 info!(%e, "cannot open a stream to the agent");
-                let _ = framed.write(&refusal(ErrorCode::Offline)).await;
+                let _ = framed.write(&refuse(ErrorCode::Offline)).await;
                 return;
             }
             Err(_) => {
                 info!("the agent's stream did not open in time");
-                let _ = framed.write(&refusal(ErrorCode::AgentTimeout)).await;
+                let _ = framed.write(&refuse(ErrorCode::AgentTimeout)).await;
                 return;
             }
         };
         if framed.write(&RelayToClient::Paired).await.is_err() {
             return;
         }
+        relay.metrics.handshake(Role::Client, Ok(()));
+        relay.metrics.tunnel_paired();
+        let session = session_for(relay, state, &id, device, now);
         if !known {
             // A lookup that paired was legitimate work: it no longer counts against the
             // address, and the connection's further tunnels to this ID are its own.
@@ -220,10 +375,18 @@ async fn serve_stream(relay: &Arc<Relay>, state: &ClientState, stream: Stream) {
         }
         let stop = relay.hard_stop.clone();
         let tap = relay.options.splice_tap.clone();
+        let meters = Meters {
+            off: !relay.options.count_bytes,
+            session: session.counts.clone(),
+            up: relay.metrics.relayed_up.clone(),
+            down: relay.metrics.relayed_down.clone(),
+        };
+        session.tunnels.fetch_add(1, Ordering::Relaxed);
         let result = tokio::select! {
-            r = splice(client_stream, client_left, agent_stream, agent_left, tap) => r,
+            r = splice(client_stream, client_left, agent_stream, agent_left, tap, meters) => r,
             _ = stop.cancelled() => Err(std::io::Error::other("relay stopped")),
         };
+        session.tunnels.fetch_sub(1, Ordering::Relaxed);
         match result {
             Ok((up, down)) => debug!(up, down, secs = now.elapsed().as_secs(), "tunnel ended"),
             Err(e) => debug!(%e, secs = now.elapsed().as_secs(), "tunnel ended with error"),

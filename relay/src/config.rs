@@ -256,6 +256,7 @@ impl RelayConfig {
             } else {
                 crate::limits::Limits::unlimited()
             },
+            count_bytes: true,
             splice_tap: None,
             splice_hook: None,
             audit_days: self.audit_days,

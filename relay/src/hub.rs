@@ -4,12 +4,12 @@
 //! handle on its connection, on which a client's task opens the agent's side of a tunnel.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use telework_net::transport::Connection;
-use telework_protocol::messages::RelayToAgent;
+use telework_protocol::messages::{RelayToAgent, MAX_SOFTWARE_LEN};
 use telework_protocol::{ComputerId, ErrorCode, Ticket};
 use tokio::sync::mpsc;
 
@@ -23,6 +23,33 @@ struct OnlineAgent<C> {
     conn_id: u64,
     tx: mpsc::Sender<RelayToAgent>,
     connection: C,
+    arrival: Arrival,
+    since: SystemTime,
+    software: String,
+}
+
+/// Where an agent's connection came from, as the relay sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Arrival {
+    /// The connection's source address.
+    pub address: SocketAddr,
+    /// `QUIC` or `TLS/TCP`.
+    pub transport: &'static str,
+}
+
+/// One online agent, for the operator's console and metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentPresence {
+    /// Its computer ID.
+    pub id: ComputerId,
+    /// Its connection's source address.
+    pub address: SocketAddr,
+    /// `QUIC` or `TLS/TCP`.
+    pub transport: &'static str,
+    /// When it came online on this connection.
+    pub since: SystemTime,
+    /// The software it says it runs (`telework-agent 0.1.0`); empty until it says.
+    pub agent_version: String,
 }
 
 /// A paired tunnel, remembered for a while so its agent can report a failed login and the
@@ -81,6 +108,7 @@ impl<C: Clone> Hub<C> {
         conn_id: u64,
         tx: mpsc::Sender<RelayToAgent>,
         connection: C,
+        arrival: Arrival,
     ) -> Option<mpsc::Sender<RelayToAgent>> {
         self.lock()
             .agents
@@ -90,9 +118,56 @@ impl<C: Clone> Hub<C> {
                     conn_id,
                     tx,
                     connection,
+                    arrival,
+                    since: SystemTime::now(),
+                    software: String::new(),
                 },
             )
             .map(|old| old.tx)
+    }
+
+    /// Records what software the agent on `conn_id` says it runs: at most
+    /// [`MAX_SOFTWARE_LEN`] printable characters are kept.
+    pub fn set_software(&self, id: &ComputerId, conn_id: u64, software: &str) {
+        let clean: String = software
+            .chars()
+            .filter(|c| !c.is_control())
+            .take(MAX_SOFTWARE_LEN)
+            .collect();
+        if let Some(agent) = self.lock().agents.get_mut(id) {
+            if agent.conn_id == conn_id {
+                agent.software = clean;
+            }
+        }
+    }
+
+    /// Every online agent, ordered by computer ID.
+    pub fn online(&self) -> Vec<AgentPresence> {
+        let mut out: Vec<AgentPresence> = self
+            .lock()
+            .agents
+            .iter()
+            .map(|(id, a)| AgentPresence {
+                id: id.clone(),
+                address: a.arrival.address,
+                transport: a.arrival.transport,
+                since: a.since,
+                agent_version: a.software.clone(),
+            })
+            .collect();
+        out.sort_by(|a, b| a.id.as_str().cmp(b.id.as_str()));
+        out
+    }
+
+    /// Online agents on each transport: `(QUIC, TLS/TCP)`.
+    pub fn online_by_transport(&self) -> (usize, usize) {
+        let inner = self.lock();
+        let quic = inner
+            .agents
+            .values()
+            .filter(|a| a.arrival.transport == "QUIC")
+            .count();
+        (quic, inner.agents.len() - quic)
     }
 
     /// Marks `id` offline, but only if `conn_id` is still the connection holding it.
@@ -194,7 +269,11 @@ mod tests {
 
     fn online(hub: &Hub<u32>, id: &ComputerId, conn: u64) -> mpsc::Receiver<RelayToAgent> {
         let (tx, rx) = mpsc::channel(AGENT_QUEUE);
-        hub.agent_online(id.clone(), conn, tx, conn as u32);
+        let arrival = Arrival {
+            address: SocketAddr::from(([127, 0, 0, 1], 9)),
+            transport: "QUIC",
+        };
+        hub.agent_online(id.clone(), conn, tx, conn as u32, arrival);
         rx
     }
 
@@ -234,6 +313,22 @@ mod tests {
         let (b, conn) = hub.request_tunnel(&id, ip(), now).unwrap();
         assert_eq!(conn, 2, "the replacing connection");
         assert_ne!(a, b, "every tunnel has its own name");
+    }
+
+    #[test]
+    fn presence_lists_agents_with_what_they_say_they_run_cleaned_and_bounded() {
+        let hub = Hub::<u32>::default();
+        let id: ComputerId = "pc".parse().unwrap();
+        let _rx = online(&hub, &id, 1);
+        hub.set_software(&id, 2, "from another connection");
+        assert_eq!(hub.online()[0].agent_version, "");
+        hub.set_software(&id, 1, &format!("agent\u{1b}[31m {}", "x".repeat(500)));
+        let listed = hub.online();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].transport, "QUIC");
+        assert!(!listed[0].agent_version.contains('\u{1b}'));
+        assert_eq!(listed[0].agent_version.chars().count(), MAX_SOFTWARE_LEN);
+        assert_eq!(hub.online_by_transport(), (1, 0));
     }
 
     #[test]

@@ -8,7 +8,7 @@
 //! # Layout
 //! - [`config`]: settings from the command line and a TOML file, validated once.
 //! - [`identity`]: the TLS certificate (operator's files, or self-signed on first start).
-//! - [`registry`]: SQLite registry of machines, enrolment tokens and audit rows.
+//! - [`registry`]: SQLite registry of machines, enrolment tokens, operators and the audit log.
 //! - [`audit`]: the audit log's events, recorded without waiting for SQLite, and retention.
 //! - [`hub`]: presence, and the tunnels paired for whom.
 //! - [`registrations`]: drops connected agents whose registration was removed.
@@ -16,6 +16,8 @@
 //! - [`conn`]: accepting a connection on either transport and dispatching on its ALPN role
 //!   to [`agent_conn`] or [`client_conn`].
 //! - [`splice`]: the byte copy between a paired client stream and agent stream.
+//! - [`sessions`]: the live sessions (client connections paired with an office PC).
+//! - [`metrics`]: Prometheus counters and gauges.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -27,8 +29,10 @@ pub mod conn;
 pub mod hub;
 pub mod identity;
 pub mod limits;
+pub mod metrics;
 pub mod registrations;
 pub mod registry;
+pub mod sessions;
 pub mod splice;
 
 use std::future::Future;
@@ -51,7 +55,9 @@ use tracing::{info, warn, Instrument};
 use crate::audit::Audit;
 use crate::hub::Hub;
 use crate::identity::TlsIdentity;
+use crate::metrics::{Metrics, Online};
 use crate::registry::Registry;
+use crate::sessions::LiveSessions;
 use crate::splice::SpliceTap;
 
 pub use registrations::REGISTRATION_CHECK;
@@ -83,6 +89,9 @@ pub struct RelayOptions {
     pub shutdown_grace: Duration,
     /// Per-source-address rate limits.
     pub limits: limits::Limits,
+    /// Whether splices count the bytes they forward (per session and in the metrics). Off
+    /// only for the benchmark's baseline, which shows what counting costs.
+    pub count_bytes: bool,
     /// Test hook: sees every spliced byte.
     pub splice_tap: Option<SpliceTap>,
     /// Test hook: takes over splicing entirely (a malicious relay).
@@ -101,6 +110,7 @@ impl Default for RelayOptions {
             handshake_timeout: telework_net::HANDSHAKE_TIMEOUT,
             shutdown_grace: Duration::from_secs(10),
             limits: limits::Limits::default(),
+            count_bytes: true,
             splice_tap: None,
             splice_hook: None,
             audit_days: audit::DEFAULT_AUDIT_DAYS,
@@ -127,6 +137,10 @@ pub struct Relay {
     pub hub: Hub,
     /// Rate limits per source address.
     pub limiters: limits::Limiters,
+    /// Client connections paired with an office PC.
+    pub sessions: LiveSessions,
+    /// Counters for Prometheus.
+    pub metrics: Metrics,
     acceptor: TlsAcceptor,
     tls: Arc<rustls::ServerConfig>,
     options: RelayOptions,
@@ -160,6 +174,8 @@ impl Relay {
             registry,
             hub: Hub::default(),
             limiters: limits::Limiters::new(options.limits),
+            sessions: LiveSessions::default(),
+            metrics: Metrics::new(),
             acceptor: TlsAcceptor::from(tls.clone()),
             tls,
             options,
@@ -168,6 +184,57 @@ impl Relay {
             hard_stop: CancellationToken::new(),
             tasks: TaskTracker::new(),
         }))
+    }
+
+    /// The Prometheus text exposition of the relay's metrics, as of now.
+    pub fn metrics_text(&self) -> String {
+        let (agents_quic, agents_tcp) = self.hub.online_by_transport();
+        self.metrics.encode(Online {
+            agents_quic,
+            agents_tcp,
+            sessions: self.sessions.count(),
+        })
+    }
+
+    /// Ends a live session at an operator's request: the client's connection is closed and
+    /// the client says `the relay operator ended the session`. Returns whether it was live.
+    pub fn end_session(&self, id: u64) -> bool {
+        self.sessions.end(id)
+    }
+
+    /// Disables (`true`) or enables an office PC. A disabled PC's agent is disconnected now
+    /// and refused until enabled, and its live sessions end. Returns whether it is registered.
+    ///
+    /// # Errors
+    /// A registry error.
+    pub fn set_disabled(
+        &self,
+        id: &telework_protocol::ComputerId,
+        disabled: bool,
+    ) -> Result<bool, registry::RegistryError> {
+        let known = self.registry.set_disabled(id, disabled)?;
+        if known && disabled {
+            self.hub.disconnect(id, ErrorCode::Disabled);
+            self.sessions.end_all_of(id, ErrorCode::Disabled);
+        }
+        Ok(known)
+    }
+
+    /// Removes an office PC's registration: its agent is disconnected now and its live
+    /// sessions end. Returns whether it was registered.
+    ///
+    /// # Errors
+    /// A registry error.
+    pub fn remove_machine(
+        &self,
+        id: &telework_protocol::ComputerId,
+    ) -> Result<bool, registry::RegistryError> {
+        let known = self.registry.remove(id)?;
+        if known {
+            self.hub.disconnect(id, ErrorCode::UnknownId);
+            self.sessions.end_all_of(id, ErrorCode::EndedByOperator);
+        }
+        Ok(known)
     }
 
     /// The UDP endpoint for QUIC on the TCP listener's address and port, when QUIC is on.
@@ -231,12 +298,14 @@ impl Relay {
                 .take(peer.ip(), std::time::Instant::now())
             {
                 tracing::debug!(%peer, "connection rate limit; closing");
+                self.metrics.limit_refused(metrics::LimitKind::Connections);
                 return None;
             }
             let permit = |s: &Arc<Semaphore>, what: &str| -> Option<OwnedSemaphorePermit> {
                 let p = s.clone().try_acquire_owned().ok();
                 if p.is_none() {
                     warn!(%peer, "{what}; closing");
+                    self.metrics.limit_refused(metrics::LimitKind::Connections);
                 }
                 p
             };

@@ -146,6 +146,10 @@ struct ServeArgs {
     /// Days to keep audit rows; older ones are deleted at start and hourly [default: 90].
     #[arg(long, value_name = "DAYS")]
     audit_days: Option<u32>,
+    /// Do not count relayed bytes (only for `telework-bench --byte-counting`, which measures
+    /// what counting costs against this).
+    #[arg(long, hide = true)]
+    no_byte_counts: bool,
 }
 
 fn main() -> ExitCode {
@@ -372,7 +376,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             id
         }
     };
-    let relay = Relay::new(registry, &identity, config.options())?;
+    let mut options = config.options();
+    options.count_bytes = !args.no_byte_counts;
+    let relay = Relay::new(registry, &identity, options)?;
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async {
         let (listener, quic) = relay.bind(config.listen).await.with_context(|| {

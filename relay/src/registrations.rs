@@ -1,4 +1,4 @@
-//! Drops connected agents whose registration is gone.
+//! Drops connected agents whose registration is gone or disabled.
 //!
 //! `telework-relay machines remove` runs as its own process and deletes the row from the
 //! shared SQLite registry; the serving relay notices through SQLite's `data_version` (which
@@ -58,9 +58,13 @@ fn check(
         return Ok(version);
     }
     for id in relay.hub.online_ids() {
-        if relay.registry.machine(&id)?.is_none() && relay.hub.disconnect(&id, ErrorCode::UnknownId)
-        {
-            info!(%id, "registration removed: agent disconnected");
+        let code = match relay.registry.machine(&id)? {
+            None => ErrorCode::UnknownId,
+            Some(m) if m.disabled => ErrorCode::Disabled,
+            Some(_) => continue,
+        };
+        if relay.hub.disconnect(&id, code) {
+            info!(%id, ?code, "registration removed or disabled: agent disconnected");
         }
     }
     Ok(version)

@@ -4,10 +4,12 @@
 
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use bytes::{Bytes, BytesMut};
+use prometheus_client::metrics::counter::Counter;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use telework_net::transport::Stream;
@@ -40,8 +42,54 @@ pub trait SpliceHook: Send + Sync {
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 }
 
-/// Splices two streams until both directions have ended, passing half-closes through.
-/// Returns bytes copied client→agent and agent→client.
+/// Bytes forwarded each way, counted as they go (for the console's live sessions and the
+/// metrics), not only when a tunnel ends.
+#[derive(Debug, Default)]
+pub struct ByteCounts {
+    /// Client to agent.
+    pub up: AtomicU64,
+    /// Agent to client.
+    pub down: AtomicU64,
+}
+
+impl ByteCounts {
+    fn add(&self, up: u64, down: u64) {
+        self.up.fetch_add(up, Ordering::Relaxed);
+        self.down.fetch_add(down, Ordering::Relaxed);
+    }
+}
+
+/// Where a splice counts: its session's bytes and the relay's totals (the metrics'); or
+/// nowhere, for the benchmark's baseline.
+#[derive(Clone, Default)]
+pub struct Meters {
+    /// Whether to count at all.
+    pub off: bool,
+    /// The session's.
+    pub session: Arc<ByteCounts>,
+    /// The relay's, client to agent.
+    pub up: Counter,
+    /// The relay's, agent to client.
+    pub down: Counter,
+}
+
+impl Meters {
+    fn add(&self, up: u64, down: u64) {
+        if self.off {
+            return;
+        }
+        self.session.add(up, down);
+        if up > 0 {
+            self.up.inc_by(up);
+        }
+        if down > 0 {
+            self.down.inc_by(down);
+        }
+    }
+}
+
+/// Splices two streams until both directions have ended, passing half-closes through and
+/// counting every byte in `meters`. Returns bytes copied client→agent and agent→client.
 ///
 /// # Errors
 /// The first socket error on either side.
@@ -51,6 +99,7 @@ pub async fn splice(
     mut agent: Stream,
     agent_left: BytesMut,
     tap: Option<SpliceTap>,
+    meters: Meters,
 ) -> io::Result<(u64, u64)> {
     if let Some(t) = &tap {
         t(&client_left);
@@ -60,15 +109,16 @@ pub async fn splice(
     agent.flush().await?;
     client.write_all(&agent_left).await?;
     client.flush().await?;
+    meters.add(client_left.len() as u64, agent_left.len() as u64);
     match tap {
-        None => copy_both_ways(client, agent).await,
+        None => copy_both_ways(client, agent, meters).await,
         Some(tap) => {
             let client = Tapped {
                 inner: client,
                 tap: tap.clone(),
             };
             let agent = Tapped { inner: agent, tap };
-            copy_both_ways(client, agent).await
+            copy_both_ways(client, agent, meters).await
         }
     }
 }
@@ -123,12 +173,16 @@ impl ChunkIo for Stream {
 /// Copies `a`→`b` and `b`→`a` until both directions end; an end of stream on one side shuts
 /// down the other side's writing half. Both directions run in one future, with no lock
 /// between them.
-async fn copy_both_ways<A: ChunkIo, B: ChunkIo>(mut a: A, mut b: B) -> io::Result<(u64, u64)> {
+async fn copy_both_ways<A: ChunkIo, B: ChunkIo>(
+    mut a: A,
+    mut b: B,
+    meters: Meters,
+) -> io::Result<(u64, u64)> {
     let mut a_to_b = Direction::default();
     let mut b_to_a = Direction::default();
     std::future::poll_fn(|cx| {
-        let forward = a_to_b.poll(cx, &mut a, &mut b)?;
-        let back = b_to_a.poll(cx, &mut b, &mut a)?;
+        let forward = a_to_b.poll(cx, &mut a, &mut b, |n| meters.add(n, 0))?;
+        let back = b_to_a.poll(cx, &mut b, &mut a, |n| meters.add(0, n))?;
         match (forward, back) {
             (Poll::Ready(forward), Poll::Ready(back)) => Poll::Ready(Ok((forward, back))),
             _ => Poll::Pending,
@@ -164,6 +218,7 @@ impl Direction {
         cx: &mut Context<'_>,
         from: &mut R,
         to: &mut W,
+        count: impl Fn(u64),
     ) -> Poll<io::Result<u64>> {
         loop {
             match self.state {
@@ -188,7 +243,9 @@ impl Direction {
                     let before = self.pending.len();
                     ready!(to.poll_write_chunk(cx, &mut self.pending))?;
                     self.unflushed = true;
-                    self.total += (before - self.pending.len()) as u64;
+                    let sent = (before - self.pending.len()) as u64;
+                    self.total += sent;
+                    count(sent);
                 }
                 DirectionState::ShuttingDown => {
                     ready!(to.poll_shutdown(cx))?;
@@ -289,7 +346,8 @@ mod tests {
     async fn bytes_a_writer_held_are_flushed_while_the_sender_stays_open() {
         let (a, mut a_peer) = side();
         let (b, mut b_peer) = side();
-        let splice = tokio::spawn(copy_both_ways(a, b));
+        let meters = Meters::default();
+        let splice = tokio::spawn(copy_both_ways(a, b, meters.clone()));
         a_peer.write_all(b"to b").await.unwrap();
         b_peer.write_all(b"to a").await.unwrap();
         // Neither sender closes: the bytes must arrive all the same.
@@ -315,6 +373,8 @@ mod tests {
         b_peer.shutdown().await.unwrap();
         let (forward, back) = splice.await.unwrap().unwrap();
         assert_eq!((forward, back), (4, 4));
+        assert_eq!(meters.session.up.load(Ordering::Relaxed), 4);
+        assert_eq!(meters.down.get(), 4);
         let mut rest = Vec::new();
         b_peer.read_to_end(&mut rest).await.unwrap();
         a_peer.read_to_end(&mut rest).await.unwrap();

@@ -37,6 +37,7 @@ use telework_net::transport::dial::Dialer;
 use telework_net::transport::{Connection, Role, Stream, TransportChoice};
 use telework_protocol::e2e::pake::PasswordRecord;
 use telework_protocol::messages::{ClientToRelay, RelayToClient, PROTOCOL_VERSION};
+use telework_protocol::proof::MachineKey;
 use telework_protocol::{CertFingerprint, ComputerId};
 use telework_relay::identity;
 use telework_relay::registry::Registry;
@@ -228,12 +229,7 @@ impl TestRelay {
     pub async fn pair(&self, id: &str) -> Framed<Stream> {
         let connection = self.client_connection().await;
         let mut f = Framed::new(connection.open().await.unwrap());
-        f.write(&ClientToRelay::Connect {
-            version: PROTOCOL_VERSION,
-            id: id.parse().unwrap(),
-        })
-        .await
-        .unwrap();
+        f.write(&connect_request(&connection, id)).await.unwrap();
         assert_eq!(
             f.read::<RelayToClient>().await.unwrap(),
             RelayToClient::Paired
@@ -457,5 +453,19 @@ pub fn options_with_profile(
         device_name: "home-laptop".into(),
         profile: Some(profile.clone()),
         ..telework_client::LoginOptions::default()
+    }
+}
+
+/// The request a client sends on a new stream of `connection` to reach the office PC `id`,
+/// from a new device key proved on that connection.
+pub fn connect_request(connection: &Connection, id: &str) -> ClientToRelay {
+    let device = MachineKey::generate().expect("system random source");
+    ClientToRelay::ConnectAs {
+        version: PROTOCOL_VERSION,
+        id: id.parse().expect("a valid computer ID"),
+        device_key: device.public_key(),
+        device_proof: device.sign(&telework_protocol::proof::device_proof_message(
+            connection.channel_binding(),
+        )),
     }
 }

@@ -60,12 +60,11 @@ async fn client_stream(relay: &TestRelay) -> (Connection, Stream) {
 async fn client_asking_for_pc_ok(relay: &TestRelay, version: u16) -> (Connection, Framed<Stream>) {
     let (connection, stream) = client_stream(relay).await;
     let mut f = Framed::new(stream);
-    f.write(&ClientToRelay::Connect {
-        version,
-        id: "pc-ok".parse().unwrap(),
-    })
-    .await
-    .unwrap();
+    let mut request = telework_tests::connect_request(&connection, "pc-ok");
+    if let ClientToRelay::ConnectAs { version: v, .. } = &mut request {
+        *v = version;
+    }
+    f.write(&request).await.unwrap();
     (connection, f)
 }
 
@@ -224,12 +223,9 @@ on_both_transports! {
         for _ in 0..3 {
             let (connection, stream) = client_stream(&relay).await;
             let mut f = Framed::new(stream);
-            f.write(&ClientToRelay::Connect {
-                version: PROTOCOL_VERSION,
-                id: "pc-nobody".parse().unwrap(),
-            })
-            .await
-            .unwrap();
+            f.write(&telework_tests::connect_request(&connection, "pc-nobody"))
+                .await
+                .unwrap();
             assert_eq!(
                 f.read::<RelayToClient>().await.unwrap(),
                 RelayToClient::Error(ErrorCode::UnknownId)
@@ -239,6 +235,50 @@ on_both_transports! {
         relay_still_serves(&relay).await;
     }
 
+    /// The relay names sessions by device key, so a client must prove one, on this
+    /// connection: no proof, a forged one, or one made for another connection gets nothing.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_client_without_a_good_device_proof_is_refused() {
+        let relay = TestRelay::start().await;
+        let (_desktop, _agent) = relay.office_pc("pc-ok", PW).await;
+        let ask = |request: ClientToRelay| {
+            let relay = &relay;
+            async move {
+                let (_c, stream) = client_stream(relay).await;
+                let mut f = Framed::new(stream);
+                f.write(&request).await.unwrap();
+                f.read::<RelayToClient>().await.unwrap()
+            }
+        };
+        let no_proof = ClientToRelay::Connect {
+            version: PROTOCOL_VERSION,
+            id: "pc-ok".parse().unwrap(),
+        };
+        assert_eq!(
+            ask(no_proof).await,
+            RelayToClient::Error(ErrorCode::ProtocolViolation)
+        );
+        let (other, _) = client_stream(&relay).await;
+        let mut forged = telework_tests::connect_request(&other, "pc-ok");
+        if let ClientToRelay::ConnectAs { device_proof, .. } = &mut forged {
+            device_proof[0] ^= 1;
+        }
+        assert_eq!(
+            ask(forged).await,
+            RelayToClient::Error(ErrorCode::BadProof)
+        );
+        let from_another_connection = telework_tests::connect_request(&other, "pc-ok");
+        assert_eq!(
+            ask(from_another_connection).await,
+            RelayToClient::Error(ErrorCode::BadProof)
+        );
+        let (_c, mut f) = client_asking_for_pc_ok(&relay, PROTOCOL_VERSION).await;
+        assert_eq!(
+            f.read::<RelayToClient>().await.unwrap(),
+            RelayToClient::Paired
+        );
+    }
+
     /// Software from before this build's minor version is told to update, on both roles,
     /// instead of failing later.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -246,6 +286,19 @@ on_both_transports! {
         let relay = TestRelay::start().await;
         let (_desktop, _agent) = relay.office_pc("pc-ok", PW).await;
         let (_c, mut f) = client_asking_for_pc_ok(&relay, PROTOCOL_VERSION - 1).await;
+        assert_eq!(
+            f.read::<RelayToClient>().await.unwrap(),
+            RelayToClient::Error(ErrorCode::VersionTooOld)
+        );
+        // Clients before 6 sent no device proof; they too are told to update.
+        let (_c, stream) = client_stream(&relay).await;
+        let mut f = Framed::new(stream);
+        f.write(&ClientToRelay::Connect {
+            version: PROTOCOL_VERSION - 1,
+            id: "pc-ok".parse().unwrap(),
+        })
+        .await
+        .unwrap();
         assert_eq!(
             f.read::<RelayToClient>().await.unwrap(),
             RelayToClient::Error(ErrorCode::VersionTooOld)

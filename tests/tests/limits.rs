@@ -102,7 +102,6 @@ on_both_transports! {
     /// others end (the transport's own stream limit, so the relay never holds more).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_client_connection_holds_at_most_256_open_streams() {
-        use telework_protocol::messages::ClientToRelay;
         let relay = TestRelay::start().await;
         let (_desktop, _agent) = relay.office_pc("pc-cap", "cap-password").await;
         let connection = relay.client_connection().await;
@@ -114,12 +113,9 @@ on_both_transports! {
                     .expect("within the limit, a stream opens at once")
                     .unwrap(),
             );
-            f.write(&ClientToRelay::Connect {
-                version: PROTOCOL_VERSION,
-                id: "pc-cap".parse().unwrap(),
-            })
-            .await
-            .unwrap();
+            f.write(&telework_tests::connect_request(&connection, "pc-cap"))
+                .await
+                .unwrap();
             assert_eq!(
                 f.read::<RelayToClient>().await.unwrap(),
                 RelayToClient::Paired

@@ -84,12 +84,19 @@ pub enum TransportKind {
     Tcp,
 }
 
-impl fmt::Display for TransportKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+impl TransportKind {
+    /// The name a person reads: `QUIC` or `TLS/TCP`.
+    pub fn name(self) -> &'static str {
+        match self {
             Self::Quic => "QUIC",
             Self::Tcp => "TLS/TCP",
-        })
+        }
+    }
+}
+
+impl fmt::Display for TransportKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
     }
 }
 
@@ -265,6 +272,19 @@ impl Connection {
         }
     }
 
+    /// Why the peer closed the connection, if it did so with one of our codes (the relay's
+    /// close of a client connection carries one on both transports).
+    pub fn peer_close_reason(&self) -> Option<ErrorCode> {
+        let code = match &self.inner {
+            Inner::Quic(c) => match c.close_reason()? {
+                quinn::ConnectionError::ApplicationClosed(close) => close.error_code.into_inner(),
+                _ => return None,
+            },
+            Inner::Tcp(c) => u64::from(c.peer_close_code()?),
+        };
+        ErrorCode::from_close_code(code)
+    }
+
     /// Whether the connection has closed.
     pub fn is_closed(&self) -> bool {
         match &self.inner {
@@ -274,10 +294,8 @@ impl Connection {
     }
 }
 
-/// The number a close carries on the wire: the error code's position, offset so that 0 stays
-/// "no error".
 fn close_code(why: ErrorCode) -> u32 {
-    1 + why as u32
+    why.close_code()
 }
 
 /// One bidirectional stream in a [`Connection`]: a byte pipe with half-close.

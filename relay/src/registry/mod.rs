@@ -37,6 +37,8 @@ pub struct Machine {
     pub created: i64,
     /// Unix seconds it was last online, if ever.
     pub last_seen: Option<i64>,
+    /// Whether the operator disabled it: its agent is refused until enabled again.
+    pub disabled: bool,
 }
 
 /// The registry. SQLite calls are short, so one connection behind a mutex serves all tasks.
@@ -67,6 +69,25 @@ fn now() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0)
+}
+
+/// Adds `column` to `table` in a database made by an older version (SQLite has no
+/// `ADD COLUMN IF NOT EXISTS`).
+fn add_column_if_missing(
+    db: &Connection,
+    table: &str,
+    column: &str,
+    declaration: &str,
+) -> Result<(), RegistryError> {
+    let mut stmt = db.prepare(&format!("PRAGMA table_info({table})"))?;
+    let mut names = stmt.query_map([], |r| r.get::<_, String>(1))?;
+    if names.any(|name| name.is_ok_and(|n| n == column)) {
+        return Ok(());
+    }
+    db.execute_batch(&format!(
+        "ALTER TABLE {table} ADD COLUMN {column} {declaration}"
+    ))?;
+    Ok(())
 }
 
 fn token_hash(token: &str) -> Vec<u8> {
@@ -101,6 +122,7 @@ impl Registry {
         for schema in SCHEMAS {
             db.execute_batch(schema)?;
         }
+        add_column_if_missing(&db, "machines", "disabled", "INTEGER NOT NULL DEFAULT 0")?;
         Ok(Self { db: Mutex::new(db) })
     }
 
@@ -144,23 +166,27 @@ impl Registry {
         let db = self.db();
         let row = db
             .query_row(
-                "SELECT public_key, created, last_seen FROM machines WHERE id = ?1",
+                "SELECT public_key, created, last_seen, disabled FROM machines WHERE id = ?1",
                 [id.as_str()],
                 |r| {
                     Ok((
                         r.get::<_, Vec<u8>>(0)?,
                         r.get::<_, i64>(1)?,
                         r.get::<_, Option<i64>>(2)?,
+                        r.get::<_, bool>(3)?,
                     ))
                 },
             )
             .optional()?;
-        Ok(row.map(|(public_key, created, last_seen)| Machine {
-            id: id.clone(),
-            public_key,
-            created,
-            last_seen,
-        }))
+        Ok(
+            row.map(|(public_key, created, last_seen, disabled)| Machine {
+                id: id.clone(),
+                public_key,
+                created,
+                last_seen,
+                disabled,
+            }),
+        )
     }
 
     /// Every machine, ordered by ID.
@@ -169,19 +195,21 @@ impl Registry {
     /// A database error.
     pub fn machines(&self) -> Result<Vec<Machine>, RegistryError> {
         let db = self.db();
-        let mut stmt =
-            db.prepare("SELECT id, public_key, created, last_seen FROM machines ORDER BY id")?;
+        let mut stmt = db.prepare(
+            "SELECT id, public_key, created, last_seen, disabled FROM machines ORDER BY id",
+        )?;
         let rows = stmt.query_map([], |r| {
             Ok((
                 r.get::<_, String>(0)?,
                 r.get::<_, Vec<u8>>(1)?,
                 r.get::<_, i64>(2)?,
                 r.get::<_, Option<i64>>(3)?,
+                r.get::<_, bool>(4)?,
             ))
         })?;
         let mut out = Vec::new();
         for row in rows {
-            let (id, public_key, created, last_seen) = row?;
+            let (id, public_key, created, last_seen, disabled) = row?;
             // Rows were validated on insert; skip any that a hand edit broke.
             if let Ok(id) = id.parse() {
                 out.push(Machine {
@@ -189,10 +217,25 @@ impl Registry {
                     public_key,
                     created,
                     last_seen,
+                    disabled,
                 });
             }
         }
         Ok(out)
+    }
+
+    /// Disables (`true`) or enables a machine; returns whether it is registered. A running
+    /// relay drops a disabled machine's agent within [`crate::REGISTRATION_CHECK`] (at once
+    /// when the caller is the relay itself, which also calls [`crate::hub::Hub::disconnect`]).
+    ///
+    /// # Errors
+    /// A database error.
+    pub fn set_disabled(&self, id: &ComputerId, disabled: bool) -> Result<bool, RegistryError> {
+        let changed = self.db().execute(
+            "UPDATE machines SET disabled = ?2 WHERE id = ?1",
+            params![id.as_str(), disabled],
+        )?;
+        Ok(changed > 0)
     }
 
     /// Removes the registration of `id`; returns whether there was one. An agent connected
@@ -283,6 +326,31 @@ mod tests {
         assert!(reg.machine(&"pc-2".parse().unwrap()).unwrap().is_none());
         reg.touch(&id).unwrap();
         assert!(reg.machines().unwrap()[0].last_seen.is_some());
+        assert!(!reg.machine(&id).unwrap().unwrap().disabled);
+        assert!(reg.set_disabled(&id, true).unwrap());
+        assert!(reg.machines().unwrap()[0].disabled);
+        assert!(reg.set_disabled(&id, false).unwrap());
+        assert!(!reg.machine(&id).unwrap().unwrap().disabled);
+        assert!(!reg.set_disabled(&"pc-2".parse().unwrap(), true).unwrap());
+    }
+
+    #[test]
+    fn a_database_from_before_the_disabled_column_gains_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("relay.db");
+        let old = Connection::open(&path).unwrap();
+        old.execute_batch(MACHINES_SCHEMA).unwrap();
+        old.execute(
+            "INSERT INTO machines (id, public_key, created) VALUES ('pc-1', x'03', 1)",
+            [],
+        )
+        .unwrap();
+        drop(old);
+        let reg = Registry::open(&path).unwrap();
+        let id: ComputerId = "pc-1".parse().unwrap();
+        assert!(!reg.machine(&id).unwrap().unwrap().disabled);
+        drop(reg);
+        Registry::open(&path).unwrap();
     }
 
     #[test]

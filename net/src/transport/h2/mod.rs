@@ -131,6 +131,11 @@ where
                 ended = conn => {
                     if let Err(error) = ended {
                         tracing::debug!(%error, "HTTP/2 connection ended");
+                        if error.is_go_away() && error.is_remote() {
+                            if let Some(reason) = error.reason() {
+                                driver.peer_code.store(u32::from(reason), Ordering::Relaxed);
+                            }
+                        }
                     }
                 }
             }
@@ -277,6 +282,8 @@ struct Shared {
     done: CancellationToken,
     /// The code for the GOAWAY, set before `shutdown`.
     code: AtomicU32,
+    /// The code of the peer's GOAWAY, if it closed the connection with one (0: none).
+    peer_code: AtomicU32,
 }
 
 /// Held by every connection handle and stream: when the last goes, the connection closes.
@@ -390,6 +397,15 @@ impl H2Connection {
     /// Completes when the connection has closed: by either end, or by a failure.
     pub async fn closed(&self) {
         self.shared.done.cancelled().await;
+    }
+
+    /// The code the peer closed the connection with, if it sent one (only an acceptor's
+    /// GOAWAY carries a code).
+    pub fn peer_close_code(&self) -> Option<u32> {
+        match self.shared.peer_code.load(Ordering::Relaxed) {
+            0 => None,
+            code => Some(code),
+        }
     }
 
     /// Whether the connection has closed, or is closing at our request.
