@@ -11,6 +11,7 @@ use telework_agent::devices::DeviceStatus;
 use telework_agent::state::{AgentSettings, DataDir, StateError};
 use telework_agent::totp::TotpSecret;
 use telework_agent::{Agent, RunOptions, DEFAULT_TARGET};
+use telework_net::logging::LogFormat;
 use telework_net::proxy::{ProxyEnv, ProxySetting};
 use telework_net::signal::shutdown_signal;
 use telework_net::transport::TransportChoice;
@@ -24,6 +25,9 @@ use telework_protocol::{CertFingerprint, ComputerId};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// How to write logs on standard error: text, or one JSON object per line.
+    #[arg(long, value_enum, global = true, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
 }
 
 #[derive(Subcommand)]
@@ -185,16 +189,12 @@ const MIN_PASSWORD_LEN: usize = 8;
 fn main() -> ExitCode {
     telework_net::glibc_tuning::reexec_if_needed();
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let format = cli.log_format;
+    telework_net::logging::init(format, "info");
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("telework-agent: {e:#}");
+            telework_net::logging::report_error(format, "telework-agent", &format!("{e:#}"));
             ExitCode::FAILURE
         }
     }

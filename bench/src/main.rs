@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 mod agents;
+mod byte_counting;
 mod crypto_cost;
 mod floor;
 mod impaired;
@@ -64,6 +65,10 @@ struct Cli {
     /// through the same forwarders.
     #[arg(long)]
     impaired: bool,
+    /// Instead of the scenarios: the relay's CPU per GB with and without counting relayed
+    /// bytes (the metrics' and the console's), two chains side by side on each transport.
+    #[arg(long)]
+    byte_counting: bool,
     /// Seconds per throughput run, each way, with --impaired.
     #[arg(long, default_value_t = 4.0)]
     impaired_seconds: f64,
@@ -201,6 +206,18 @@ fn name(t: TransportChoice) -> String {
 }
 
 async fn bench(mut cli: Cli) -> anyhow::Result<()> {
+    if cli.byte_counting {
+        let json = cli
+            .json
+            .unwrap_or_else(|| PathBuf::from("bench/results-byte-counting.json"));
+        return byte_counting::run(
+            &cli.transports,
+            cli.runs.max(5),
+            cli.seconds.min(3.0),
+            &json,
+        )
+        .await;
+    }
     if cli.impaired {
         let json = cli
             .json

@@ -15,6 +15,7 @@ use telework_client::profile::{self, Profile};
 use telework_client::session::TotpSource;
 use telework_client::{ClientError, LoginOptions, Session, Target};
 use telework_net::connect::RelayAddr;
+use telework_net::logging::LogFormat;
 use telework_net::proxy::{ProxyConfigError, ProxyEnv, ProxySetting, ProxyUrl};
 use telework_net::tls::RelayTrust;
 use telework_net::transport::TransportChoice;
@@ -27,6 +28,9 @@ use zeroize::Zeroizing;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// How to write logs on standard error: text, or one JSON object per line.
+    #[arg(long, value_enum, global = true, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
 }
 
 #[derive(Subcommand)]
@@ -97,12 +101,8 @@ const PROMPT_TRIES: u32 = 3;
 fn main() -> ExitCode {
     telework_net::glibc_tuning::reexec_if_needed();
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let format = cli.log_format;
+    telework_net::logging::init(format, "warn");
     let result = match cli.command {
         Command::Connect(args) => connect(args),
         Command::Forget { id, config_dir } => forget(&id, config_dir),
@@ -110,7 +110,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("telework: {e:#}");
+            telework_net::logging::report_error(format, "telework", &format!("{e:#}"));
             ExitCode::FAILURE
         }
     }
@@ -204,12 +204,12 @@ fn proxy(args: &ConnectArgs) -> anyhow::Result<Option<ProxyUrl>> {
 fn connect(args: ConnectArgs) -> anyhow::Result<()> {
     let access = local_peer::listen_policy(args.listen, args.allow_remote)?;
     match access {
-        LocalAccess::Anyone => eprintln!(
+        LocalAccess::Anyone => telework_net::say!(
             "telework: WARNING: listening on {} (--allow-remote): anyone who can reach this \
              address gets your office desktop without a password",
             args.listen
         ),
-        LocalAccess::SameUser if !local_peer::OWNER_CHECKED => eprintln!(
+        LocalAccess::SameUser if !local_peer::OWNER_CHECKED => telework_net::say!(
             "telework: WARNING: on this operating system telework cannot check who connects to \
              its local port: other users of this computer can use it while the session is open"
         ),
@@ -239,11 +239,11 @@ fn connect(args: ConnectArgs) -> anyhow::Result<()> {
         let session = loop {
             let password = read_password(&args)?;
             match &options.proxy {
-                Some(proxy) => eprintln!(
+                Some(proxy) => telework_net::say!(
                     "connecting to {} through {} (via the proxy {proxy}) …",
                     args.id, args.relay
                 ),
-                None => eprintln!("connecting to {} through {} …", args.id, args.relay),
+                None => telework_net::say!("connecting to {} through {} …", args.id, args.relay),
             }
             match Session::login_with(&target, password.as_bytes(), &options).await {
                 Ok(s) => break s,
@@ -252,14 +252,14 @@ fn connect(args: ConnectArgs) -> anyhow::Result<()> {
                         && !args.password_stdin
                         && tries + 1 < PROMPT_TRIES =>
                 {
-                    eprintln!("telework: {e}");
+                    telework_net::say!("telework: {e}");
                     tries += 1;
                 }
                 Err(e) => return Err(e.into()),
             }
         };
         if let Some(fingerprint) = session.pinned_now() {
-            eprintln!(
+            telework_net::say!(
                 "first connection to {} through {}: pinned its identity key {fingerprint}. From now \
                  on telework refuses anyone pretending to be this office PC before your password \
                  is used. On this first connection only, a relay pretending to be it could have \
@@ -291,22 +291,22 @@ fn connect(args: ConnectArgs) -> anyhow::Result<()> {
         ) {
             Ok(Some(plan)) => match launch::launch(&plan) {
                 Ok(child) => {
-                    eprintln!("started {}", plan.program.display());
+                    telework_net::say!("started {}", plan.program.display());
                     if plan.ends_session_on_exit(args.keep_open) {
                         rdp_client = Some((child, plan.program));
                     }
                 }
-                Err(e) => eprintln!("telework: could not start {}: {e}", plan.program.display()),
+                Err(e) => telework_net::say!("telework: could not start {}: {e}", plan.program.display()),
             },
             Ok(None) => {}
-            Err(e) => eprintln!("telework: {e}"),
+            Err(e) => telework_net::say!("telework: {e}"),
         }
         match &rdp_client {
-            Some((_, program)) => eprintln!(
+            Some((_, program)) => telework_net::say!(
                 "press Ctrl-C or close {} to end the session",
                 program.display()
             ),
-            None => eprintln!("press Ctrl-C to end the session"),
+            None => telework_net::say!("press Ctrl-C to end the session"),
         }
         let stop = async move {
             let Some((mut child, program)) = rdp_client else {
@@ -316,7 +316,7 @@ fn connect(args: ConnectArgs) -> anyhow::Result<()> {
                 () = telework_net::signal::shutdown_signal() => {}
                 status = child.wait() => {
                     let how = status.map_or_else(|e| e.to_string(), |s| s.to_string());
-                    eprintln!("telework: {} exited ({how}): ending the session", program.display());
+                    telework_net::say!("telework: {} exited ({how}): ending the session", program.display());
                 }
             }
         };

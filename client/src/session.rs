@@ -279,7 +279,7 @@ impl Session {
                     match watch.as_mut().map(|(w, c)| (w.check(), c.clone())) {
                         Some((NetworkChange::Moved, _)) => {
                             info!("the network changed; QUIC followed it");
-                            eprintln!("network changed, still connected");
+                            telework_net::say!("network changed, still connected");
                         }
                         Some((NetworkChange::Lost, connection)) => {
                             info!("the address this connection left from is gone");
@@ -308,7 +308,7 @@ impl Session {
                         if let Err(refused) = access.admit(&local) {
                             // Dropping `local` closes it: no tunnel, no desktop bytes.
                             warn!(%refused, "local connection refused");
-                            eprintln!("telework: {refused}");
+                            telework_net::say!("telework: {refused}");
                             return;
                         }
                         let _ = local.set_nodelay(true);
@@ -319,7 +319,7 @@ impl Session {
                             },
                             Err(e) => {
                                 warn!(%e, "could not open a tunnel for a local connection");
-                                eprintln!("telework: {e}");
+                                telework_net::say!("telework: {e}");
                             }
                         }
                     }.instrument(tracing::info_span!("local", %peer)));
@@ -341,7 +341,9 @@ impl Session {
             info!(%broken, "the session's connection broke; reconnecting");
             match self.reattach().await {
                 Ok(()) => {
-                    eprintln!("reconnected to the relay (the desktop reconnects by itself)");
+                    telework_net::say!(
+                        "reconnected to the relay (the desktop reconnects by itself)"
+                    );
                     watch = self
                         .link
                         .current()

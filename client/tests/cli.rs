@@ -198,3 +198,40 @@ async fn a_relay_restart_is_one_line_and_no_password() {
         interrupt(&mut child).await;
     }
 }
+
+/// An operator ends the session from the relay's console: the employee reads one plain line,
+/// the program exits with failure and does not reconnect, on each transport.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_ending_the_session_is_one_line_and_no_reconnect() {
+    for transport in ["quic", "tcp"] {
+        let relay = TestRelay::start().await;
+        let desktop = EchoServer::start().await;
+        let id = format!("pc-ended-{transport}");
+        let _agent = relay.agent(&id, PW).target(desktop.addr).run().await;
+        let cmd = common::telework(
+            &relay,
+            &id,
+            &["--launch", "none", "--transport", transport],
+            None,
+        );
+        let (mut child, addr, _stdout, _line) = start(cmd).await;
+        assert_eq!(round_trip(&addr, b"before").await, b"before");
+        let live = relay.relay.sessions.list();
+        assert_eq!(live.len(), 1, "{transport}");
+        assert!(relay.relay.end_session(live[0].id));
+
+        let status = tokio::time::timeout(Duration::from_secs(15), child.wait())
+            .await
+            .expect("telework exits")
+            .unwrap();
+        assert!(!status.success(), "{transport}");
+        let said = stderr(&mut child).await;
+        assert!(
+            said.lines()
+                .any(|l| l == "telework: the relay operator ended the session"),
+            "{transport}: {said}"
+        );
+        assert!(!said.contains("reconnected"), "{transport}: {said}");
+        assert_eq!(relay.relay.sessions.count(), 0, "{transport}");
+    }
+}

@@ -11,6 +11,7 @@
 //! - [`pump`]: moving desktop bytes between a plain local socket and an encrypted tunnel.
 //! - [`read_ahead`]: large socket reads under rustls's small ones.
 //! - [`signal`]: waiting for Ctrl-C or SIGTERM.
+//! - [`logging`]: the log subscriber, as text or JSON lines (`--log-format`).
 //! - [`glibc_tuning`]: glibc's heap trim threshold, and `memcpy` off `rep movsb` on AMD Zen
 //!   3+, which the programs set first thing at start.
 //! - `holds_until_flush` (tests only, feature `test-util`): a transport that holds writes
@@ -24,6 +25,7 @@ pub mod glibc_tuning;
 pub mod handshake_io;
 #[cfg(any(test, feature = "test-util"))]
 pub mod holds_until_flush;
+pub mod logging;
 pub mod proxy;
 pub mod pump;
 pub mod read_ahead;

@@ -17,6 +17,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{debug, info, warn, Instrument};
 
+use crate::audit::AuditEvent;
 use crate::conn::{remaining, Accepted};
 use crate::hub::{Arrival, AGENT_QUEUE};
 use crate::metrics::Role;
@@ -105,9 +106,14 @@ pub async fn serve(relay: Arc<Relay>, conn: Accepted) {
                     register(&relay, &id, &public_key, token.as_deref())
                 };
                 match code {
-                    Ok(()) => {
-                        info!(peer = %conn.peer, "machine registered");
+                    Ok(with_token) => {
+                        info!(peer = %conn.peer, with_token, "machine registered");
                         relay.metrics.handshake(Role::Agent, Ok(()));
+                        relay.audit.record(AuditEvent::Enrolled {
+                            id: id.clone(),
+                            address: conn.peer,
+                            with_token,
+                        });
                         relay
                             .limiters
                             .connections
@@ -152,12 +158,14 @@ pub async fn serve(relay: Arc<Relay>, conn: Accepted) {
     }
 }
 
+/// Registers `id` → `public_key`; returns whether an enrolment token was spent on it.
 fn register(
     relay: &Relay,
     id: &ComputerId,
     public_key: &[u8],
     token: Option<&str>,
-) -> Result<(), ErrorCode> {
+) -> Result<bool, ErrorCode> {
+    let mut with_token = false;
     if relay.options.registration == Registration::Token {
         let token = token.ok_or(ErrorCode::TokenRequired)?;
         // Check the ID before spending the token, so a taken ID does not burn it.
@@ -165,12 +173,13 @@ fn register(
             if m.public_key != public_key {
                 return Err(ErrorCode::IdTaken);
             }
-            return Ok(());
+            return Ok(false);
         }
         relay.registry.consume_token(token).map_err(|e| match e {
             RegistryError::BadToken => ErrorCode::BadToken,
             _ => ErrorCode::Internal,
         })?;
+        with_token = true;
     }
     relay
         .registry
@@ -178,7 +187,19 @@ fn register(
         .map_err(|e| match e {
             RegistryError::IdTaken => ErrorCode::IdTaken,
             _ => ErrorCode::Internal,
-        })
+        })?;
+    Ok(with_token)
+}
+
+/// Why an agent went offline, for the audit log, when the relay closed its connection.
+fn closed_because(code: ErrorCode) -> String {
+    match code {
+        ErrorCode::UnknownId => "registration removed".into(),
+        ErrorCode::Replaced => "replaced by a newer connection".into(),
+        ErrorCode::ShuttingDown => "relay shutting down".into(),
+        ErrorCode::ProtocolViolation => "protocol violation".into(),
+        other => format!("closed: {other:?}"),
+    }
 }
 
 pub(crate) async fn online(
@@ -245,7 +266,14 @@ pub(crate) async fn online(
         let _ = old.try_send(RelayToAgent::Error(ErrorCode::Replaced));
     }
     let _ = relay.registry.touch(&id);
-    info!(peer = %conn.peer, transport = %connection.kind(), "agent online");
+    let transport = connection.kind().to_string();
+    info!(peer = %conn.peer, %transport, "agent online");
+    relay.audit.record(AuditEvent::AgentOnline {
+        id: id.clone(),
+        address: conn.peer,
+        transport: transport.clone(),
+    });
+    let online_since = Instant::now();
 
     let (stream, buf) = framed.into_parts();
     let (r, w) = tokio::io::split(stream);
@@ -302,6 +330,13 @@ pub(crate) async fn online(
     relay.hub.agent_offline(&id, conn_id);
     let _ = relay.registry.touch(&id);
     info!(%reason, "agent offline");
+    relay.audit.record(AuditEvent::AgentOffline {
+        id: id.clone(),
+        address: conn.peer,
+        transport,
+        online_secs: online_since.elapsed().as_secs(),
+        reason: closing_with.map_or(reason, closed_because),
+    });
     match closing_with {
         // A replaced connection keeps the tunnels already open on it: the agent moved to a
         // new connection (a QUIC re-probe, a new network) and its desktops carry on here.

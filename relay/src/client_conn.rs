@@ -19,6 +19,7 @@ use telework_protocol::{ComputerId, ErrorCode};
 use tokio::sync::OwnedSemaphorePermit;
 use tracing::{debug, info, Instrument};
 
+use crate::audit::{AuditEvent, Refusal};
 use crate::conn::Accepted;
 use crate::hub::{RequestError, PAIRING_TIMEOUT};
 use crate::limits::{ConnectionRate, TUNNELS_PER_CONNECTION};
@@ -80,7 +81,7 @@ pub async fn serve(relay: Arc<Relay>, conn: Accepted) {
     // The first request must come within the handshake deadline; later, a connection may
     // rest between tunnels, but not for ever.
     let mut idle_deadline = conn.hello_deadline;
-    loop {
+    let reason = loop {
         let idle = tokio::time::sleep_until(idle_deadline.into());
         tokio::select! {
             accepted = connection.accept() => match accepted {
@@ -95,42 +96,62 @@ pub async fn serve(relay: Arc<Relay>, conn: Accepted) {
                 }
                 Err(e) => {
                     debug!(%e, "client connection closed");
-                    break;
+                    break "the client's connection closed";
                 }
             },
             () = idle => {
                 if state.open.load(Ordering::Relaxed) == 0 {
                     debug!("client connection idle; closing");
                     connection.close(ErrorCode::ProtocolViolation);
-                    break;
+                    break "idle";
                 }
                 idle_deadline = Instant::now() + IDLE_CONNECTION;
             }
             _ = relay.hard_stop.cancelled() => {
                 connection.close(ErrorCode::ShuttingDown);
-                break;
+                break "the relay shut down";
             }
             () = state.end.token.cancelled() => {
                 let code = state.end.code().unwrap_or(ErrorCode::EndedByOperator);
                 info!(peer = %state.peer, ?code, "session ended by the relay operator");
                 connection.close(code);
-                break;
+                break match code {
+                    ErrorCode::Disabled => "the office PC was disabled",
+                    _ => "ended by the relay operator",
+                };
             }
         }
-    }
+    };
     let session = lock(&state.session).take();
     if let Some(session) = session {
-        if let Some(last) = relay.sessions.finish(&session) {
-            debug!(
-                id = %last.computer_id,
-                up = last.bytes_up,
-                down = last.bytes_down,
-                secs = session.elapsed().as_secs(),
-                "session ended"
-            );
-        }
+        finish(&relay, &session, reason);
     }
     drop(conn.permit);
+}
+
+/// Takes a session off the live list and writes its end to the audit log.
+fn finish(relay: &Relay, session: &SessionHandle, reason: &str) {
+    if let Some(last) = relay.sessions.finish(session) {
+        let secs = session.elapsed().as_secs();
+        info!(
+            session = session.id,
+            up = last.bytes_up,
+            down = last.bytes_down,
+            secs,
+            reason,
+            "session ended"
+        );
+        relay.audit.record(AuditEvent::SessionEnded {
+            id: last.computer_id,
+            client: last.client,
+            device: last.device,
+            transport: last.transport.to_owned(),
+            secs,
+            bytes_up: last.bytes_up,
+            bytes_down: last.bytes_down,
+            reason: reason.to_owned(),
+        });
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -172,19 +193,25 @@ fn session_for(
         if session.computer_id == *id {
             return session.clone();
         }
-        relay.sessions.finish(session);
+        finish(relay, session, "the client asked for another office PC");
     }
     let session = Arc::new(relay.sessions.start(
         NewSession {
             computer_id: id.clone(),
             client: state.peer,
-            device,
+            device: device.clone(),
             transport: state.transport,
         },
         state.end.clone(),
     ));
     relay.metrics.session_set_up(requested.elapsed());
     info!(session = session.id, "session started");
+    relay.audit.record(AuditEvent::SessionStarted {
+        id: id.clone(),
+        client: state.peer,
+        device,
+        transport: state.transport.to_owned(),
+    });
     *slot = Some(session.clone());
     session
 }
@@ -266,6 +293,7 @@ async fn serve_stream(relay: &Arc<Relay>, state: &ClientState, stream: Stream) {
         };
         if !allowed {
             info!("rate limited");
+            relay.audit.lookup_refused(ip, Refusal::RateLimited);
             relay.metrics.limit_refused(if known {
                 LimitKind::Tunnels
             } else {
@@ -288,6 +316,11 @@ async fn serve_stream(relay: &Arc<Relay>, state: &ClientState, stream: Stream) {
                     }
                 };
                 failed();
+                let why = match code {
+                    ErrorCode::Offline => Refusal::Offline,
+                    _ => Refusal::UnknownId,
+                };
+                relay.audit.lookup_refused(ip, why);
                 let _ = framed.write(&refuse(code)).await;
                 return;
             }
@@ -343,6 +376,7 @@ async fn serve_stream(relay: &Arc<Relay>, state: &ClientState, stream: Stream) {
         let stop = relay.hard_stop.clone();
         let tap = relay.options.splice_tap.clone();
         let meters = Meters {
+            off: !relay.options.count_bytes,
             session: session.counts.clone(),
             up: relay.metrics.relayed_up.clone(),
             down: relay.metrics.relayed_down.clone(),

@@ -40,6 +40,9 @@ pub struct Settings {
     /// together, with a minute's worth allowed at once. Raise it on a relay whose employees
     /// often look up PCs that are off; see `limits` for what happens when it runs out.
     pub global_failures_per_sec: Option<f64>,
+    /// Days the audit log keeps its rows (default 90); older rows are deleted at start and
+    /// then hourly. At least 1: the audit log cannot be turned off.
+    pub audit_days: Option<u32>,
     /// Serve the admin console and metrics (on by default).
     pub admin: Option<bool>,
     /// Address of the admin listener (default `127.0.0.1:9480`).
@@ -104,6 +107,8 @@ pub struct RelayConfig {
     pub global_failures: crate::limits::Rate,
     /// The admin listener, unless turned off.
     pub admin: Option<AdminConfig>,
+    /// See [`Settings::audit_days`].
+    pub audit_days: u32,
 }
 
 /// A configuration problem, said precisely.
@@ -185,6 +190,7 @@ impl Settings {
             admin_tls: over.admin_tls.or(self.admin_tls),
             admin_cert: over.admin_cert.or(self.admin_cert),
             admin_key: over.admin_key.or(self.admin_key),
+            audit_days: over.audit_days.or(self.audit_days),
         }
     }
 
@@ -260,6 +266,17 @@ impl Settings {
                 .unwrap_or(defaults.shutdown_grace),
             per_address_limits: self.per_address_limits.unwrap_or(true),
             global_failures,
+            audit_days: match self.audit_days {
+                Some(0) => {
+                    return Err(ConfigError::Invalid {
+                        setting: "audit_days",
+                        message: "must be at least 1 (the audit log keeps rows this many days)"
+                            .into(),
+                    })
+                }
+                Some(days) => days,
+                None => crate::audit::DEFAULT_AUDIT_DAYS,
+            },
             admin,
         })
     }
@@ -330,8 +347,10 @@ impl RelayConfig {
             } else {
                 crate::limits::Limits::unlimited()
             },
+            count_bytes: true,
             splice_tap: None,
             splice_hook: None,
+            audit_days: self.audit_days,
         }
     }
 }
@@ -352,6 +371,7 @@ mod tests {
             shutdown_grace_secs = 30
             per_address_limits = false
             global_failures_per_sec = 2.5
+            audit_days = 30
             "#,
         )
         .unwrap();
@@ -367,6 +387,8 @@ mod tests {
         assert!(!cfg.per_address_limits);
         assert_eq!(cfg.global_failures.per_sec, 2.5);
         assert_eq!(cfg.global_failures.burst, 150.0);
+        assert_eq!(cfg.audit_days, 30);
+        assert_eq!(cfg.options().audit_days, 30);
         let limited = Settings {
             data_dir: Some("/d".into()),
             global_failures_per_sec: Some(2.5),
@@ -429,6 +451,16 @@ mod tests {
                 .to_string()
                 .contains("global_failures_per_sec"));
         }
+        let no_audit = Settings {
+            audit_days: Some(0),
+            data_dir: Some("/d".into()),
+            ..Default::default()
+        };
+        assert!(no_audit
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("audit_days"));
         assert!(Settings::default()
             .validate()
             .unwrap_err()

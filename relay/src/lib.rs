@@ -10,6 +10,7 @@
 //! - [`config`]: settings from the command line and a TOML file, validated once.
 //! - [`identity`]: the TLS certificate (operator's files, or self-signed on first start).
 //! - [`registry`]: SQLite registry of machines, enrolment tokens, operators and the audit log.
+//! - [`audit`]: the audit log's events, recorded without waiting for SQLite, and retention.
 //! - [`hub`]: presence, and the tunnels paired for whom.
 //! - [`registrations`]: drops connected agents whose registration was removed.
 //! - [`limits`]: per-address rate limits on connections, lookups and failures.
@@ -23,6 +24,7 @@
 
 pub mod admin;
 pub mod agent_conn;
+pub mod audit;
 pub mod client_conn;
 pub mod config;
 pub mod conn;
@@ -52,6 +54,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn, Instrument};
 
+use crate::audit::Audit;
 use crate::hub::Hub;
 use crate::identity::TlsIdentity;
 use crate::metrics::{Metrics, Online};
@@ -88,10 +91,15 @@ pub struct RelayOptions {
     pub shutdown_grace: Duration,
     /// Per-source-address rate limits.
     pub limits: limits::Limits,
+    /// Whether splices count the bytes they forward (per session and in the metrics). Off
+    /// only for the benchmark's baseline, which shows what counting costs.
+    pub count_bytes: bool,
     /// Test hook: sees every spliced byte.
     pub splice_tap: Option<SpliceTap>,
     /// Test hook: takes over splicing entirely (a malicious relay).
     pub splice_hook: Option<Arc<dyn splice::SpliceHook>>,
+    /// Audit rows older than this many days are deleted (at start, then hourly); at least 1.
+    pub audit_days: u32,
 }
 
 impl Default for RelayOptions {
@@ -104,8 +112,10 @@ impl Default for RelayOptions {
             handshake_timeout: telework_net::HANDSHAKE_TIMEOUT,
             shutdown_grace: Duration::from_secs(10),
             limits: limits::Limits::default(),
+            count_bytes: true,
             splice_tap: None,
             splice_hook: None,
+            audit_days: audit::DEFAULT_AUDIT_DAYS,
         }
     }
 }
@@ -121,8 +131,10 @@ async fn accept_quic(endpoint: Option<&quinn::Endpoint>) -> Option<quinn::Incomi
 
 /// A relay: registry, presence and TLS, shared by every connection task.
 pub struct Relay {
-    /// Machines and tokens.
-    pub registry: Registry,
+    /// Machines, tokens and the audit log.
+    pub registry: Arc<Registry>,
+    /// Records audit events without waiting for the registry.
+    pub audit: Audit,
     /// Presence and pairing.
     pub hub: Hub,
     /// Rate limits per source address.
@@ -157,8 +169,10 @@ impl Relay {
     ) -> Result<Arc<Self>, TlsConfigError> {
         let tls = server_config(identity.chain.clone(), identity.key.clone_key())?;
         let quic_reset_key = identity::quic_reset_key(&identity.key);
+        let registry = Arc::new(registry);
         Ok(Arc::new(Self {
             quic_reset_key,
+            audit: Audit::new(registry.clone()),
             registry,
             hub: Hub::default(),
             limiters: limits::Limiters::new(options.limits),
@@ -307,6 +321,11 @@ impl Relay {
         };
         tokio::pin!(shutdown);
         tracker.spawn(registrations::watch(self.clone()));
+        tracker.spawn(audit::retain(
+            self.registry.clone(),
+            audit::retention(self.options.audit_days),
+            self.shutdown.clone(),
+        ));
         loop {
             tokio::select! {
                 () = &mut shutdown => break,
@@ -361,6 +380,12 @@ impl Relay {
             endpoint.close(quinn::VarInt::from_u32(0), b"relay stopped");
             // The UDP port is free again only once the endpoint has finished closing.
             let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+        }
+        let audit = self.audit.clone();
+        let flushed =
+            tokio::task::spawn_blocking(move || audit.flush(Duration::from_secs(5))).await;
+        if !matches!(flushed, Ok(true)) {
+            warn!("the last audit rows may not have been stored");
         }
         info!("relay stopped");
     }

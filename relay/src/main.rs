@@ -6,12 +6,14 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use telework_net::logging::LogFormat;
 use telework_net::signal::shutdown_signal;
 use telework_protocol::private_file::{check_private_dir, create_private_dir};
 use telework_protocol::ComputerId;
+use telework_relay::audit::{self, Actor, AuditEvent};
 use telework_relay::config::Settings;
 use telework_relay::identity::{self, TlsIdentity};
-use telework_relay::registry::Registry;
+use telework_relay::registry::{AuditFilter, AuditRow, Registry};
 use telework_relay::{admin, Registration, Relay};
 use tracing::{info, warn};
 
@@ -22,6 +24,9 @@ use tracing::{info, warn};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// How to write logs on standard error: text, or one JSON object per line.
+    #[arg(long, value_enum, global = true, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
 }
 
 #[derive(Subcommand)]
@@ -45,6 +50,33 @@ enum Command {
     /// Console accounts and API tokens.
     #[command(subcommand)]
     Admin(telework_relay::admin::cli::AdminCommand),
+    /// Print the audit log, newest first: enrolments, removals, agents online and offline,
+    /// sessions, operators' actions and refused lookups.
+    Audit(AuditArgs),
+}
+
+#[derive(clap::Args)]
+struct AuditArgs {
+    /// The relay's data directory.
+    #[arg(long, env = "TELEWORK_RELAY_DATA_DIR")]
+    data_dir: PathBuf,
+    /// Only rows from this recent: 90m, 24h, 7d [default: all].
+    #[arg(long, value_name = "AGE")]
+    since: Option<String>,
+    /// Only rows about this computer ID.
+    #[arg(long = "id", value_name = "COMPUTER_ID")]
+    computer_id: Option<ComputerId>,
+    /// Only rows of this kind (enrolled, removed, agent_online, agent_offline,
+    /// session_started, session_ended, admin_action, lookups_refused, audit_dropped).
+    #[arg(long)]
+    kind: Option<String>,
+    /// At most this many rows (the newest).
+    #[arg(long)]
+    limit: Option<usize>,
+    /// One JSON object per line: id, at (Unix seconds), time (UTC, RFC 3339), kind,
+    /// computer_id, address, actor, detail.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(clap::Args)]
@@ -130,21 +162,24 @@ struct ServeArgs {
     /// Private key (PEM) for --admin-cert.
     #[arg(long, requires = "admin_cert")]
     admin_key: Option<PathBuf>,
+    /// Days to keep audit rows; older ones are deleted at start and hourly [default: 90].
+    #[arg(long, value_name = "DAYS")]
+    audit_days: Option<u32>,
+    /// Do not count relayed bytes (only for `telework-bench --byte-counting`, which measures
+    /// what counting costs against this).
+    #[arg(long, hide = true)]
+    no_byte_counts: bool,
 }
 
 fn main() -> ExitCode {
     telework_net::glibc_tuning::reexec_if_needed();
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let format = cli.log_format;
+    telework_net::logging::init(format, "info");
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("telework-relay: {e:#}");
+            telework_net::logging::report_error(format, "telework-relay", &format!("{e:#}"));
             ExitCode::FAILURE
         }
     }
@@ -187,7 +222,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let registry = open_registry(&data_dir)?;
             let token = registry.create_token(uses, hours.saturating_mul(3600))?;
             println!("{token}");
-            eprintln!("valid for {uses} registration(s) within {hours} hour(s)");
+            telework_net::say!("valid for {uses} registration(s) within {hours} hour(s)");
             Ok(())
         }
         Command::Machines(MachinesArgs { command, data_dir }) => {
@@ -202,6 +237,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         registry.remove(&id)?,
                         "no machine is registered as {id} (see 'telework-relay machines')"
                     );
+                    let removed = AuditEvent::Removed {
+                        id: id.clone(),
+                        by: Actor::Cli,
+                    };
+                    registry.record_audit(&removed.row(audit::unix_now()))?;
                     println!(
                         "removed {id}: a running relay disconnects its agent within {} s, and \
                          the agent stops. To bring the PC back, register it again \
@@ -212,7 +252,83 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             }
         }
+        Command::Audit(args) => show_audit(args),
     }
+}
+
+fn show_audit(args: AuditArgs) -> anyhow::Result<()> {
+    let since = match &args.since {
+        Some(text) => {
+            let age = audit::parse_age(text).map_err(|e| anyhow::anyhow!("--since {e}"))?;
+            let age = i64::try_from(age.as_secs()).unwrap_or(i64::MAX);
+            Some(audit::unix_now().saturating_sub(age))
+        }
+        None => None,
+    };
+    if let Some(kind) = &args.kind {
+        anyhow::ensure!(
+            audit::KINDS.contains(&kind.as_str()),
+            "--kind {kind:?} is not one of {}",
+            audit::KINDS.join(", ")
+        );
+    }
+    let registry = open_registry(&args.data_dir)?;
+    let rows = registry.audit_rows(&AuditFilter {
+        since,
+        until: None,
+        computer_id: args.computer_id.map(|id| id.as_str().to_owned()),
+        kind: args.kind,
+        limit: args.limit,
+    })?;
+    for row in &rows {
+        if args.json {
+            println!("{}", audit_json(row));
+        } else {
+            println!("{}", audit_line(row));
+        }
+    }
+    if rows.is_empty() && !args.json {
+        telework_net::say!("no audit rows match");
+    }
+    Ok(())
+}
+
+/// A row as one JSON object: its columns, and its time as RFC 3339 UTC.
+fn audit_json(row: &AuditRow) -> serde_json::Value {
+    let mut value = serde_json::to_value(row).unwrap_or_default();
+    let time = utc(row.at).replacen(' ', "T", 1).replace(" UTC", "Z");
+    if let serde_json::Value::Object(map) = &mut value {
+        map.insert("time".into(), time.into());
+    }
+    value
+}
+
+/// A row for people: time, kind, computer ID, address, then the detail as `key=value`.
+fn audit_line(row: &AuditRow) -> String {
+    let detail = match &row.detail {
+        serde_json::Value::Object(map) => map
+            .iter()
+            .filter(|(_, v)| !v.is_null())
+            .map(|(k, v)| match v {
+                serde_json::Value::String(s) => format!("{k}={s:?}"),
+                other => format!("{k}={other}"),
+            })
+            .collect::<Vec<_>>()
+            .join(" "),
+        other => other.to_string(),
+    };
+    let actor = row
+        .actor
+        .as_deref()
+        .map_or(String::new(), |a| format!("by={a:?} "));
+    let line = format!(
+        "{}  {:<16} {:<20} {:<22} {actor}{detail}",
+        utc(row.at),
+        row.kind,
+        row.computer_id.as_deref().unwrap_or("-"),
+        row.address.as_deref().unwrap_or("-"),
+    );
+    line.trim_end().to_owned()
 }
 
 fn list_machines(registry: &Registry) -> anyhow::Result<()> {
@@ -274,6 +390,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         admin_tls: args.admin_tls,
         admin_cert: args.admin_cert,
         admin_key: args.admin_key,
+        audit_days: args.audit_days,
         ..Default::default()
     };
     let admin_address_given = args.admin_listen.is_some() || file.admin_listen.is_some();
@@ -289,7 +406,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             id
         }
     };
-    let relay = Relay::new(registry, &identity, config.options())?;
+    let mut options = config.options();
+    options.count_bytes = !args.no_byte_counts;
+    let relay = Relay::new(registry, &identity, options)?;
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async {
         let (listener, quic) = relay.bind(config.listen).await.with_context(|| {

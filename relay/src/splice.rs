@@ -59,9 +59,12 @@ impl ByteCounts {
     }
 }
 
-/// Where a splice counts: its session's bytes and the relay's totals (the metrics').
+/// Where a splice counts: its session's bytes and the relay's totals (the metrics'); or
+/// nowhere, for the benchmark's baseline.
 #[derive(Clone, Default)]
 pub struct Meters {
+    /// Whether to count at all.
+    pub off: bool,
     /// The session's.
     pub session: Arc<ByteCounts>,
     /// The relay's, client to agent.
@@ -72,6 +75,9 @@ pub struct Meters {
 
 impl Meters {
     fn add(&self, up: u64, down: u64) {
+        if self.off {
+            return;
+        }
         self.session.add(up, down);
         if up > 0 {
             self.up.inc_by(up);

@@ -88,6 +88,32 @@ on_both_transports! {
         })
         .await;
         assert!(!relay.relay.end_session(s.id), "already over");
+        // The audit log has the session's start and end: who by device, from where, how
+        // long, the bytes, and why it ended.
+        let audit = relay.relay.audit.clone();
+        assert!(tokio::task::spawn_blocking(move || audit.flush(Duration::from_secs(5)))
+            .await
+            .unwrap());
+        let rows = |kind: &str| {
+            relay
+                .relay
+                .registry
+                .audit_rows(&telework_relay::registry::audit::AuditFilter {
+                    kind: Some(kind.into()),
+                    computer_id: Some("pc-op".into()),
+                    ..Default::default()
+                })
+                .unwrap()
+        };
+        let started = rows("session_started");
+        assert_eq!(started.len(), 1, "{started:?}");
+        let ended = rows("session_ended");
+        assert_eq!(ended.len(), 1, "{ended:?}");
+        let detail = &ended[0].detail;
+        assert_eq!(detail["device"], device.as_str(), "{detail}");
+        assert_eq!(detail["reason"], "ended by the relay operator", "{detail}");
+        assert!(detail["bytes_up"].as_u64().unwrap() >= 10_000, "{detail}");
+        assert!(ended[0].address.as_deref().unwrap().starts_with("127.0.0.1"));
         let metrics = relay.relay.metrics_text();
         assert!(metrics.contains("telework_sessions_active 0"), "{metrics}");
         assert!(

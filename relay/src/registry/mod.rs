@@ -1,6 +1,10 @@
 //! The machine registry: an embedded SQLite database of computer IDs, machine keys and
-//! enrolment tokens, and the parts beside it: [`operators`] (console accounts and API tokens)
-//! and [`enrolment`] (listing and revoking tokens).
+//! enrolment tokens, and the parts beside it: the audit log ([`audit`]), console accounts and
+//! API tokens ([`operators`]), listing and revoking enrolment tokens ([`enrolment`]).
+
+pub mod audit;
+
+pub use audit::{AuditFilter, AuditRow};
 
 use std::path::Path;
 use std::sync::Mutex;
@@ -53,7 +57,11 @@ pub struct Registry {
 }
 
 /// Each part's tables; every one is `CREATE … IF NOT EXISTS`, applied at every open.
-const SCHEMAS: &[&str] = &[MACHINES_SCHEMA, operators::OPERATORS_SCHEMA];
+const SCHEMAS: &[&str] = &[
+    MACHINES_SCHEMA,
+    audit::AUDIT_SCHEMA,
+    operators::OPERATORS_SCHEMA,
+];
 
 const MACHINES_SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS machines (
