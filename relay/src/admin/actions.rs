@@ -3,10 +3,11 @@
 
 use std::sync::Arc;
 
-use telework_protocol::{ComputerId, ErrorCode};
+use telework_protocol::ComputerId;
 use tracing::info;
 
 use super::Console;
+use crate::audit::{Actor, AuditEvent};
 use crate::registry::RegistryError;
 
 /// Why an action failed.
@@ -46,7 +47,6 @@ pub fn audit(
     computer_id: Option<&ComputerId>,
     target: Option<&str>,
 ) {
-    let _ = console;
     info!(
         operator,
         action,
@@ -54,15 +54,21 @@ pub fn audit(
         target,
         "admin action"
     );
+    console.relay.audit.record(AuditEvent::AdminAction {
+        operator: operator.to_owned(),
+        action: action.to_owned(),
+        computer_id: computer_id.cloned(),
+        target: target.map(str::to_owned),
+    });
 }
 
-/// Runs registry work off the async threads.
+/// Runs relay and registry work off the async threads.
 async fn blocking<T: Send + 'static>(
     console: &Arc<Console>,
-    work: impl FnOnce(&crate::registry::Registry) -> Result<T, RegistryError> + Send + 'static,
+    work: impl FnOnce(&crate::Relay) -> Result<T, RegistryError> + Send + 'static,
 ) -> Result<T, ActionError> {
     let relay = console.relay.clone();
-    tokio::task::spawn_blocking(move || work(&relay.registry))
+    tokio::task::spawn_blocking(move || work(&relay))
         .await
         .map_err(|_| ActionError::Internal)?
         .map_err(ActionError::from)
@@ -77,8 +83,8 @@ pub fn computer_id(text: &str) -> Result<ComputerId, ActionError> {
         .map_err(|_| ActionError::NotFound(format!("no machine is registered as {text:?}")))
 }
 
-/// Disables (or enables) machine `id`; a disabled machine's agent is dropped at once and
-/// refused until it is enabled again.
+/// Disables (or enables) machine `id`; a disabled machine's agent is dropped at once, its
+/// sessions end, and it is refused until it is enabled again.
 ///
 /// # Errors
 /// [`ActionError::NotFound`] if it is not registered.
@@ -94,9 +100,6 @@ pub async fn set_disabled(
             "no machine is registered as {id}"
         )));
     }
-    if disabled {
-        console.relay.hub.disconnect(&id, ErrorCode::Disabled);
-    }
     let action = if disabled {
         "machine_disable"
     } else {
@@ -106,7 +109,7 @@ pub async fn set_disabled(
     Ok(())
 }
 
-/// Removes machine `id`'s registration and disconnects its agent.
+/// Removes machine `id`'s registration, disconnects its agent and ends its sessions.
 ///
 /// # Errors
 /// [`ActionError::NotFound`] if it is not registered.
@@ -116,12 +119,15 @@ pub async fn remove_machine(
     id: ComputerId,
 ) -> Result<(), ActionError> {
     let key = id.clone();
-    if !blocking(console, move |r| r.remove(&key)).await? {
+    if !blocking(console, move |r| r.remove_machine(&key)).await? {
         return Err(ActionError::NotFound(format!(
             "no machine is registered as {id}"
         )));
     }
-    console.relay.hub.disconnect(&id, ErrorCode::UnknownId);
+    console.relay.audit.record(AuditEvent::Removed {
+        id: id.clone(),
+        by: Actor::Operator(operator.to_owned()),
+    });
     audit(console, operator, "machine_remove", Some(&id), None);
     Ok(())
 }
@@ -138,7 +144,7 @@ pub fn end_session(console: &Console, operator: &str, id: u64) -> Result<(), Act
         .into_iter()
         .find(|s| s.id == id)
         .map(|s| s.computer_id);
-    if !console.relay.sessions.end(id) {
+    if !console.relay.end_session(id) {
         return Err(ActionError::NotFound(format!("no live session {id}")));
     }
     audit(
@@ -201,7 +207,7 @@ pub async fn create_token(
     }
     let by = operator.to_owned();
     let (token, id) = blocking(console, move |r| {
-        r.create_labelled_token(uses, hours.saturating_mul(3600), label.as_deref(), Some(&by))
+        r.registry.create_labelled_token(uses, hours.saturating_mul(3600), label.as_deref(), Some(&by))
     })
     .await?;
     audit(console, operator, "token_create", None, Some(&id));
@@ -223,7 +229,7 @@ pub async fn revoke_token(
     id: String,
 ) -> Result<(), ActionError> {
     let key = id.clone();
-    if !blocking(console, move |r| r.revoke_token(&key)).await? {
+    if !blocking(console, move |r| r.registry.revoke_token(&key)).await? {
         return Err(ActionError::NotFound(format!("no enrolment token {id}")));
     }
     audit(console, operator, "token_revoke", None, Some(&id));
@@ -237,5 +243,5 @@ pub async fn revoke_token(
 pub async fn tokens(
     console: &Arc<Console>,
 ) -> Result<Vec<crate::registry::EnrolmentToken>, ActionError> {
-    blocking(console, |r| r.enrolment_tokens()).await
+    blocking(console, |r| r.registry.enrolment_tokens()).await
 }

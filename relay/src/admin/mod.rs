@@ -7,12 +7,14 @@
 //! - [`auth`]: sign-in sessions, CSRF tokens, the sign-in rate limit, and the guard every
 //!   route passes through.
 //! - [`actions`]: what an operator can do, shared by pages and API, each one audited.
+//! - [`audit_view`]: the audit log page, its JSON-lines export and its API.
 //! - [`live`]: the machines and sessions tables, and the server-sent events that refresh them.
 //! - [`pages`] and [`api`]: the HTML pages (askama templates in `relay/templates/`) and the
 //!   JSON API (`docs/admin-api.yaml`).
 
 pub mod actions;
 pub mod api;
+pub mod audit_view;
 pub mod auth;
 pub mod cli;
 pub mod live;
@@ -128,6 +130,8 @@ routes! {
     GET "/tokens" Page => pages::tokens,
     POST "/tokens" Page => pages::create_token,
     POST "/tokens/{id}/revoke" Page => pages::revoke_token,
+    GET "/audit" Page => audit_view::page,
+    GET "/audit/export" Page => audit_view::export,
     GET "/events" Page => live::events,
     GET "/metrics" Public => metrics,
     GET "/static/{file}" Public => pages::asset,
@@ -140,6 +144,7 @@ routes! {
     GET "/api/v1/tokens" Api => api::tokens,
     POST "/api/v1/tokens" Api => api::create_token,
     DELETE "/api/v1/tokens/{id}" Api => api::revoke_token,
+    GET "/api/v1/audit" Api => audit_view::api,
 }
 
 /// What every admin request shares.
