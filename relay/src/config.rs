@@ -478,7 +478,11 @@ mod tests {
         };
         let admin = with("127.0.0.1:0", None).validate().unwrap().admin.unwrap();
         assert!(!admin.tls);
-        let admin = with("0.0.0.0:9480", None).validate().unwrap().admin.unwrap();
+        let admin = with("0.0.0.0:9480", None)
+            .validate()
+            .unwrap()
+            .admin
+            .unwrap();
         assert!(admin.tls);
         let err = with("0.0.0.0:9480", Some(AdminTls::Off))
             .validate()

@@ -188,11 +188,9 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve(args),
-        Command::Admin(command) => telework_relay::admin::cli::run(
-            command,
-            open_registry,
-            &mut std::io::stdin().lock(),
-        ),
+        Command::Admin(command) => {
+            telework_relay::admin::cli::run(command, open_registry, &mut std::io::stdin().lock())
+        }
         Command::Fingerprint { data_dir, cert } => {
             let id = match cert {
                 Some(cert) => {

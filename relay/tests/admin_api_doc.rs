@@ -27,6 +27,12 @@ fn the_openapi_file_lists_every_route_and_no_other() {
         .collect();
     let missing: Vec<_> = served.difference(&documented).collect();
     let extra: Vec<_> = documented.difference(&served).collect();
-    assert!(missing.is_empty(), "served but not in docs/admin-api.yaml: {missing:?}");
-    assert!(extra.is_empty(), "in docs/admin-api.yaml but not served: {extra:?}");
+    assert!(
+        missing.is_empty(),
+        "served but not in docs/admin-api.yaml: {missing:?}"
+    );
+    assert!(
+        extra.is_empty(),
+        "in docs/admin-api.yaml but not served: {extra:?}"
+    );
 }

@@ -96,7 +96,14 @@ fn bad_input_gets_a_one_line_error() {
 fn token_create_prints_the_secret_once_and_list_never_does() {
     let dir = tempfile::tempdir().unwrap();
     let out = relay()
-        .args(["admin", "token", "create", "--name", "nightly", "--data-dir"])
+        .args([
+            "admin",
+            "token",
+            "create",
+            "--name",
+            "nightly",
+            "--data-dir",
+        ])
         .arg(dir.path())
         .output()
         .unwrap();

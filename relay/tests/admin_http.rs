@@ -14,7 +14,8 @@ use tokio::net::TcpStream;
 
 /// A concrete path for a route pattern.
 fn concrete(path: &str) -> String {
-    path.replace("{id}", "pc-1").replace("{file}", "console.css")
+    path.replace("{id}", "pc-1")
+        .replace("{file}", "console.css")
 }
 
 #[tokio::test]
@@ -59,9 +60,18 @@ async fn every_route_refuses_unauthenticated_requests_except_the_public_ones() {
         .await
         .unwrap();
     assert_eq!(response.status(), 401);
-    let metrics = console.http.get(console.url("/metrics")).send().await.unwrap();
+    let metrics = console
+        .http
+        .get(console.url("/metrics"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(metrics.status(), 200);
-    assert!(metrics.text().await.unwrap().contains("telework_sessions_active"));
+    assert!(metrics
+        .text()
+        .await
+        .unwrap()
+        .contains("telework_sessions_active"));
 }
 
 #[tokio::test]
@@ -81,9 +91,8 @@ async fn oversized_bodies_get_413() {
     }
     // Signed in, too, and as a chunked body that does not say its length.
     let signed = console.sign_in().await;
-    let chunks = futures_util::stream::iter(
-        (0..64).map(|_| Ok::<_, std::io::Error>(vec![b'a'; 1024])),
-    );
+    let chunks =
+        futures_util::stream::iter((0..64).map(|_| Ok::<_, std::io::Error>(vec![b'a'; 1024])));
     let response = console
         .http
         .post(console.url("/tokens"))
@@ -101,7 +110,10 @@ async fn until_closed(mut tcp: TcpStream) -> (String, Duration) {
     let started = Instant::now();
     let mut got = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut got)).await;
-    (String::from_utf8_lossy(&got).into_owned(), started.elapsed())
+    (
+        String::from_utf8_lossy(&got).into_owned(),
+        started.elapsed(),
+    )
 }
 
 #[tokio::test]
@@ -114,9 +126,14 @@ async fn slow_clients_are_cut_off() {
     .await;
     // Half a header, then nothing.
     let mut tcp = TcpStream::connect(console.addr).await.unwrap();
-    tcp.write_all(b"GET /signin HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    tcp.write_all(b"GET /signin HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
     let (_, took) = until_closed(tcp).await;
-    assert!(took < Duration::from_secs(4), "half a header: cut after {took:?}");
+    assert!(
+        took < Duration::from_secs(4),
+        "half a header: cut after {took:?}"
+    );
     // Nothing at all.
     let tcp = TcpStream::connect(console.addr).await.unwrap();
     let (_, took) = until_closed(tcp).await;
@@ -129,8 +146,14 @@ async fn slow_clients_are_cut_off() {
     .await
     .unwrap();
     let (reply, took) = until_closed(tcp).await;
-    assert!(took < Duration::from_secs(5), "slow body: cut after {took:?}");
-    assert!(reply.is_empty() || reply.starts_with("HTTP/1.1 408"), "{reply}");
+    assert!(
+        took < Duration::from_secs(5),
+        "slow body: cut after {took:?}"
+    );
+    assert!(
+        reply.is_empty() || reply.starts_with("HTTP/1.1 408"),
+        "{reply}"
+    );
 }
 
 #[tokio::test]
@@ -148,15 +171,22 @@ async fn no_path_reaches_a_file() {
         "/../../etc/passwd",
     ] {
         let mut tcp = TcpStream::connect(console.addr).await.unwrap();
-        tcp.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
-            .await
-            .unwrap();
+        tcp.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
         let (reply, _) = until_closed(tcp).await;
         let status = reply.split(' ').nth(1).unwrap_or("");
         assert!(status == "404" || status == "400", "{path}: {reply}");
         assert!(!reply.contains("root:"), "{path}: {reply}");
     }
-    let css = console.http.get(console.url("/static/console.css")).send().await.unwrap();
+    let css = console
+        .http
+        .get(console.url("/static/console.css"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(css.status(), 200);
 }
 
@@ -164,7 +194,10 @@ async fn no_path_reaches_a_file() {
 async fn posts_without_the_csrf_token_are_refused() {
     let console = Console::start().await;
     let signed = console.sign_in().await;
-    for body in [vec![("uses", "1"), ("hours", "1")], vec![("uses", "1"), ("hours", "1"), ("csrf", "0000")]] {
+    for body in [
+        vec![("uses", "1"), ("hours", "1")],
+        vec![("uses", "1"), ("hours", "1"), ("csrf", "0000")],
+    ] {
         let response = console
             .http
             .post(console.url("/tokens"))
@@ -183,8 +216,18 @@ async fn posts_without_the_csrf_token_are_refused() {
         .send()
         .await
         .unwrap();
-    assert_eq!(response.status(), 403, "API with the cookie but no CSRF header");
-    assert!(console.relay.relay.registry.enrolment_tokens().unwrap().is_empty());
+    assert_eq!(
+        response.status(),
+        403,
+        "API with the cookie but no CSRF header"
+    );
+    assert!(console
+        .relay
+        .relay
+        .registry
+        .enrolment_tokens()
+        .unwrap()
+        .is_empty());
     // With the token, both work.
     let response = console
         .http
@@ -207,7 +250,16 @@ async fn posts_without_the_csrf_token_are_refused() {
     assert_eq!(response.status(), 201);
     let created: serde_json::Value = response.json().await.unwrap();
     assert!(created["token"].as_str().unwrap().starts_with("tw1-"));
-    assert_eq!(console.relay.relay.registry.enrolment_tokens().unwrap().len(), 2);
+    assert_eq!(
+        console
+            .relay
+            .relay
+            .registry
+            .enrolment_tokens()
+            .unwrap()
+            .len(),
+        2
+    );
     // The sign-in form needs its own token too.
     let response = console
         .http
@@ -234,7 +286,13 @@ async fn failed_sign_ins_are_rate_limited_and_say_the_same_for_any_mistake() {
     };
     assert_eq!(error(&wrong_password), error(&unknown_user));
     for _ in 0..3 {
-        assert_eq!(console.try_sign_in(OPERATOR, "guess guess guess").await.status(), 401);
+        assert_eq!(
+            console
+                .try_sign_in(OPERATOR, "guess guess guess")
+                .await
+                .status(),
+            401
+        );
     }
     let limited = console.try_sign_in(OPERATOR, PASSWORD).await;
     assert_eq!(limited.status(), 429, "even the right password waits");
@@ -287,8 +345,18 @@ async fn api_tokens_work_until_revoked_and_sign_out_ends_the_session() {
         .send()
         .await
         .unwrap();
-    assert_eq!(response.status(), 204, "a bearer token needs no CSRF header");
-    assert!(registry.machine(&"pc-1".parse().unwrap()).unwrap().unwrap().disabled);
+    assert_eq!(
+        response.status(),
+        204,
+        "a bearer token needs no CSRF header"
+    );
+    assert!(
+        registry
+            .machine(&"pc-1".parse().unwrap())
+            .unwrap()
+            .unwrap()
+            .disabled
+    );
     let response = console
         .http
         .delete(console.url("/api/v1/machines/pc-9"))

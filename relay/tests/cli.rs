@@ -21,7 +21,13 @@ fn serve(
 ) {
     let mut command = relay();
     command
-        .args(["serve", "--listen", "127.0.0.1:0", "--no-admin", "--data-dir"])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--no-admin",
+            "--data-dir",
+        ])
         .arg(dir)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())

@@ -168,7 +168,10 @@ async fn sign_in(browser: &Client, console: &Console, password: &str) {
 }
 
 /// Registers `PC` with the enrolment `token` and runs its agent until it is online.
-async fn office_pc_with_token(relay: &TestRelay, token: &str) -> (tempfile::TempDir, TestAgentTask) {
+async fn office_pc_with_token(
+    relay: &TestRelay,
+    token: &str,
+) -> (tempfile::TempDir, TestAgentTask) {
     let dir = tempfile::tempdir().unwrap();
     let data = DataDir::open(dir.path()).unwrap();
     let settings = AgentSettings {
@@ -192,7 +195,13 @@ async fn office_pc_with_token(relay: &TestRelay, token: &str) -> (tempfile::Temp
     )
     .unwrap();
     let task = telework_tests::run_until_online(agent).await;
-    (dir, TestAgentTask { task, _desktop: desktop })
+    (
+        dir,
+        TestAgentTask {
+            task,
+            _desktop: desktop,
+        },
+    )
 }
 
 struct TestAgentTask {
@@ -242,7 +251,13 @@ async fn an_operator_manages_the_relay_in_a_real_browser() {
         .await
         .unwrap();
     wait_text(&browser, "body", "missing or wrong CSRF token").await;
-    assert!(console.relay.relay.registry.enrolment_tokens().unwrap().is_empty());
+    assert!(console
+        .relay
+        .relay
+        .registry
+        .enrolment_tokens()
+        .unwrap()
+        .is_empty());
 
     // An enrolment token, shown once.
     browser.goto(&console.url("/tokens")).await.unwrap();
@@ -329,11 +344,20 @@ async fn an_operator_manages_the_relay_in_a_real_browser() {
             .unwrap()
     );
     browser.goto(&console.url("/audit")).await.unwrap();
-    for kind in ["enrolled", "agent_online", "session_started", "session_ended", "admin_action"] {
+    for kind in [
+        "enrolled",
+        "agent_online",
+        "session_started",
+        "session_ended",
+        "admin_action",
+    ] {
         wait_text(&browser, "#audit tbody", kind).await;
     }
     let table = text(&browser, "#audit tbody").await;
-    assert!(table.contains("token_create") && table.contains("session_end"), "{table}");
+    assert!(
+        table.contains("token_create") && table.contains("session_end"),
+        "{table}"
+    );
     assert!(table.contains(OPERATOR), "{table}");
     screenshot(&browser, "audit").await;
     browser

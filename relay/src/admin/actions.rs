@@ -207,7 +207,12 @@ pub async fn create_token(
     }
     let by = operator.to_owned();
     let (token, id) = blocking(console, move |r| {
-        r.registry.create_labelled_token(uses, hours.saturating_mul(3600), label.as_deref(), Some(&by))
+        r.registry.create_labelled_token(
+            uses,
+            hours.saturating_mul(3600),
+            label.as_deref(),
+            Some(&by),
+        )
     })
     .await?;
     audit(console, operator, "token_create", None, Some(&id));

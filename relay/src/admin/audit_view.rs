@@ -208,12 +208,13 @@ pub async fn export(
 }
 
 /// `GET /api/v1/audit`.
-pub async fn api(
-    State(console): State<Arc<Console>>,
-    Query(query): Query<AuditQuery>,
-) -> Response {
+pub async fn api(State(console): State<Arc<Console>>, Query(query): Query<AuditQuery>) -> Response {
     match rows(&console, &query).await {
         Ok(found) => Json(found.iter().map(json_row).collect::<Vec<_>>()).into_response(),
-        Err(e) => (e.status(), Json(serde_json::json!({"error": e.to_string()}))).into_response(),
+        Err(e) => (
+            e.status(),
+            Json(serde_json::json!({"error": e.to_string()})),
+        )
+            .into_response(),
     }
 }

@@ -39,8 +39,7 @@ pub fn random_secret() -> String {
 /// Compares two secrets in time that does not depend on where they differ.
 pub fn same_secret(a: &str, b: &str) -> bool {
     a.len() == b.len()
-        && a
-            .bytes()
+        && a.bytes()
             .zip(b.bytes())
             .fold(0u8, |acc, (x, y)| acc | (x ^ y))
             == 0
@@ -281,8 +280,7 @@ pub async fn guard(State(console): State<Arc<Console>>, req: Request, next: Next
                 .map(str::to_owned),
             _ => {
                 let (parts, body) = req.into_parts();
-                let Ok(bytes) = axum::body::to_bytes(body, console.options.body_limit).await
-                else {
+                let Ok(bytes) = axum::body::to_bytes(body, console.options.body_limit).await else {
                     return (StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n")
                         .into_response();
                 };

@@ -151,10 +151,7 @@ pub async fn bind(
                 let own = identity::from_files(cert, key)?;
                 http_tls(own.chain, own.key)?
             }
-            None => http_tls(
-                relay_identity.chain.clone(),
-                relay_identity.key.clone_key(),
-            )?,
+            None => http_tls(relay_identity.chain.clone(), relay_identity.key.clone_key())?,
         };
         Some(Arc::new(server))
     } else {

@@ -136,7 +136,11 @@ fn snapshot(relay: &Relay) -> u64 {
 }
 
 /// Bumps `changed` whenever the tables change, until `stop`.
-pub async fn watch_changes(relay: Arc<Relay>, changed: watch::Sender<u64>, stop: CancellationToken) {
+pub async fn watch_changes(
+    relay: Arc<Relay>,
+    changed: watch::Sender<u64>,
+    stop: CancellationToken,
+) {
     let mut tick = tokio::time::interval(SNAPSHOT_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last = None;

@@ -148,20 +148,25 @@ pub async fn signin(
     }
     let relay = console.relay.clone();
     let name = form.name.clone();
-    let ok = tokio::task::spawn_blocking(move || {
-        relay.registry.check_operator(&name, &form.password)
-    })
-    .await
-    .ok()
-    .and_then(Result::ok)
-    .unwrap_or(false);
+    let ok =
+        tokio::task::spawn_blocking(move || relay.registry.check_operator(&name, &form.password))
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or(false);
     if !ok {
         console.sign_in_failures.failed(ip, &form.name);
         tracing::info!(%peer, "failed console sign-in");
         return signin_page(&console, StatusCode::UNAUTHORIZED, SIGNIN_FAILED);
     }
     let (session, _) = console.sessions.start(&form.name);
-    actions::audit(&console, &form.name, "sign_in", None, Some(&peer.to_string()));
+    actions::audit(
+        &console,
+        &form.name,
+        "sign_in",
+        None,
+        Some(&peer.to_string()),
+    );
     let mut response = Redirect::to("/machines").into_response();
     for cookie in [
         auth::set_cookie(&console, SESSION_COOKIE, &session, SESSION_LIFETIME),
@@ -437,8 +442,7 @@ pub async fn create_token(
     Extension(op): Extension<Operator>,
     Form(form): Form<NewTokenForm>,
 ) -> Response {
-    match actions::create_token(&console, &op.name, form.uses, form.hours, Some(form.label)).await
-    {
+    match actions::create_token(&console, &op.name, form.uses, form.hours, Some(form.label)).await {
         Ok(new) => tokens_page(&console, &op, StatusCode::OK, Some(new), String::new()).await,
         Err(e) => tokens_page(&console, &op, e.status(), None, e.to_string()).await,
     }

@@ -42,7 +42,8 @@ pub fn valid_operator_name(name: &str) -> bool {
 /// Only if Argon2 rejects its own parameters.
 pub fn hash_password(password: &str) -> Result<String, argon2::password_hash::Error> {
     let salt: [u8; 16] = rand::random();
-    let hash: PasswordHash = Argon2::default().hash_password_with_salt(password.as_bytes(), &salt)?;
+    let hash: PasswordHash =
+        Argon2::default().hash_password_with_salt(password.as_bytes(), &salt)?;
     Ok(hash.to_string())
 }
 
@@ -50,9 +51,8 @@ pub fn hash_password(password: &str) -> Result<String, argon2::password_hash::Er
 /// so that a wrong name costs as much time as a wrong password.
 fn decoy_hash() -> &'static str {
     static DECOY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    DECOY.get_or_init(|| {
-        hash_password(&hex::encode(rand::random::<[u8; 16]>())).unwrap_or_default()
-    })
+    DECOY
+        .get_or_init(|| hash_password(&hex::encode(rand::random::<[u8; 16]>())).unwrap_or_default())
 }
 
 /// Whether `password` matches the PHC string `phc`.
@@ -100,7 +100,11 @@ impl Registry {
             .map_err(|_| RegistryError::Invalid("cannot hash the password"))?;
         let db = self.db();
         let existed = db
-            .query_row("SELECT 1 FROM operators WHERE name = ?1", [name], |_| Ok(()))
+            .query_row(
+                "SELECT 1 FROM operators WHERE name = ?1",
+                [name],
+                |_| Ok(()),
+            )
             .optional()?
             .is_some();
         db.execute(
@@ -232,11 +236,15 @@ mod tests {
     fn operators_sign_in_with_their_password_only() {
         let reg = Registry::in_memory().unwrap();
         assert!(reg.set_operator("alice", "correct horse battery").unwrap());
-        assert!(reg.check_operator("alice", "correct horse battery").unwrap());
+        assert!(reg
+            .check_operator("alice", "correct horse battery")
+            .unwrap());
         assert!(!reg.check_operator("alice", "wrong horse battery").unwrap());
         assert!(!reg.check_operator("bob", "correct horse battery").unwrap());
         assert!(!reg.set_operator("alice", "another long password").unwrap());
-        assert!(reg.check_operator("alice", "another long password").unwrap());
+        assert!(reg
+            .check_operator("alice", "another long password")
+            .unwrap());
         assert!(matches!(
             reg.set_operator("alice", "short"),
             Err(RegistryError::Invalid(_))

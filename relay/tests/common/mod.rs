@@ -49,14 +49,27 @@ impl Console {
     }
 
     pub async fn with_relay(relay: TestRelay, options: AdminOptions) -> Self {
-        relay.relay.registry.set_operator(OPERATOR, PASSWORD).unwrap();
+        relay
+            .relay
+            .registry
+            .set_operator(OPERATOR, PASSWORD)
+            .unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let scheme = if options.tls.is_some() { "https" } else { "http" };
+        let scheme = if options.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         let (stop, stopped) = oneshot::channel::<()>();
-        tokio::spawn(admin::serve(relay.relay.clone(), listener, options, async move {
-            let _ = stopped.await;
-        }));
+        tokio::spawn(admin::serve(
+            relay.relay.clone(),
+            listener,
+            options,
+            async move {
+                let _ = stopped.await;
+            },
+        ));
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .danger_accept_invalid_certs(true)
