@@ -2,7 +2,8 @@
 //! driven over WebDriver: sign in (and fail to), refuse a forged form, create an enrolment
 //! token, see the agent registered with it come online without a reload, end its live
 //! session (the client says why), and read the audit rows. Screenshots of every page go to
-//! `target/console-screenshots/`. Skipped, saying so, when `chromedriver` is not installed.
+//! `target/console-screenshots/` (`UPDATE_CONSOLE_PNG=1` also copies the machines page to
+//! `docs/console.png`). Skipped, saying so, when `chromedriver` is not installed.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -294,10 +295,14 @@ async fn an_operator_manages_the_relay_in_a_real_browser() {
         .unwrap();
     assert_eq!(same_page, serde_json::Value::Bool(true), "updated live");
     let machines = screenshot(&browser, "machines").await;
-    let _ = std::fs::copy(
-        &machines,
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/console.png"),
-    );
+    // The README's picture, refreshed on request only (so test runs leave the tree clean).
+    if std::env::var_os("UPDATE_CONSOLE_PNG").is_some() {
+        std::fs::copy(
+            &machines,
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/console.png"),
+        )
+        .unwrap();
+    }
 
     // A live session, ended from the console: the client says the operator ended it.
     let profile_dir = tempfile::tempdir().unwrap();
