@@ -54,8 +54,12 @@ pub struct ByteCounts {
 
 impl ByteCounts {
     fn add(&self, up: u64, down: u64) {
-        self.up.fetch_add(up, Ordering::Relaxed);
-        self.down.fetch_add(down, Ordering::Relaxed);
+        if up > 0 {
+            self.up.fetch_add(up, Ordering::Relaxed);
+        }
+        if down > 0 {
+            self.down.fetch_add(down, Ordering::Relaxed);
+        }
     }
 }
 
