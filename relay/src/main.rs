@@ -362,6 +362,13 @@ fn utc(unix: i64) -> String {
     }
 }
 
+/// Prints a status line of `serve` on stdout. A stdout nobody reads any more (a closed pipe)
+/// must not stop the relay, as `println!` would by panicking.
+fn announce(line: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stdout(), "{line}");
+}
+
 fn open_registry(data_dir: &std::path::Path) -> anyhow::Result<Registry> {
     create_private_dir(data_dir)?;
     check_private_dir(data_dir)?;
@@ -417,10 +424,10 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         })?;
         let addr = listener.local_addr()?;
         match quic {
-            Some(_) => println!("telework-relay listening on {addr} (TCP and UDP)"),
-            None => println!("telework-relay listening on {addr} (TCP)"),
+            Some(_) => announce(format_args!("telework-relay listening on {addr} (TCP and UDP)")),
+            None => announce(format_args!("telework-relay listening on {addr} (TCP)")),
         }
-        println!("certificate fingerprint: {}", identity.fingerprint);
+        announce(format_args!("certificate fingerprint: {}", identity.fingerprint));
         if config.registration == Registration::Open {
             warn!("registration is open: anyone who reaches this relay can register a computer ID (use --registration token in production)");
         }
@@ -430,7 +437,10 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             Some(admin) => match admin::cli::bind(admin, &identity).await {
                 Ok((admin_listener, options)) => {
                     let scheme = if options.tls.is_some() { "https" } else { "http" };
-                    println!("admin console on {scheme}://{}/", admin_listener.local_addr()?);
+                    announce(format_args!(
+                        "admin console on {scheme}://{}/",
+                        admin_listener.local_addr()?
+                    ));
                     let stopped = stop.clone();
                     Some(tokio::spawn(admin::serve(
                         relay.clone(),

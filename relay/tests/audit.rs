@@ -15,7 +15,7 @@ use telework_net::framed::Framed;
 use telework_net::tls::RelayTrust;
 use telework_net::transport::dial::Dialer;
 use telework_net::transport::{Role, TransportChoice};
-use telework_protocol::messages::{ClientToRelay, RelayToClient, PROTOCOL_VERSION};
+use telework_protocol::messages::RelayToClient;
 use telework_protocol::{CertFingerprint, ErrorCode};
 use telework_relay::registry::{AuditRow, Registry};
 
@@ -118,12 +118,9 @@ async fn look_up(served: &Served, ids: impl Iterator<Item = String>) {
     let connection = dialer.dial().await.unwrap().connection;
     for id in ids {
         let mut f = Framed::new(connection.open().await.unwrap());
-        f.write(&ClientToRelay::Connect {
-            version: PROTOCOL_VERSION,
-            id: id.parse().unwrap(),
-        })
-        .await
-        .unwrap();
+        f.write(&telework_tests::connect_request(&connection, &id))
+            .await
+            .unwrap();
         let answer = f.read::<RelayToClient>().await.unwrap();
         assert!(
             matches!(
