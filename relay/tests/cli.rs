@@ -416,3 +416,45 @@ fn a_data_dir_that_others_can_write_is_refused() {
         assert!(err.contains(&format!("chown -R 0 {path}")), "{err}");
     }
 }
+
+/// Nobody reads the relay's stdout any more (a supervisor closed the pipe): the relay keeps
+/// serving instead of dying on its status lines, and still stops gracefully.
+#[test]
+fn a_closed_stdout_does_not_stop_the_relay() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = relay()
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Closing our end before it prints anything: every status line meets a broken pipe.
+    drop(child.stdout.take());
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the relay exited: {:?}",
+        child.try_wait()
+    );
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let started = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success(), "graceful stop exits 0, got {status}");
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(15), "no stop");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
