@@ -19,6 +19,9 @@ pub struct Settings {
     pub quic: Option<bool>,
     /// Directory for the database and the self-signed certificate.
     pub data_dir: Option<PathBuf>,
+    /// A PostgreSQL registry shared by several relay nodes (`postgres://user:password@host/db`)
+    /// instead of the SQLite file in `data_dir`.
+    pub database_url: Option<String>,
     /// Operator's certificate chain (PEM). Needs `key`.
     pub cert: Option<PathBuf>,
     /// Operator's private key (PEM). Needs `cert`.
@@ -89,6 +92,8 @@ pub struct RelayConfig {
     pub quic: bool,
     /// Data directory.
     pub data_dir: PathBuf,
+    /// See [`Settings::database_url`].
+    pub database_url: Option<String>,
     /// Operator certificate and key, or `None` for the self-signed one.
     pub cert_files: Option<(PathBuf, PathBuf)>,
     /// Extra certificate names.
@@ -174,6 +179,7 @@ impl Settings {
             listen: over.listen.or(self.listen),
             quic: over.quic.or(self.quic),
             data_dir: over.data_dir.or(self.data_dir),
+            database_url: over.database_url.or(self.database_url),
             cert: over.cert.or(self.cert),
             key: over.key.or(self.key),
             registration: over.registration.or(self.registration),
@@ -209,6 +215,15 @@ impl Settings {
             setting: "data_dir",
             message: "required (--data-dir DIR or data_dir in the config file)".into(),
         })?;
+        if let Some(url) = &self.database_url {
+            if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                return Err(ConfigError::Invalid {
+                    setting: "database_url",
+                    message: "must be a PostgreSQL URL, postgres://user:password@host/database"
+                        .into(),
+                });
+            }
+        }
         let cert_files = match (self.cert, self.key) {
             (Some(c), Some(k)) => Some((c, k)),
             (None, None) => None,
@@ -247,6 +262,7 @@ impl Settings {
             listen,
             quic: self.quic.unwrap_or(true),
             data_dir,
+            database_url: self.database_url,
             cert_files,
             hostnames: self.hostnames.unwrap_or_default(),
             registration: self.registration.unwrap_or(Registration::Open),

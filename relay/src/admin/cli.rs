@@ -66,7 +66,7 @@ pub enum ApiTokenCommand {
 ///
 /// # Errors
 /// A one-line explanation for the operator.
-pub fn run(
+pub async fn run(
     command: AdminCommand,
     open: impl Fn(&Path) -> anyhow::Result<Registry>,
     stdin: &mut dyn BufRead,
@@ -91,7 +91,7 @@ pub fn run(
                 "the password is too short: use at least {MIN_PASSWORD_LEN} characters"
             );
             let registry = open(&data_dir)?;
-            if registry.set_operator(&name, password)? {
+            if registry.set_operator(&name, password).await? {
                 println!("added operator {name}");
             } else {
                 println!("changed the password of operator {name}");
@@ -100,7 +100,7 @@ pub fn run(
         }
         AdminCommand::Token(ApiTokenCommand::Create { data_dir, name }) => {
             let registry = open(&data_dir)?;
-            let (id, secret) = registry.create_api_token(&name)?;
+            let (id, secret) = registry.create_api_token(&name).await?;
             println!("{secret}");
             eprintln!(
                 "API token {id} ({name}): shown only now; send it as 'Authorization: Bearer …'"
@@ -108,7 +108,7 @@ pub fn run(
             Ok(())
         }
         AdminCommand::Token(ApiTokenCommand::List { data_dir }) => {
-            let tokens = open(&data_dir)?.api_tokens()?;
+            let tokens = open(&data_dir)?.api_tokens().await?;
             if tokens.is_empty() {
                 println!("no API tokens");
             }
@@ -127,7 +127,7 @@ pub fn run(
         }
         AdminCommand::Token(ApiTokenCommand::Revoke { id, data_dir }) => {
             anyhow::ensure!(
-                open(&data_dir)?.revoke_api_token(&id)?,
+                open(&data_dir)?.revoke_api_token(&id).await?,
                 "no API token has id {id:?} (see 'telework-relay admin token list')"
             );
             println!("revoked API token {id}");
