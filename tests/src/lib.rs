@@ -22,6 +22,7 @@ pub mod impair;
 pub mod it_staff;
 pub mod netns;
 pub mod netns_chain;
+pub mod postgres;
 pub mod tinyproxy;
 
 use std::net::SocketAddr;
