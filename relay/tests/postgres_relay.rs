@@ -24,7 +24,13 @@ async fn a_relay_on_postgres_registers_lists_and_removes_machines() {
     let url = pg.url();
     let dir = tempfile::tempdir().unwrap();
     let mut child = relay()
-        .args(["serve", "--listen", "127.0.0.1:0", "--no-admin", "--database"])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--no-admin",
+            "--database",
+        ])
         .arg(&url)
         .arg("--data-dir")
         .arg(dir.path())
