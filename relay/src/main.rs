@@ -235,7 +235,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(args) => serve(args),
         Command::Admin(command) => cli_runtime()?.block_on(telework_relay::admin::cli::run(
             command,
-            open_sqlite,
+            |store| async move {
+                open_registry(store.data_dir.as_deref(), store.database.as_deref()).await
+            },
             &mut std::io::stdin().lock(),
         )),
         Command::Fingerprint { data_dir, cert } => {
