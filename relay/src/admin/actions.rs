@@ -62,8 +62,6 @@ pub fn audit(
     });
 }
 
-/// Runs relay and registry work off the async threads.
-
 /// Parses a computer ID from a path.
 ///
 /// # Errors

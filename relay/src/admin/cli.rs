@@ -2,7 +2,7 @@
 //! listener from the checked configuration; `main.rs` only dispatches here.
 
 use std::io::BufRead;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -41,6 +41,7 @@ pub enum AdminCommand {
     AddUser {
         /// The operator's user name: 1 to 32 letters, digits, '.', '_' or '-'.
         name: String,
+        /// Where the registry is.
         #[command(flatten)]
         store: Store,
         /// Read the password from one line of standard input (required: passwords never go
@@ -58,6 +59,7 @@ pub enum AdminCommand {
 pub enum ApiTokenCommand {
     /// Create an API token and print it once (only its SHA-256 is kept).
     Create {
+        /// Where the registry is.
         #[command(flatten)]
         store: Store,
         /// A name to recognise it by (shown in lists and in the audit log).
@@ -66,6 +68,7 @@ pub enum ApiTokenCommand {
     },
     /// List API tokens (never their secrets).
     List {
+        /// Where the registry is.
         #[command(flatten)]
         store: Store,
     },
@@ -73,6 +76,7 @@ pub enum ApiTokenCommand {
     Revoke {
         /// The token's id, from 'admin token list'.
         id: String,
+        /// Where the registry is.
         #[command(flatten)]
         store: Store,
     },
