@@ -521,6 +521,30 @@ mod tests {
     }
 
     #[test]
+    fn a_database_url_is_postgres_or_refused() {
+        let file = Settings::from_toml(
+            "data_dir = \"/d\"\ndatabase_url = \"postgres://relay@db.internal/telework\"",
+        )
+        .unwrap();
+        let cfg = file.clone().validate().unwrap();
+        assert_eq!(
+            cfg.database_url.as_deref(),
+            Some("postgres://relay@db.internal/telework")
+        );
+        assert_eq!(
+            Settings::default().overridden_by(file).database_url,
+            cfg.database_url
+        );
+        let bad = Settings {
+            data_dir: Some("/d".into()),
+            database_url: Some("mysql://x".into()),
+            ..Default::default()
+        };
+        let err = bad.validate().unwrap_err().to_string();
+        assert!(err.contains("database_url"), "{err}");
+    }
+
+    #[test]
     fn fixture_files_parse_or_fail_as_expected() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata");
         Settings::from_file(&dir.join("relay-valid.toml"))

@@ -117,6 +117,42 @@ async fn a_relay_on_postgres_registers_lists_and_removes_machines() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success() && text.contains("pc-pg"), "{out:?}");
 
+    // The other commands an operator runs against the shared registry.
+    let token = relay()
+        .args(["token", "create", "--database", &url])
+        .output()
+        .unwrap();
+    assert!(token.status.success(), "{token:?}");
+    let token = String::from_utf8(token.stdout).unwrap().trim().to_owned();
+    let mut add_user = relay()
+        .args([
+            "admin",
+            "add-user",
+            "alice",
+            "--password-stdin",
+            "--database",
+            &url,
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = add_user.stdin.take().unwrap();
+        stdin.write_all(b"correct horse battery\n").unwrap();
+    }
+    assert!(add_user.wait().unwrap().success());
+    let registry = telework_relay::registry::Registry::connect(&url)
+        .await
+        .unwrap();
+    assert!(registry
+        .check_operator("alice", "correct horse battery")
+        .await
+        .unwrap());
+    registry.consume_token(&token).await.unwrap();
+    assert_eq!(registry.schema_version().await.unwrap(), 2);
+
     child.kill().unwrap();
     child.wait().unwrap();
     drop(pg);
