@@ -109,6 +109,16 @@ async fn a_relay_on_postgres_registers_lists_and_removes_machines() {
     assert_eq!(code, Some(0), "{listing}");
     assert!(listing.contains("no machines are registered"), "{listing}");
 
+    // The relay's audit writer (its own thread) stored the agent's arrival in PostgreSQL.
+    let online = relay()
+        .args(["audit", "--kind", "agent_online", "--database", &url])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&online.stdout);
+    assert!(
+        online.status.success() && text.contains("pc-pg"),
+        "{online:?}"
+    );
     // The removal is in the audit log, read from PostgreSQL too.
     let out = relay()
         .args(["audit", "--kind", "removed", "--database", &url])
