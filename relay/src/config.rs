@@ -21,7 +21,7 @@ pub struct Settings {
     pub data_dir: Option<PathBuf>,
     /// A PostgreSQL registry shared by several relay nodes (`postgres://user:password@host/db`)
     /// instead of the SQLite file in `data_dir`.
-    pub database_url: Option<String>,
+    pub database_url: Option<DatabaseUrl>,
     /// Operator's certificate chain (PEM). Needs `key`.
     pub cert: Option<PathBuf>,
     /// Operator's private key (PEM). Needs `cert`.
@@ -83,6 +83,30 @@ pub struct AdminConfig {
     pub cert_files: Option<(PathBuf, PathBuf)>,
 }
 
+/// A PostgreSQL URL, which may hold a password: `Debug` prints it masked.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct DatabaseUrl(String);
+
+impl DatabaseUrl {
+    /// The URL itself, for connecting.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<String> for DatabaseUrl {
+    fn from(url: String) -> Self {
+        Self(url)
+    }
+}
+
+impl std::fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DatabaseUrl(MASKED)")
+    }
+}
+
 /// A checked configuration.
 #[derive(Debug, Clone)]
 pub struct RelayConfig {
@@ -93,7 +117,7 @@ pub struct RelayConfig {
     /// Data directory.
     pub data_dir: PathBuf,
     /// See [`Settings::database_url`].
-    pub database_url: Option<String>,
+    pub database_url: Option<DatabaseUrl>,
     /// Operator certificate and key, or `None` for the self-signed one.
     pub cert_files: Option<(PathBuf, PathBuf)>,
     /// Extra certificate names.
@@ -215,7 +239,7 @@ impl Settings {
             setting: "data_dir",
             message: "required (--data-dir DIR or data_dir in the config file)".into(),
         })?;
-        if let Some(url) = &self.database_url {
+        if let Some(DatabaseUrl(url)) = &self.database_url {
             if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
                 return Err(ConfigError::Invalid {
                     setting: "database_url",
@@ -528,16 +552,17 @@ mod tests {
         .unwrap();
         let cfg = file.clone().validate().unwrap();
         assert_eq!(
-            cfg.database_url.as_deref(),
+            cfg.database_url.as_ref().map(DatabaseUrl::as_str),
             Some("postgres://relay@db.internal/telework")
         );
+        assert!(!format!("{cfg:?}").contains("db.internal"));
         assert_eq!(
             Settings::default().overridden_by(file).database_url,
             cfg.database_url
         );
         let bad = Settings {
             data_dir: Some("/d".into()),
-            database_url: Some("mysql://x".into()),
+            database_url: Some(DatabaseUrl::from("mysql://x".to_owned())),
             ..Default::default()
         };
         let err = bad.validate().unwrap_err().to_string();

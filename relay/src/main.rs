@@ -470,7 +470,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         listen: args.listen,
         quic: args.no_quic.then_some(false),
         data_dir: args.data_dir,
-        database_url: args.database,
+        database_url: args.database.map(Into::into),
         cert: args.cert,
         key: args.key,
         registration: args.registration,
@@ -489,7 +489,10 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     let registry = runtime.block_on(open_registry(
         Some(&config.data_dir),
-        config.database_url.as_deref(),
+        config
+            .database_url
+            .as_ref()
+            .map(telework_relay::config::DatabaseUrl::as_str),
     ))?;
     if config.database_url.is_some() {
         // The data dir still holds the certificate.
