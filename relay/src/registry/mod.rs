@@ -177,26 +177,6 @@ impl Registry {
         })
     }
 
-    /// [`Registry::connect`] to `database` if given (a `postgres://` URL), else
-    /// [`Registry::open`] the SQLite file at `path`.
-    ///
-    /// # Errors
-    /// As those.
-    pub async fn open_or_connect(
-        database: Option<&str>,
-        path: &Path,
-    ) -> Result<Self, RegistryError> {
-        match database {
-            Some(url) => Self::connect(url).await,
-            None => {
-                let path = path.to_owned();
-                tokio::task::spawn_blocking(move || Self::open(&path))
-                    .await
-                    .map_err(|e| RegistryError::Task(e.to_string()))?
-            }
-        }
-    }
-
     fn sqlite(db: sqlite::Sqlite) -> Self {
         Self {
             backend: Backend::Sqlite(Arc::new(db)),
