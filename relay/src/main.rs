@@ -10,6 +10,7 @@ use telework_net::logging::LogFormat;
 use telework_net::signal::shutdown_signal;
 use telework_protocol::private_file::{check_private_dir, create_private_dir};
 use telework_protocol::ComputerId;
+use telework_relay::admin::pages::utc;
 use telework_relay::audit::{self, Actor, AuditEvent};
 use telework_relay::config::Settings;
 use telework_relay::identity::{self, TlsIdentity};
@@ -407,22 +408,6 @@ async fn list_machines(registry: &Registry) -> anyhow::Result<()> {
         );
     }
     Ok(())
-}
-
-/// Unix seconds as a UTC date and time, `2026-12-04 15:34:37 UTC`.
-fn utc(unix: i64) -> String {
-    match time::OffsetDateTime::from_unix_timestamp(unix) {
-        Ok(t) => format!(
-            "{:04}-{:02}-{:02} {:02}:{:02}:{:02} UTC",
-            t.year(),
-            u8::from(t.month()),
-            t.day(),
-            t.hour(),
-            t.minute(),
-            t.second()
-        ),
-        Err(_) => format!("unix {unix}"),
-    }
 }
 
 /// Prints a status line of `serve` on stdout. A stdout nobody reads any more (a closed pipe)
