@@ -257,7 +257,6 @@ async fn an_operator_manages_the_relay_in_a_real_browser() {
         .relay
         .registry
         .enrolment_tokens()
-        .await
         .unwrap()
         .is_empty());
 

@@ -62,6 +62,18 @@ pub fn audit(
     });
 }
 
+/// Runs relay and registry work off the async threads.
+async fn blocking<T: Send + 'static>(
+    console: &Arc<Console>,
+    work: impl FnOnce(&crate::Relay) -> Result<T, RegistryError> + Send + 'static,
+) -> Result<T, ActionError> {
+    let relay = console.relay.clone();
+    tokio::task::spawn_blocking(move || work(&relay))
+        .await
+        .map_err(|_| ActionError::Internal)?
+        .map_err(ActionError::from)
+}
+
 /// Parses a computer ID from a path.
 ///
 /// # Errors
@@ -82,7 +94,8 @@ pub async fn set_disabled(
     id: ComputerId,
     disabled: bool,
 ) -> Result<(), ActionError> {
-    if !console.relay.set_disabled(&id, disabled).await? {
+    let key = id.clone();
+    if !blocking(console, move |r| r.set_disabled(&key, disabled)).await? {
         return Err(ActionError::NotFound(format!(
             "no machine is registered as {id}"
         )));
@@ -105,7 +118,8 @@ pub async fn remove_machine(
     operator: &str,
     id: ComputerId,
 ) -> Result<(), ActionError> {
-    if !console.relay.remove_machine(&id).await? {
+    let key = id.clone();
+    if !blocking(console, move |r| r.remove_machine(&key)).await? {
         return Err(ActionError::NotFound(format!(
             "no machine is registered as {id}"
         )));
@@ -192,16 +206,15 @@ pub async fn create_token(
         ));
     }
     let by = operator.to_owned();
-    let (token, id) = console
-        .relay
-        .registry
-        .create_labelled_token(
+    let (token, id) = blocking(console, move |r| {
+        r.registry.create_labelled_token(
             uses,
             hours.saturating_mul(3600),
             label.as_deref(),
             Some(&by),
         )
-        .await?;
+    })
+    .await?;
     audit(console, operator, "token_create", None, Some(&id));
     Ok(NewToken {
         token,
@@ -220,7 +233,8 @@ pub async fn revoke_token(
     operator: &str,
     id: String,
 ) -> Result<(), ActionError> {
-    if !console.relay.registry.revoke_token(&id).await? {
+    let key = id.clone();
+    if !blocking(console, move |r| r.registry.revoke_token(&key)).await? {
         return Err(ActionError::NotFound(format!("no enrolment token {id}")));
     }
     audit(console, operator, "token_revoke", None, Some(&id));
@@ -234,5 +248,5 @@ pub async fn revoke_token(
 pub async fn tokens(
     console: &Arc<Console>,
 ) -> Result<Vec<crate::registry::EnrolmentToken>, ActionError> {
-    Ok(console.relay.registry.enrolment_tokens().await?)
+    blocking(console, |r| r.registry.enrolment_tokens()).await
 }

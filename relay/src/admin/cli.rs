@@ -2,7 +2,7 @@
 //! listener from the checked configuration; `main.rs` only dispatches here.
 
 use std::io::BufRead;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -13,27 +13,6 @@ use crate::config::AdminConfig;
 use crate::identity::{self, TlsIdentity};
 use crate::registry::{Registry, MIN_PASSWORD_LEN};
 
-/// Where the registry is: the SQLite file in a data directory, or PostgreSQL.
-#[derive(clap::Args, Clone, Debug, Default)]
-pub struct Store {
-    /// The relay's data directory.
-    #[arg(
-        long,
-        env = "TELEWORK_RELAY_DATA_DIR",
-        required_unless_present = "database"
-    )]
-    pub data_dir: Option<PathBuf>,
-    /// A PostgreSQL registry shared by several relay nodes, instead of the SQLite file in the
-    /// data directory.
-    #[arg(
-        long,
-        value_name = "postgres://…",
-        env = "TELEWORK_RELAY_DATABASE",
-        hide_env_values = true
-    )]
-    pub database: Option<String>,
-}
-
 /// `telework-relay admin`: console accounts and API tokens.
 #[derive(clap::Subcommand)]
 pub enum AdminCommand {
@@ -41,9 +20,9 @@ pub enum AdminCommand {
     AddUser {
         /// The operator's user name: 1 to 32 letters, digits, '.', '_' or '-'.
         name: String,
-        /// Where the registry is.
-        #[command(flatten)]
-        store: Store,
+        /// The relay's data directory.
+        #[arg(long, env = "TELEWORK_RELAY_DATA_DIR")]
+        data_dir: PathBuf,
         /// Read the password from one line of standard input (required: passwords never go
         /// on the command line).
         #[arg(long, required = true)]
@@ -59,44 +38,41 @@ pub enum AdminCommand {
 pub enum ApiTokenCommand {
     /// Create an API token and print it once (only its SHA-256 is kept).
     Create {
-        /// Where the registry is.
-        #[command(flatten)]
-        store: Store,
+        /// The relay's data directory.
+        #[arg(long, env = "TELEWORK_RELAY_DATA_DIR")]
+        data_dir: PathBuf,
         /// A name to recognise it by (shown in lists and in the audit log).
         #[arg(long, default_value = "api")]
         name: String,
     },
     /// List API tokens (never their secrets).
     List {
-        /// Where the registry is.
-        #[command(flatten)]
-        store: Store,
+        /// The relay's data directory.
+        #[arg(long, env = "TELEWORK_RELAY_DATA_DIR")]
+        data_dir: PathBuf,
     },
     /// Revoke an API token by its id.
     Revoke {
         /// The token's id, from 'admin token list'.
         id: String,
-        /// Where the registry is.
-        #[command(flatten)]
-        store: Store,
+        /// The relay's data directory.
+        #[arg(long, env = "TELEWORK_RELAY_DATA_DIR")]
+        data_dir: PathBuf,
     },
 }
 
-/// Runs an admin command; `open` opens the registry where [`Store`] says, `stdin` gives the
+/// Runs an admin command; `open` opens the registry in a data directory, `stdin` gives the
 /// password.
 ///
 /// # Errors
 /// A one-line explanation for the operator.
-pub async fn run<F>(
+pub fn run(
     command: AdminCommand,
-    open: impl Fn(Store) -> F,
+    open: impl Fn(&Path) -> anyhow::Result<Registry>,
     stdin: &mut dyn BufRead,
-) -> anyhow::Result<()>
-where
-    F: std::future::Future<Output = anyhow::Result<Registry>>,
-{
+) -> anyhow::Result<()> {
     match command {
-        AdminCommand::AddUser { name, store, .. } => {
+        AdminCommand::AddUser { name, data_dir, .. } => {
             anyhow::ensure!(
                 crate::registry::valid_operator_name(&name),
                 "{name:?} is not a user name: use 1 to 32 letters, digits, '.', '_' or '-'"
@@ -114,25 +90,25 @@ where
                 password.chars().count() >= MIN_PASSWORD_LEN,
                 "the password is too short: use at least {MIN_PASSWORD_LEN} characters"
             );
-            let registry = open(store).await?;
-            if registry.set_operator(&name, password).await? {
+            let registry = open(&data_dir)?;
+            if registry.set_operator(&name, password)? {
                 println!("added operator {name}");
             } else {
                 println!("changed the password of operator {name}");
             }
             Ok(())
         }
-        AdminCommand::Token(ApiTokenCommand::Create { store, name }) => {
-            let registry = open(store).await?;
-            let (id, secret) = registry.create_api_token(&name).await?;
+        AdminCommand::Token(ApiTokenCommand::Create { data_dir, name }) => {
+            let registry = open(&data_dir)?;
+            let (id, secret) = registry.create_api_token(&name)?;
             println!("{secret}");
             eprintln!(
                 "API token {id} ({name}): shown only now; send it as 'Authorization: Bearer …'"
             );
             Ok(())
         }
-        AdminCommand::Token(ApiTokenCommand::List { store }) => {
-            let tokens = open(store).await?.api_tokens().await?;
+        AdminCommand::Token(ApiTokenCommand::List { data_dir }) => {
+            let tokens = open(&data_dir)?.api_tokens()?;
             if tokens.is_empty() {
                 println!("no API tokens");
             }
@@ -149,9 +125,9 @@ where
             }
             Ok(())
         }
-        AdminCommand::Token(ApiTokenCommand::Revoke { id, store }) => {
+        AdminCommand::Token(ApiTokenCommand::Revoke { id, data_dir }) => {
             anyhow::ensure!(
-                open(store).await?.revoke_api_token(&id).await?,
+                open(&data_dir)?.revoke_api_token(&id)?,
                 "no API token has id {id:?} (see 'telework-relay admin token list')"
             );
             println!("revoked API token {id}");
