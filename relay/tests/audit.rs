@@ -3,6 +3,8 @@
 //! `telework-relay audit` prints the rows, filtered; old rows are pruned.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
@@ -70,15 +72,7 @@ fn serve(dir: &Path, extra: &[&str]) -> Served {
 
 /// SIGTERM, and the relay's graceful stop (which stores the last audit rows).
 fn stop(mut served: Served) {
-    Command::new("kill")
-        .args(["-TERM", &served.child.id().to_string()])
-        .status()
-        .unwrap();
-    let started = Instant::now();
-    while served.child.try_wait().unwrap().is_none() {
-        assert!(started.elapsed() < Duration::from_secs(30), "relay stops");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    common::stop_gracefully(&mut served.child);
 }
 
 fn audit(dir: &Path, args: &[&str]) -> Output {

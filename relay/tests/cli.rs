@@ -2,6 +2,8 @@
 //! configuration, and a graceful stop on SIGTERM.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -76,22 +78,8 @@ fn first_start_prints_a_fingerprint_that_the_fingerprint_command_repeats_and_sig
         );
     }
 
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    let started = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            assert!(status.success(), "graceful stop exits 0, got {status}");
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(15),
-            "relay did not stop on SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let status = common::stop_gracefully(&mut child);
+    assert!(status.success(), "graceful stop exits 0, got {status}");
 }
 
 #[test]
@@ -444,17 +432,6 @@ fn a_closed_stdout_does_not_stop_the_relay() {
         "the relay exited: {:?}",
         child.try_wait()
     );
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    let started = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            assert!(status.success(), "graceful stop exits 0, got {status}");
-            break;
-        }
-        assert!(started.elapsed() < Duration::from_secs(15), "no stop");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let status = common::stop_gracefully(&mut child);
+    assert!(status.success(), "graceful stop exits 0, got {status}");
 }

@@ -2,9 +2,10 @@
 //! what it prints for people on standard output stays as it was.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
 use std::io::{BufRead, BufReader, Read};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 fn relay() -> Command {
     Command::new(env!("CARGO_BIN_EXE_telework-relay"))
@@ -48,15 +49,7 @@ fn serve_logs_json_lines_and_keeps_its_stdout() {
         .unwrap()
         .unwrap()
         .starts_with("certificate fingerprint: sha256:"));
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    let started = Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        assert!(started.elapsed() < Duration::from_secs(30), "relay stops");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    common::stop_gracefully(&mut child);
     let mut stderr = String::new();
     child
         .stderr

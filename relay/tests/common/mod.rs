@@ -170,3 +170,23 @@ pub fn hidden_csrf(html: &str) -> String {
     let rest = &html[at + "name=\"csrf\" value=\"".len()..];
     rest[..rest.find('"').unwrap()].to_owned()
 }
+
+/// Sends SIGTERM to a `telework-relay` process and waits (at most 30 s) for its graceful stop;
+/// returns how it exited.
+pub fn stop_gracefully(child: &mut std::process::Child) -> std::process::ExitStatus {
+    std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let started = std::time::Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the relay did not stop on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
