@@ -160,23 +160,42 @@ async fn a_profile_dir_that_others_can_write_is_refused() {
     }
 }
 
+/// A relay, an echo desktop and its agent `{prefix}-{transport}`, and `telework connect` to it
+/// on `transport` with one round trip made through the local address; the program's stdout
+/// is returned so that it stays open.
+async fn connected(
+    prefix: &str,
+    transport: &str,
+) -> (
+    TestRelay,
+    EchoServer,
+    telework_tests::TestAgent,
+    tokio::process::Child,
+    String,
+    tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+) {
+    let relay = TestRelay::start().await;
+    let desktop = EchoServer::start().await;
+    let id = format!("{prefix}-{transport}");
+    let agent = relay.agent(&id, PW).target(desktop.addr).run().await;
+    let cmd = common::telework(
+        &relay,
+        &id,
+        &["--launch", "none", "--transport", transport],
+        None,
+    );
+    let (child, addr, stdout, _line) = start(cmd).await;
+    assert_eq!(round_trip(&addr, b"before").await, b"before");
+    (relay, desktop, agent, child, addr, stdout)
+}
+
 /// A relay restart mid-session: the employee reads one line, types no password, and the next
 /// connection of the RDP client works, on each transport.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_relay_restart_is_one_line_and_no_password() {
     for transport in ["quic", "tcp"] {
-        let relay = TestRelay::start().await;
-        let desktop = EchoServer::start().await;
-        let id = format!("pc-restart-{transport}");
-        let _agent = relay.agent(&id, PW).target(desktop.addr).run().await;
-        let cmd = common::telework(
-            &relay,
-            &id,
-            &["--launch", "none", "--transport", transport],
-            None,
-        );
-        let (mut child, addr, _stdout, _line) = start(cmd).await;
-        assert_eq!(round_trip(&addr, b"before").await, b"before");
+        let (relay, _desktop, _agent, mut child, addr, _stdout) =
+            connected("pc-restart", transport).await;
         let mut errors = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
 
         let _relay = relay.restart().await;
@@ -204,18 +223,8 @@ async fn a_relay_restart_is_one_line_and_no_password() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operator_ending_the_session_is_one_line_and_no_reconnect() {
     for transport in ["quic", "tcp"] {
-        let relay = TestRelay::start().await;
-        let desktop = EchoServer::start().await;
-        let id = format!("pc-ended-{transport}");
-        let _agent = relay.agent(&id, PW).target(desktop.addr).run().await;
-        let cmd = common::telework(
-            &relay,
-            &id,
-            &["--launch", "none", "--transport", transport],
-            None,
-        );
-        let (mut child, addr, _stdout, _line) = start(cmd).await;
-        assert_eq!(round_trip(&addr, b"before").await, b"before");
+        let (relay, _desktop, _agent, mut child, _addr, _stdout) =
+            connected("pc-ended", transport).await;
         let live = relay.relay.sessions.list();
         assert_eq!(live.len(), 1, "{transport}");
         assert!(relay.relay.end_session(live[0].id));
