@@ -96,7 +96,7 @@ async fn register_set_password_run_and_stop() {
         text(&out)
     );
 
-    let token = relay.relay.registry.create_token(1, 3600).unwrap();
+    let token = relay.relay.registry.create_token(1, 3600).await.unwrap();
     let out = run_blocking(register(Some(token), relay.fingerprint.to_string()), None).await;
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("registered as computer ID: pc-it-01"));

@@ -103,7 +103,7 @@ pub async fn serve(relay: Arc<Relay>, conn: Accepted) {
                 } else if !verify_proof(&public_key, &id, &binding, &proof) {
                     Err(ErrorCode::BadProof)
                 } else {
-                    register(&relay, &id, &public_key, token.as_deref())
+                    register(&relay, &id, &public_key, token.as_deref()).await
                 };
                 match code {
                     Ok(with_token) => {
@@ -159,7 +159,7 @@ pub async fn serve(relay: Arc<Relay>, conn: Accepted) {
 }
 
 /// Registers `id` → `public_key`; returns whether an enrolment token was spent on it.
-fn register(
+async fn register(
     relay: &Relay,
     id: &ComputerId,
     public_key: &[u8],
@@ -169,21 +169,26 @@ fn register(
     if relay.options.registration == Registration::Token {
         let token = token.ok_or(ErrorCode::TokenRequired)?;
         // Check the ID before spending the token, so a taken ID does not burn it.
-        if let Ok(Some(m)) = relay.registry.machine(id) {
+        if let Ok(Some(m)) = relay.registry.machine(id).await {
             if m.public_key != public_key {
                 return Err(ErrorCode::IdTaken);
             }
             return Ok(false);
         }
-        relay.registry.consume_token(token).map_err(|e| match e {
-            RegistryError::BadToken => ErrorCode::BadToken,
-            _ => ErrorCode::Internal,
-        })?;
+        relay
+            .registry
+            .consume_token(token)
+            .await
+            .map_err(|e| match e {
+                RegistryError::BadToken => ErrorCode::BadToken,
+                _ => ErrorCode::Internal,
+            })?;
         with_token = true;
     }
     relay
         .registry
         .register(id, public_key)
+        .await
         .map_err(|e| match e {
             RegistryError::IdTaken => ErrorCode::IdTaken,
             _ => ErrorCode::Internal,
@@ -214,7 +219,7 @@ pub(crate) async fn online(
     if version < MIN_PROTOCOL_VERSION {
         return refuse(&relay, &mut framed, &connection, ErrorCode::VersionTooOld).await;
     }
-    let machine = match relay.registry.machine(&id) {
+    let machine = match relay.registry.machine(&id).await {
         Ok(Some(m)) => m,
         Ok(None) => {
             warn!(peer = %conn.peer, "hello from an unregistered computer ID");
@@ -265,7 +270,7 @@ pub(crate) async fn online(
     {
         let _ = old.try_send(RelayToAgent::Error(ErrorCode::Replaced));
     }
-    let _ = relay.registry.touch(&id);
+    let _ = relay.registry.touch(&id).await;
     let transport = connection.kind().to_string();
     info!(peer = %conn.peer, %transport, "agent online");
     relay.audit.record(AuditEvent::AgentOnline {
@@ -328,7 +333,7 @@ pub(crate) async fn online(
         }
     };
     relay.hub.agent_offline(&id, conn_id);
-    let _ = relay.registry.touch(&id);
+    let _ = relay.registry.touch(&id).await;
     info!(%reason, "agent offline");
     relay.audit.record(AuditEvent::AgentOffline {
         id: id.clone(),

@@ -428,7 +428,7 @@ fn write_loop(
             batch.push(AuditEvent::Dropped { count: lost }.row(now));
         }
         if !batch.is_empty() {
-            if let Err(e) = registry.record_audit_batch(&batch) {
+            if let Err(e) = registry.record_audit_blocking(&batch) {
                 warn!(%e, rows = batch.len(), "storing audit rows failed");
             }
             batch.clear();
@@ -456,16 +456,14 @@ pub async fn retain(registry: Arc<Registry>, keep: Duration, stop: CancellationT
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let registry = registry.clone();
         let cutoff = unix_now().saturating_sub(i64::try_from(keep.as_secs()).unwrap_or(i64::MAX));
-        match tokio::task::spawn_blocking(move || registry.prune_audit(cutoff)).await {
-            Ok(Ok(0)) => {}
-            Ok(Ok(n)) => info!(
+        match registry.prune_audit(cutoff).await {
+            Ok(0) => {}
+            Ok(n) => info!(
                 rows = n,
                 days = keep.as_secs() / 86_400,
                 "pruned old audit rows"
             ),
-            Ok(Err(e)) => warn!(%e, "pruning audit rows failed"),
             Err(e) => warn!(%e, "pruning audit rows failed"),
         }
     }

@@ -306,7 +306,7 @@ async fn serve_stream(relay: &Arc<Relay>, state: &ClientState, stream: Stream) {
         let (ticket, agent_conn) = match relay.hub.request_tunnel(&id, ip, now) {
             Ok(t) => t,
             Err(RequestError::Offline) => {
-                let code = match relay.registry.machine(&id) {
+                let code = match relay.registry.machine(&id).await {
                     Ok(Some(_)) => ErrorCode::Offline,
                     Ok(None) => ErrorCode::UnknownId,
                     Err(e) => {

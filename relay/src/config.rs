@@ -19,6 +19,9 @@ pub struct Settings {
     pub quic: Option<bool>,
     /// Directory for the database and the self-signed certificate.
     pub data_dir: Option<PathBuf>,
+    /// A PostgreSQL registry shared by several relay nodes (`postgres://user:password@host/db`)
+    /// instead of the SQLite file in `data_dir`.
+    pub database_url: Option<DatabaseUrl>,
     /// Operator's certificate chain (PEM). Needs `key`.
     pub cert: Option<PathBuf>,
     /// Operator's private key (PEM). Needs `cert`.
@@ -80,6 +83,30 @@ pub struct AdminConfig {
     pub cert_files: Option<(PathBuf, PathBuf)>,
 }
 
+/// A PostgreSQL URL, which may hold a password: `Debug` prints it masked.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct DatabaseUrl(String);
+
+impl DatabaseUrl {
+    /// The URL itself, for connecting.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<String> for DatabaseUrl {
+    fn from(url: String) -> Self {
+        Self(url)
+    }
+}
+
+impl std::fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DatabaseUrl(MASKED)")
+    }
+}
+
 /// A checked configuration.
 #[derive(Debug, Clone)]
 pub struct RelayConfig {
@@ -89,6 +116,8 @@ pub struct RelayConfig {
     pub quic: bool,
     /// Data directory.
     pub data_dir: PathBuf,
+    /// See [`Settings::database_url`].
+    pub database_url: Option<DatabaseUrl>,
     /// Operator certificate and key, or `None` for the self-signed one.
     pub cert_files: Option<(PathBuf, PathBuf)>,
     /// Extra certificate names.
@@ -174,6 +203,7 @@ impl Settings {
             listen: over.listen.or(self.listen),
             quic: over.quic.or(self.quic),
             data_dir: over.data_dir.or(self.data_dir),
+            database_url: over.database_url.or(self.database_url),
             cert: over.cert.or(self.cert),
             key: over.key.or(self.key),
             registration: over.registration.or(self.registration),
@@ -209,6 +239,15 @@ impl Settings {
             setting: "data_dir",
             message: "required (--data-dir DIR or data_dir in the config file)".into(),
         })?;
+        if let Some(DatabaseUrl(url)) = &self.database_url {
+            if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                return Err(ConfigError::Invalid {
+                    setting: "database_url",
+                    message: "must be a PostgreSQL URL, postgres://user:password@host/database"
+                        .into(),
+                });
+            }
+        }
         let cert_files = match (self.cert, self.key) {
             (Some(c), Some(k)) => Some((c, k)),
             (None, None) => None,
@@ -247,6 +286,7 @@ impl Settings {
             listen,
             quic: self.quic.unwrap_or(true),
             data_dir,
+            database_url: self.database_url,
             cert_files,
             hostnames: self.hostnames.unwrap_or_default(),
             registration: self.registration.unwrap_or(Registration::Open),
@@ -502,6 +542,31 @@ mod tests {
             ..Default::default()
         };
         assert!(off.validate().unwrap().admin.is_none());
+    }
+
+    #[test]
+    fn a_database_url_is_postgres_or_refused() {
+        let file = Settings::from_toml(
+            "data_dir = \"/d\"\ndatabase_url = \"postgres://relay@db.internal/telework\"",
+        )
+        .unwrap();
+        let cfg = file.clone().validate().unwrap();
+        assert_eq!(
+            cfg.database_url.as_ref().map(DatabaseUrl::as_str),
+            Some("postgres://relay@db.internal/telework")
+        );
+        assert!(!format!("{cfg:?}").contains("db.internal"));
+        assert_eq!(
+            Settings::default().overridden_by(file).database_url,
+            cfg.database_url
+        );
+        let bad = Settings {
+            data_dir: Some("/d".into()),
+            database_url: Some(DatabaseUrl::from("mysql://x".to_owned())),
+            ..Default::default()
+        };
+        let err = bad.validate().unwrap_err().to_string();
+        assert!(err.contains("database_url"), "{err}");
     }
 
     #[test]

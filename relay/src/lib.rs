@@ -209,12 +209,12 @@ impl Relay {
     ///
     /// # Errors
     /// A registry error.
-    pub fn set_disabled(
+    pub async fn set_disabled(
         &self,
         id: &telework_protocol::ComputerId,
         disabled: bool,
     ) -> Result<bool, registry::RegistryError> {
-        let known = self.registry.set_disabled(id, disabled)?;
+        let known = self.registry.set_disabled(id, disabled).await?;
         if known && disabled {
             self.hub.disconnect(id, ErrorCode::Disabled);
             self.sessions.end_all_of(id, ErrorCode::Disabled);
@@ -227,11 +227,11 @@ impl Relay {
     ///
     /// # Errors
     /// A registry error.
-    pub fn remove_machine(
+    pub async fn remove_machine(
         &self,
         id: &telework_protocol::ComputerId,
     ) -> Result<bool, registry::RegistryError> {
-        let known = self.registry.remove(id)?;
+        let known = self.registry.remove(id).await?;
         if known {
             self.hub.disconnect(id, ErrorCode::UnknownId);
             self.sessions.end_all_of(id, ErrorCode::EndedByOperator);

@@ -59,8 +59,21 @@ enum Command {
 #[derive(clap::Args)]
 struct AuditArgs {
     /// The relay's data directory.
-    #[arg(long, env = "TELEWORK_RELAY_DATA_DIR")]
-    data_dir: PathBuf,
+    #[arg(
+        long,
+        env = "TELEWORK_RELAY_DATA_DIR",
+        required_unless_present = "database"
+    )]
+    data_dir: Option<PathBuf>,
+    /// A PostgreSQL registry shared by several relay nodes, instead of the SQLite file in the
+    /// data directory.
+    #[arg(
+        long,
+        value_name = "postgres://…",
+        env = "TELEWORK_RELAY_DATABASE",
+        hide_env_values = true
+    )]
+    database: Option<String>,
     /// Only rows from this recent: 90m, 24h, 7d [default: all].
     #[arg(long, value_name = "AGE")]
     since: Option<String>,
@@ -87,6 +100,16 @@ struct MachinesArgs {
     /// The relay's data directory.
     #[arg(long, env = "TELEWORK_RELAY_DATA_DIR", global = true)]
     data_dir: Option<PathBuf>,
+    /// A PostgreSQL registry shared by several relay nodes, instead of the SQLite file in the
+    /// data directory.
+    #[arg(
+        long,
+        value_name = "postgres://…",
+        env = "TELEWORK_RELAY_DATABASE",
+        hide_env_values = true,
+        global = true
+    )]
+    database: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -106,8 +129,21 @@ enum TokenCommand {
     /// Create a token that lets IT staff register office PCs.
     Create {
         /// The relay's data directory.
-        #[arg(long, env = "TELEWORK_RELAY_DATA_DIR")]
-        data_dir: PathBuf,
+        #[arg(
+            long,
+            env = "TELEWORK_RELAY_DATA_DIR",
+            required_unless_present = "database"
+        )]
+        data_dir: Option<PathBuf>,
+        /// A PostgreSQL registry shared by several relay nodes, instead of the SQLite file in the
+        /// data directory.
+        #[arg(
+            long,
+            value_name = "postgres://…",
+            env = "TELEWORK_RELAY_DATABASE",
+            hide_env_values = true
+        )]
+        database: Option<String>,
         /// How many machines may register with it.
         #[arg(long, default_value_t = 1)]
         uses: u32,
@@ -125,6 +161,15 @@ struct ServeArgs {
     /// Directory for the registry database and the self-signed certificate.
     #[arg(long, env = "TELEWORK_RELAY_DATA_DIR")]
     data_dir: Option<PathBuf>,
+    /// A PostgreSQL registry shared by several relay nodes, instead of the SQLite file in the
+    /// data directory.
+    #[arg(
+        long,
+        value_name = "postgres://…",
+        env = "TELEWORK_RELAY_DATABASE",
+        hide_env_values = true
+    )]
+    database: Option<String>,
     /// Address to listen on, TCP and UDP (QUIC) alike [default: 0.0.0.0:443].
     #[arg(long)]
     listen: Option<String>,
@@ -189,9 +234,13 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve(args),
-        Command::Admin(command) => {
-            telework_relay::admin::cli::run(command, open_registry, &mut std::io::stdin().lock())
-        }
+        Command::Admin(command) => cli_runtime()?.block_on(telework_relay::admin::cli::run(
+            command,
+            |store| async move {
+                open_registry(store.data_dir.as_deref(), store.database.as_deref()).await
+            },
+            &mut std::io::stdin().lock(),
+        )),
         Command::Fingerprint { data_dir, cert } => {
             let id = match cert {
                 Some(cert) => {
@@ -214,33 +263,43 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Token(TokenCommand::Create {
             data_dir,
+            database,
             uses,
             hours,
         }) => {
             anyhow::ensure!(uses > 0, "--uses must be at least 1");
-            let registry = open_registry(&data_dir)?;
-            let token = registry.create_token(uses, hours.saturating_mul(3600))?;
+            let runtime = cli_runtime()?;
+            let registry =
+                runtime.block_on(open_registry(data_dir.as_deref(), database.as_deref()))?;
+            let token =
+                runtime.block_on(registry.create_token(uses, hours.saturating_mul(3600)))?;
             println!("{token}");
             telework_net::say!("valid for {uses} registration(s) within {hours} hour(s)");
             Ok(())
         }
-        Command::Machines(MachinesArgs { command, data_dir }) => {
-            let Some(data_dir) = data_dir else {
+        Command::Machines(MachinesArgs {
+            command,
+            data_dir,
+            database,
+        }) => cli_runtime()?.block_on(async {
+            if data_dir.is_none() && database.is_none() {
                 anyhow::bail!("give the relay's data directory with --data-dir DIR");
-            };
-            let registry = open_registry(&data_dir)?;
+            }
+            let registry = open_registry(data_dir.as_deref(), database.as_deref()).await?;
             match command.unwrap_or(MachinesCommand::List) {
-                MachinesCommand::List => list_machines(&registry),
+                MachinesCommand::List => list_machines(&registry).await,
                 MachinesCommand::Remove { id } => {
                     anyhow::ensure!(
-                        registry.remove(&id)?,
+                        registry.remove(&id).await?,
                         "no machine is registered as {id} (see 'telework-relay machines')"
                     );
                     let removed = AuditEvent::Removed {
                         id: id.clone(),
                         by: Actor::Cli,
                     };
-                    registry.record_audit(&removed.row(audit::unix_now()))?;
+                    registry
+                        .record_audit(&removed.row(audit::unix_now()))
+                        .await?;
                     println!(
                         "removed {id}: a running relay disconnects its agent within {} s, and \
                          the agent stops. To bring the PC back, register it again \
@@ -250,7 +309,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     Ok(())
                 }
             }
-        }
+        }),
         Command::Audit(args) => show_audit(args),
     }
 }
@@ -271,14 +330,18 @@ fn show_audit(args: AuditArgs) -> anyhow::Result<()> {
             audit::KINDS.join(", ")
         );
     }
-    let registry = open_registry(&args.data_dir)?;
-    let rows = registry.audit_rows(&AuditFilter {
+    let runtime = cli_runtime()?;
+    let registry = runtime.block_on(open_registry(
+        args.data_dir.as_deref(),
+        args.database.as_deref(),
+    ))?;
+    let rows = runtime.block_on(registry.audit_rows(&AuditFilter {
         since,
         until: None,
         computer_id: args.computer_id.map(|id| id.as_str().to_owned()),
         kind: args.kind,
         limit: args.limit,
-    })?;
+    }))?;
     for row in &rows {
         if args.json {
             println!("{}", audit_json(row));
@@ -330,8 +393,8 @@ fn audit_line(row: &AuditRow) -> String {
     line.trim_end().to_owned()
 }
 
-fn list_machines(registry: &Registry) -> anyhow::Result<()> {
-    let machines = registry.machines()?;
+async fn list_machines(registry: &Registry) -> anyhow::Result<()> {
+    let machines = registry.machines().await?;
     if machines.is_empty() {
         println!("no machines are registered");
     }
@@ -354,7 +417,29 @@ fn announce(line: std::fmt::Arguments<'_>) {
     let _ = writeln!(std::io::stdout(), "{line}");
 }
 
-fn open_registry(data_dir: &std::path::Path) -> anyhow::Result<Registry> {
+/// A small runtime for the commands that are not `serve`.
+fn cli_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+/// The PostgreSQL registry at `database` if given, else the SQLite one in `data_dir`.
+async fn open_registry(
+    data_dir: Option<&std::path::Path>,
+    database: Option<&str>,
+) -> anyhow::Result<Registry> {
+    match (database, data_dir) {
+        (Some(url), _) => Registry::connect(url)
+            .await
+            .context("connecting to the PostgreSQL registry"),
+        (None, Some(dir)) => open_sqlite(dir),
+        (None, None) => anyhow::bail!("give the relay's data directory with --data-dir DIR"),
+    }
+}
+
+fn open_sqlite(data_dir: &std::path::Path) -> anyhow::Result<Registry> {
     create_private_dir(data_dir)?;
     check_private_dir(data_dir)?;
     let path = data_dir.join("relay.db");
@@ -370,6 +455,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         listen: args.listen,
         quic: args.no_quic.then_some(false),
         data_dir: args.data_dir,
+        database_url: args.database.map(Into::into),
         cert: args.cert,
         key: args.key,
         registration: args.registration,
@@ -385,7 +471,20 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     let admin_address_given = args.admin_listen.is_some() || file.admin_listen.is_some();
     let config = file.overridden_by(flags).validate()?;
-    let registry = open_registry(&config.data_dir)?;
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    let registry = runtime.block_on(open_registry(
+        Some(&config.data_dir),
+        config
+            .database_url
+            .as_ref()
+            .map(telework_relay::config::DatabaseUrl::as_str),
+    ))?;
+    if config.database_url.is_some() {
+        // The data dir still holds the certificate.
+        create_private_dir(&config.data_dir)?;
+        check_private_dir(&config.data_dir)?;
+        info!("registry in PostgreSQL");
+    }
     let identity: TlsIdentity = match &config.cert_files {
         Some((cert, key)) => identity::from_files(cert, key)?,
         None => {
@@ -399,7 +498,6 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let mut options = config.options();
     options.count_bytes = !args.no_byte_counts;
     let relay = Relay::new(registry, &identity, options)?;
-    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async {
         let (listener, quic) = relay.bind(config.listen).await.with_context(|| {
             format!(

@@ -1,9 +1,10 @@
 //! Drops connected agents whose registration is gone or disabled.
 //!
-//! `telework-relay machines remove` runs as its own process and deletes the row from the
-//! shared SQLite registry; the serving relay notices through SQLite's `data_version` (which
-//! changes when another connection commits) within [`REGISTRATION_CHECK`], and tells the
-//! agents it no longer knows (`UnknownId`) to go. Every [`FULL_CHECK`] it checks all connected
+//! `telework-relay machines remove` runs as its own process (or another node does it) and
+//! deletes the row from the shared registry, bumping its change counter
+//! ([`crate::registry::Registry::changes`]) in the same transaction; the serving relay polls
+//! that counter, one small query on either backend, every [`REGISTRATION_CHECK`], and tells
+//! the agents it no longer knows (`UnknownId`) to go. Every [`FULL_CHECK`] it checks all connected
 //! agents regardless, which also covers an agent whose hello raced with the removal.
 
 use std::sync::Arc;
@@ -31,16 +32,12 @@ pub async fn watch(relay: Arc<Relay>) {
             _ = relay.shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let relay2 = relay.clone();
         let full = last_full.elapsed() >= FULL_CHECK;
         if full {
             last_full = tokio::time::Instant::now();
         }
-        // SQLite calls block; a relay with many agents makes one per agent here.
-        let checked = tokio::task::spawn_blocking(move || check(&relay2, seen, full)).await;
-        match checked {
-            Ok(Ok(version)) => seen = Some(version),
-            Ok(Err(e)) => warn!(%e, "checking registrations failed"),
+        match check(&relay, seen, full).await {
+            Ok(version) => seen = Some(version),
             Err(e) => warn!(%e, "checking registrations failed"),
         }
     }
@@ -48,17 +45,17 @@ pub async fn watch(relay: Arc<Relay>) {
 
 /// If the registry changed since `seen` (or `full`), disconnects every online agent that is no
 /// longer registered. Returns the registry's change counter read before the check.
-fn check(
+async fn check(
     relay: &Relay,
     seen: Option<i64>,
     full: bool,
 ) -> Result<i64, crate::registry::RegistryError> {
-    let version = relay.registry.outside_changes()?;
+    let version = relay.registry.changes().await?;
     if seen == Some(version) && !full {
         return Ok(version);
     }
     for id in relay.hub.online_ids() {
-        let code = match relay.registry.machine(&id)? {
+        let code = match relay.registry.machine(&id).await? {
             None => ErrorCode::UnknownId,
             Some(m) if m.disabled => ErrorCode::Disabled,
             Some(_) => continue,

@@ -53,9 +53,10 @@ fn add_user_reads_the_password_from_stdin_and_stores_argon2id() {
         "added operator alice"
     );
     let registry = Registry::open(&dir.path().join("relay.db")).unwrap();
-    assert!(registry
-        .check_operator("alice", "correct horse battery")
-        .unwrap());
+    assert!(
+        telework_tests::block_on(registry.check_operator("alice", "correct horse battery"))
+            .unwrap()
+    );
     drop(registry);
     let out = add_user(dir.path(), "alice", "another long password\r\n");
     assert!(out.status.success());
@@ -115,10 +116,14 @@ fn token_create_prints_the_secret_once_and_list_never_does() {
     );
     let registry = Registry::open(&dir.path().join("relay.db")).unwrap();
     assert_eq!(
-        registry.api_token_name(&secret).unwrap().as_deref(),
+        telework_tests::block_on(registry.api_token_name(&secret))
+            .unwrap()
+            .as_deref(),
         Some("nightly")
     );
-    let id = registry.api_tokens().unwrap()[0].id.clone();
+    let id = telework_tests::block_on(registry.api_tokens()).unwrap()[0]
+        .id
+        .clone();
     drop(registry);
     let list = relay()
         .args(["admin", "token", "list", "--data-dir"])

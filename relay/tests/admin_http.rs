@@ -226,6 +226,7 @@ async fn posts_without_the_csrf_token_are_refused() {
         .relay
         .registry
         .enrolment_tokens()
+        .await
         .unwrap()
         .is_empty());
     // With the token, both work.
@@ -256,6 +257,7 @@ async fn posts_without_the_csrf_token_are_refused() {
             .relay
             .registry
             .enrolment_tokens()
+            .await
             .unwrap()
             .len(),
         2
@@ -325,7 +327,7 @@ async fn api_tokens_work_until_revoked_and_sign_out_ends_the_session() {
     let console = Console::start().await;
     let (_office, _agent) = console.relay.office_pc("pc-1", "password-1").await;
     let registry = &console.relay.relay.registry;
-    let (id, secret) = registry.create_api_token("script").unwrap();
+    let (id, secret) = registry.create_api_token("script").await.unwrap();
     let machines: serde_json::Value = console
         .http
         .get(console.url("/api/v1/machines"))
@@ -353,6 +355,7 @@ async fn api_tokens_work_until_revoked_and_sign_out_ends_the_session() {
     assert!(
         registry
             .machine(&"pc-1".parse().unwrap())
+            .await
             .unwrap()
             .unwrap()
             .disabled
@@ -365,7 +368,7 @@ async fn api_tokens_work_until_revoked_and_sign_out_ends_the_session() {
         .await
         .unwrap();
     assert_eq!(response.status(), 404);
-    assert!(registry.revoke_api_token(&id).unwrap());
+    assert!(registry.revoke_api_token(&id).await.unwrap());
     let response = console
         .http
         .get(console.url("/api/v1/machines"))

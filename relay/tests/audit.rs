@@ -193,6 +193,7 @@ async fn enrolment_presence_and_refusals_are_audited_and_filtered() {
             actor: None,
             detail: json!({ "transport": "QUIC" }),
         })
+        .await
         .unwrap();
 
     let rows = audit_json(&relay_dir, &[]);
@@ -300,13 +301,12 @@ fn rows_older_than_audit_days_are_pruned_at_start_and_zero_days_is_refused() {
     let out = audit(dir.path(), &[]);
     assert!(out.status.success(), "{out:?}");
     let registry = Registry::open(&dir.path().join("relay.db")).unwrap();
-    registry
-        .record_audit_batch(&[
-            row(10, "pc-ten-days"),
-            row(3, "pc-three-days"),
-            row(0, "pc-today"),
-        ])
-        .unwrap();
+    telework_tests::block_on(registry.record_audit_batch(&[
+        row(10, "pc-ten-days"),
+        row(3, "pc-three-days"),
+        row(0, "pc-today"),
+    ]))
+    .unwrap();
     drop(registry);
 
     let out = relay()

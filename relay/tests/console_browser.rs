@@ -257,6 +257,7 @@ async fn an_operator_manages_the_relay_in_a_real_browser() {
         .relay
         .registry
         .enrolment_tokens()
+        .await
         .unwrap()
         .is_empty());
 

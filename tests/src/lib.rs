@@ -22,6 +22,7 @@ pub mod impair;
 pub mod it_staff;
 pub mod netns;
 pub mod netns_chain;
+pub mod postgres;
 pub mod tinyproxy;
 
 use std::net::SocketAddr;
@@ -45,6 +46,30 @@ use telework_relay::{Relay, RelayOptions};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+
+/// Runs `work` to completion on a fresh thread with its own small runtime, from sync code or
+/// from inside another runtime alike (for registry calls in test set-up).
+///
+/// # Panics
+/// If the runtime cannot start or `work` panics.
+pub fn block_on<F>(work: F) -> F::Output
+where
+    F: std::future::Future + Send,
+    F::Output: Send,
+{
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("a test runtime")
+                    .block_on(work)
+            })
+            .join()
+            .expect("the work panicked")
+    })
+}
 
 pub use desktop::{echo_once, EchoServer, SinkServer};
 pub use it_staff::{require_approved_devices, require_totp, revoke, with_current_codes};

@@ -94,9 +94,11 @@ impl RelayProcess {
     pub fn register(&self, machines: &[(ComputerId, MachineKey)]) {
         let registry =
             telework_relay::registry::Registry::open(&self.data_dir.join("relay.db")).unwrap();
-        for (id, key) in machines {
-            registry.register(id, &key.public_key()).unwrap();
-        }
+        crate::block_on(async {
+            for (id, key) in machines {
+                registry.register(id, &key.public_key()).await.unwrap();
+            }
+        });
     }
 }
 

@@ -67,7 +67,12 @@ on_both_transports! {
         for i in 0..OFFICE {
             let id: ComputerId = format!("office-pc-{i}").parse().unwrap();
             let key = MachineKey::generate().unwrap();
-            relay.relay.registry.register(&id, &key.public_key()).unwrap();
+            relay
+                .relay
+                .registry
+                .register(&id, &key.public_key())
+                .await
+                .unwrap();
             machines.push((id, key));
         }
         let dialer = relay.dialer(Role::Agent);

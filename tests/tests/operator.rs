@@ -95,15 +95,14 @@ on_both_transports! {
             .await
             .unwrap());
         let rows = |kind: &str| {
-            relay
-                .relay
-                .registry
-                .audit_rows(&telework_relay::registry::audit::AuditFilter {
+            telework_tests::block_on(relay.relay.registry.audit_rows(
+                &telework_relay::registry::audit::AuditFilter {
                     kind: Some(kind.into()),
                     computer_id: Some("pc-op".into()),
                     ..Default::default()
-                })
-                .unwrap()
+                },
+            ))
+            .unwrap()
         };
         let started = rows("session_started");
         assert_eq!(started.len(), 1, "{started:?}");
@@ -141,7 +140,7 @@ on_both_transports! {
         })
         .await;
 
-        assert!(relay.relay.set_disabled(&id, true).unwrap());
+        assert!(relay.relay.set_disabled(&id, true).await.unwrap());
         let ended = tokio::time::timeout(Duration::from_secs(10), client.task)
             .await
             .expect("the session ends")
@@ -159,7 +158,7 @@ on_both_transports! {
             other => panic!("expected offline, got {:?}", other.map(|_| ())),
         }
 
-        assert!(relay.relay.set_disabled(&id, false).unwrap());
+        assert!(relay.relay.set_disabled(&id, false).await.unwrap());
         let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
         while !relay.relay.hub.is_online(&id) {
             assert!(tokio::time::Instant::now() < deadline, "back online once enabled");

@@ -62,18 +62,6 @@ pub fn audit(
     });
 }
 
-/// Runs relay and registry work off the async threads.
-async fn blocking<T: Send + 'static>(
-    console: &Arc<Console>,
-    work: impl FnOnce(&crate::Relay) -> Result<T, RegistryError> + Send + 'static,
-) -> Result<T, ActionError> {
-    let relay = console.relay.clone();
-    tokio::task::spawn_blocking(move || work(&relay))
-        .await
-        .map_err(|_| ActionError::Internal)?
-        .map_err(ActionError::from)
-}
-
 /// Parses a computer ID from a path.
 ///
 /// # Errors
@@ -94,8 +82,7 @@ pub async fn set_disabled(
     id: ComputerId,
     disabled: bool,
 ) -> Result<(), ActionError> {
-    let key = id.clone();
-    if !blocking(console, move |r| r.set_disabled(&key, disabled)).await? {
+    if !console.relay.set_disabled(&id, disabled).await? {
         return Err(ActionError::NotFound(format!(
             "no machine is registered as {id}"
         )));
@@ -118,8 +105,7 @@ pub async fn remove_machine(
     operator: &str,
     id: ComputerId,
 ) -> Result<(), ActionError> {
-    let key = id.clone();
-    if !blocking(console, move |r| r.remove_machine(&key)).await? {
+    if !console.relay.remove_machine(&id).await? {
         return Err(ActionError::NotFound(format!(
             "no machine is registered as {id}"
         )));
@@ -206,15 +192,16 @@ pub async fn create_token(
         ));
     }
     let by = operator.to_owned();
-    let (token, id) = blocking(console, move |r| {
-        r.registry.create_labelled_token(
+    let (token, id) = console
+        .relay
+        .registry
+        .create_labelled_token(
             uses,
             hours.saturating_mul(3600),
             label.as_deref(),
             Some(&by),
         )
-    })
-    .await?;
+        .await?;
     audit(console, operator, "token_create", None, Some(&id));
     Ok(NewToken {
         token,
@@ -233,8 +220,7 @@ pub async fn revoke_token(
     operator: &str,
     id: String,
 ) -> Result<(), ActionError> {
-    let key = id.clone();
-    if !blocking(console, move |r| r.registry.revoke_token(&key)).await? {
+    if !console.relay.registry.revoke_token(&id).await? {
         return Err(ActionError::NotFound(format!("no enrolment token {id}")));
     }
     audit(console, operator, "token_revoke", None, Some(&id));
@@ -248,5 +234,5 @@ pub async fn revoke_token(
 pub async fn tokens(
     console: &Arc<Console>,
 ) -> Result<Vec<crate::registry::EnrolmentToken>, ActionError> {
-    blocking(console, |r| r.registry.enrolment_tokens()).await
+    Ok(console.relay.registry.enrolment_tokens().await?)
 }

@@ -28,11 +28,9 @@ fn done(result: Result<(), ActionError>) -> Response {
 
 /// `GET /api/v1/machines`.
 pub async fn machines(State(console): State<Arc<Console>>) -> Response {
-    let relay = console.relay.clone();
-    match tokio::task::spawn_blocking(move || live::machines(&relay)).await {
-        Ok(Ok(rows)) => Json(rows).into_response(),
-        Ok(Err(e)) => error(&e.into()),
-        Err(_) => error(&ActionError::Internal),
+    match live::machines(&console.relay).await {
+        Ok(rows) => Json(rows).into_response(),
+        Err(e) => error(&e.into()),
     }
 }
 

@@ -81,10 +81,11 @@ impl AuditQuery {
 
 async fn rows(console: &Arc<Console>, query: &AuditQuery) -> Result<Vec<AuditRow>, ActionError> {
     let filter = query.filter()?;
-    let relay = console.relay.clone();
-    tokio::task::spawn_blocking(move || relay.registry.audit_rows(&filter))
+    console
+        .relay
+        .registry
+        .audit_rows(&filter)
         .await
-        .map_err(|_| ActionError::Internal)?
         .map_err(ActionError::from)
 }
 

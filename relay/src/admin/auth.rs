@@ -243,12 +243,12 @@ pub async fn guard(State(console): State<Arc<Console>>, req: Request, next: Next
     let writes = method != Method::GET && method != Method::HEAD;
     if access == Access::Api {
         if let Some(secret) = bearer(req.headers()) {
-            let relay = console.relay.clone();
-            let secret = secret.to_owned();
-            let name = tokio::task::spawn_blocking(move || relay.registry.api_token_name(&secret))
+            let name = console
+                .relay
+                .registry
+                .api_token_name(secret)
                 .await
                 .ok()
-                .and_then(Result::ok)
                 .flatten();
             return match name {
                 Some(name) => {

@@ -2,7 +2,7 @@
 //! listener from the checked configuration; `main.rs` only dispatches here.
 
 use std::io::BufRead;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -13,6 +13,27 @@ use crate::config::AdminConfig;
 use crate::identity::{self, TlsIdentity};
 use crate::registry::{Registry, MIN_PASSWORD_LEN};
 
+/// Where the registry is: the SQLite file in a data directory, or PostgreSQL.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct Store {
+    /// The relay's data directory.
+    #[arg(
+        long,
+        env = "TELEWORK_RELAY_DATA_DIR",
+        required_unless_present = "database"
+    )]
+    pub data_dir: Option<PathBuf>,
+    /// A PostgreSQL registry shared by several relay nodes, instead of the SQLite file in the
+    /// data directory.
+    #[arg(
+        long,
+        value_name = "postgres://…",
+        env = "TELEWORK_RELAY_DATABASE",
+        hide_env_values = true
+    )]
+    pub database: Option<String>,
+}
+
 /// `telework-relay admin`: console accounts and API tokens.
 #[derive(clap::Subcommand)]
 pub enum AdminCommand {
@@ -20,9 +41,9 @@ pub enum AdminCommand {
     AddUser {
         /// The operator's user name: 1 to 32 letters, digits, '.', '_' or '-'.
         name: String,
-        /// The relay's data directory.
-        #[arg(long, env = "TELEWORK_RELAY_DATA_DIR")]
-        data_dir: PathBuf,
+        /// Where the registry is.
+        #[command(flatten)]
+        store: Store,
         /// Read the password from one line of standard input (required: passwords never go
         /// on the command line).
         #[arg(long, required = true)]
@@ -38,41 +59,44 @@ pub enum AdminCommand {
 pub enum ApiTokenCommand {
     /// Create an API token and print it once (only its SHA-256 is kept).
     Create {
-        /// The relay's data directory.
-        #[arg(long, env = "TELEWORK_RELAY_DATA_DIR")]
-        data_dir: PathBuf,
+        /// Where the registry is.
+        #[command(flatten)]
+        store: Store,
         /// A name to recognise it by (shown in lists and in the audit log).
         #[arg(long, default_value = "api")]
         name: String,
     },
     /// List API tokens (never their secrets).
     List {
-        /// The relay's data directory.
-        #[arg(long, env = "TELEWORK_RELAY_DATA_DIR")]
-        data_dir: PathBuf,
+        /// Where the registry is.
+        #[command(flatten)]
+        store: Store,
     },
     /// Revoke an API token by its id.
     Revoke {
         /// The token's id, from 'admin token list'.
         id: String,
-        /// The relay's data directory.
-        #[arg(long, env = "TELEWORK_RELAY_DATA_DIR")]
-        data_dir: PathBuf,
+        /// Where the registry is.
+        #[command(flatten)]
+        store: Store,
     },
 }
 
-/// Runs an admin command; `open` opens the registry in a data directory, `stdin` gives the
+/// Runs an admin command; `open` opens the registry where [`Store`] says, `stdin` gives the
 /// password.
 ///
 /// # Errors
 /// A one-line explanation for the operator.
-pub fn run(
+pub async fn run<F>(
     command: AdminCommand,
-    open: impl Fn(&Path) -> anyhow::Result<Registry>,
+    open: impl Fn(Store) -> F,
     stdin: &mut dyn BufRead,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<()>
+where
+    F: std::future::Future<Output = anyhow::Result<Registry>>,
+{
     match command {
-        AdminCommand::AddUser { name, data_dir, .. } => {
+        AdminCommand::AddUser { name, store, .. } => {
             anyhow::ensure!(
                 crate::registry::valid_operator_name(&name),
                 "{name:?} is not a user name: use 1 to 32 letters, digits, '.', '_' or '-'"
@@ -90,25 +114,25 @@ pub fn run(
                 password.chars().count() >= MIN_PASSWORD_LEN,
                 "the password is too short: use at least {MIN_PASSWORD_LEN} characters"
             );
-            let registry = open(&data_dir)?;
-            if registry.set_operator(&name, password)? {
+            let registry = open(store).await?;
+            if registry.set_operator(&name, password).await? {
                 println!("added operator {name}");
             } else {
                 println!("changed the password of operator {name}");
             }
             Ok(())
         }
-        AdminCommand::Token(ApiTokenCommand::Create { data_dir, name }) => {
-            let registry = open(&data_dir)?;
-            let (id, secret) = registry.create_api_token(&name)?;
+        AdminCommand::Token(ApiTokenCommand::Create { store, name }) => {
+            let registry = open(store).await?;
+            let (id, secret) = registry.create_api_token(&name).await?;
             println!("{secret}");
             eprintln!(
                 "API token {id} ({name}): shown only now; send it as 'Authorization: Bearer …'"
             );
             Ok(())
         }
-        AdminCommand::Token(ApiTokenCommand::List { data_dir }) => {
-            let tokens = open(&data_dir)?.api_tokens()?;
+        AdminCommand::Token(ApiTokenCommand::List { store }) => {
+            let tokens = open(store).await?.api_tokens().await?;
             if tokens.is_empty() {
                 println!("no API tokens");
             }
@@ -125,9 +149,9 @@ pub fn run(
             }
             Ok(())
         }
-        AdminCommand::Token(ApiTokenCommand::Revoke { id, data_dir }) => {
+        AdminCommand::Token(ApiTokenCommand::Revoke { id, store }) => {
             anyhow::ensure!(
-                open(&data_dir)?.revoke_api_token(&id)?,
+                open(store).await?.revoke_api_token(&id).await?,
                 "no API token has id {id:?} (see 'telework-relay admin token list')"
             );
             println!("revoked API token {id}");

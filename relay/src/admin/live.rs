@@ -52,11 +52,12 @@ pub struct MachineRow {
 ///
 /// # Errors
 /// A registry error.
-pub fn machines(relay: &Relay) -> Result<Vec<MachineRow>, crate::registry::RegistryError> {
+pub async fn machines(relay: &Relay) -> Result<Vec<MachineRow>, crate::registry::RegistryError> {
     let online = relay.hub.online();
     Ok(relay
         .registry
-        .machines()?
+        .machines()
+        .await?
         .into_iter()
         .map(|m| {
             let here = online.iter().find(|a| a.id == m.id);
@@ -124,9 +125,9 @@ pub fn sessions(relay: &Relay) -> Vec<SessionRow> {
 
 /// A hash of both tables, without byte counts (which change all the time during a session;
 /// the page shows them as of its last refresh).
-fn snapshot(relay: &Relay) -> u64 {
+async fn snapshot(relay: &Relay) -> u64 {
     let mut hasher = DefaultHasher::new();
-    if let Ok(rows) = machines(relay) {
+    if let Ok(rows) = machines(relay).await {
         rows.hash(&mut hasher);
     }
     for s in sessions(relay) {
@@ -149,10 +150,7 @@ pub async fn watch_changes(
             () = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let relay = relay.clone();
-        let Ok(now) = tokio::task::spawn_blocking(move || snapshot(&relay)).await else {
-            continue;
-        };
+        let now = snapshot(&relay).await;
         if last.is_some_and(|l| l != now) {
             changed.send_modify(|n| *n = n.wrapping_add(1));
         }

@@ -146,14 +146,12 @@ pub async fn signin(
     if console.sign_in_failures.blocked(ip, &form.name) {
         return (StatusCode::TOO_MANY_REQUESTS, SIGNIN_LIMITED).into_response();
     }
-    let relay = console.relay.clone();
-    let name = form.name.clone();
-    let ok =
-        tokio::task::spawn_blocking(move || relay.registry.check_operator(&name, &form.password))
-            .await
-            .ok()
-            .and_then(Result::ok)
-            .unwrap_or(false);
+    let ok = console
+        .relay
+        .registry
+        .check_operator(&form.name, &form.password)
+        .await
+        .unwrap_or(false);
     if !ok {
         console.sign_in_failures.failed(ip, &form.name);
         tracing::info!(%peer, "failed console sign-in");
@@ -224,9 +222,8 @@ pub async fn machines(
     State(console): State<Arc<Console>>,
     Extension(op): Extension<Operator>,
 ) -> Response {
-    let relay = console.relay.clone();
-    let rows = match tokio::task::spawn_blocking(move || live::machines(&relay)).await {
-        Ok(Ok(rows)) => rows,
+    let rows = match live::machines(&console.relay).await {
+        Ok(rows) => rows,
         _ => return failed(&op, &ActionError::Internal, "/machines"),
     };
     let rows: Vec<MachineView> = rows

@@ -48,8 +48,8 @@ fn events_become_rows_with_stable_columns() {
     }
 }
 
-#[test]
-fn the_writer_stores_events_and_this_minutes_refusals_on_flush() {
+#[tokio::test]
+async fn the_writer_stores_events_and_this_minutes_refusals_on_flush() {
     let registry = Arc::new(Registry::in_memory().unwrap());
     let audit = Audit::new(registry.clone());
     audit.record(AuditEvent::Enrolled {
@@ -61,7 +61,7 @@ fn the_writer_stores_events_and_this_minutes_refusals_on_flush() {
         audit.lookup_refused(addr().ip(), Refusal::UnknownId);
     }
     assert!(audit.flush(Duration::from_secs(10)));
-    let rows = registry.audit_rows(&AuditFilter::default()).unwrap();
+    let rows = registry.audit_rows(&AuditFilter::default()).await.unwrap();
     let kinds: Vec<&str> = rows.iter().map(|r| r.kind.as_str()).collect();
     assert!(kinds.contains(&"enrolled"), "{kinds:?}");
     let refused: Vec<_> = rows
@@ -73,8 +73,8 @@ fn the_writer_stores_events_and_this_minutes_refusals_on_flush() {
     assert_eq!(refused[0].address.as_deref(), Some("192.0.2.10"));
 }
 
-#[test]
-fn a_full_queue_counts_what_it_drops_in_a_row() {
+#[tokio::test]
+async fn a_full_queue_counts_what_it_drops_in_a_row() {
     let registry = Registry::in_memory().unwrap();
     let (audit, rx) = Audit::unstarted(4);
     for _ in 0..10 {
@@ -83,7 +83,7 @@ fn a_full_queue_counts_what_it_drops_in_a_row() {
     let (dropped, refusals) = (audit.dropped.clone(), audit.refusals.clone());
     drop(audit);
     write_loop(&registry, &rx, &dropped, &refusals);
-    let rows = registry.audit_rows(&AuditFilter::default()).unwrap();
+    let rows = registry.audit_rows(&AuditFilter::default()).await.unwrap();
     assert_eq!(rows.len(), 5, "{rows:?}");
     let counts: Vec<_> = rows.iter().map(|r| r.detail["count"].clone()).collect();
     assert!(counts.contains(&json!(6)), "{counts:?}");

@@ -1,20 +1,27 @@
-//! The machine registry: an embedded SQLite database of computer IDs, machine keys and
-//! enrolment tokens, and the parts beside it: the audit log ([`audit`]), console accounts and
-//! API tokens ([`operators`]), listing and revoking enrolment tokens ([`enrolment`]).
+//! The machine registry: computer IDs, machine keys and enrolment tokens, and the parts beside
+//! them: the audit log ([`audit`]), console accounts and API tokens ([`operators`]), listing
+//! and revoking enrolment tokens ([`enrolment`]).
+//!
+//! One async API over two backends: an embedded SQLite file (the default, one node), whose
+//! calls run on blocking threads, and PostgreSQL (`--database postgres://…`, several nodes
+//! sharing one registry) through a connection pool. Both get the same schema from the
+//! numbered [`migrations`] at open.
 
 pub mod audit;
 
 pub use audit::{AuditFilter, AuditRow};
 
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use rusqlite::{params, Connection, OptionalExtension};
 use telework_protocol::ComputerId;
 
 mod enrolment;
+mod migrations;
 mod operators;
+mod postgres;
+mod sqlite;
 
 pub use enrolment::EnrolmentToken;
 pub use operators::{hash_password, valid_operator_name, ApiToken, MIN_PASSWORD_LEN};
@@ -25,6 +32,12 @@ pub enum RegistryError {
     /// SQLite failed.
     #[error("registry database error: {0}")]
     Db(#[from] rusqlite::Error),
+    /// PostgreSQL failed, or no connection to it could be had.
+    #[error("registry database error: {0}")]
+    Postgres(String),
+    /// A blocking registry task did not finish (the runtime is shutting down).
+    #[error("registry task failed: {0}")]
+    Task(String),
     /// The ID is registered to another key.
     #[error("computer ID already registered to another machine")]
     IdTaken,
@@ -34,6 +47,24 @@ pub enum RegistryError {
     /// A value given to the registry is not acceptable.
     #[error("{0}")]
     Invalid(&'static str),
+}
+
+impl From<tokio_postgres::Error> for RegistryError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        match e.as_db_error() {
+            Some(db) => Self::Postgres(format!("{}: {}", db.code().code(), db.message())),
+            None => Self::Postgres(e.to_string()),
+        }
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for RegistryError {
+    fn from(e: deadpool_postgres::PoolError) -> Self {
+        match e {
+            deadpool_postgres::PoolError::Backend(e) => e.into(),
+            other => Self::Postgres(other.to_string()),
+        }
+    }
 }
 
 /// One registered machine.
@@ -51,32 +82,28 @@ pub struct Machine {
     pub disabled: bool,
 }
 
-/// The registry. SQLite calls are short, so one connection behind a mutex serves all tasks.
+/// The registry: cheap to share behind an `Arc`, every call async.
 pub struct Registry {
-    db: Mutex<Connection>,
+    backend: Backend,
 }
 
-/// Each part's tables; every one is `CREATE … IF NOT EXISTS`, applied at every open.
-const SCHEMAS: &[&str] = &[
-    MACHINES_SCHEMA,
-    audit::AUDIT_SCHEMA,
-    operators::OPERATORS_SCHEMA,
-];
+enum Backend {
+    Sqlite(Arc<sqlite::Sqlite>),
+    Postgres(postgres::Postgres),
+}
 
-const MACHINES_SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS machines (
-    id          TEXT PRIMARY KEY,
-    public_key  BLOB NOT NULL,
-    created     INTEGER NOT NULL,
-    last_seen   INTEGER
-);
-CREATE TABLE IF NOT EXISTS enrolment_tokens (
-    token_hash  BLOB PRIMARY KEY,
-    created     INTEGER NOT NULL,
-    expires     INTEGER NOT NULL,
-    uses_left   INTEGER NOT NULL
-);
-";
+/// An enrolment token as stored: only its hash.
+struct NewToken {
+    hash: Vec<u8>,
+    created: i64,
+    expires: i64,
+    uses: u32,
+    label: Option<String>,
+    created_by: Option<String>,
+}
+
+/// The length of an enrolment token's id: 6 bytes in hex.
+const ID_HEX_LEN: usize = 12;
 
 fn now() -> i64 {
     SystemTime::now()
@@ -85,66 +112,91 @@ fn now() -> i64 {
         .unwrap_or(0)
 }
 
-/// Adds `column` to `table` in a database made by an older version (SQLite has no
-/// `ADD COLUMN IF NOT EXISTS`).
-fn add_column_if_missing(
-    db: &Connection,
-    table: &str,
-    column: &str,
-    declaration: &str,
-) -> Result<(), RegistryError> {
-    let mut stmt = db.prepare(&format!("PRAGMA table_info({table})"))?;
-    let mut names = stmt.query_map([], |r| r.get::<_, String>(1))?;
-    if names.any(|name| name.is_ok_and(|n| n == column)) {
-        return Ok(());
-    }
-    db.execute_batch(&format!(
-        "ALTER TABLE {table} ADD COLUMN {column} {declaration}"
-    ))?;
-    Ok(())
-}
-
 fn token_hash(token: &str) -> Vec<u8> {
     ring::digest::digest(&ring::digest::SHA256, token.as_bytes())
         .as_ref()
         .to_vec()
 }
 
+fn uses_left(stored: i64) -> u32 {
+    u32::try_from(stored.clamp(0, i64::from(u32::MAX))).unwrap_or(0)
+}
+
+/// Runs `f` on the SQLite backend on a blocking thread.
+async fn blocking<T: Send + 'static>(
+    db: &Arc<sqlite::Sqlite>,
+    f: impl FnOnce(&sqlite::Sqlite) -> Result<T, RegistryError> + Send + 'static,
+) -> Result<T, RegistryError> {
+    let db = db.clone();
+    tokio::task::spawn_blocking(move || f(&db))
+        .await
+        .map_err(|e| RegistryError::Task(e.to_string()))?
+}
+
+/// Calls `$method` on either backend: on a blocking thread for SQLite (with the arguments
+/// moved there, so they must be owned), awaited for PostgreSQL (by reference).
+macro_rules! dispatch {
+    ($self:ident . $method:ident ( $($arg:ident),* )) => {
+        match &$self.backend {
+            Backend::Sqlite(db) => {
+                blocking(db, move |db| db.$method($(&$arg),*)).await
+            }
+            Backend::Postgres(pg) => pg.$method($(&$arg),*).await,
+        }
+    };
+}
+pub(crate) use dispatch;
+
 impl Registry {
-    /// Opens (creating if needed) the database at `path`.
+    /// Opens (creating if needed) the SQLite database at `path` and migrates it. Called once
+    /// at start, before serving.
     ///
     /// # Errors
     /// [`RegistryError::Db`] if the file cannot be opened or migrated.
     pub fn open(path: &Path) -> Result<Self, RegistryError> {
-        let db = Connection::open(path)?;
-        db.pragma_update(None, "journal_mode", "WAL")?;
-        db.pragma_update(None, "synchronous", "NORMAL")?;
-        db.busy_timeout(std::time::Duration::from_secs(5))?;
-        Self::migrated(db)
+        Ok(Self::sqlite(sqlite::Sqlite::open(path)?))
     }
 
-    /// An in-memory registry, for tests.
+    /// An in-memory SQLite registry, for tests.
     ///
     /// # Errors
     /// Only if SQLite fails.
     pub fn in_memory() -> Result<Self, RegistryError> {
-        let db = Connection::open_in_memory()?;
-        Self::migrated(db)
+        Ok(Self::sqlite(sqlite::Sqlite::in_memory()?))
     }
 
-    fn migrated(db: Connection) -> Result<Self, RegistryError> {
-        for schema in SCHEMAS {
-            db.execute_batch(schema)?;
+    /// Connects to the PostgreSQL database at `url` (`postgres://user:pass@host:port/db`)
+    /// and migrates it.
+    ///
+    /// # Errors
+    /// [`RegistryError::Postgres`] if the URL is bad, the database unreachable, or a
+    /// migration fails.
+    pub async fn connect(url: &str) -> Result<Self, RegistryError> {
+        Ok(Self {
+            backend: Backend::Postgres(postgres::Postgres::connect(url).await?),
+        })
+    }
+
+    fn sqlite(db: sqlite::Sqlite) -> Self {
+        Self {
+            backend: Backend::Sqlite(Arc::new(db)),
         }
-        add_column_if_missing(&db, "machines", "disabled", "INTEGER NOT NULL DEFAULT 0")?;
-        add_column_if_missing(&db, "enrolment_tokens", "label", "TEXT")?;
-        add_column_if_missing(&db, "enrolment_tokens", "created_by", "TEXT")?;
-        Ok(Self { db: Mutex::new(db) })
     }
 
-    fn db(&self) -> std::sync::MutexGuard<'_, Connection> {
-        // A panic while holding the lock cannot leave SQLite inconsistent; keep serving.
-        self.db.lock().unwrap_or_else(|e| e.into_inner())
+    /// `"sqlite"` or `"postgres"`.
+    pub fn backend_name(&self) -> &'static str {
+        match self.backend {
+            Backend::Sqlite(_) => "sqlite",
+            Backend::Postgres(_) => "postgres",
+        }
+    }
+
+    /// The newest schema migration applied.
+    ///
+    /// # Errors
+    /// A database error.
+    pub async fn schema_version(&self) -> Result<i64, RegistryError> {
+        dispatch!(self.schema_version())
     }
 
     /// Records `id` → `public_key`. Registering the same pair again succeeds (an agent
@@ -152,92 +204,26 @@ impl Registry {
     ///
     /// # Errors
     /// [`RegistryError::IdTaken`], or a database error.
-    pub fn register(&self, id: &ComputerId, public_key: &[u8]) -> Result<(), RegistryError> {
-        let db = self.db();
-        let existing: Option<Vec<u8>> = db
-            .query_row(
-                "SELECT public_key FROM machines WHERE id = ?1",
-                [id.as_str()],
-                |r| r.get(0),
-            )
-            .optional()?;
-        match existing {
-            Some(pk) if pk == public_key => Ok(()),
-            Some(_) => Err(RegistryError::IdTaken),
-            None => {
-                db.execute(
-                    "INSERT INTO machines (id, public_key, created) VALUES (?1, ?2, ?3)",
-                    params![id.as_str(), public_key, now()],
-                )?;
-                Ok(())
-            }
-        }
+    pub async fn register(&self, id: &ComputerId, public_key: &[u8]) -> Result<(), RegistryError> {
+        let (id, public_key) = (id.clone(), public_key.to_vec());
+        dispatch!(self.register(id, public_key))
     }
 
     /// Looks up a machine.
     ///
     /// # Errors
     /// A database error.
-    pub fn machine(&self, id: &ComputerId) -> Result<Option<Machine>, RegistryError> {
-        let db = self.db();
-        let row = db
-            .query_row(
-                "SELECT public_key, created, last_seen, disabled FROM machines WHERE id = ?1",
-                [id.as_str()],
-                |r| {
-                    Ok((
-                        r.get::<_, Vec<u8>>(0)?,
-                        r.get::<_, i64>(1)?,
-                        r.get::<_, Option<i64>>(2)?,
-                        r.get::<_, bool>(3)?,
-                    ))
-                },
-            )
-            .optional()?;
-        Ok(
-            row.map(|(public_key, created, last_seen, disabled)| Machine {
-                id: id.clone(),
-                public_key,
-                created,
-                last_seen,
-                disabled,
-            }),
-        )
+    pub async fn machine(&self, id: &ComputerId) -> Result<Option<Machine>, RegistryError> {
+        let id = id.clone();
+        dispatch!(self.machine(id))
     }
 
     /// Every machine, ordered by ID.
     ///
     /// # Errors
     /// A database error.
-    pub fn machines(&self) -> Result<Vec<Machine>, RegistryError> {
-        let db = self.db();
-        let mut stmt = db.prepare(
-            "SELECT id, public_key, created, last_seen, disabled FROM machines ORDER BY id",
-        )?;
-        let rows = stmt.query_map([], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, Vec<u8>>(1)?,
-                r.get::<_, i64>(2)?,
-                r.get::<_, Option<i64>>(3)?,
-                r.get::<_, bool>(4)?,
-            ))
-        })?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (id, public_key, created, last_seen, disabled) = row?;
-            // Rows were validated on insert; skip any that a hand edit broke.
-            if let Ok(id) = id.parse() {
-                out.push(Machine {
-                    id,
-                    public_key,
-                    created,
-                    last_seen,
-                    disabled,
-                });
-            }
-        }
-        Ok(out)
+    pub async fn machines(&self) -> Result<Vec<Machine>, RegistryError> {
+        dispatch!(self.machines())
     }
 
     /// Disables (`true`) or enables a machine; returns whether it is registered. A running
@@ -246,49 +232,45 @@ impl Registry {
     ///
     /// # Errors
     /// A database error.
-    pub fn set_disabled(&self, id: &ComputerId, disabled: bool) -> Result<bool, RegistryError> {
-        let changed = self.db().execute(
-            "UPDATE machines SET disabled = ?2 WHERE id = ?1",
-            params![id.as_str(), disabled],
-        )?;
-        Ok(changed > 0)
+    pub async fn set_disabled(
+        &self,
+        id: &ComputerId,
+        disabled: bool,
+    ) -> Result<bool, RegistryError> {
+        let id = id.clone();
+        match &self.backend {
+            Backend::Sqlite(db) => blocking(db, move |db| db.set_disabled(&id, disabled)).await,
+            Backend::Postgres(pg) => pg.set_disabled(&id, disabled).await,
+        }
     }
 
     /// Removes the registration of `id`; returns whether there was one. An agent connected
     /// under it is dropped by [`crate::Relay::serve`]'s registration check within
-    /// [`crate::REGISTRATION_CHECK`], even when another process removed it.
+    /// [`crate::REGISTRATION_CHECK`], even when another process or node removed it.
     ///
     /// # Errors
     /// A database error.
-    pub fn remove(&self, id: &ComputerId) -> Result<bool, RegistryError> {
-        let removed = self
-            .db()
-            .execute("DELETE FROM machines WHERE id = ?1", [id.as_str()])?;
-        Ok(removed > 0)
+    pub async fn remove(&self, id: &ComputerId) -> Result<bool, RegistryError> {
+        let id = id.clone();
+        dispatch!(self.remove(id))
     }
 
-    /// A number that changes whenever another connection (such as a `telework-relay
-    /// machines remove` process) has committed a change to the database; this connection's
-    /// own writes do not change it (SQLite's `PRAGMA data_version`).
+    /// A counter that goes up whenever any process or node removes or disables a machine
+    /// (the `registry_changes` row, bumped in the same transaction).
     ///
     /// # Errors
     /// A database error.
-    pub fn outside_changes(&self) -> Result<i64, RegistryError> {
-        Ok(self
-            .db()
-            .query_row("PRAGMA data_version", [], |r| r.get(0))?)
+    pub async fn changes(&self) -> Result<i64, RegistryError> {
+        dispatch!(self.changes())
     }
 
     /// Notes that `id` was online now.
     ///
     /// # Errors
     /// A database error.
-    pub fn touch(&self, id: &ComputerId) -> Result<(), RegistryError> {
-        self.db().execute(
-            "UPDATE machines SET last_seen = ?2 WHERE id = ?1",
-            params![id.as_str(), now()],
-        )?;
-        Ok(())
+    pub async fn touch(&self, id: &ComputerId) -> Result<(), RegistryError> {
+        let id = id.clone();
+        dispatch!(self.touch(id))
     }
 
     /// Creates an enrolment token good for `uses` registrations within `ttl_secs`; returns it.
@@ -296,13 +278,10 @@ impl Registry {
     ///
     /// # Errors
     /// A database error.
-    pub fn create_token(&self, uses: u32, ttl_secs: u64) -> Result<String, RegistryError> {
-        let token = format!("tw1-{}", hex::encode(rand::random::<[u8; 16]>()));
-        let created = now();
-        self.db().execute(
-            "INSERT INTO enrolment_tokens (token_hash, created, expires, uses_left) VALUES (?1, ?2, ?3, ?4)",
-            params![token_hash(&token), created, created.saturating_add(ttl_secs as i64), uses],
-        )?;
+    pub async fn create_token(&self, uses: u32, ttl_secs: u64) -> Result<String, RegistryError> {
+        let (token, _) = self
+            .create_labelled_token(uses, ttl_secs, None, None)
+            .await?;
         Ok(token)
     }
 
@@ -310,115 +289,12 @@ impl Registry {
     ///
     /// # Errors
     /// [`RegistryError::BadToken`] if it is unknown, used up or expired.
-    pub fn consume_token(&self, token: &str) -> Result<(), RegistryError> {
-        let changed = self.db().execute(
-            "UPDATE enrolment_tokens SET uses_left = uses_left - 1
-             WHERE token_hash = ?1 AND uses_left > 0 AND expires > ?2",
-            params![token_hash(token), now()],
-        )?;
-        if changed == 1 {
+    pub async fn consume_token(&self, token: &str) -> Result<(), RegistryError> {
+        let hash = token_hash(token);
+        if dispatch!(self.consume_token(hash))? {
             Ok(())
         } else {
             Err(RegistryError::BadToken)
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn register_is_idempotent_per_key_and_exclusive_per_id() {
-        let reg = Registry::in_memory().unwrap();
-        let id: ComputerId = "pc-1".parse().unwrap();
-        reg.register(&id, &[1; 32]).unwrap();
-        reg.register(&id, &[1; 32]).unwrap();
-        assert!(matches!(
-            reg.register(&id, &[2; 32]),
-            Err(RegistryError::IdTaken)
-        ));
-        assert_eq!(reg.machine(&id).unwrap().unwrap().public_key, vec![1; 32]);
-        assert!(reg.machine(&"pc-2".parse().unwrap()).unwrap().is_none());
-        reg.touch(&id).unwrap();
-        assert!(reg.machines().unwrap()[0].last_seen.is_some());
-        assert!(!reg.machine(&id).unwrap().unwrap().disabled);
-        assert!(reg.set_disabled(&id, true).unwrap());
-        assert!(reg.machines().unwrap()[0].disabled);
-        assert!(reg.set_disabled(&id, false).unwrap());
-        assert!(!reg.machine(&id).unwrap().unwrap().disabled);
-        assert!(!reg.set_disabled(&"pc-2".parse().unwrap(), true).unwrap());
-    }
-
-    #[test]
-    fn a_database_from_before_the_disabled_column_gains_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("relay.db");
-        let old = Connection::open(&path).unwrap();
-        old.execute_batch(MACHINES_SCHEMA).unwrap();
-        old.execute(
-            "INSERT INTO machines (id, public_key, created) VALUES ('pc-1', x'03', 1)",
-            [],
-        )
-        .unwrap();
-        drop(old);
-        let reg = Registry::open(&path).unwrap();
-        let id: ComputerId = "pc-1".parse().unwrap();
-        assert!(!reg.machine(&id).unwrap().unwrap().disabled);
-        drop(reg);
-        Registry::open(&path).unwrap();
-    }
-
-    #[test]
-    fn tokens_are_counted_and_expire() {
-        let reg = Registry::in_memory().unwrap();
-        let once = reg.create_token(1, 3600).unwrap();
-        reg.consume_token(&once).unwrap();
-        assert!(matches!(
-            reg.consume_token(&once),
-            Err(RegistryError::BadToken)
-        ));
-        let expired = reg.create_token(5, 0).unwrap();
-        assert!(matches!(
-            reg.consume_token(&expired),
-            Err(RegistryError::BadToken)
-        ));
-        assert!(matches!(
-            reg.consume_token("tw1-unknown"),
-            Err(RegistryError::BadToken)
-        ));
-    }
-
-    #[test]
-    fn removal_is_seen_by_another_connection() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("relay.db");
-        let id: ComputerId = "pc-1".parse().unwrap();
-        let serving = Registry::open(&path).unwrap();
-        serving.register(&id, &[3; 32]).unwrap();
-        let before = serving.outside_changes().unwrap();
-        serving.touch(&id).unwrap();
-        assert_eq!(serving.outside_changes().unwrap(), before, "own writes");
-        let admin = Registry::open(&path).unwrap();
-        assert!(admin.remove(&id).unwrap());
-        assert!(!admin.remove(&id).unwrap());
-        assert_ne!(serving.outside_changes().unwrap(), before);
-        assert!(serving.machine(&id).unwrap().is_none());
-    }
-
-    #[test]
-    fn survives_reopen() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("relay.db");
-        let id: ComputerId = "pc-1".parse().unwrap();
-        Registry::open(&path)
-            .unwrap()
-            .register(&id, &[3; 32])
-            .unwrap();
-        assert!(Registry::open(&path)
-            .unwrap()
-            .machine(&id)
-            .unwrap()
-            .is_some());
     }
 }

@@ -6,24 +6,8 @@
 use argon2::password_hash::phc::PasswordHash;
 use argon2::password_hash::{PasswordHasher, PasswordVerifier};
 use argon2::Argon2;
-use rusqlite::{params, OptionalExtension};
 
-use super::{now, token_hash, Registry, RegistryError};
-
-pub(super) const OPERATORS_SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS operators (
-    name           TEXT PRIMARY KEY,
-    password_hash  TEXT NOT NULL,
-    created        INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS api_tokens (
-    id          TEXT PRIMARY KEY,
-    token_hash  BLOB NOT NULL UNIQUE,
-    name        TEXT NOT NULL,
-    created     INTEGER NOT NULL,
-    last_used   INTEGER
-);
-";
+use super::{blocking, dispatch, token_hash, Backend, Registry, RegistryError};
 
 /// The shortest password `add-user` accepts.
 pub const MIN_PASSWORD_LEN: usize = 12;
@@ -79,13 +63,22 @@ pub struct ApiToken {
     pub last_used: Option<i64>,
 }
 
+/// Runs Argon2 work off the async threads.
+async fn argon2<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, RegistryError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| RegistryError::Task(e.to_string()))
+}
+
 impl Registry {
     /// Adds operator `name` with `password`, or replaces the password of an existing one;
     /// returns whether the operator is new.
     ///
     /// # Errors
     /// A database error, or [`RegistryError::Invalid`] for a bad name or short password.
-    pub fn set_operator(&self, name: &str, password: &str) -> Result<bool, RegistryError> {
+    pub async fn set_operator(&self, name: &str, password: &str) -> Result<bool, RegistryError> {
         if !valid_operator_name(name) {
             return Err(RegistryError::Invalid(
                 "an operator name is 1 to 32 letters, digits, '.', '_' or '-'",
@@ -96,59 +89,39 @@ impl Registry {
                 "the password is too short: use at least 12 characters",
             ));
         }
-        let phc = hash_password(password)
+        let password = password.to_owned();
+        let phc = argon2(move || hash_password(&password))
+            .await?
             .map_err(|_| RegistryError::Invalid("cannot hash the password"))?;
-        let db = self.db();
-        let existed = db
-            .query_row(
-                "SELECT 1 FROM operators WHERE name = ?1",
-                [name],
-                |_| Ok(()),
-            )
-            .optional()?
-            .is_some();
-        db.execute(
-            "INSERT INTO operators (name, password_hash, created) VALUES (?1, ?2, ?3)
-             ON CONFLICT(name) DO UPDATE SET password_hash = excluded.password_hash",
-            params![name, phc, now()],
-        )?;
-        Ok(!existed)
+        let name = name.to_owned();
+        dispatch!(self.upsert_operator(name, phc))
     }
 
     /// Whether `name` and `password` belong to an operator. Takes an Argon2 verification's
-    /// time whether or not the name exists: call it off the async threads.
+    /// time (on a blocking thread) whether or not the name exists.
     ///
     /// # Errors
     /// A database error.
-    pub fn check_operator(&self, name: &str, password: &str) -> Result<bool, RegistryError> {
-        let stored: Option<String> = self
-            .db()
-            .query_row(
-                "SELECT password_hash FROM operators WHERE name = ?1",
-                [name],
-                |r| r.get(0),
-            )
-            .optional()?;
-        match stored {
-            Some(phc) => Ok(password_matches(&phc, password)),
+    pub async fn check_operator(&self, name: &str, password: &str) -> Result<bool, RegistryError> {
+        let name = name.to_owned();
+        let stored = dispatch!(self.operator_hash(name))?;
+        let password = password.to_owned();
+        argon2(move || match stored {
+            Some(phc) => password_matches(&phc, &password),
             None => {
-                let _ = password_matches(decoy_hash(), password);
-                Ok(false)
+                let _ = password_matches(decoy_hash(), &password);
+                false
             }
-        }
+        })
+        .await
     }
 
     /// The operator names, sorted.
     ///
     /// # Errors
     /// A database error.
-    pub fn operators(&self) -> Result<Vec<String>, RegistryError> {
-        let db = self.db();
-        let mut stmt = db.prepare("SELECT name FROM operators ORDER BY name")?;
-        let names = stmt
-            .query_map([], |r| r.get(0))?
-            .collect::<Result<_, _>>()?;
-        Ok(names)
+    pub async fn operators(&self) -> Result<Vec<String>, RegistryError> {
+        dispatch!(self.operators())
     }
 
     /// Creates an API token called `name`; returns its short id and the secret, which is
@@ -156,7 +129,7 @@ impl Registry {
     ///
     /// # Errors
     /// A database error, or [`RegistryError::Invalid`] for a bad name.
-    pub fn create_api_token(&self, name: &str) -> Result<(String, String), RegistryError> {
+    pub async fn create_api_token(&self, name: &str) -> Result<(String, String), RegistryError> {
         if name.is_empty() || name.len() > 64 || name.chars().any(char::is_control) {
             return Err(RegistryError::Invalid(
                 "a token name is 1 to 64 printable characters",
@@ -164,10 +137,8 @@ impl Registry {
         }
         let id = hex::encode(rand::random::<[u8; 4]>());
         let secret = format!("twa1-{}", hex::encode(rand::random::<[u8; 32]>()));
-        self.db().execute(
-            "INSERT INTO api_tokens (id, token_hash, name, created) VALUES (?1, ?2, ?3, ?4)",
-            params![id, token_hash(&secret), name, now()],
-        )?;
+        let (key, hash, name) = (id.clone(), token_hash(&secret), name.to_owned());
+        dispatch!(self.insert_api_token(key, hash, name))?;
         Ok((id, secret))
     }
 
@@ -176,105 +147,25 @@ impl Registry {
     ///
     /// # Errors
     /// A database error.
-    pub fn api_token_name(&self, secret: &str) -> Result<Option<String>, RegistryError> {
-        let db = self.db();
+    pub async fn api_token_name(&self, secret: &str) -> Result<Option<String>, RegistryError> {
         let hash = token_hash(secret);
-        let name: Option<String> = db
-            .query_row(
-                "SELECT name FROM api_tokens WHERE token_hash = ?1",
-                [&hash],
-                |r| r.get(0),
-            )
-            .optional()?;
-        if name.is_some() {
-            db.execute(
-                "UPDATE api_tokens SET last_used = ?2 WHERE token_hash = ?1",
-                params![hash, now()],
-            )?;
-        }
-        Ok(name)
+        dispatch!(self.api_token_name(hash))
     }
 
     /// Every API token, oldest first.
     ///
     /// # Errors
     /// A database error.
-    pub fn api_tokens(&self) -> Result<Vec<ApiToken>, RegistryError> {
-        let db = self.db();
-        let mut stmt =
-            db.prepare("SELECT id, name, created, last_used FROM api_tokens ORDER BY created, id")?;
-        let rows = stmt
-            .query_map([], |r| {
-                Ok(ApiToken {
-                    id: r.get(0)?,
-                    name: r.get(1)?,
-                    created: r.get(2)?,
-                    last_used: r.get(3)?,
-                })
-            })?
-            .collect::<Result<_, _>>()?;
-        Ok(rows)
+    pub async fn api_tokens(&self) -> Result<Vec<ApiToken>, RegistryError> {
+        dispatch!(self.api_tokens())
     }
 
     /// Revokes the API token with short id `id`; returns whether there was one.
     ///
     /// # Errors
     /// A database error.
-    pub fn revoke_api_token(&self, id: &str) -> Result<bool, RegistryError> {
-        Ok(self
-            .db()
-            .execute("DELETE FROM api_tokens WHERE id = ?1", [id])?
-            > 0)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn operators_sign_in_with_their_password_only() {
-        let reg = Registry::in_memory().unwrap();
-        assert!(reg.set_operator("alice", "correct horse battery").unwrap());
-        assert!(reg
-            .check_operator("alice", "correct horse battery")
-            .unwrap());
-        assert!(!reg.check_operator("alice", "wrong horse battery").unwrap());
-        assert!(!reg.check_operator("bob", "correct horse battery").unwrap());
-        assert!(!reg.set_operator("alice", "another long password").unwrap());
-        assert!(reg
-            .check_operator("alice", "another long password")
-            .unwrap());
-        assert!(matches!(
-            reg.set_operator("alice", "short"),
-            Err(RegistryError::Invalid(_))
-        ));
-        assert!(matches!(
-            reg.set_operator("al ice", "correct horse battery"),
-            Err(RegistryError::Invalid(_))
-        ));
-        assert_eq!(reg.operators().unwrap(), vec!["alice".to_owned()]);
-        let stored: String = reg
-            .db()
-            .query_row("SELECT password_hash FROM operators", [], |r| r.get(0))
-            .unwrap();
-        assert!(stored.starts_with("$argon2id$"), "{stored}");
-    }
-
-    #[test]
-    fn api_tokens_keep_only_a_hash_and_can_be_revoked() {
-        let reg = Registry::in_memory().unwrap();
-        let (id, secret) = reg.create_api_token("nightly script").unwrap();
-        assert_eq!(
-            reg.api_token_name(&secret).unwrap().as_deref(),
-            Some("nightly script")
-        );
-        assert_eq!(reg.api_token_name("twa1-nope").unwrap(), None);
-        let listed = reg.api_tokens().unwrap();
-        assert_eq!(listed.len(), 1);
-        assert_eq!(listed[0].id, id);
-        assert!(listed[0].last_used.is_some());
-        assert!(reg.revoke_api_token(&id).unwrap());
-        assert_eq!(reg.api_token_name(&secret).unwrap(), None);
+    pub async fn revoke_api_token(&self, id: &str) -> Result<bool, RegistryError> {
+        let id = id.to_owned();
+        dispatch!(self.revoke_api_token(id))
     }
 }

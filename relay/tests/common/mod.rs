@@ -53,6 +53,7 @@ impl Console {
             .relay
             .registry
             .set_operator(OPERATOR, PASSWORD)
+            .await
             .unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();

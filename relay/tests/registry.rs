@@ -1,0 +1,314 @@
+//! The registry's API, the same cases against both backends: SQLite (a file in a temporary
+//! directory) and PostgreSQL (a throwaway cluster, [`telework_tests::postgres`]). Each case
+//! gets two registries on one store, as a relay and a CLI command (or two nodes) have.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::future::Future;
+use std::pin::Pin;
+
+use serde_json::json;
+use telework_protocol::ComputerId;
+use telework_relay::registry::{AuditFilter, AuditRow, Registry, RegistryError};
+use telework_tests::postgres::Postgres;
+
+type Case = fn(Registry, Registry) -> Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// Every case, by name.
+const CASES: &[(&str, Case)] = &[
+    ("machines", |a, b| Box::pin(machines(a, b))),
+    ("tokens", |a, b| Box::pin(tokens(a, b))),
+    ("operators", |a, b| Box::pin(operators(a, b))),
+    ("audit", |a, b| Box::pin(audit(a, b))),
+    ("changes", |a, b| Box::pin(changes(a, b))),
+];
+
+fn pc(id: &str) -> ComputerId {
+    id.parse().unwrap()
+}
+
+async fn machines(reg: Registry, _: Registry) {
+    let id = pc("pc-1");
+    reg.register(&id, &[1; 32]).await.unwrap();
+    reg.register(&id, &[1; 32]).await.unwrap();
+    assert!(matches!(
+        reg.register(&id, &[2; 32]).await,
+        Err(RegistryError::IdTaken)
+    ));
+    let m = reg.machine(&id).await.unwrap().unwrap();
+    assert_eq!(m.public_key, vec![1; 32]);
+    assert!(m.created > 0 && m.last_seen.is_none() && !m.disabled);
+    assert!(reg.machine(&pc("pc-2")).await.unwrap().is_none());
+    reg.register(&pc("pc-0"), &[0; 32]).await.unwrap();
+    reg.touch(&id).await.unwrap();
+    let all = reg.machines().await.unwrap();
+    let ids: Vec<&str> = all.iter().map(|m| m.id.as_str()).collect();
+    assert_eq!(ids, ["pc-0", "pc-1"]);
+    assert!(all[1].last_seen.is_some() && all[0].last_seen.is_none());
+    assert!(reg.set_disabled(&id, true).await.unwrap());
+    assert!(reg.machine(&id).await.unwrap().unwrap().disabled);
+    assert!(reg.set_disabled(&id, false).await.unwrap());
+    assert!(!reg.machine(&id).await.unwrap().unwrap().disabled);
+    assert!(!reg.set_disabled(&pc("pc-2"), true).await.unwrap());
+    assert!(reg.remove(&id).await.unwrap());
+    assert!(!reg.remove(&id).await.unwrap());
+    assert!(reg.machine(&id).await.unwrap().is_none());
+    // The ID is free again, for any key.
+    reg.register(&id, &[2; 32]).await.unwrap();
+}
+
+async fn tokens(reg: Registry, _: Registry) {
+    let once = reg.create_token(1, 3600).await.unwrap();
+    assert!(once.starts_with("tw1-"));
+    reg.consume_token(&once).await.unwrap();
+    assert!(matches!(
+        reg.consume_token(&once).await,
+        Err(RegistryError::BadToken)
+    ));
+    let expired = reg.create_token(5, 0).await.unwrap();
+    assert!(matches!(
+        reg.consume_token(&expired).await,
+        Err(RegistryError::BadToken)
+    ));
+    assert!(matches!(
+        reg.consume_token("tw1-unknown").await,
+        Err(RegistryError::BadToken)
+    ));
+    let (token, id) = reg
+        .create_labelled_token(3, 3600, Some("tanaka's PC"), Some("alice"))
+        .await
+        .unwrap();
+    assert_eq!(id.len(), 12);
+    let listed = reg.enrolment_tokens().await.unwrap();
+    assert_eq!(listed.len(), 3);
+    let mine = listed.iter().find(|t| t.id == id).unwrap();
+    assert_eq!(mine.label.as_deref(), Some("tanaka's PC"));
+    assert_eq!(mine.created_by.as_deref(), Some("alice"));
+    assert_eq!(mine.uses_left, 3);
+    assert!(mine.usable());
+    assert!(listed.iter().filter(|t| t.id != id).all(|t| !t.usable()));
+    assert!(!format!("{listed:?}").contains(&token[4..]));
+    reg.consume_token(&token).await.unwrap();
+    let listed = reg.enrolment_tokens().await.unwrap();
+    assert_eq!(listed.iter().find(|t| t.id == id).unwrap().uses_left, 2);
+    assert!(reg.revoke_token(&id.to_uppercase()).await.unwrap());
+    assert!(!reg.revoke_token(&id).await.unwrap());
+    assert!(!reg.revoke_token("'; DROP TABLE").await.unwrap());
+    assert!(matches!(
+        reg.consume_token(&token).await,
+        Err(RegistryError::BadToken)
+    ));
+}
+
+async fn operators(reg: Registry, other: Registry) {
+    assert!(reg
+        .set_operator("alice", "correct horse battery")
+        .await
+        .unwrap());
+    assert!(other
+        .check_operator("alice", "correct horse battery")
+        .await
+        .unwrap());
+    assert!(!reg
+        .check_operator("alice", "wrong horse battery")
+        .await
+        .unwrap());
+    assert!(!reg
+        .check_operator("bob", "correct horse battery")
+        .await
+        .unwrap());
+    assert!(!reg
+        .set_operator("alice", "another long password")
+        .await
+        .unwrap());
+    assert!(reg
+        .check_operator("alice", "another long password")
+        .await
+        .unwrap());
+    assert!(matches!(
+        reg.set_operator("alice", "short").await,
+        Err(RegistryError::Invalid(_))
+    ));
+    assert!(matches!(
+        reg.set_operator("al ice", "correct horse battery").await,
+        Err(RegistryError::Invalid(_))
+    ));
+    reg.set_operator("bob", "correct horse battery")
+        .await
+        .unwrap();
+    assert_eq!(reg.operators().await.unwrap(), ["alice", "bob"]);
+
+    let (id, secret) = reg.create_api_token("nightly script").await.unwrap();
+    assert!(secret.starts_with("twa1-"));
+    assert!(reg.api_tokens().await.unwrap()[0].last_used.is_none());
+    assert_eq!(
+        other.api_token_name(&secret).await.unwrap().as_deref(),
+        Some("nightly script")
+    );
+    assert_eq!(reg.api_token_name("twa1-nope").await.unwrap(), None);
+    let listed = reg.api_tokens().await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].id, id);
+    assert!(listed[0].last_used.is_some());
+    assert!(matches!(
+        reg.create_api_token("").await,
+        Err(RegistryError::Invalid(_))
+    ));
+    assert!(reg.revoke_api_token(&id).await.unwrap());
+    assert!(!reg.revoke_api_token(&id).await.unwrap());
+    assert_eq!(reg.api_token_name(&secret).await.unwrap(), None);
+}
+
+fn row(at: i64, kind: &str, id: Option<&str>) -> AuditRow {
+    AuditRow {
+        id: 0,
+        at,
+        kind: kind.into(),
+        computer_id: id.map(Into::into),
+        address: Some("192.0.2.1:5000".into()),
+        actor: Some("cli".into()),
+        detail: json!({ "n": at, "why": "test" }),
+    }
+}
+
+async fn audit(reg: Registry, other: Registry) {
+    reg.record_audit(&row(100, "agent_online", Some("pc-1")))
+        .await
+        .unwrap();
+    reg.record_audit_batch(&[
+        row(200, "agent_offline", Some("pc-1")),
+        row(300, "agent_online", Some("pc-2")),
+        row(400, "lookups_refused", None),
+    ])
+    .await
+    .unwrap();
+    let all = other.audit_rows(&AuditFilter::default()).await.unwrap();
+    let ats: Vec<i64> = all.iter().map(|r| r.at).collect();
+    assert_eq!(ats, [400, 300, 200, 100]);
+    assert_eq!(all[3].detail, json!({ "n": 100, "why": "test" }));
+    assert_eq!(all[3].address.as_deref(), Some("192.0.2.1:5000"));
+    assert_eq!(all[3].actor.as_deref(), Some("cli"));
+    assert_eq!(all[0].computer_id, None);
+    assert!(all.windows(2).all(|w| w[0].id != w[1].id));
+    let rows = |filter: AuditFilter| {
+        let reg = &reg;
+        async move {
+            reg.audit_rows(&filter)
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| r.at)
+                .collect::<Vec<i64>>()
+        }
+    };
+    let pc1 = AuditFilter {
+        computer_id: Some("pc-1".into()),
+        ..Default::default()
+    };
+    assert_eq!(rows(pc1).await, [200, 100]);
+    let online = AuditFilter {
+        kind: Some("agent_online".into()),
+        ..Default::default()
+    };
+    assert_eq!(rows(online).await, [300, 100]);
+    let window = AuditFilter {
+        since: Some(200),
+        until: Some(400),
+        ..Default::default()
+    };
+    assert_eq!(rows(window).await, [300, 200]);
+    let newest = AuditFilter {
+        limit: Some(1),
+        ..Default::default()
+    };
+    assert_eq!(rows(newest).await, [400]);
+    // The audit writer's own thread, outside the runtime.
+    let batch = [row(500, "enrolled", Some("pc-3"))];
+    tokio::task::spawn_blocking(move || reg.record_audit_blocking(&batch).map(|()| reg))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(other.prune_audit(200).await.unwrap(), 1);
+    assert_eq!(other.prune_audit(200).await.unwrap(), 0);
+    let left: Vec<i64> = other
+        .audit_rows(&AuditFilter::default())
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.at)
+        .collect();
+    assert_eq!(left, [500, 400, 300, 200]);
+}
+
+/// The counter the registration watcher polls: up on every removal or disabling by anyone,
+/// the same for every connection, and not moved by other writes.
+async fn changes(relay: Registry, cli: Registry) {
+    assert_eq!(relay.schema_version().await.unwrap(), 2);
+    assert_eq!(cli.schema_version().await.unwrap(), 2);
+    let id = pc("pc-1");
+    relay.register(&id, &[3; 32]).await.unwrap();
+    let before = relay.changes().await.unwrap();
+    assert_eq!(cli.changes().await.unwrap(), before);
+    relay.touch(&id).await.unwrap();
+    relay.create_token(1, 60).await.unwrap();
+    relay.register(&pc("pc-2"), &[4; 32]).await.unwrap();
+    assert_eq!(relay.changes().await.unwrap(), before, "other writes");
+    assert!(cli.set_disabled(&id, true).await.unwrap());
+    let disabled = relay.changes().await.unwrap();
+    assert!(disabled > before);
+    assert!(!cli.set_disabled(&pc("pc-9"), true).await.unwrap());
+    assert!(!cli.remove(&pc("pc-9")).await.unwrap());
+    assert_eq!(relay.changes().await.unwrap(), disabled, "nothing changed");
+    assert!(cli.remove(&id).await.unwrap());
+    assert!(relay.changes().await.unwrap() > disabled);
+    assert!(relay.machine(&id).await.unwrap().is_none());
+}
+
+macro_rules! sqlite_cases {
+    ($($name:ident),*) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let dir = tempfile::tempdir().unwrap();
+                    let path = dir.path().join("relay.db");
+                    let a = super::Registry::open(&path).unwrap();
+                    let b = super::Registry::open(&path).unwrap();
+                    assert_eq!(a.backend_name(), "sqlite");
+                    super::$name(a, b).await;
+                }
+            )*
+        }
+    };
+}
+sqlite_cases!(machines, tokens, operators, audit, changes);
+
+/// Every case against one throwaway cluster, each in a database of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_passes_every_case() {
+    let Some(pg) = tokio::task::spawn_blocking(Postgres::start).await.unwrap() else {
+        return;
+    };
+    for (name, case) in CASES {
+        let url = pg.create_database(name);
+        let a = Registry::connect(&url).await.unwrap();
+        let b = Registry::connect(&url).await.unwrap();
+        assert_eq!(a.backend_name(), "postgres");
+        eprintln!("postgres: {name}");
+        case(a, b).await;
+    }
+    // Opening again migrates nothing twice.
+    let again = Registry::connect(&pg.url()).await.unwrap();
+    let again2 = Registry::connect(&pg.url()).await.unwrap();
+    assert_eq!(again.schema_version().await.unwrap(), 2);
+    assert_eq!(again2.changes().await.unwrap(), 0);
+    drop(pg);
+}
+
+#[tokio::test]
+async fn a_bad_database_url_is_a_clear_error() {
+    let err = Registry::connect("postgres://nobody@127.0.0.1:1/none")
+        .await
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("registry database error"), "{err}");
+}

@@ -1,0 +1,204 @@
+//! A throwaway PostgreSQL cluster for tests: `initdb` and `pg_ctl` (Debian's `postgresql`
+//! package, `/usr/lib/postgresql/<version>/bin`) in a temporary directory, listening on a free
+//! loopback port and on a Unix socket in that directory, stopped and removed on drop.
+//!
+//! `initdb` refuses to run as root; as root the cluster runs as the `postgres` user
+//! (`runuser`). Trust authentication: only local test processes reach it.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+/// Where Debian puts the server programs; the newest version present is used.
+const PG_ROOT: &str = "/usr/lib/postgresql";
+
+/// A running cluster.
+pub struct Postgres {
+    bin: PathBuf,
+    dir: tempfile::TempDir,
+    port: u16,
+    as_postgres: bool,
+}
+
+/// The directory of `initdb` and `pg_ctl`, if PostgreSQL is installed.
+pub fn binaries() -> Option<PathBuf> {
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir(PG_ROOT)
+        .ok()?
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let version = e.file_name().to_str()?.parse().ok()?;
+            let bin = e.path().join("bin");
+            bin.join("initdb").exists().then_some((version, bin))
+        })
+        .collect();
+    versions.sort();
+    versions.pop().map(|(_, bin)| bin)
+}
+
+impl Postgres {
+    /// Starts a new cluster, or returns `None` (saying why on stderr) if the PostgreSQL
+    /// binaries are not installed.
+    ///
+    /// # Panics
+    /// If they are installed but the cluster does not start.
+    pub fn start() -> Option<Self> {
+        let Some(bin) = binaries() else {
+            eprintln!(
+                "SKIPPED: PostgreSQL is not installed (no {PG_ROOT}/*/bin/initdb); \
+                 apt-get install postgresql"
+            );
+            return None;
+        };
+        let as_postgres = rustix_is_root();
+        let dir = tempfile::Builder::new()
+            .prefix("telework-pg-")
+            .tempdir()
+            .expect("a temporary directory");
+        if as_postgres {
+            let out = Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(dir.path())
+                .output()
+                .expect("chown runs");
+            assert!(out.status.success(), "chown: {out:?}");
+        }
+        let mut pg = Self {
+            bin,
+            dir,
+            port: 0,
+            as_postgres,
+        };
+        let data = pg.data().to_owned();
+        let out = pg.run(
+            "initdb",
+            &[
+                "-D".as_ref(),
+                data.as_os_str(),
+                "-U".as_ref(),
+                "postgres".as_ref(),
+                "-A".as_ref(),
+                "trust".as_ref(),
+                "--no-sync".as_ref(),
+                "-E".as_ref(),
+                "UTF8".as_ref(),
+            ],
+        );
+        assert!(out.status.success(), "initdb failed: {out:?}");
+        // A port taken between probing and binding makes pg_ctl fail: try a few.
+        for _ in 0..5 {
+            pg.port = free_port();
+            let options = format!(
+                "-p {} -c listen_addresses=127.0.0.1 -k {} -F -c max_connections=200",
+                pg.port,
+                pg.dir.path().display()
+            );
+            let log = pg.dir.path().join("postgres.log");
+            let out = pg.run(
+                "pg_ctl",
+                &[
+                    "start".as_ref(),
+                    "-w".as_ref(),
+                    "-t".as_ref(),
+                    "60".as_ref(),
+                    "-D".as_ref(),
+                    data.as_os_str(),
+                    "-l".as_ref(),
+                    log.as_os_str(),
+                    "-o".as_ref(),
+                    options.as_ref(),
+                ],
+            );
+            if out.status.success() {
+                return Some(pg);
+            }
+            eprintln!(
+                "pg_ctl start failed on port {}: {}",
+                pg.port,
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        panic!("the PostgreSQL test cluster did not start");
+    }
+
+    /// Its URL, for `--database`: user `postgres`, database `postgres`, over TCP.
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// Creates database `name` and returns its URL (several registries in one cluster).
+    ///
+    /// # Panics
+    /// If `createdb` fails.
+    pub fn create_database(&self, name: &str) -> String {
+        let port = self.port.to_string();
+        let out = self.run(
+            "createdb",
+            &[
+                "-h".as_ref(),
+                "127.0.0.1".as_ref(),
+                "-p".as_ref(),
+                port.as_ref(),
+                "-U".as_ref(),
+                "postgres".as_ref(),
+                name.as_ref(),
+            ],
+        );
+        assert!(out.status.success(), "createdb {name}: {out:?}");
+        format!("postgres://postgres@127.0.0.1:{}/{name}", self.port)
+    }
+
+    /// Its port on 127.0.0.1.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    fn run(&self, program: &str, args: &[&std::ffi::OsStr]) -> Output {
+        let path = self.bin.join(program);
+        let mut command = if self.as_postgres {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(&path);
+            c
+        } else {
+            Command::new(&path)
+        };
+        command
+            .args(args)
+            .current_dir(self.dir.path())
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("running {}: {e}", path.display()))
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        let data = self.data();
+        let _ = self.run(
+            "pg_ctl",
+            &[
+                "stop".as_ref(),
+                "-m".as_ref(),
+                "immediate".as_ref(),
+                "-w".as_ref(),
+                "-D".as_ref(),
+                data.as_os_str(),
+            ],
+        );
+        // The TempDir removes the files (root may; as another user they are ours).
+    }
+}
+
+fn rustix_is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
