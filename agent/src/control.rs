@@ -6,11 +6,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use telework_net::connect::RelayAddr;
 use telework_net::framed::Framed;
 use telework_net::transport::network_watch::{NetworkChange, NetworkWatch};
 use telework_net::transport::{Connection, Stream, TransportChoice, TransportKind};
 use telework_net::HANDSHAKE_TIMEOUT;
-use telework_protocol::messages::{AgentToRelay, RelayOpens, RelayToAgent, PROTOCOL_VERSION};
+use telework_protocol::messages::{
+    AgentToRelay, NodeAddr, RelayOpens, RelayToAgent, PROTOCOL_VERSION,
+};
 use telework_protocol::ErrorCode;
 use tokio::time::Instant;
 use tracing::{debug, info, warn, Instrument};
@@ -31,6 +34,7 @@ pub const DEAD_PEER: Duration = Duration::from_secs(45);
 pub async fn run(agent: Arc<Agent>) -> Result<(), AgentError> {
     let mut backoff = Backoff::default();
     let mut next: Option<(Connection, Option<Box<Control>>)> = None;
+    let mut redirects = 0;
     loop {
         let result = online_once(&agent, &mut backoff, next.take()).await;
         let result = match result {
@@ -39,9 +43,30 @@ pub async fn run(agent: Arc<Agent>) -> Result<(), AgentError> {
                 next = Some((connection, Some(previous)));
                 continue;
             }
+            Ok(Next::Redirect {
+                to,
+                previous,
+                was_online,
+            }) => {
+                if was_online {
+                    redirects = 0;
+                }
+                redirects += 1;
+                if redirects <= MAX_REDIRECTS {
+                    next = follow(&agent, &to).await.map(|c| (c, previous));
+                    continue;
+                }
+                Err(AgentError::Unexpected)
+            }
             Ok(Next::Closed) => Ok(()),
             Err(e) => Err(e),
         };
+        redirects = 0;
+        if let Some(node) = lock(&agent.node).take() {
+            // Come back through the relay's address, but not to this node for a while (it
+            // may be the one that died).
+            lock(&agent.avoided).note(node, std::time::Instant::now());
+        }
         agent.online.send_replace(false);
         *agent.reports.lock().unwrap_or_else(|e| e.into_inner()) = None;
         if agent.shutdown.is_cancelled() {
@@ -86,6 +111,47 @@ enum Next {
     Closed,
     /// QUIC works again: move to this connection, then let this control stream go.
     MoveTo(Connection, Box<Control>),
+    /// The relay sent the agent to another node of its cluster.
+    Redirect {
+        to: NodeAddr,
+        /// The control stream being left, when the agent was online (its tunnels carry on).
+        previous: Option<Box<Control>>,
+        was_online: bool,
+    },
+}
+
+/// Redirects followed in a row before backing off: nodes that disagree for a moment about
+/// who is alive must not bounce an agent forever.
+const MAX_REDIRECTS: u32 = 4;
+
+/// How long dialling a node the relay named may take before the agent gives up on it.
+const REDIRECT_DIAL: Duration = Duration::from_secs(5);
+
+/// Dials the node `to`; on failure notes it as unreachable (the next hello says so) and
+/// returns `None`, so that the agent comes back through the relay's address.
+async fn follow(agent: &Agent, to: &NodeAddr) -> Option<Connection> {
+    let dialed = match to.address.parse::<RelayAddr>() {
+        Ok(addr) => tokio::time::timeout(REDIRECT_DIAL, agent.dialer.to(addr).dial())
+            .await
+            .map_err(|_| "timed out".to_owned())
+            .and_then(|r| r.map_err(|e| e.to_string())),
+        Err(e) => Err(e.to_string()),
+    };
+    match dialed {
+        Ok(dialed) => {
+            info!(node = %to.node, address = %to.address, "the relay sent this PC to another node");
+            Some(dialed.connection)
+        }
+        Err(e) => {
+            warn!(node = %to.node, address = %to.address, %e, "cannot reach the node the relay named; asking the relay again");
+            lock(&agent.avoided).note(to.node.clone(), std::time::Instant::now());
+            None
+        }
+    }
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The control stream the relay opens first on a new connection.
@@ -132,21 +198,35 @@ async fn online_once(
         }
     };
     let mut framed = accept_control(&connection).await?;
+    let unreachable = lock(&agent.avoided).current(std::time::Instant::now());
     framed
         .write(&AgentToRelay::Hello {
             version: PROTOCOL_VERSION,
             id: agent.id.clone(),
             proof: agent.key.prove(&agent.id, connection.channel_binding()),
+            unreachable,
         })
         .await?;
-    match framed
+    let node = match framed
         .read_within::<RelayToAgent>(HANDSHAKE_TIMEOUT)
         .await?
     {
-        RelayToAgent::Welcome => {}
+        RelayToAgent::Welcome { node } => node,
+        RelayToAgent::MoveTo(to) => {
+            // Not online here: a control stream left behind (from a QUIC move) goes.
+            if let Some(previous) = previous {
+                agent.tasks.spawn(previous.retire());
+            }
+            connection.close(ErrorCode::Replaced);
+            return Ok(Next::Redirect {
+                to,
+                previous: None,
+                was_online: false,
+            });
+        }
         RelayToAgent::Error(code) => return Err(AgentError::Refused(code)),
         _ => return Err(AgentError::Unexpected),
-    }
+    };
     // What the operator's console shows as this agent's version.
     framed
         .write(&AgentToRelay::About {
@@ -161,7 +241,8 @@ async fn online_once(
     backoff.reset();
     *agent.transport.lock().unwrap_or_else(|e| e.into_inner()) = Some(connection.kind());
     agent.online.send_replace(true);
-    info!(relay = %agent.dialer.addr(), "online over {how}");
+    info!(relay = %agent.dialer.addr(), %node, "online over {how}");
+    *lock(&agent.node) = Some(node);
 
     let mut ping = tokio::time::interval_at(Instant::now() + KEEPALIVE, KEEPALIVE);
     let mut seq = 0u64;
@@ -202,8 +283,13 @@ async fn online_once(
             msg = framed.read::<RelayToAgent>() => {
                 last_heard = Instant::now();
                 match msg? {
-                    RelayToAgent::Pong(_) | RelayToAgent::Welcome | RelayToAgent::Registered { .. } => {}
+                    RelayToAgent::Pong(_) | RelayToAgent::Welcome { .. } | RelayToAgent::Registered { .. } => {}
                     RelayToAgent::Error(code) => return Err(AgentError::Refused(code)),
+                    RelayToAgent::MoveTo(to) => {
+                        // Tunnels open on this connection carry on; new ones go there.
+                        *lock(&agent.node) = None;
+                        return Ok(Next::Redirect { to, previous: Some(Box::new(Control { framed })), was_online: true });
+                    }
                 }
             }
             stream = connection.accept() => match stream {

@@ -16,6 +16,7 @@
 
 pub mod access;
 pub mod activity;
+pub mod avoided_nodes;
 pub mod backoff;
 pub mod control;
 pub mod devices;
@@ -155,6 +156,10 @@ pub struct Agent {
     online: watch::Sender<bool>,
     /// The transport of the current connection to the relay, once online.
     transport: Mutex<Option<TransportKind>>,
+    /// The relay node the agent is online at (its name, from the welcome).
+    node: Mutex<Option<String>>,
+    /// Relay nodes to stay away from for a while.
+    avoided: Mutex<avoided_nodes::AvoidedNodes>,
     tunnel_slots: Arc<Semaphore>,
     tasks: TaskTracker,
     shutdown: CancellationToken,
@@ -232,6 +237,8 @@ impl Agent {
             reports: Mutex::new(None),
             online: watch::channel(false).0,
             transport: Mutex::new(None),
+            node: Mutex::new(None),
+            avoided: Mutex::default(),
             tunnel_slots: Arc::new(Semaphore::new(MAX_TUNNELS)),
             tasks: TaskTracker::new(),
             shutdown: CancellationToken::new(),

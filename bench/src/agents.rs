@@ -218,10 +218,11 @@ async fn register_and_hello(
         version: PROTOCOL_VERSION,
         proof: key.prove(&id, &binding),
         id,
+        unreachable: Vec::new(),
     })
     .await?;
     match f.read_within::<RelayToAgent>(STEP).await? {
-        RelayToAgent::Welcome => Ok((held, f)),
+        RelayToAgent::Welcome { .. } => Ok((held, f)),
         other => bail!("hello refused: {other:?}"),
     }
 }

@@ -3,10 +3,10 @@
 
 use std::sync::{Arc, Mutex, Weak};
 
-use telework_net::connect::ConnectError;
+use telework_net::connect::{ConnectError, RelayAddr};
 use telework_net::transport::dial::Dialer;
 use telework_net::transport::{Connection, TransportChoice, TransportKind};
-use telework_protocol::messages::{ClientToRelay, PROTOCOL_VERSION};
+use telework_protocol::messages::{ClientToRelay, NodeAddr, PROTOCOL_VERSION};
 use telework_protocol::proof::{device_proof_message, MachineKey};
 use telework_protocol::{ComputerId, ErrorCode};
 use tracing::{debug, info};
@@ -21,7 +21,11 @@ pub struct Link {
 }
 
 struct Inner {
+    /// Dials the relay's address, the way in to any node.
     dialer: Dialer,
+    /// Dials the node of the relay's cluster that holds the office PC, once a relay has said
+    /// which; cleared when that node cannot be reached.
+    node: Mutex<Option<Dialer>>,
     /// Shown to the relay on every stream (see [`Link::connect_request`]).
     device: Arc<MachineKey>,
     /// The device proof for the current connection, signed once per connection.
@@ -38,6 +42,7 @@ impl Link {
         Self {
             inner: Arc::new(Inner {
                 dialer,
+                node: Mutex::new(None),
                 device,
                 proof: Mutex::new(None),
                 current: tokio::sync::Mutex::new(None),
@@ -55,7 +60,23 @@ impl Link {
         if let Some(c) = current.as_ref().filter(|c| !c.is_closed()) {
             return Ok(c.clone());
         }
-        let dialed = self.inner.dialer.dial().await?;
+        let node = self
+            .inner
+            .node
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let dialed = match node {
+            Some(node) => match node.dial().await {
+                Ok(dialed) => dialed,
+                Err(e) => {
+                    info!(%e, "the relay node holding the office PC cannot be reached; asking the relay again");
+                    *self.inner.node.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                    self.inner.dialer.dial().await?
+                }
+            },
+            None => self.inner.dialer.dial().await?,
+        };
         let connection = dialed.connection.clone();
         *self.transport_slot() = dialed.describe();
         *current = Some(connection.clone());
@@ -66,6 +87,22 @@ impl Link {
             tokio::spawn(reprobe(Arc::downgrade(&self.inner), connection.clone()));
         }
         Ok(connection)
+    }
+
+    /// Goes to the node `to` of the relay's cluster for new tunnels (a relay said the office
+    /// PC is online there). Tunnels open on the current connection carry on.
+    ///
+    /// # Errors
+    /// The address the relay gave is not `host:port`.
+    pub async fn redirect(&self, to: &NodeAddr) -> Result<(), ConnectError> {
+        let addr: RelayAddr = to.address.parse().map_err(|_| ConnectError::BadRedirect {
+            address: to.address.clone(),
+        })?;
+        info!(node = %to.node, address = %to.address, "the office PC is online at another relay node");
+        *self.inner.node.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some(self.inner.dialer.to(addr));
+        *self.inner.current.lock().await = None;
+        Ok(())
     }
 
     /// Closes the current connection if it is `broken`, so that the next use dials again
@@ -149,7 +186,13 @@ async fn reprobe(link: Weak<Inner>, on_tcp: Connection) {
         if on_tcp.is_closed() {
             return;
         }
-        match inner.dialer.dial_quic().await {
+        let dialer = inner
+            .node
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .unwrap_or_else(|| inner.dialer.clone());
+        match dialer.dial_quic().await {
             Ok(quic) => {
                 let mut current = inner.current.lock().await;
                 if current

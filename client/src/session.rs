@@ -16,8 +16,8 @@ use telework_net::transport::{Stream, TransportChoice};
 use telework_net::HANDSHAKE_TIMEOUT;
 use telework_protocol::e2e::keys::ResumptionSecret;
 use telework_protocol::e2e::messages::{AgentNotice, ClientNotice};
-use telework_protocol::messages::RelayToClient;
-use telework_protocol::{ComputerId, SessionId};
+use telework_protocol::messages::{NodeAddr, RelayToClient};
+use telework_protocol::{ComputerId, ErrorCode, SessionId};
 use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn, Instrument};
@@ -114,9 +114,28 @@ pub struct Session {
     ping_every: Duration,
 }
 
+/// Most times one request follows a relay node's word that the office PC is at another.
+const MAX_REDIRECTS: usize = 3;
+
 /// Opens a stream on the session's connection and asks the relay to pair it with the office
-/// PC `id`. A connection that has broken is dialled again once.
+/// PC `id`, following the relay to the node where the PC is online. A connection that has
+/// broken is dialled again once.
 async fn pair(link: &Link, id: &ComputerId) -> Result<Framed<Stream>, ClientError> {
+    for _ in 0..MAX_REDIRECTS {
+        match pair_here(link, id).await? {
+            Ok(framed) => return Ok(framed),
+            Err(to) => link.redirect(&to).await?,
+        }
+    }
+    Err(ClientError::Relay(ErrorCode::Offline))
+}
+
+/// One request on the current connection: the paired stream, or the node the relay sends us
+/// to.
+async fn pair_here(
+    link: &Link,
+    id: &ComputerId,
+) -> Result<Result<Framed<Stream>, NodeAddr>, ClientError> {
     let mut connection = link.connection().await?;
     let stream = match connection.open().await {
         Ok(stream) => stream,
@@ -133,7 +152,8 @@ async fn pair(link: &Link, id: &ComputerId) -> Result<Framed<Stream>, ClientErro
     let mut framed = Framed::new(stream);
     framed.write(&request).await?;
     match framed.read_within::<RelayToClient>(PAIRING_TIMEOUT).await? {
-        RelayToClient::Paired => Ok(framed),
+        RelayToClient::Paired => Ok(Ok(framed)),
+        RelayToClient::MoveTo(to) => Ok(Err(to)),
         RelayToClient::Error(code) => Err(ClientError::Relay(code)),
     }
 }

@@ -119,6 +119,12 @@ pub enum ConnectError {
     /// The proxy could not be reached or would not open the tunnel.
     #[error(transparent)]
     Proxy(#[from] ProxyError),
+    /// A relay node sent us to an address that is not `host:port`.
+    #[error("the relay sent this program to {address:?}, which is not an address")]
+    BadRedirect {
+        /// What it sent.
+        address: String,
+    },
     /// Another TLS failure.
     #[error("TLS with the relay at {addr} failed: {error}")]
     Tls {

@@ -25,13 +25,14 @@ use crate::ids::{ComputerId, Ticket};
 /// proof, before the password step. 4: one connection per endpoint, tunnels as streams. 5: a session's
 /// control tunnel can be re-attached after its connection broke. 6: a client proves its device
 /// key to the relay (the operator's console names sessions by device), and an agent names its
-/// software version.
+/// software version. 7: several relay nodes: the relay can send an agent or a client to
+/// another node, and an agent names the nodes it could not reach.
 /// Relays refuse older versions so that old software is told to update instead of failing
 /// mid-login.
-pub const PROTOCOL_VERSION: u16 = 6;
+pub const PROTOCOL_VERSION: u16 = 7;
 
 /// Oldest minor version a relay accepts.
-pub const MIN_PROTOCOL_VERSION: u16 = 6;
+pub const MIN_PROTOCOL_VERSION: u16 = 7;
 
 /// The first message on every stream the relay opens on an agent's connection: what the
 /// stream is for.
@@ -75,6 +76,9 @@ pub enum AgentToRelay {
         id: ComputerId,
         /// Signature over [`crate::proof::proof_message`].
         proof: Vec<u8>,
+        /// Nodes the agent was sent to lately and could not reach (names, at most
+        /// [`MAX_UNREACHABLE`] are read): the relay does not send it there again.
+        unreachable: Vec<String>,
     },
     /// Keepalive; the relay answers [`RelayToAgent::Pong`].
     Ping(u64),
@@ -92,6 +96,18 @@ pub enum AgentToRelay {
 /// Most characters of [`AgentToRelay::About`] the relay keeps.
 pub const MAX_SOFTWARE_LEN: usize = 64;
 
+/// Most entries of a hello's `unreachable` list the relay reads.
+pub const MAX_UNREACHABLE: usize = 8;
+
+/// Where a relay sends an agent or a client: another node of the same cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeAddr {
+    /// The node's name.
+    pub node: String,
+    /// Its public address, `host:port`.
+    pub address: String,
+}
+
 /// Messages the relay sends on an agent's control stream.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RelayToAgent {
@@ -100,10 +116,16 @@ pub enum RelayToAgent {
         /// The ID recorded.
         id: ComputerId,
     },
-    /// Hello accepted: the agent is online.
-    Welcome,
+    /// Hello accepted: the agent is online, at the node so named.
+    Welcome {
+        /// The node's name (an agent that loses this node avoids it for a while).
+        node: String,
+    },
     /// Answer to a [`AgentToRelay::Ping`].
     Pong(u64),
+    /// Come online at this other node instead (in place of [`RelayToAgent::Welcome`], or
+    /// later when the cluster changes). Tunnels open here carry on until they end.
+    MoveTo(NodeAddr),
     /// The request failed, or the relay is closing this connection.
     Error(ErrorCode),
 }
@@ -140,6 +162,8 @@ pub enum ClientToRelay {
 pub enum RelayToClient {
     /// The agent's stream is open: from the next byte on this stream is a pipe to it.
     Paired,
+    /// The office PC is online at this other node: ask there.
+    MoveTo(NodeAddr),
     /// No tunnel: the reason says why.
     Error(ErrorCode),
 }
@@ -181,6 +205,7 @@ mod tests {
                 version: 1,
                 id,
                 proof: vec![3; 64],
+                unreachable: vec!["node-b".into()],
             },
             AgentToRelay::Ping(9),
             AgentToRelay::About {

@@ -9,7 +9,7 @@ use std::time::Duration;
 use telework_net::framed::Framed;
 use telework_net::transport::{Connection, Stream};
 use telework_protocol::messages::{
-    AgentToRelay, RelayOpens, RelayToAgent, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
+    AgentToRelay, RelayOpens, RelayToAgent, MAX_UNREACHABLE, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
 };
 use telework_protocol::proof::verify_proof;
 use telework_protocol::{ComputerId, ErrorCode};
@@ -21,7 +21,7 @@ use crate::audit::AuditEvent;
 use crate::conn::{remaining, Accepted};
 use crate::hub::{Arrival, AGENT_QUEUE};
 use crate::metrics::Role;
-use crate::registry::RegistryError;
+use crate::registry::{Presence, PresenceChange, RegistryError};
 use crate::{Registration, Relay};
 
 /// An agent that sends nothing (not even a keepalive) for this long is considered gone.
@@ -139,11 +139,22 @@ pub async fn serve(relay: Arc<Relay>, conn: Accepted) {
             .instrument(span)
             .await;
         }
-        AgentToRelay::Hello { version, id, proof } => {
+        AgentToRelay::Hello {
+            version,
+            id,
+            proof,
+            unreachable,
+        } => {
             let span = tracing::info_span!("agent", %id);
+            let hello = Hello {
+                version,
+                id,
+                proof,
+                unreachable: bounded_node_names(unreachable),
+            };
             crate::conn::spawn(
                 &relay.clone(),
-                online(relay, conn, framed, version, id, proof).instrument(span),
+                online(relay, conn, framed, hello).instrument(span),
             );
         }
         AgentToRelay::Ping(_) | AgentToRelay::PairingFailed(_) | AgentToRelay::About { .. } => {
@@ -207,14 +218,34 @@ fn closed_because(code: ErrorCode) -> String {
     }
 }
 
+/// An agent's hello, its node list bounded.
+pub(crate) struct Hello {
+    version: u16,
+    id: ComputerId,
+    proof: Vec<u8>,
+    unreachable: Vec<String>,
+}
+
+/// At most [`MAX_UNREACHABLE`] names of at most [`MAX_NODE_NAME_LEN`] bytes: the rest can only
+/// be noise, and the list is kept for as long as the agent is online.
+fn bounded_node_names(mut names: Vec<String>) -> Vec<String> {
+    names.truncate(MAX_UNREACHABLE);
+    names.retain(|n| n.len() <= crate::cluster::MAX_NODE_NAME_LEN);
+    names
+}
+
 pub(crate) async fn online(
     relay: Arc<Relay>,
     conn: Accepted,
     mut framed: Framed<Stream>,
-    version: u16,
-    id: ComputerId,
-    proof: Vec<u8>,
+    hello: Hello,
 ) {
+    let Hello {
+        version,
+        id,
+        proof,
+        unreachable,
+    } = hello;
     let connection = conn.connection.clone();
     if version < MIN_PROTOCOL_VERSION {
         return refuse(&relay, &mut framed, &connection, ErrorCode::VersionTooOld).await;
@@ -258,6 +289,18 @@ pub(crate) async fn online(
         .limiters
         .connections
         .refund(conn.peer.ip(), std::time::Instant::now());
+    if let Some(home) = relay.cluster.agent_home(&id, &unreachable) {
+        info!(peer = %conn.peer, node = %home.node, "agent sent to its home node");
+        let _ = tokio::time::timeout(WRITE_TIMEOUT, async {
+            framed.write(&RelayToAgent::MoveTo(home)).await?;
+            framed.shutdown().await
+        })
+        .await;
+        connection
+            .close_when_read(ErrorCode::Replaced, CLOSE_GRACE)
+            .await;
+        return;
+    }
     let conn_id = relay.next_conn_id.fetch_add(1, Ordering::Relaxed);
     let (tx, mut rx) = mpsc::channel(AGENT_QUEUE);
     let arrival = Arrival {
@@ -270,8 +313,19 @@ pub(crate) async fn online(
     {
         let _ = old.try_send(RelayToAgent::Error(ErrorCode::Replaced));
     }
-    let _ = relay.registry.touch(&id).await;
     let transport = connection.kind().to_string();
+    relay
+        .cluster
+        .presence
+        .record(PresenceChange::Online(Presence {
+            id: id.clone(),
+            node: relay.cluster.name().to_owned(),
+            since: crate::cluster::now_ms() / 1000,
+            address: conn.peer.to_string(),
+            transport: transport.clone(),
+            away_from: relay.cluster.away_from(&id),
+        }));
+    relay.hub.set_unreachable(&id, conn_id, unreachable.clone());
     info!(peer = %conn.peer, %transport, "agent online");
     relay.audit.record(AuditEvent::AgentOnline {
         id: id.clone(),
@@ -284,13 +338,18 @@ pub(crate) async fn online(
     let (r, w) = tokio::io::split(stream);
     let mut reader = Framed::with_buffer(r, buf);
     let mut writer = Framed::new(w);
-    let mut outgoing = Some(RelayToAgent::Welcome);
+    let mut outgoing = Some(RelayToAgent::Welcome {
+        node: relay.cluster.name().to_owned(),
+    });
     let mut last_heard = Instant::now();
     let mut closing_with = None;
     let reason = loop {
         if let Some(msg) = outgoing.take() {
-            if let RelayToAgent::Error(code) = msg {
-                closing_with = Some(code);
+            match msg {
+                RelayToAgent::Error(code) => closing_with = Some(code),
+                // Like a replaced connection: tunnels open here carry on.
+                RelayToAgent::MoveTo(_) => closing_with = Some(ErrorCode::Replaced),
+                _ => {}
             }
             match tokio::time::timeout(WRITE_TIMEOUT, writer.write(&msg)).await {
                 Ok(Ok(())) if closing_with.is_none() => {}
@@ -300,7 +359,7 @@ pub(crate) async fn online(
             }
         }
         tokio::select! {
-            _ = relay.shutdown.cancelled() => outgoing = Some(RelayToAgent::Error(ErrorCode::ShuttingDown)),
+            _ = relay.shutdown.cancelled() => outgoing = Some(relay.cluster.leaving(&id, &unreachable)),
             () = connection.closed() => break "connection closed".to_owned(),
             _ = tokio::time::sleep_until(last_heard + DEAD_PEER) => break "no keepalive".to_owned(),
             msg = reader.read::<AgentToRelay>() => match msg {
@@ -333,7 +392,11 @@ pub(crate) async fn online(
         }
     };
     relay.hub.agent_offline(&id, conn_id);
-    let _ = relay.registry.touch(&id).await;
+    relay.cluster.presence.record(PresenceChange::Offline {
+        id: id.clone(),
+        node: relay.cluster.name().to_owned(),
+        at: crate::cluster::now_ms() / 1000,
+    });
     info!(%reason, "agent offline");
     relay.audit.record(AuditEvent::AgentOffline {
         id: id.clone(),

@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 
 use telework_net::framed::Framed;
 use telework_net::transport::Stream;
-use telework_protocol::messages::{ClientToRelay, RelayOpens, RelayToClient, MIN_PROTOCOL_VERSION};
+use telework_protocol::messages::{
+    ClientToRelay, NodeAddr, RelayOpens, RelayToClient, MIN_PROTOCOL_VERSION,
+};
 use telework_protocol::proof::{key_fingerprint, verify_device_proof, EXPORTER_LEN};
 use telework_protocol::{ComputerId, ErrorCode};
 use tokio::sync::OwnedSemaphorePermit;
@@ -175,6 +177,22 @@ fn check_device(state: &ClientState, key: Vec<u8>, proof: Vec<u8>) -> Option<Str
     Some(fingerprint)
 }
 
+/// The live node other than this one where `id` is online, if any (asked only when there
+/// are other nodes).
+async fn elsewhere(relay: &Relay, id: &ComputerId) -> Option<NodeAddr> {
+    if relay.cluster.others().is_empty() {
+        return None;
+    }
+    match relay.registry.presence_of(id).await {
+        Ok(Some(p)) if p.node != relay.cluster.name() => relay.cluster.node(&p.node),
+        Ok(_) => None,
+        Err(e) => {
+            tracing::warn!(%e, "presence lookup failed");
+            None
+        }
+    }
+}
+
 fn refusal(code: ErrorCode) -> RelayToClient {
     RelayToClient::Error(code)
 }
@@ -306,6 +324,11 @@ async fn serve_stream(relay: &Arc<Relay>, state: &ClientState, stream: Stream) {
         let (ticket, agent_conn) = match relay.hub.request_tunnel(&id, ip, now) {
             Ok(t) => t,
             Err(RequestError::Offline) => {
+                if let Some(there) = elsewhere(relay, &id).await {
+                    info!(node = %there.node, "the office PC is online at another node; client sent there");
+                    let _ = framed.write(&RelayToClient::MoveTo(there)).await;
+                    return;
+                }
                 let code = match relay.registry.machine(&id).await {
                     Ok(Some(_)) => ErrorCode::Offline,
                     Ok(None) => ErrorCode::UnknownId,

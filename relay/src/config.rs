@@ -58,6 +58,10 @@ pub struct Settings {
     pub admin_cert: Option<PathBuf>,
     /// Private key (PEM) for `admin_cert`.
     pub admin_key: Option<PathBuf>,
+    /// This node's name among the nodes sharing a registry (default: the host name).
+    pub node_name: Option<String>,
+    /// Where agents and clients reach this node, `host:port` (default: the listen address).
+    pub public_addr: Option<String>,
 }
 
 /// Whether the admin listener serves TLS.
@@ -138,6 +142,10 @@ pub struct RelayConfig {
     pub admin: Option<AdminConfig>,
     /// See [`Settings::audit_days`].
     pub audit_days: u32,
+    /// See [`Settings::node_name`].
+    pub node_name: String,
+    /// See [`Settings::public_addr`].
+    pub public_addr: Option<String>,
 }
 
 /// A configuration problem, said precisely.
@@ -221,6 +229,8 @@ impl Settings {
             admin_cert: over.admin_cert.or(self.admin_cert),
             admin_key: over.admin_key.or(self.admin_key),
             audit_days: over.audit_days.or(self.audit_days),
+            node_name: over.node_name.or(self.node_name),
+            public_addr: over.public_addr.or(self.public_addr),
         }
     }
 
@@ -260,6 +270,21 @@ impl Settings {
                 })
             }
         };
+        let node_name = self
+            .node_name
+            .unwrap_or_else(crate::cluster::default_node_name);
+        crate::cluster::check_node_name(&node_name).map_err(|message| ConfigError::Invalid {
+            setting: "node_name",
+            message,
+        })?;
+        if let Some(addr) = &self.public_addr {
+            if addr.parse::<telework_net::connect::RelayAddr>().is_err() {
+                return Err(ConfigError::Invalid {
+                    setting: "public_addr",
+                    message: format!("{addr:?} is not host:port, like relay-2.example.com:443"),
+                });
+            }
+        }
         let defaults = RelayOptions::default();
         let global_failures = match self.global_failures_per_sec {
             None => defaults.limits.global_failures,
@@ -318,6 +343,8 @@ impl Settings {
                 None => crate::audit::DEFAULT_AUDIT_DAYS,
             },
             admin,
+            node_name,
+            public_addr: self.public_addr,
         })
     }
 
@@ -391,6 +418,8 @@ impl RelayConfig {
             splice_tap: None,
             splice_hook: None,
             audit_days: self.audit_days,
+            node_name: self.node_name.clone(),
+            public_addr: self.public_addr.clone(),
         }
     }
 }

@@ -26,6 +26,8 @@ struct OnlineAgent<C> {
     arrival: Arrival,
     since: SystemTime,
     software: String,
+    /// Cluster nodes this agent said it could not reach.
+    unreachable: Vec<String>,
 }
 
 /// Where an agent's connection came from, as the relay sees it.
@@ -121,6 +123,7 @@ impl<C: Clone> Hub<C> {
                     arrival,
                     since: SystemTime::now(),
                     software: String::new(),
+                    unreachable: Vec::new(),
                 },
             )
             .map(|old| old.tx)
@@ -139,6 +142,33 @@ impl<C: Clone> Hub<C> {
                 agent.software = clean;
             }
         }
+    }
+
+    /// Records the cluster nodes the agent on `conn_id` could not reach (bounded by the
+    /// caller), so that moving agents around never sends it there.
+    pub fn set_unreachable(&self, id: &ComputerId, conn_id: u64, nodes: Vec<String>) {
+        if let Some(agent) = self.lock().agents.get_mut(id) {
+            if agent.conn_id == conn_id {
+                agent.unreachable = nodes;
+            }
+        }
+    }
+
+    /// Sends each online agent the message `pick` chooses for it (given its ID and the nodes
+    /// it could not reach), if any; returns how many were sent one. An agent whose queue is
+    /// full is skipped: it is not reading, and its keepalive timeout will end it.
+    pub fn tell_each(
+        &self,
+        mut pick: impl FnMut(&ComputerId, &[String]) -> Option<RelayToAgent>,
+    ) -> usize {
+        let inner = self.lock();
+        let mut sent = 0;
+        for (id, agent) in &inner.agents {
+            if let Some(msg) = pick(id, &agent.unreachable) {
+                sent += usize::from(agent.tx.try_send(msg).is_ok());
+            }
+        }
+        sent
     }
 
     /// Every online agent, ordered by computer ID.

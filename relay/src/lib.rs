@@ -19,6 +19,7 @@
 //! - [`splice`]: the byte copy between a paired client stream and agent stream.
 //! - [`sessions`]: the live sessions (client connections paired with an office PC).
 //! - [`metrics`]: Prometheus counters and gauges.
+//! - [`cluster`]: several nodes on one registry: heartbeats, placement, presence.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -26,6 +27,7 @@ pub mod admin;
 pub mod agent_conn;
 pub mod audit;
 pub mod client_conn;
+pub mod cluster;
 pub mod config;
 pub mod conn;
 pub mod hub;
@@ -44,7 +46,6 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use telework_net::tls::{server_config, TlsConfigError};
-use telework_protocol::messages::RelayToAgent;
 use telework_protocol::ErrorCode;
 use tokio::net::TcpListener;
 use tokio::sync::OwnedSemaphorePermit;
@@ -100,6 +101,10 @@ pub struct RelayOptions {
     pub splice_hook: Option<Arc<dyn splice::SpliceHook>>,
     /// Audit rows older than this many days are deleted (at start, then hourly); at least 1.
     pub audit_days: u32,
+    /// This node's name in a cluster (unique among the nodes sharing a registry).
+    pub node_name: String,
+    /// Where agents and clients reach this node (`host:port`); the bound address if `None`.
+    pub public_addr: Option<String>,
 }
 
 impl Default for RelayOptions {
@@ -116,6 +121,8 @@ impl Default for RelayOptions {
             splice_tap: None,
             splice_hook: None,
             audit_days: audit::DEFAULT_AUDIT_DAYS,
+            node_name: "relay".to_owned(),
+            public_addr: None,
         }
     }
 }
@@ -143,6 +150,8 @@ pub struct Relay {
     pub sessions: LiveSessions,
     /// Counters for Prometheus.
     pub metrics: Metrics,
+    /// This node among the others sharing the registry.
+    pub cluster: cluster::Cluster,
     acceptor: TlsAcceptor,
     tls: Arc<rustls::ServerConfig>,
     options: RelayOptions,
@@ -178,6 +187,7 @@ impl Relay {
             limiters: limits::Limiters::new(options.limits),
             sessions: LiveSessions::default(),
             metrics: Metrics::new(),
+            cluster: cluster::Cluster::new(options.node_name.clone(), options.public_addr.clone()),
             acceptor: TlsAcceptor::from(tls.clone()),
             tls,
             options,
@@ -320,6 +330,22 @@ impl Relay {
             })
         };
         tokio::pin!(shutdown);
+        if let Ok(bound) = listener.local_addr() {
+            self.cluster.public_addr_or(|| bound.to_string());
+        }
+        let cluster_stop = CancellationToken::new();
+        let presence = tokio::spawn({
+            let relay = self.clone();
+            let stop = cluster_stop.clone();
+            async move {
+                relay
+                    .cluster
+                    .presence
+                    .run(relay.registry.clone(), stop)
+                    .await
+            }
+        });
+        let beats = tokio::spawn(cluster::run(self.clone(), cluster_stop.clone()));
         tracker.spawn(registrations::watch(self.clone()));
         tracker.spawn(audit::retain(
             self.registry.clone(),
@@ -364,9 +390,10 @@ impl Relay {
             agents = self.hub.agents_online(),
             "shutting down: no new connections"
         );
+        // Other nodes stop sending agents here before the agents here are sent on (each
+        // agent's task tells it where, or to go, when it sees the shutdown).
+        self.cluster.start_draining(&self).await;
         self.shutdown.cancel();
-        self.hub
-            .broadcast(RelayToAgent::Error(ErrorCode::ShuttingDown));
         tracker.close();
         if tokio::time::timeout(self.options.shutdown_grace, tracker.wait())
             .await
@@ -381,6 +408,9 @@ impl Relay {
             // The UDP port is free again only once the endpoint has finished closing.
             let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
         }
+        cluster_stop.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(5), presence).await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), beats).await;
         let audit = self.audit.clone();
         let flushed =
             tokio::task::spawn_blocking(move || audit.flush(Duration::from_secs(5))).await;

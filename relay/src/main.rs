@@ -211,6 +211,13 @@ struct ServeArgs {
     /// Days to keep audit rows; older ones are deleted at start and hourly [default: 90].
     #[arg(long, value_name = "DAYS")]
     audit_days: Option<u32>,
+    /// This node's name among the nodes sharing a --database [default: the host name].
+    #[arg(long, value_name = "NAME")]
+    node_name: Option<String>,
+    /// Where agents and clients reach this node, host:port, when several nodes share a
+    /// --database [default: the listen address].
+    #[arg(long, value_name = "HOST:PORT")]
+    public_addr: Option<String>,
     /// Do not count relayed bytes (only for `telework-bench --byte-counting`, which measures
     /// what counting costs against this).
     #[arg(long, hide = true)]
@@ -467,6 +474,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         admin_cert: args.admin_cert,
         admin_key: args.admin_key,
         audit_days: args.audit_days,
+        node_name: args.node_name,
+        public_addr: args.public_addr,
         ..Default::default()
     };
     let admin_address_given = args.admin_listen.is_some() || file.admin_listen.is_some();

@@ -8,7 +8,9 @@ use std::pin::Pin;
 
 use serde_json::json;
 use telework_protocol::ComputerId;
-use telework_relay::registry::{AuditFilter, AuditRow, Registry, RegistryError};
+use telework_relay::registry::{
+    AuditFilter, AuditRow, NodeRow, Presence, PresenceChange, Registry, RegistryError,
+};
 use telework_tests::postgres::Postgres;
 
 type Case = fn(Registry, Registry) -> Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -20,7 +22,115 @@ const CASES: &[(&str, Case)] = &[
     ("operators", |a, b| Box::pin(operators(a, b))),
     ("audit", |a, b| Box::pin(audit(a, b))),
     ("changes", |a, b| Box::pin(changes(a, b))),
+    ("nodes", |a, b| Box::pin(nodes(a, b))),
 ];
+
+fn online(id: &str, node: &str, since: i64) -> PresenceChange {
+    PresenceChange::Online(Presence {
+        id: pc(id),
+        node: node.into(),
+        since,
+        address: "192.0.2.1:5000".into(),
+        transport: "QUIC".into(),
+        away_from: None,
+    })
+}
+
+fn offline(id: &str, node: &str, at: i64) -> PresenceChange {
+    PresenceChange::Offline {
+        id: pc(id),
+        node: node.into(),
+        at,
+    }
+}
+
+/// Heartbeat rows, presence rows written by two nodes, and requests between them.
+async fn nodes(a: Registry, b: Registry) {
+    let row = |name: &str, expires_ms: i64| NodeRow {
+        name: name.into(),
+        public_addr: format!("{name}.example:443"),
+        started: 1,
+        expires_ms,
+        draining: false,
+        agents: 3,
+        sessions: 1,
+    };
+    a.heartbeat(&row("relay-a", 10_000)).await.unwrap();
+    b.heartbeat(&row("relay-b", 20_000)).await.unwrap();
+    a.heartbeat(&NodeRow {
+        draining: true,
+        ..row("relay-a", 15_000)
+    })
+    .await
+    .unwrap();
+    let all = b.nodes().await.unwrap();
+    assert_eq!(all.len(), 2);
+    assert!(all[0].draining && all[0].expires_ms == 15_000 && all[0].live(14_999));
+    assert!(!all[0].live(15_000));
+
+    a.register(&pc("pc-1"), &[1; 32]).await.unwrap();
+    a.record_presence(vec![online("pc-1", "relay-a", 100)])
+        .await
+        .unwrap();
+    assert_eq!(
+        b.presence_of(&pc("pc-1")).await.unwrap().unwrap().node,
+        "relay-a"
+    );
+    assert_eq!(
+        a.machine(&pc("pc-1")).await.unwrap().unwrap().last_seen,
+        Some(100)
+    );
+    // The agent moves to b; a's late offline does not take b's row away.
+    b.record_presence(vec![online("pc-1", "relay-b", 101)])
+        .await
+        .unwrap();
+    a.record_presence(vec![offline("pc-1", "relay-a", 102)])
+        .await
+        .unwrap();
+    let p = a.presence_of(&pc("pc-1")).await.unwrap().unwrap();
+    assert_eq!((p.node.as_str(), p.since), ("relay-b", 101));
+    // An older online (a batch that was late) does not overwrite a newer one.
+    a.record_presence(vec![online("pc-1", "relay-a", 90)])
+        .await
+        .unwrap();
+    assert_eq!(
+        a.presence_of(&pc("pc-1")).await.unwrap().unwrap().node,
+        "relay-b"
+    );
+    b.record_presence(vec![
+        online("pc-2", "relay-b", 103),
+        offline("pc-1", "relay-b", 104),
+    ])
+    .await
+    .unwrap();
+    let ids: Vec<String> = a
+        .presence()
+        .await
+        .unwrap()
+        .iter()
+        .map(|p| p.id.to_string())
+        .collect();
+    assert_eq!(ids, ["pc-2"]);
+    assert_eq!(
+        a.machine(&pc("pc-1")).await.unwrap().unwrap().last_seen,
+        Some(104)
+    );
+    b.forget_node("relay-b", false).await.unwrap();
+    assert!(a.presence().await.unwrap().is_empty());
+    assert_eq!(a.nodes().await.unwrap().len(), 2);
+    b.forget_node("relay-b", true).await.unwrap();
+    assert_eq!(a.nodes().await.unwrap().len(), 1);
+
+    a.request_node("relay-b", "end-session", "7").await.unwrap();
+    a.request_node("relay-c", "end-session", "8").await.unwrap();
+    let got = b.take_node_requests("relay-b").await.unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(
+        (got[0].kind.as_str(), got[0].target.as_str()),
+        ("end-session", "7")
+    );
+    assert!(b.take_node_requests("relay-b").await.unwrap().is_empty());
+}
 
 fn pc(id: &str) -> ComputerId {
     id.parse().unwrap()
@@ -39,7 +149,9 @@ async fn machines(reg: Registry, _: Registry) {
     assert!(m.created > 0 && m.last_seen.is_none() && !m.disabled);
     assert!(reg.machine(&pc("pc-2")).await.unwrap().is_none());
     reg.register(&pc("pc-0"), &[0; 32]).await.unwrap();
-    reg.touch(&id).await.unwrap();
+    reg.record_presence(vec![online("pc-1", "relay", 100)])
+        .await
+        .unwrap();
     let all = reg.machines().await.unwrap();
     let ids: Vec<&str> = all.iter().map(|m| m.id.as_str()).collect();
     assert_eq!(ids, ["pc-0", "pc-1"]);
@@ -242,13 +354,16 @@ async fn audit(reg: Registry, other: Registry) {
 /// The counter the registration watcher polls: up on every removal or disabling by anyone,
 /// the same for every connection, and not moved by other writes.
 async fn changes(relay: Registry, cli: Registry) {
-    assert_eq!(relay.schema_version().await.unwrap(), 2);
-    assert_eq!(cli.schema_version().await.unwrap(), 2);
+    assert_eq!(relay.schema_version().await.unwrap(), 3);
+    assert_eq!(cli.schema_version().await.unwrap(), 3);
     let id = pc("pc-1");
     relay.register(&id, &[3; 32]).await.unwrap();
     let before = relay.changes().await.unwrap();
     assert_eq!(cli.changes().await.unwrap(), before);
-    relay.touch(&id).await.unwrap();
+    relay
+        .record_presence(vec![online("pc-1", "relay", 100)])
+        .await
+        .unwrap();
     relay.create_token(1, 60).await.unwrap();
     relay.register(&pc("pc-2"), &[4; 32]).await.unwrap();
     assert_eq!(relay.changes().await.unwrap(), before, "other writes");
@@ -280,7 +395,7 @@ macro_rules! sqlite_cases {
         }
     };
 }
-sqlite_cases!(machines, tokens, operators, audit, changes);
+sqlite_cases!(machines, tokens, operators, audit, changes, nodes);
 
 /// Every case against one throwaway cluster, each in a database of its own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -299,7 +414,7 @@ async fn postgres_passes_every_case() {
     // Opening again migrates nothing twice.
     let again = Registry::connect(&pg.url()).await.unwrap();
     let again2 = Registry::connect(&pg.url()).await.unwrap();
-    assert_eq!(again.schema_version().await.unwrap(), 2);
+    assert_eq!(again.schema_version().await.unwrap(), 3);
     assert_eq!(again2.changes().await.unwrap(), 0);
     drop(pg);
 }

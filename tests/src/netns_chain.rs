@@ -404,10 +404,11 @@ async fn online(
         version: PROTOCOL_VERSION,
         proof: key.prove(id, connection.channel_binding()),
         id: id.clone(),
+        unreachable: Vec::new(),
     })
     .await?;
     match f.read_within::<RelayToAgent>(START).await? {
-        RelayToAgent::Welcome => Ok((connection, f)),
+        RelayToAgent::Welcome { .. } => Ok((connection, f)),
         other => anyhow::bail!("not welcomed: {other:?}"),
     }
 }

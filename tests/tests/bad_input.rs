@@ -308,6 +308,7 @@ on_both_transports! {
             version: PROTOCOL_VERSION - 1,
             id: "pc-ok".parse().unwrap(),
             proof: vec![0; 64],
+            unreachable: Vec::new(),
         })
         .await
         .unwrap();

@@ -33,11 +33,12 @@ async fn come_online(dialer: Dialer, id: ComputerId, key: MachineKey) -> impl Se
                 version: PROTOCOL_VERSION,
                 proof: key.prove(&id, connection.channel_binding()),
                 id: id.clone(),
+                unreachable: Vec::new(),
             })
             .await
             .ok()?;
             match f.read::<RelayToAgent>().await.ok()? {
-                RelayToAgent::Welcome => Some((connection, f)),
+                RelayToAgent::Welcome { .. } => Some((connection, f)),
                 // What the agent gives up on; anything else (a hello that missed the relay's
                 // deadline on a loaded machine) it retries.
                 RelayToAgent::Error(

@@ -307,6 +307,7 @@ on_both_transports! {
                 version: telework_protocol::messages::PROTOCOL_VERSION,
                 id: id.clone(),
                 proof,
+                unreachable: Vec::new(),
             })
             .await
             .unwrap();

@@ -117,6 +117,16 @@ impl Dialer {
         self.quic_reprobe
     }
 
+    /// The same dialler aimed at `addr`: another node of the relay's cluster, trusted as
+    /// this one is (same pin or CA), through the same proxy.
+    #[must_use]
+    pub fn to(&self, addr: RelayAddr) -> Self {
+        Self {
+            addr,
+            ..self.clone()
+        }
+    }
+
     /// The relay's address.
     pub fn addr(&self) -> &RelayAddr {
         &self.addr

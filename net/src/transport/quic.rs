@@ -19,16 +19,19 @@ use crate::connect::{ConnectError, RelayAddr};
 /// short enough that an idle agent learns within a few seconds that its relay was killed and
 /// restarted: the restarted relay answers the next packet with a stateless reset (signed with
 /// the key it had before), where TCP gets the kernel's reset at once. About 30 bytes each way
-/// every 4 s per idle agent.
-pub const KEEP_ALIVE: Duration = Duration::from_secs(4);
+/// every 2 s per idle agent.
+pub const KEEP_ALIVE: Duration = Duration::from_secs(2);
 
 /// Most stateless resets the relay sends per this interval (quinn's default is one per 20 ms,
 /// which would take 20 s to tell a thousand agents). A reset is always smaller than the
 /// packet that caused it, so two endpoints cannot amplify each other; this bounds the rate.
 pub const MIN_RESET_INTERVAL: Duration = Duration::from_millis(1);
 
-/// A peer that sends nothing (keep-alives included) for this long is gone.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(45);
+/// A peer that sends nothing (keep-alives included) for this long is gone: three keep-alives
+/// missed. A relay node that was killed and is not coming back answers nothing, not even
+/// with a reset, so this is how soon its agents look for another node (within 10 s of the
+/// kill, with the reconnect) and its clients resume their sessions there.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(6);
 
 /// Most bytes one stream may have in flight towards us. Bounds a stream's buffer at the
 /// receiver; a desktop stream needs about a bandwidth-delay product (1 MiB covers 80 Mbit/s

@@ -19,11 +19,13 @@ use telework_protocol::ComputerId;
 
 mod enrolment;
 mod migrations;
+mod nodes;
 mod operators;
 mod postgres;
 mod sqlite;
 
 pub use enrolment::EnrolmentToken;
+pub use nodes::{NodeRequest, NodeRow, Presence, PresenceChange};
 pub use operators::{hash_password, valid_operator_name, ApiToken, MIN_PASSWORD_LEN};
 
 /// A registry failure.
@@ -262,15 +264,6 @@ impl Registry {
     /// A database error.
     pub async fn changes(&self) -> Result<i64, RegistryError> {
         dispatch!(self.changes())
-    }
-
-    /// Notes that `id` was online now.
-    ///
-    /// # Errors
-    /// A database error.
-    pub async fn touch(&self, id: &ComputerId) -> Result<(), RegistryError> {
-        let id = id.clone();
-        dispatch!(self.touch(id))
     }
 
     /// Creates an enrolment token good for `uses` registrations within `ttl_secs`; returns it.

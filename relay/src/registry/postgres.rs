@@ -61,7 +61,7 @@ impl Postgres {
         Ok(pg)
     }
 
-    async fn client(&self) -> Result<deadpool_postgres::Object, RegistryError> {
+    pub(super) async fn client(&self) -> Result<deadpool_postgres::Object, RegistryError> {
         Ok(self.pool.get().await?)
     }
 
@@ -223,17 +223,6 @@ impl Postgres {
             .query_one("SELECT version FROM registry_changes WHERE id = 1", &[])
             .await?;
         Ok(row.get(0))
-    }
-
-    pub(super) async fn touch(&self, id: &ComputerId) -> Result<(), RegistryError> {
-        self.client()
-            .await?
-            .execute(
-                "UPDATE machines SET last_seen = $2 WHERE id = $1",
-                &[&id.as_str(), &now()],
-            )
-            .await?;
-        Ok(())
     }
 
     pub(super) async fn insert_token(&self, t: &NewToken) -> Result<(), RegistryError> {

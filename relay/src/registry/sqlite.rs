@@ -198,14 +198,6 @@ impl Sqlite {
         )?)
     }
 
-    pub(super) fn touch(&self, id: &ComputerId) -> Result<(), RegistryError> {
-        self.db().execute(
-            "UPDATE machines SET last_seen = ?2 WHERE id = ?1",
-            params![id.as_str(), now()],
-        )?;
-        Ok(())
-    }
-
     pub(super) fn insert_token(&self, t: &NewToken) -> Result<(), RegistryError> {
         self.db().execute(
             "INSERT INTO enrolment_tokens (token_hash, created, expires, uses_left, label, created_by)
