@@ -14,6 +14,7 @@
 #![warn(missing_docs)]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod cluster;
 pub mod desktop;
 pub mod evil;
 pub mod gate;

@@ -166,45 +166,8 @@ impl Ns {
         command
             .args(["netns", "exec", &self.name])
             .arg(program)
-            .args(args)
-            .envs(env.iter().copied())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = command
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", program.display()));
-        let lines = Arc::new(Lines::default());
-        for out in [
-            child
-                .stdout
-                .take()
-                .map(|o| Box::new(o) as Box<dyn std::io::Read + Send>),
-            child
-                .stderr
-                .take()
-                .map(|e| Box::new(e) as Box<dyn std::io::Read + Send>),
-        ]
-        .into_iter()
-        .flatten()
-        {
-            let lines = lines.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(out).lines() {
-                    let Ok(line) = line else { break };
-                    lines.push(line);
-                }
-            });
-        }
-        NsProcess {
-            name: program
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default(),
-            stdin: child.stdin.take(),
-            child,
-            lines,
-        }
+            .args(args);
+        watched(command, program, env)
     }
 
     /// Runs `f` on a new thread that has entered this namespace (sockets it makes live
@@ -234,6 +197,57 @@ impl Ns {
             .unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
         conn.set_nonblocking(true).unwrap();
         tokio::net::TcpStream::from_std(conn).unwrap()
+    }
+}
+
+/// Starts `program args` in this test's own network namespace (loopback tests); it is
+/// killed when the result is dropped.
+pub fn spawn_here(program: &Path, args: &[&str], env: &[(&str, &str)]) -> NsProcess {
+    let mut command = Command::new(program);
+    command.args(args);
+    watched(command, program, env)
+}
+
+/// Runs `command` with its output lines collected.
+fn watched(mut command: Command, program: &Path, env: &[(&str, &str)]) -> NsProcess {
+    command
+        .envs(env.iter().copied())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = command
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", program.display()));
+    let lines = Arc::new(Lines::default());
+    for out in [
+        child
+            .stdout
+            .take()
+            .map(|o| Box::new(o) as Box<dyn std::io::Read + Send>),
+        child
+            .stderr
+            .take()
+            .map(|e| Box::new(e) as Box<dyn std::io::Read + Send>),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        let lines = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                lines.push(line);
+            }
+        });
+    }
+    NsProcess {
+        name: program
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        stdin: child.stdin.take(),
+        child,
+        lines,
     }
 }
 

@@ -1,0 +1,248 @@
+//! Three relay nodes (the real binary) on one PostgreSQL: agents spread by rendezvous
+//! hashing, clients sent to the node holding the office PC, a killed node's agents and
+//! sessions back elsewhere within seconds, a drained node's sessions let finish.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use telework_client::Session;
+use telework_protocol::ComputerId;
+use telework_relay::cluster::placement;
+use telework_tests::cluster::TestCluster;
+use telework_tests::desktop::{echo_once, EchoServer};
+use telework_tests::{AgentBuilder, TestAgent, TestClient};
+use tokio::net::TcpStream;
+
+const PASSWORD: &str = "correct horse battery staple";
+
+fn names(cluster: &TestCluster) -> Vec<String> {
+    cluster.nodes.iter().map(|n| n.name.clone()).collect()
+}
+
+/// The home of `id` among the cluster's nodes, as every node computes it.
+fn home(cluster: &TestCluster, id: &str) -> String {
+    let names = names(cluster);
+    let id: ComputerId = id.parse().unwrap();
+    placement::home(&id, names.iter().map(String::as_str), &[])
+        .unwrap()
+        .to_owned()
+}
+
+/// An ID (`prefix-N`) whose home is node `node`.
+fn id_homed_at(cluster: &TestCluster, prefix: &str, node: usize) -> String {
+    (0..1000)
+        .map(|i| format!("{prefix}-{i}"))
+        .find(|id| home(cluster, id) == cluster.nodes[node].name)
+        .unwrap()
+}
+
+/// Waits until `id`'s presence row names a node `ok` accepts; returns that node.
+async fn wait_presence(
+    cluster: &TestCluster,
+    id: &str,
+    within: Duration,
+    ok: impl Fn(&str) -> bool,
+) -> String {
+    let id: ComputerId = id.parse().unwrap();
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(p) = cluster.registry.presence_of(&id).await.unwrap() {
+            if ok(&p.node) {
+                return p.node;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{id} not where expected within {within:?}: {:?}",
+            cluster.registry.presence_of(&id).await.unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// An office PC `id` with an echo desktop, reaching the cluster through node `entry`, online.
+async fn office_pc(cluster: &TestCluster, entry: usize, id: &str) -> (EchoServer, TestAgent) {
+    let desktop = EchoServer::start().await;
+    let agent = cluster
+        .agent(entry, id, Some(PASSWORD))
+        .target(desktop.addr)
+        .run()
+        .await;
+    (desktop, agent)
+}
+
+/// Starts the agents together and waits until each is online.
+async fn run_all(builders: impl Iterator<Item = AgentBuilder>) -> Vec<TestAgent> {
+    let mut set = tokio::task::JoinSet::new();
+    for b in builders {
+        set.spawn(b.run());
+    }
+    set.join_all().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_spread_over_three_nodes_and_clients_are_sent_to_theirs() {
+    let Some(cluster) = TestCluster::start(3).await else {
+        return;
+    };
+    const AGENTS: usize = 1_000;
+    let mut agents = Vec::new();
+    for chunk in 0..AGENTS / 100 {
+        let builders = (0..100).map(|i| {
+            let n = chunk * 100 + i;
+            cluster.agent(n % 3, &format!("pc-{n:04}"), None)
+        });
+        agents.extend(run_all(builders).await);
+    }
+    // Every agent ends at its home, whichever node it first reached.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let counts = loop {
+        let presence = cluster.presence().await;
+        let at_home = presence
+            .iter()
+            .filter(|p| p.node == home(&cluster, p.id.as_str()))
+            .count();
+        if at_home == AGENTS {
+            let mut counts: HashMap<String, usize> = HashMap::new();
+            for p in &presence {
+                *counts.entry(p.node.clone()).or_default() += 1;
+            }
+            break counts;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{at_home} of {AGENTS} agents at their home node ({} presence rows)",
+            presence.len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    eprintln!("agents per node: {counts:?}");
+    for name in names(&cluster) {
+        let n = counts.get(&name).copied().unwrap_or(0);
+        assert!(
+            (300..=367).contains(&n),
+            "{name} has {n} of {AGENTS} agents: not within 10 % of even ({counts:?})"
+        );
+    }
+    for row in cluster.live_nodes().await {
+        assert_eq!(row.agents as usize, counts[&row.name], "{row:?}");
+    }
+
+    // A client asking node 1 for a PC at home on node 3 is sent there and gets a session.
+    let id = id_homed_at(&cluster, "pc-office", 2);
+    let (_desktop, _agent) = office_pc(&cluster, 0, &id).await;
+    wait_presence(&cluster, &id, Duration::from_secs(10), |n| n == "node-3").await;
+    let session = Session::login(&cluster.target(0, &id), PASSWORD.as_bytes())
+        .await
+        .unwrap();
+    let client = TestClient::serve(session).await;
+    let mut conn = TcpStream::connect(client.local).await.unwrap();
+    echo_once(&mut conn).await;
+    drop(agents);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_node_s_agents_are_online_elsewhere_and_the_session_resumes() {
+    let Some(mut cluster) = TestCluster::start(3).await else {
+        return;
+    };
+    let id = id_homed_at(&cluster, "pc-kill", 1);
+    let (_desktop, _agent) = office_pc(&cluster, 0, &id).await;
+    wait_presence(&cluster, &id, Duration::from_secs(10), |n| n == "node-2").await;
+    // More agents on the node that dies.
+    let mut others = Vec::new();
+    for i in 0..200 {
+        let other = format!("pc-other-{i}");
+        if home(&cluster, &other) == "node-2" {
+            others.push(other);
+        }
+    }
+    let _others = run_all(others.iter().map(|o| cluster.agent(0, o, None))).await;
+    let session = Session::login(&cluster.target(0, &id), PASSWORD.as_bytes())
+        .await
+        .unwrap();
+    let client = TestClient::serve(session).await;
+    let mut conn = TcpStream::connect(client.local).await.unwrap();
+    echo_once(&mut conn).await;
+
+    cluster.kill(1);
+    let killed = Instant::now();
+    let elsewhere = |n: &str| n != "node-2";
+    wait_presence(&cluster, &id, Duration::from_secs(10), elsewhere).await;
+    for other in &others {
+        wait_presence(&cluster, other, Duration::from_secs(10), elsewhere).await;
+    }
+    eprintln!(
+        "{} agents online elsewhere {:?} after the kill",
+        others.len() + 1,
+        killed.elapsed()
+    );
+    assert!(killed.elapsed() <= Duration::from_secs(10));
+
+    // The RDP client reconnects: a new local connection gets a tunnel through the node the
+    // office PC is on now, with no password.
+    let resumed = async {
+        loop {
+            let mut conn = TcpStream::connect(client.local).await.unwrap();
+            let attempt = tokio::time::timeout(Duration::from_secs(5), async {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                conn.write_all(b"ping").await?;
+                let mut back = [0u8; 4];
+                conn.read_exact(&mut back).await?;
+                Ok::<_, std::io::Error>(back == *b"ping")
+            })
+            .await;
+            if matches!(attempt, Ok(Ok(true))) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(45), resumed)
+        .await
+        .expect("the session resumed through another node");
+    eprintln!("session resumed {:?} after the kill", killed.elapsed());
+    assert!(!client.task.is_finished(), "the session is still on");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_node_moves_its_agents_and_lets_open_sessions_finish() {
+    let Some(mut cluster) = TestCluster::start(3).await else {
+        return;
+    };
+    let id = id_homed_at(&cluster, "pc-drain", 1);
+    let (_desktop, _agent) = office_pc(&cluster, 1, &id).await;
+    wait_presence(&cluster, &id, Duration::from_secs(10), |n| n == "node-2").await;
+    let session = Session::login(&cluster.target(1, &id), PASSWORD.as_bytes())
+        .await
+        .unwrap();
+    let client = TestClient::serve(session).await;
+    let mut open = TcpStream::connect(client.local).await.unwrap();
+    echo_once(&mut open).await;
+
+    cluster.terminate(1);
+    let moved = wait_presence(&cluster, &id, Duration::from_secs(10), |n| n != "node-2").await;
+    let names = names(&cluster);
+    let expected = placement::home(
+        &id.parse().unwrap(),
+        names.iter().map(String::as_str).filter(|n| *n != "node-2"),
+        &[],
+    )
+    .unwrap();
+    assert_eq!(moved, expected, "the agent went to its next node");
+    // The desktop connection open through the draining node carries on...
+    for _ in 0..5 {
+        echo_once(&mut open).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // ...and a new one goes through the agent's new node.
+    let mut new = TcpStream::connect(client.local).await.unwrap();
+    echo_once(&mut new).await;
+    assert!(cluster.process(1).running(), "the node waits for its session");
+    // When the last tunnel through it ends, the node finishes before its grace period.
+    drop(open);
+    let code = tokio::task::block_in_place(|| cluster.process(1).wait_exit(Duration::from_secs(18)));
+    assert_eq!(code, Some(0), "{}", cluster.process(1).output());
+    echo_once(&mut new).await;
+}
