@@ -1,7 +1,7 @@
 //! A cluster of relay nodes for tests: the real `telework-relay` binary, several times, on
 //! one throwaway PostgreSQL ([`crate::postgres`]), sharing one certificate, each on its own
 //! loopback port that is also its public address. Nodes can be killed (SIGKILL), stopped
-//! (SIGTERM, a drain) and started again on the same port.
+//! (SIGTERM, a drain, with an 8 s grace period) and started again on the same port.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -89,7 +89,7 @@ impl TestCluster {
         let addr = node.addr.to_string();
         let url = self.pg.url();
         let config = node.data.path().join("relay.toml");
-        std::fs::write(&config, "shutdown_grace_secs = 20\n").unwrap();
+        std::fs::write(&config, "shutdown_grace_secs = 8\n").unwrap();
         let args = [
             "serve",
             "--listen",

@@ -240,9 +240,16 @@ async fn a_draining_node_moves_its_agents_and_lets_open_sessions_finish() {
     let mut new = TcpStream::connect(client.local).await.unwrap();
     echo_once(&mut new).await;
     assert!(cluster.process(1).running(), "the node waits for its session");
-    // When the last tunnel through it ends, the node finishes before its grace period.
-    drop(open);
-    let code = tokio::task::block_in_place(|| cluster.process(1).wait_exit(Duration::from_secs(18)));
+    // The open connection lives until the grace period ends; then the node stops, and the
+    // session's control tunnel comes back through another node by itself.
+    let draining = Instant::now();
+    let code = tokio::task::block_in_place(|| cluster.process(1).wait_exit(Duration::from_secs(15)));
     assert_eq!(code, Some(0), "{}", cluster.process(1).output());
+    assert!(draining.elapsed() >= Duration::from_secs(5), "cut before the grace period");
     echo_once(&mut new).await;
+    let mut after = TcpStream::connect(client.local).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(20), echo_once(&mut after))
+        .await
+        .expect("a new connection after the drain");
+    assert!(!client.task.is_finished(), "the session is still on");
 }
