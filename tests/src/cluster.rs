@@ -57,7 +57,9 @@ impl TestCluster {
     /// Starts `n` nodes and waits until each sees the others. `None` (with the reason on
     /// stderr) when PostgreSQL is not installed.
     pub async fn start(n: usize) -> Option<Self> {
-        let pg = tokio::task::spawn_blocking(Postgres::start).await.unwrap()?;
+        let pg = tokio::task::spawn_blocking(Postgres::start)
+            .await
+            .unwrap()?;
         let cert = tempfile::tempdir().unwrap();
         let identity = telework_relay::identity::self_signed(cert.path(), &[]).unwrap();
         let registry = Registry::connect(&pg.url()).await.unwrap();

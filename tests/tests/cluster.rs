@@ -125,8 +125,15 @@ async fn agents_spread_over_three_nodes_and_clients_are_sent_to_theirs() {
             "{name} has {n} of {AGENTS} agents: not within 10 % of even ({counts:?})"
         );
     }
-    for row in cluster.live_nodes().await {
-        assert_eq!(row.agents as usize, counts[&row.name], "{row:?}");
+    // Each node's heartbeat row counts its agents (as of its last beat).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let rows = cluster.live_nodes().await;
+        if rows.iter().all(|r| r.agents as usize == counts[&r.name]) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{rows:?} against {counts:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
     // A client asking node 1 for a PC at home on node 3 is sent there and gets a session.
@@ -239,13 +246,20 @@ async fn a_draining_node_moves_its_agents_and_lets_open_sessions_finish() {
     // ...and a new one goes through the agent's new node.
     let mut new = TcpStream::connect(client.local).await.unwrap();
     echo_once(&mut new).await;
-    assert!(cluster.process(1).running(), "the node waits for its session");
+    assert!(
+        cluster.process(1).running(),
+        "the node waits for its session"
+    );
     // The open connection lives until the grace period ends; then the node stops, and the
     // session's control tunnel comes back through another node by itself.
     let draining = Instant::now();
-    let code = tokio::task::block_in_place(|| cluster.process(1).wait_exit(Duration::from_secs(15)));
+    let code =
+        tokio::task::block_in_place(|| cluster.process(1).wait_exit(Duration::from_secs(15)));
     assert_eq!(code, Some(0), "{}", cluster.process(1).output());
-    assert!(draining.elapsed() >= Duration::from_secs(5), "cut before the grace period");
+    assert!(
+        draining.elapsed() >= Duration::from_secs(5),
+        "cut before the grace period"
+    );
     echo_once(&mut new).await;
     let mut after = TcpStream::connect(client.local).await.unwrap();
     tokio::time::timeout(Duration::from_secs(20), echo_once(&mut after))
