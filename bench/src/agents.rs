@@ -33,13 +33,13 @@ const AGENTS_PER_ADDRESS: usize = 20_000;
 
 /// How often an idle agent pings (the agent's own keepalive; the relay drops it after 45 s of
 /// silence).
-const KEEPALIVE: Duration = Duration::from_secs(15);
+pub(crate) const KEEPALIVE: Duration = Duration::from_secs(15);
 
 /// Deadline for each step of bringing one agent online.
-const STEP: Duration = Duration::from_secs(30);
+pub(crate) const STEP: Duration = Duration::from_secs(30);
 
 /// A bidirectional byte stream on either transport, as the bench's own dial makes it.
-enum AgentStream {
+pub(crate) enum AgentStream {
     Quic(tokio::io::Join<quinn::RecvStream, quinn::SendStream>),
     Tcp(telework_net::transport::h2::H2Stream),
 }
@@ -138,8 +138,13 @@ impl AgentDialer {
 
     /// A QUIC connection from agent number `i`'s source address.
     pub(crate) async fn quic(&self, i: usize) -> anyhow::Result<quinn::Connection> {
+        self.quic_to(i, self.relay).await
+    }
+
+    /// A QUIC connection from agent number `i`'s source address to `to`.
+    async fn quic_to(&self, i: usize, to: SocketAddr) -> anyhow::Result<quinn::Connection> {
         let endpoint = &self.endpoints[i / AGENTS_PER_ADDRESS];
-        Ok(endpoint.connect(self.relay, "127.0.0.1")?.await?)
+        Ok(endpoint.connect(to, "127.0.0.1")?.await?)
     }
 
     /// A TLS connection over TCP from agent number `i`'s source address.
@@ -147,9 +152,18 @@ impl AgentDialer {
         &self,
         i: usize,
     ) -> anyhow::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+        self.tls_to(i, self.relay).await
+    }
+
+    /// A TLS connection over TCP from agent number `i`'s source address to `to`.
+    async fn tls_to(
+        &self,
+        i: usize,
+        to: SocketAddr,
+    ) -> anyhow::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
         let socket = tokio::net::TcpSocket::new_v4()?;
         socket.bind(SocketAddr::new(source_address(i), 0))?;
-        let tcp = socket.connect(self.relay).await?;
+        let tcp = socket.connect(to).await?;
         tcp.set_nodelay(true)?;
         let name = rustls::pki_types::ServerName::try_from("127.0.0.1")?;
         Ok(tokio_rustls::TlsConnector::from(self.tls.clone())
@@ -157,16 +171,17 @@ impl AgentDialer {
             .await?)
     }
 
-    /// Dials as agent number `i`; returns the connection, the control stream the relay opens,
-    /// and the channel binding.
+    /// Dials `to` as agent number `i`; returns the connection, the control stream the relay
+    /// opens, and the channel binding.
     async fn control(
         &self,
         i: usize,
+        to: SocketAddr,
     ) -> anyhow::Result<(Held, Framed<AgentStream>, [u8; EXPORTER_LEN])> {
         let mut binding = [0u8; EXPORTER_LEN];
         let (held, stream) = match self.transport {
             TransportChoice::Quic => {
-                let conn = self.quic(i).await?;
+                let conn = self.quic_to(i, to).await?;
                 conn.export_keying_material(&mut binding, EXPORTER_LABEL, b"")
                     .map_err(|_| anyhow::anyhow!("no QUIC exporter"))?;
                 let (send, recv) = conn.accept_bi().await?;
@@ -176,7 +191,7 @@ impl AgentDialer {
                 )
             }
             _ => {
-                let tls = self.tls(i).await?;
+                let tls = self.tls_to(i, to).await?;
                 tls.get_ref()
                     .1
                     .export_keying_material(&mut binding, EXPORTER_LABEL, None)?;
@@ -199,7 +214,7 @@ async fn register_and_hello(
     id: ComputerId,
 ) -> anyhow::Result<(Held, Framed<AgentStream>)> {
     let key = MachineKey::generate().context("key")?;
-    let (held, mut f, binding) = dialer.control(i).await?;
+    let (held, mut f, binding) = dialer.control(i, dialer.relay).await?;
     f.write(&AgentToRelay::Register {
         version: PROTOCOL_VERSION,
         id: id.clone(),
@@ -213,18 +228,32 @@ async fn register_and_hello(
         other => bail!("registration refused: {other:?}"),
     }
     drop((held, f));
-    let (held, mut f, binding) = dialer.control(i).await?;
+    match hello(dialer, i, dialer.relay, &key, &id, Vec::new()).await? {
+        (held, f, RelayToAgent::Welcome { .. }) => Ok((held, f)),
+        (_, _, other) => bail!("hello refused: {other:?}"),
+    }
+}
+
+/// Dials `to` as agent number `i` and says hello as `id`, naming the nodes in `unreachable`;
+/// returns the connection, its control stream and the relay's answer.
+pub(crate) async fn hello(
+    dialer: &AgentDialer,
+    i: usize,
+    to: SocketAddr,
+    key: &MachineKey,
+    id: &ComputerId,
+    unreachable: Vec<String>,
+) -> anyhow::Result<(Held, Framed<AgentStream>, RelayToAgent)> {
+    let (held, mut f, binding) = dialer.control(i, to).await?;
     f.write(&AgentToRelay::Hello {
         version: PROTOCOL_VERSION,
-        proof: key.prove(&id, &binding),
-        id,
-        unreachable: Vec::new(),
+        proof: key.prove(id, &binding),
+        id: id.clone(),
+        unreachable,
     })
     .await?;
-    match f.read_within::<RelayToAgent>(STEP).await? {
-        RelayToAgent::Welcome { .. } => Ok((held, f)),
-        other => bail!("hello refused: {other:?}"),
-    }
+    let answer = f.read_within::<RelayToAgent>(STEP).await?;
+    Ok((held, f, answer))
 }
 
 /// Pings on the control stream until it fails; counts the failure in `lost`.

@@ -6,11 +6,13 @@
 
 mod agents;
 mod byte_counting;
+mod cluster;
 mod crypto_cost;
 mod floor;
 mod impaired;
 mod procs;
 mod report;
+mod roaming;
 mod scenarios;
 mod stats;
 mod target;
@@ -57,7 +59,8 @@ struct Cli {
     #[arg(long, default_value_t = 200)]
     tunnels: usize,
     /// Where to write the JSON results [default: bench-results.json, or
-    /// bench/results-impaired.json with --impaired].
+    /// bench/results-impaired.json with --impaired, bench/results-cluster.json with
+    /// --cluster].
     #[arg(long)]
     json: Option<PathBuf>,
     /// Instead of the scenarios: both transports through the impairment forwarder (one on
@@ -69,13 +72,22 @@ struct Cli {
     /// bytes (the metrics' and the console's), two chains side by side on each transport.
     #[arg(long)]
     byte_counting: bool,
+    /// Instead of the scenarios: three relay nodes on one throwaway PostgreSQL beside one
+    /// relay on SQLite: a node killed under --cluster-agents simulated agents, lookups per
+    /// second, and new session to first byte (needs PostgreSQL's initdb and pg_ctl).
+    #[arg(long)]
+    cluster: bool,
+    /// Simulated agents over the three nodes with --cluster (1,000 with --quick).
+    #[arg(long, default_value_t = 10_000)]
+    cluster_agents: usize,
     /// Seconds per throughput run, each way, with --impaired.
     #[arg(long, default_value_t = 4.0)]
     impaired_seconds: f64,
     /// Timed 64-byte round trips per path and loss rate, with --impaired.
     #[arg(long, default_value_t = 300)]
     impaired_round_trips: usize,
-    /// A short smoke run (1 run, 1 s, 500 agents, 100 sessions).
+    /// A short smoke run (1 run, 1 s, 500 agents, 100 sessions; with --cluster 1,000
+    /// agents, 1 run of 1 s per lookup measure).
     #[arg(long)]
     quick: bool,
     /// Run only these scenarios (for profiling one of them); the others report zeros.
@@ -216,6 +228,21 @@ async fn bench(mut cli: Cli) -> anyhow::Result<()> {
             cli.seconds.min(3.0),
             &json,
         )
+        .await;
+    }
+    if cli.cluster {
+        let quick = cli.quick;
+        return cluster::run(cluster::Options {
+            agents: if quick {
+                cli.cluster_agents.min(1_000)
+            } else {
+                cli.cluster_agents
+            },
+            transports: cli.transports,
+            runs: if quick { 1 } else { cli.runs },
+            seconds: if quick { 1.0 } else { 2.0 },
+            json: cli.json.unwrap_or_else(cluster::default_json),
+        })
         .await;
     }
     if cli.impaired {

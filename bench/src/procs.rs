@@ -235,49 +235,14 @@ impl Chain {
             fingerprint,
             dir,
         } = relay;
-        let agent_dir = dir.path().join("agent");
-        let agent_bin = binary("telework-agent")?;
-        let status = Command::new(&agent_bin)
-            .args([
-                "register",
-                "--relay",
-                &agent_via.to_string(),
-                "--relay-fingerprint",
-                &fingerprint,
-                "--id",
-                BENCH_ID,
-                "--transport",
-                transport_arg(transport),
-            ])
-            .arg("--data-dir")
-            .arg(&agent_dir)
-            .stdout(Stdio::null())
-            .status()?;
-        if !status.success() {
-            bail!("agent registration failed");
-        }
-        let mut set = Command::new(&agent_bin)
-            .args(["set-password", "--password-stdin", "--data-dir"])
-            .arg(&agent_dir)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()?;
-        set.stdin
-            .take()
-            .context("stdin")?
-            .write_all(format!("{BENCH_PASSWORD}\n").as_bytes())?;
-        if !set.wait()?.success() {
-            bail!("set-password failed");
-        }
-        let agent = Command::new(&agent_bin)
-            .args(["run", "--target", &target.to_string()])
-            .args(["--transport", transport_arg(transport), "--data-dir"])
-            .arg(&agent_dir)
-            .env("RUST_LOG", "error")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?;
-        let agent = Proc { child: agent };
+        let agent = start_agent(
+            &dir.path().join("agent"),
+            BENCH_ID,
+            agent_via,
+            &fingerprint,
+            target,
+            transport,
+        )?;
 
         // The agent needs a moment to come online; the client retries until it is.
         let started = Instant::now();
@@ -345,6 +310,61 @@ impl Chain {
     }
 }
 
+/// Registers the office PC `id` through `via` (open registration) with the bench's password,
+/// in `agent_dir`, and starts `telework-agent run` forwarding to `target`. The agent comes
+/// online a moment later.
+pub fn start_agent(
+    agent_dir: &Path,
+    id: &str,
+    via: SocketAddr,
+    fingerprint: &str,
+    target: SocketAddr,
+    transport: TransportChoice,
+) -> anyhow::Result<Proc> {
+    let agent_bin = binary("telework-agent")?;
+    let status = Command::new(&agent_bin)
+        .args([
+            "register",
+            "--relay",
+            &via.to_string(),
+            "--relay-fingerprint",
+            fingerprint,
+            "--id",
+            id,
+            "--transport",
+            transport_arg(transport),
+        ])
+        .arg("--data-dir")
+        .arg(agent_dir)
+        .stdout(Stdio::null())
+        .status()?;
+    if !status.success() {
+        bail!("agent registration failed");
+    }
+    let mut set = Command::new(&agent_bin)
+        .args(["set-password", "--password-stdin", "--data-dir"])
+        .arg(agent_dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()?;
+    set.stdin
+        .take()
+        .context("stdin")?
+        .write_all(format!("{BENCH_PASSWORD}\n").as_bytes())?;
+    if !set.wait()?.success() {
+        bail!("set-password failed");
+    }
+    let agent = Command::new(&agent_bin)
+        .args(["run", "--target", &target.to_string()])
+        .args(["--transport", transport_arg(transport), "--data-dir"])
+        .arg(agent_dir)
+        .env("RUST_LOG", "error")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    Ok(Proc { child: agent })
+}
+
 /// A relay process started on its own: the first part of a [`Chain`].
 pub struct RelayProc {
     /// The process.
@@ -360,10 +380,22 @@ pub struct RelayProc {
 impl RelayProc {
     /// Starts `telework-relay serve` on a free loopback port with `relay_args`.
     pub fn start(relay_args: &[String]) -> anyhow::Result<Self> {
-        let dir = tempfile::tempdir()?;
-        let relay_dir = dir.path().join("relay");
+        Self::start_in(tempfile::tempdir()?, "127.0.0.1:0", relay_args, None)
+    }
+
+    /// Starts `telework-relay serve` listening on `listen` with `relay_args`, its data
+    /// directory [`RelayProc::data_dir`] of `dir` (which may hold a registry made
+    /// beforehand). `fingerprint` is its certificate's when `relay_args` name one
+    /// (`--cert`); otherwise the relay's own self-signed certificate's is read.
+    pub fn start_in(
+        dir: tempfile::TempDir,
+        listen: &str,
+        relay_args: &[String],
+        fingerprint: Option<String>,
+    ) -> anyhow::Result<Self> {
+        let relay_dir = Self::data_dir(dir.path());
         let mut relay = Command::new(binary("telework-relay")?)
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .args(["serve", "--listen", listen, "--data-dir"])
             .arg(&relay_dir)
             .args(relay_args)
             .env("RUST_LOG", "error")
@@ -381,13 +413,21 @@ impl RelayProc {
             .unwrap_or_default()
             .parse()?;
         let proc = Proc { child: relay };
-        let fingerprint = fingerprint_of(&relay_dir)?;
+        let fingerprint = match fingerprint {
+            Some(f) => f,
+            None => fingerprint_of(&relay_dir)?,
+        };
         Ok(Self {
             proc,
             addr,
             fingerprint,
             dir,
         })
+    }
+
+    /// The relay's data directory inside `dir` (its SQLite registry is `relay.db` there).
+    pub fn data_dir(dir: &Path) -> PathBuf {
+        dir.join("relay")
     }
 }
 

@@ -181,12 +181,17 @@ pub async fn tunnels_per_sec(
 /// A new session including the password handshake (OPAQUE with Argon2id) up to the first
 /// echoed byte through a new tunnel, in milliseconds.
 pub async fn time_to_first_byte(chain: &Chain) -> anyhow::Result<f64> {
-    let target = bench_target(chain)?;
+    session_to_first_byte(&bench_target(chain)?).await
+}
+
+/// As [`time_to_first_byte`], to any office PC of the bench's (its password, the target
+/// service behind it).
+pub async fn session_to_first_byte(target: &telework_client::Target) -> anyhow::Result<f64> {
     let password = BENCH_PASSWORD;
     let options = telework_client::LoginOptions::default();
     let started = Instant::now();
     let session =
-        telework_client::Session::login_with(&target, password.as_bytes(), &options).await?;
+        telework_client::Session::login_with(target, password.as_bytes(), &options).await?;
     let logged_in = started.elapsed();
     let tunnel = session.opener().open().await?;
     if std::env::var_os("TELEWORK_BENCH_VERBOSE").is_some() {

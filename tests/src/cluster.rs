@@ -42,7 +42,10 @@ pub struct TestCluster {
 }
 
 /// A loopback port free on both TCP and UDP (QUIC shares the port).
-fn free_port() -> u16 {
+///
+/// # Panics
+/// If none is found in 100 tries.
+pub fn free_port() -> u16 {
     for _ in 0..100 {
         let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = tcp.local_addr().unwrap().port();
