@@ -123,9 +123,9 @@ struct ClusterPath {
     presence_agrees_after_bring_up_s: Option<f64>,
     presence_after_bring_up: Agreement,
     failover: Failover,
-    /// Failed attempts of the simulated agents (dial, handshake, refusals) over the run.
-    agent_errors: usize,
-    first_agent_error: Option<String>,
+    /// Failed attempts of the simulated agents (dial, handshake, refusals) over the run, by
+    /// error.
+    agent_errors: Vec<(String, usize)>,
     ttfb_sqlite_ms: f64,
     ttfb_postgres_at_home_ms: f64,
     ttfb_postgres_via_other_node_ms: f64,
@@ -745,6 +745,11 @@ async fn measure_failover(
                 .as_secs_f64()
         })
         .collect();
+    if !all_back && std::env::var_os("TELEWORK_BENCH_VERBOSE").is_some() {
+        for &i in moving.iter().filter(|&&i| fleet.node_of(i).is_none()).take(10) {
+            eprintln!("agent {i} not back: {} failed attempts", fleet.failing(i));
+        }
+    }
     let (presence_agrees_s, presence) =
         wait_agreement(cluster, fleet, index, Some(&moving), killed_at, BACK_WITHIN).await?;
     let f = Failover {
@@ -824,12 +829,12 @@ pub(crate) async fn run(opts: Options) -> anyhow::Result<()> {
             BRING_UP_PARALLEL,
         )?;
         if !fleet.wait_online(None, ONLINE_WITHIN).await {
-            let (errors, first) = fleet.errors();
             bail!(
-                "{}: only {} of {} agents online after {ONLINE_WITHIN:?} ({errors} errors, first: {first:?})",
+                "{}: only {} of {} agents online after {ONLINE_WITHIN:?} (errors: {:?})",
                 path.transport,
                 fleet.per_node().iter().sum::<usize>(),
-                fleet.len()
+                fleet.len(),
+                fleet.errors()
             );
         }
         path.bring_up_s = started.elapsed().as_secs_f64();
@@ -862,7 +867,7 @@ pub(crate) async fn run(opts: Options) -> anyhow::Result<()> {
         }
         measure_set_up(&cluster, target, t, opts.runs.max(5), &mut path).await?;
         path.failover = measure_failover(&mut cluster, &fleet, &index).await?;
-        (path.agent_errors, path.first_agent_error) = fleet.errors();
+        path.agent_errors = fleet.errors();
         drop(fleet);
         r.paths.push(path);
         // The node comes back for the next transport.
@@ -966,12 +971,16 @@ fn print_table(r: &Results) {
         );
     }
     for p in &r.paths {
-        if p.agent_errors > 0 {
+        if !p.agent_errors.is_empty() {
+            let kinds: Vec<String> = p
+                .agent_errors
+                .iter()
+                .map(|(e, n)| format!("{n} x {e}"))
+                .collect();
             println!(
-                "{}: simulated agents' failed attempts: {} (first: {})",
+                "{}: simulated agents' failed attempts: {}",
                 p.transport,
-                p.agent_errors,
-                p.first_agent_error.as_deref().unwrap_or("")
+                kinds.join("; ")
             );
         }
     }

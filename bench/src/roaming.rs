@@ -10,6 +10,7 @@
 //! one it does not avoid, as a health-checking load balancer would send it.
 
 use std::net::SocketAddr;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -61,16 +62,17 @@ struct Shared {
     epoch: Instant,
     /// `MoveTo`s followed, on hello or while online.
     moves: AtomicUsize,
-    /// Failed attempts (dial, handshake, refusals), and the first one's error.
-    errors: AtomicUsize,
-    first_error: Mutex<Option<String>>,
+    /// Failed attempts (dial, handshake, refusals), by error.
+    errors: Mutex<BTreeMap<String, usize>>,
+    /// Per agent: failed attempts since it was last welcomed.
+    failing: Vec<AtomicUsize>,
 }
 
 impl Shared {
-    fn error(&self, e: impl std::fmt::Display) {
-        self.errors.fetch_add(1, Ordering::Relaxed);
-        let mut first = self.first_error.lock().unwrap_or_else(|e| e.into_inner());
-        first.get_or_insert_with(|| e.to_string());
+    fn error(&self, i: usize, e: impl std::fmt::Display) {
+        self.failing[i].fetch_add(1, Ordering::Relaxed);
+        let mut errors = self.errors.lock().unwrap_or_else(|e| e.into_inner());
+        *errors.entry(e.to_string()).or_default() += 1;
     }
 
     /// Where agent `i` enters: node `i mod n`, or the next one it does not avoid.
@@ -116,8 +118,8 @@ impl Fleet {
             welcomed: (0..n).map(|_| AtomicU64::new(0)).collect(),
             epoch: Instant::now(),
             moves: AtomicUsize::new(0),
-            errors: AtomicUsize::new(0),
-            first_error: Mutex::new(None),
+            errors: Mutex::new(BTreeMap::new()),
+            failing: (0..n).map(|_| AtomicUsize::new(0)).collect(),
         });
         let limit = Arc::new(tokio::sync::Semaphore::new(parallel));
         let tasks = members
@@ -169,15 +171,17 @@ impl Fleet {
         self.shared.moves.load(Ordering::Relaxed)
     }
 
-    /// Failed attempts so far, and the first one's error.
-    pub(crate) fn errors(&self) -> (usize, Option<String>) {
-        let first = self
-            .shared
-            .first_error
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        (self.shared.errors.load(Ordering::Relaxed), first)
+    /// Failed attempts so far, by error, the most frequent first.
+    pub(crate) fn errors(&self) -> Vec<(String, usize)> {
+        let errors = self.shared.errors.lock().unwrap_or_else(|e| e.into_inner());
+        let mut v: Vec<(String, usize)> = errors.iter().map(|(e, &n)| (e.clone(), n)).collect();
+        v.sort_by(|a, b| b.1.cmp(&a.1));
+        v
+    }
+
+    /// Failed attempts of agent `i` since it was last welcomed.
+    pub(crate) fn failing(&self, i: usize) -> usize {
+        self.shared.failing[i].load(Ordering::Relaxed)
     }
 
     /// Waits until every agent is online at a node other than `not` (if given), at most
@@ -222,7 +226,7 @@ async fn roam(
             Some(NodeAddr { node, address }) => match address.parse() {
                 Ok(addr) => (addr, Some(node), REDIRECT_DIAL),
                 Err(e) => {
-                    shared.error(format!("bad node address {address}: {e}"));
+                    shared.error(i, format!("bad node address {address}: {e}"));
                     (shared.entry(i, &unreachable), None, ENTRY_DIAL)
                 }
             },
@@ -234,12 +238,13 @@ async fn roam(
         match answer {
             Ok(Ok((held, mut framed, RelayToAgent::Welcome { node }))) => {
                 let Some(index) = shared.nodes.iter().position(|n| n.name == node) else {
-                    shared.error(format!("welcomed by an unknown node {node}"));
+                    shared.error(i, format!("welcomed by an unknown node {node}"));
                     return;
                 };
                 let now = shared.epoch.elapsed().as_micros() as u64;
                 shared.welcomed[i].store(now, Ordering::Relaxed);
                 shared.at[i].store(index + 1, Ordering::Relaxed);
+                shared.failing[i].store(0, Ordering::Relaxed);
                 drop(permit.take());
                 backoff.reset();
                 // Spread the keepalives over the interval, as independent agents would.
@@ -266,10 +271,10 @@ async fn roam(
                     sent_to = Some(to);
                     continue;
                 }
-                shared.error("too many redirects in a row");
+                shared.error(i, "too many redirects in a row");
             }
             Ok(Ok((_, _, RelayToAgent::Error(code)))) => {
-                shared.error(format!("hello refused: {code:?}"));
+                shared.error(i, format!("hello refused: {code:?}"));
                 if matches!(
                     code,
                     ErrorCode::UnknownId | ErrorCode::BadProof | ErrorCode::VersionTooOld
@@ -277,7 +282,7 @@ async fn roam(
                     return;
                 }
             }
-            Ok(Ok((_, _, other))) => shared.error(format!("unexpected answer {other:?}")),
+            Ok(Ok((_, _, other))) => shared.error(i, format!("unexpected answer {other:?}")),
             failed => {
                 if let Some(node) = named {
                     // Cannot reach the node named: ask through the entry again at once.
@@ -285,8 +290,8 @@ async fn roam(
                     continue;
                 }
                 match failed {
-                    Ok(Err(e)) => shared.error(format!("{e:#}")),
-                    _ => shared.error("no answer in time"),
+                    Ok(Err(e)) => shared.error(i, format!("{e:#}")),
+                    _ => shared.error(i, "no answer in time"),
                 }
             }
         }
