@@ -88,8 +88,9 @@ pub(crate) struct AgentDialer {
     relay: SocketAddr,
     transport: TransportChoice,
     tls: Arc<rustls::ClientConfig>,
-    /// One QUIC endpoint per source address.
+    /// QUIC endpoints, each for `per_endpoint` agents (all of one source address, or fewer).
     endpoints: Vec<quinn::Endpoint>,
+    per_endpoint: usize,
 }
 
 /// The source address of agent number `i`: 127.0.0.2 for the first [`AGENTS_PER_ADDRESS`],
@@ -100,11 +101,24 @@ fn source_address(i: usize) -> IpAddr {
 }
 
 impl AgentDialer {
+    /// For `n` agents dialling `relay` (by default), one QUIC endpoint per source address.
     pub(crate) fn new(
         relay: SocketAddr,
         fingerprint: &str,
         transport: TransportChoice,
         n: usize,
+    ) -> anyhow::Result<Self> {
+        Self::with_endpoints_of(relay, fingerprint, transport, n, AGENTS_PER_ADDRESS)
+    }
+
+    /// As [`AgentDialer::new`], with one QUIC endpoint (and UDP socket) per `per_endpoint`
+    /// agents (a divisor of [`AGENTS_PER_ADDRESS`]).
+    pub(crate) fn with_endpoints_of(
+        relay: SocketAddr,
+        fingerprint: &str,
+        transport: TransportChoice,
+        n: usize,
+        per_endpoint: usize,
     ) -> anyhow::Result<Self> {
         let tls = RelayTrust::Fingerprint(fingerprint.parse()?).client_config(alpn::AGENT)?;
         let mut endpoints = vec![];
@@ -118,9 +132,9 @@ impl AgentDialer {
                 )
                 .max_concurrent_uni_streams(0u32.into());
             config.transport_config(Arc::new(t));
-            for a in 0..n.div_ceil(AGENTS_PER_ADDRESS) {
+            for a in 0..n.div_ceil(per_endpoint) {
                 let mut endpoint = quinn::Endpoint::client(SocketAddr::new(
-                    source_address(a * AGENTS_PER_ADDRESS),
+                    source_address(a * per_endpoint),
                     0,
                 ))
                 .context("QUIC endpoint on a loopback source address")?;
@@ -133,6 +147,7 @@ impl AgentDialer {
             transport,
             tls,
             endpoints,
+            per_endpoint,
         })
     }
 
@@ -143,7 +158,7 @@ impl AgentDialer {
 
     /// A QUIC connection from agent number `i`'s source address to `to`.
     async fn quic_to(&self, i: usize, to: SocketAddr) -> anyhow::Result<quinn::Connection> {
-        let endpoint = &self.endpoints[i / AGENTS_PER_ADDRESS];
+        let endpoint = &self.endpoints[i / self.per_endpoint];
         Ok(endpoint.connect(to, "127.0.0.1")?.await?)
     }
 

@@ -63,7 +63,10 @@ const CONNECTION_HEADROOM: usize = 1_000;
 
 /// What `--cluster` was asked for.
 pub(crate) struct Options {
+    /// Agents over TLS/TCP (and the machines registered).
     pub(crate) agents: usize,
+    /// Agents over QUIC (the first of them).
+    pub(crate) quic_agents: usize,
     pub(crate) transports: Vec<TransportChoice>,
     /// Runs of each lookup measure, and of each set-up measure at least 5 (medians).
     pub(crate) runs: usize,
@@ -113,6 +116,7 @@ struct Failover {
 #[derive(Serialize, Default)]
 struct ClusterPath {
     transport: String,
+    agents: usize,
     bring_up_s: f64,
     per_node: Vec<usize>,
     /// `MoveTo`s the agents followed to come online (about 2/3 of them: entry nodes are
@@ -136,7 +140,8 @@ struct Results {
     machine: String,
     postgres: String,
     nodes: usize,
-    agents: usize,
+    /// Machines registered (the TLS/TCP agents; the QUIC agents are the first of them).
+    machines: usize,
     registration: String,
     registration_s: f64,
     lookups: Lookups,
@@ -655,7 +660,7 @@ async fn agreement(
     let mut right = vec![false; fleet.len()];
     let mut a = Agreement::default();
     for row in cluster.registry.presence().await? {
-        let Some(&i) = index.get(row.id.as_str()) else {
+        let Some(&i) = index.get(row.id.as_str()).filter(|&&i| i < fleet.len()) else {
             continue;
         };
         seen[i] = true;
@@ -695,7 +700,7 @@ async fn wait_agreement(
             if std::env::var_os("TELEWORK_BENCH_VERBOSE").is_some() {
                 let missing: Vec<&str> = index
                     .iter()
-                    .filter(|(_, &i)| !right[i])
+                    .filter(|(_, &i)| i < fleet.len() && !right[i])
                     .map(|(id, _)| *id)
                     .collect();
                 for id in missing.iter().take(3) {
@@ -810,14 +815,20 @@ pub(crate) async fn run(opts: Options) -> anyhow::Result<()> {
             .map(|b| b.display().to_string())
             .unwrap_or_default(),
         nodes: NODES,
-        agents: opts.agents,
+        machines: opts.agents,
         registration: "written into the registry directly (Registry::register)".to_owned(),
         registration_s,
         ..Results::default()
     };
     for (k, &t) in opts.transports.iter().enumerate() {
+        let count = match t {
+            TransportChoice::Quic => opts.quic_agents.min(opts.agents),
+            _ => opts.agents,
+        };
+        let members = &fleet_members[..count];
         let mut path = ClusterPath {
             transport: name(t),
+            agents: count,
             ..ClusterPath::default()
         };
         let started = Instant::now();
@@ -825,7 +836,7 @@ pub(crate) async fn run(opts: Options) -> anyhow::Result<()> {
             cluster.entries(),
             &cluster.fingerprint,
             t,
-            &fleet_members,
+            members,
             BRING_UP_PARALLEL,
         )?;
         if !fleet.wait_online(None, ONLINE_WITHIN).await {
@@ -847,7 +858,7 @@ pub(crate) async fn run(opts: Options) -> anyhow::Result<()> {
         eprintln!(
             "{}: {} agents online in {:.1} s, per node {:?}; presence table agrees {} ({:?})",
             path.transport,
-            opts.agents,
+            count,
             path.bring_up_s,
             path.per_node,
             path.presence_agrees_after_bring_up_s
@@ -859,7 +870,7 @@ pub(crate) async fn run(opts: Options) -> anyhow::Result<()> {
                 &cluster,
                 &sqlite,
                 &fleet,
-                &fleet_members,
+                members,
                 &offline_ids,
                 &opts,
             )
@@ -897,9 +908,9 @@ fn print_table(r: &Results) {
     };
     let l = &r.lookups;
     println!(
-        "telework cluster benchmark ({} nodes on one PostgreSQL beside one relay on SQLite; {} agents, machines {} in {:.1} s; {})",
+        "telework cluster benchmark ({} nodes on one PostgreSQL beside one relay on SQLite; {} machines {} in {:.1} s; {})",
         r.nodes,
-        thousands(r.agents),
+        thousands(r.machines),
         r.registration,
         r.registration_s,
         r.machine
@@ -930,7 +941,7 @@ fn print_table(r: &Results) {
         println!(
             "| {}: {} agents online from start, s (per node) | - | {:.1} ({}) |",
             p.transport,
-            thousands(r.agents),
+            thousands(p.agents),
             p.bring_up_s,
             per_node.join(" / ")
         );

@@ -33,6 +33,11 @@ const MAX_REDIRECTS: u32 = 4;
 /// How long dialling a node a relay named may take (the agent's `REDIRECT_DIAL`).
 const REDIRECT_DIAL: Duration = Duration::from_secs(5);
 
+/// QUIC agents per endpoint (UDP socket) of this process: one socket and one endpoint
+/// driver for all of them drops datagrams (the socket's receive buffer overflows) under a
+/// reconnect storm, which real agents, each with its own socket, do not share.
+const AGENTS_PER_ENDPOINT: usize = 100;
+
 /// Deadline for dialling the entry node and hearing its answer.
 const ENTRY_DIAL: Duration = Duration::from_secs(30);
 
@@ -112,7 +117,13 @@ impl Fleet {
     ) -> anyhow::Result<Self> {
         let n = members.len();
         let shared = Arc::new(Shared {
-            dialer: AgentDialer::new(nodes[0].addr, fingerprint, transport, n)?,
+            dialer: AgentDialer::with_endpoints_of(
+                nodes[0].addr,
+                fingerprint,
+                transport,
+                n,
+                AGENTS_PER_ENDPOINT,
+            )?,
             nodes,
             at: (0..n).map(|_| AtomicUsize::new(0)).collect(),
             welcomed: (0..n).map(|_| AtomicU64::new(0)).collect(),
