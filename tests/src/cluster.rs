@@ -70,17 +70,24 @@ impl TestCluster {
             cert,
             pg,
         };
-        for i in 0..n {
-            cluster.nodes.push(Node {
-                name: format!("node-{}", i + 1),
-                addr: SocketAddr::from(([127, 0, 0, 1], free_port())),
-                process: None,
-                data: tempfile::tempdir().unwrap(),
-            });
-            cluster.run(i);
+        for _ in 0..n {
+            cluster.add_node();
         }
         cluster.wait_live(n, Duration::from_secs(15)).await;
         Some(cluster)
+    }
+
+    /// Adds a node (`node-N`) and starts it.
+    pub fn add_node(&mut self) -> usize {
+        self.nodes.push(Node {
+            name: format!("node-{}", self.nodes.len() + 1),
+            addr: SocketAddr::from(([127, 0, 0, 1], free_port())),
+            process: None,
+            data: tempfile::tempdir().unwrap(),
+        });
+        let i = self.nodes.len() - 1;
+        self.run(i);
+        i
     }
 
     /// Starts node `i` (again), on its port.

@@ -87,37 +87,74 @@ impl Postgres {
         // A port taken between probing and binding makes pg_ctl fail: try a few.
         for _ in 0..5 {
             pg.port = free_port();
-            let options = format!(
-                "-p {} -c listen_addresses=127.0.0.1 -k {} -F -c max_connections=200",
-                pg.port,
-                pg.dir.path().display()
-            );
-            let log = pg.dir.path().join("postgres.log");
-            let out = pg.run(
-                "pg_ctl",
-                &[
-                    "start".as_ref(),
-                    "-w".as_ref(),
-                    "-t".as_ref(),
-                    "60".as_ref(),
-                    "-D".as_ref(),
-                    data.as_os_str(),
-                    "-l".as_ref(),
-                    log.as_os_str(),
-                    "-o".as_ref(),
-                    options.as_ref(),
-                ],
-            );
-            if out.status.success() {
+            if pg.pg_ctl_start() {
                 return Some(pg);
             }
+        }
+        panic!("the PostgreSQL test cluster did not start");
+    }
+
+    /// Starts the server on `self.port`; whether it started (the log is printed if not).
+    fn pg_ctl_start(&self) -> bool {
+        let data = self.data();
+        let options = format!(
+            "-p {} -c listen_addresses=127.0.0.1 -k {} -F -c max_connections=200",
+            self.port,
+            self.dir.path().display()
+        );
+        let log = self.dir.path().join("postgres.log");
+        let out = self.run(
+            "pg_ctl",
+            &[
+                "start".as_ref(),
+                "-w".as_ref(),
+                "-t".as_ref(),
+                "60".as_ref(),
+                "-D".as_ref(),
+                data.as_os_str(),
+                "-l".as_ref(),
+                log.as_os_str(),
+                "-o".as_ref(),
+                options.as_ref(),
+            ],
+        );
+        if !out.status.success() {
             eprintln!(
                 "pg_ctl start failed on port {}: {}",
-                pg.port,
+                self.port,
                 std::fs::read_to_string(&log).unwrap_or_default()
             );
         }
-        panic!("the PostgreSQL test cluster did not start");
+        out.status.success()
+    }
+
+    /// Stops the server at once (`pg_ctl stop -m immediate`: connections are cut, as when
+    /// the database machine fails); [`Postgres::start_again`] brings it back.
+    pub fn stop(&self) {
+        let data = self.data();
+        let out = self.run(
+            "pg_ctl",
+            &[
+                "stop".as_ref(),
+                "-m".as_ref(),
+                "immediate".as_ref(),
+                "-w".as_ref(),
+                "-D".as_ref(),
+                data.as_os_str(),
+            ],
+        );
+        assert!(out.status.success(), "pg_ctl stop: {out:?}");
+    }
+
+    /// Starts the stopped server again on the same port, with its data.
+    ///
+    /// # Panics
+    /// If it does not start.
+    pub fn start_again(&self) {
+        assert!(
+            self.pg_ctl_start(),
+            "the PostgreSQL test cluster did not start again"
+        );
     }
 
     /// Its URL, for `--database`: user `postgres`, database `postgres`, over TCP.

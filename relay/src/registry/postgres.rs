@@ -61,8 +61,25 @@ impl Postgres {
         Ok(pg)
     }
 
+    /// A pooled connection. While the database cannot be reached (restarting, failing over)
+    /// it keeps trying for [`POOL_WAIT`], so that a registration or a lookup waits out a
+    /// short outage instead of failing.
     pub(super) async fn client(&self) -> Result<deadpool_postgres::Object, RegistryError> {
-        Ok(self.pool.get().await?)
+        let deadline = tokio::time::Instant::now() + POOL_WAIT;
+        let mut pause = Duration::from_millis(100);
+        loop {
+            match self.pool.get().await {
+                Ok(client) => return Ok(client),
+                Err(deadpool_postgres::PoolError::Backend(e))
+                    if tokio::time::Instant::now() + pause < deadline =>
+                {
+                    tracing::debug!(%e, "the database cannot be reached yet");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(1));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
 
     async fn migrate(&self) -> Result<(), RegistryError> {
