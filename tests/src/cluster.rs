@@ -183,6 +183,7 @@ impl TestCluster {
             target: "127.0.0.1:9".parse().unwrap(),
             transport: current_transport(),
             quic_reprobe: None,
+            presence_in: None,
         }
     }
 
