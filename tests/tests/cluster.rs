@@ -365,3 +365,40 @@ async fn while_the_database_restarts_online_agents_are_served_and_registration_w
     cluster.wait_live(2, Duration::from_secs(10)).await;
     echo_once(&mut open).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_that_cannot_reach_its_home_stays_where_it_is_and_presence_says_so() {
+    let Some(mut cluster) = TestCluster::start(2).await else {
+        return;
+    };
+    // Node 2 announces an address nobody listens on.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let nowhere = closed.local_addr().unwrap().to_string();
+    drop(closed);
+    cluster.kill(1);
+    cluster.nodes[1].public_addr = Some(nowhere);
+    cluster.run(1);
+    cluster.wait_live(2, Duration::from_secs(10)).await;
+    let id = id_homed_at(&cluster, "pc-away", 1);
+    let (_desktop, _agent) = office_pc(&cluster, 0, &id).await;
+    wait_presence(&cluster, &id, Duration::from_secs(15), |n| n == "node-1").await;
+    let p = cluster
+        .registry
+        .presence_of(&id.parse().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        p.away_from.as_deref(),
+        Some("node-2"),
+        "{p:?}\n{}",
+        cluster.process(0).output()
+    );
+    // It is reachable where it is.
+    let session = Session::login(&cluster.target(0, &id), PASSWORD.as_bytes())
+        .await
+        .unwrap();
+    let client = TestClient::serve(session).await;
+    let mut conn = TcpStream::connect(client.local).await.unwrap();
+    echo_once(&mut conn).await;
+}

@@ -231,6 +231,9 @@ impl Cluster {
             }
         }
         let after: BTreeSet<String> = self.takers().into_iter().collect();
+        if before != after {
+            info!(nodes = ?after, "the nodes taking agents changed");
+        }
         Ok(before != after)
     }
 
