@@ -345,6 +345,7 @@ impl Relay {
                     .await
             }
         });
+        cluster::join(&self).await;
         let beats = tokio::spawn(cluster::run(self.clone(), cluster_stop.clone()));
         tracker.spawn(registrations::watch(self.clone()));
         tracker.spawn(audit::retain(

@@ -161,7 +161,7 @@ async fn a_relay_on_postgres_registers_lists_and_removes_machines() {
         .await
         .unwrap());
     registry.consume_token(&token).await.unwrap();
-    assert_eq!(registry.schema_version().await.unwrap(), 2);
+    assert_eq!(registry.schema_version().await.unwrap(), 3);
 
     child.kill().unwrap();
     child.wait().unwrap();

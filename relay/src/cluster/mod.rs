@@ -231,6 +231,9 @@ impl Cluster {
             }
         }
         let after: BTreeSet<String> = self.takers().into_iter().collect();
+        if before != after {
+            info!(nodes = ?after, "the nodes taking agents changed");
+        }
         Ok(before != after)
     }
 
@@ -248,13 +251,32 @@ impl Cluster {
     }
 }
 
-/// Beats until `stop`; then removes this node's row and presence rows.
+/// Clears what this node left behind if it was killed, and beats once, so that it knows the
+/// other nodes before it takes its first connection. Bounded: a database that does not
+/// answer delays the start by [`FIRST_BEAT_WAIT`] at most.
+pub async fn join(relay: &Relay) {
+    let cluster = &relay.cluster;
+    let first = async {
+        relay.registry.forget_node(&cluster.name, false).await?;
+        cluster.beat(relay).await
+    };
+    match tokio::time::timeout(FIRST_BEAT_WAIT, first).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => {
+            warn!(%e, "could not join the cluster yet; serving alone until the registry answers")
+        }
+        Err(_) => warn!("the registry is slow; serving alone until it answers"),
+    }
+}
+
+/// See [`join`].
+const FIRST_BEAT_WAIT: Duration = Duration::from_secs(5);
+
+/// Beats every [`HEARTBEAT`] (after [`join`]'s first beat) until `stop`; then removes this
+/// node's row and presence rows.
 pub async fn run(relay: Arc<Relay>, stop: CancellationToken) {
     let cluster = &relay.cluster;
-    if let Err(e) = relay.registry.forget_node(&cluster.name, false).await {
-        warn!(%e, "could not clear this node's old presence rows");
-    }
-    let mut tick = tokio::time::interval(HEARTBEAT);
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + HEARTBEAT, HEARTBEAT);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut failing = false;
     loop {

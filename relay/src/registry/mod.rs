@@ -22,6 +22,7 @@ mod migrations;
 mod nodes;
 mod operators;
 mod postgres;
+mod postgres_tls;
 mod sqlite;
 
 pub use enrolment::EnrolmentToken;
@@ -55,7 +56,16 @@ impl From<tokio_postgres::Error> for RegistryError {
     fn from(e: tokio_postgres::Error) -> Self {
         match e.as_db_error() {
             Some(db) => Self::Postgres(format!("{}: {}", db.code().code(), db.message())),
-            None => Self::Postgres(e.to_string()),
+            // "error performing TLS handshake" says little without its cause.
+            None => {
+                let mut text = e.to_string();
+                let mut source = std::error::Error::source(&e);
+                while let Some(cause) = source {
+                    text = format!("{text}: {cause}");
+                    source = cause.source();
+                }
+                Self::Postgres(text)
+            }
         }
     }
 }
