@@ -1,9 +1,9 @@
 //! Simulated agents for a cluster of relay nodes: each says hello with its machine key as
 //! [`crate::agents`]' idle agents do, and then behaves as the real agent's control loop
 //! (`agent/src/control.rs`) does towards the nodes: it follows `MoveTo` to the node named
-//! (at most 4 in a row), notes a node it cannot reach or whose connection broke and names it
-//! in its next hellos' `unreachable` list (the agent's own [`AvoidedNodes`]), and reconnects
-//! after the agent's own [`Backoff`].
+//! (at most 4 in a row), notes a node it cannot reach, whose connection broke, or that sent it
+//! away while it was online, and names it in its next hellos' `unreachable` list (the agent's
+//! own [`AvoidedNodes`]), and reconnects after the agent's own [`Backoff`].
 //!
 //! "The relay's address" of a real deployment (a DNS name listing every node, or a load
 //! balancer) is here the list of nodes: agent `i` enters through node `i mod n`, or the next
@@ -262,7 +262,10 @@ async fn roam(
                 let first = KEEPALIVE.mul_f64((i % 1000) as f64 / 1000.0);
                 match stay(&mut framed, first).await {
                     Ok(to) => {
-                        // Tunnels open here would carry on; new ones go there.
+                        // Tunnels open here would carry on; new ones go there. The node
+                        // sending it away is not where a node with an older view should send
+                        // it back.
+                        avoided.note(node, Instant::now());
                         shared.moves.fetch_add(1, Ordering::Relaxed);
                         previous = Some((held, framed));
                         redirects = 1;
