@@ -133,11 +133,9 @@ impl AgentDialer {
                 .max_concurrent_uni_streams(0u32.into());
             config.transport_config(Arc::new(t));
             for a in 0..n.div_ceil(per_endpoint) {
-                let mut endpoint = quinn::Endpoint::client(SocketAddr::new(
-                    source_address(a * per_endpoint),
-                    0,
-                ))
-                .context("QUIC endpoint on a loopback source address")?;
+                let mut endpoint =
+                    quinn::Endpoint::client(SocketAddr::new(source_address(a * per_endpoint), 0))
+                        .context("QUIC endpoint on a loopback source address")?;
                 endpoint.set_default_client_config(config.clone());
                 endpoints.push(endpoint);
             }

@@ -196,7 +196,10 @@ impl Cluster {
                 .map(|i| Node {
                     entry: NodeEntry {
                         name: format!("node-{}", i + 1),
-                        addr: SocketAddr::from(([127, 0, 0, 1], telework_tests::cluster::free_port())),
+                        addr: SocketAddr::from((
+                            [127, 0, 0, 1],
+                            telework_tests::cluster::free_port(),
+                        )),
                     },
                     relay: None,
                 })
@@ -664,7 +667,9 @@ async fn agreement(
             continue;
         };
         seen[i] = true;
-        let at = fleet.node_of(i).map(|n| cluster.nodes[n].entry.name.as_str());
+        let at = fleet
+            .node_of(i)
+            .map(|n| cluster.nodes[n].entry.name.as_str());
         if at == Some(row.node.as_str()) {
             a.right += 1;
             right[i] = true;
@@ -711,7 +716,10 @@ async fn wait_agreement(
                             ..Default::default()
                         })
                         .await?;
-                    eprintln!("{id}: at {:?}", index.get(id).and_then(|&i| fleet.node_of(i)));
+                    eprintln!(
+                        "{id}: at {:?}",
+                        index.get(id).and_then(|&i| fleet.node_of(i))
+                    );
                     for r in rows {
                         eprintln!("  {} {} {:?} {}", r.at, r.kind, r.address, r.detail);
                     }
@@ -735,7 +743,10 @@ async fn measure_failover(
         .filter(|&i| fleet.node_of(i) == Some(KILLED))
         .collect();
     let moves_before = fleet.moves();
-    let relay = cluster.nodes[KILLED].relay.take().context("the node runs")?;
+    let relay = cluster.nodes[KILLED]
+        .relay
+        .take()
+        .context("the node runs")?;
     let killed_at = Instant::now();
     // SIGKILL, then reaped.
     drop(relay);
@@ -751,7 +762,11 @@ async fn measure_failover(
         })
         .collect();
     if !all_back && std::env::var_os("TELEWORK_BENCH_VERBOSE").is_some() {
-        for &i in moving.iter().filter(|&&i| fleet.node_of(i).is_none()).take(10) {
+        for &i in moving
+            .iter()
+            .filter(|&&i| fleet.node_of(i).is_none())
+            .take(10)
+        {
             eprintln!("agent {i} not back: {} failed attempts", fleet.failing(i));
         }
     }
@@ -866,15 +881,8 @@ pub(crate) async fn run(opts: Options) -> anyhow::Result<()> {
             path.presence_after_bring_up
         );
         if k == 0 {
-            r.lookups = measure_lookups(
-                &cluster,
-                &sqlite,
-                &fleet,
-                members,
-                &offline_ids,
-                &opts,
-            )
-            .await?;
+            r.lookups =
+                measure_lookups(&cluster, &sqlite, &fleet, members, &offline_ids, &opts).await?;
         }
         measure_set_up(&cluster, target, t, opts.runs.max(5), &mut path).await?;
         path.failover = measure_failover(&mut cluster, &fleet, &index).await?;
@@ -916,7 +924,10 @@ fn print_table(r: &Results) {
         r.machine
     );
     println!();
-    println!("| measure | SQLite, one relay | PostgreSQL, {} nodes |", r.nodes);
+    println!(
+        "| measure | SQLite, one relay | PostgreSQL, {} nodes |",
+        r.nodes
+    );
     println!("|---|---|---|");
     println!(
         "| lookups/s through a node ({} connections x {} in flight, {}): PC online at another node, answered MoveTo | - | {:.0} |",
@@ -958,7 +969,8 @@ fn print_table(r: &Results) {
             )
         );
         let f = &p.failover;
-        let or_not = |s: Option<f64>| s.map_or(format!("not within {BACK_WITHIN:?}"), |s| format!("{s:.2}"));
+        let or_not =
+            |s: Option<f64>| s.map_or(format!("not within {BACK_WITHIN:?}"), |s| format!("{s:.2}"));
         println!(
             "| {}: SIGKILL of a node, its {} agents online at the others, s: first / p50 / p99 / all | - | {:.2} / {:.2} / {:.2} / {} |",
             p.transport,

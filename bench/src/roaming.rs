@@ -9,8 +9,8 @@
 //! balancer) is here the list of nodes: agent `i` enters through node `i mod n`, or the next
 //! one it does not avoid, as a health-checking load balancer would send it.
 
-use std::net::SocketAddr;
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -173,8 +173,7 @@ impl Fleet {
 
     /// When agent `i` was last welcomed.
     pub(crate) fn welcomed_at(&self, i: usize) -> Instant {
-        self.shared.epoch
-            + Duration::from_micros(self.shared.welcomed[i].load(Ordering::Relaxed))
+        self.shared.epoch + Duration::from_micros(self.shared.welcomed[i].load(Ordering::Relaxed))
     }
 
     /// `MoveTo`s followed so far.
