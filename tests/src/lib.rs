@@ -86,6 +86,26 @@ pub fn current_transport() -> TransportChoice {
     TRANSPORT.try_with(|t| *t).unwrap_or(TransportChoice::Auto)
 }
 
+/// One variant of a test: `$body` on `$transport`, against a cluster when `$cluster`.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __test_variant {
+    ($variant:ident, $transport:ident, $cluster:expr, [$(#[$meta:meta])*], $body:block) => {
+        $(#[$meta])*
+        async fn $variant() {
+            $crate::in_process_cluster::CLUSTER
+                .scope(
+                    $cluster,
+                    $crate::TRANSPORT.scope(
+                        telework_net::transport::TransportChoice::$transport,
+                        async $body,
+                    ),
+                )
+                .await
+        }
+    };
+}
+
 /// Runs each test twice, as `NAME::quic` and `NAME::tcp`: relays, agents and clients the
 /// harness makes inside it use that transport.
 #[macro_export]
@@ -95,20 +115,8 @@ macro_rules! on_both_transports {
             mod $name {
                 #[allow(unused_imports)]
                 use super::*;
-
-                $(#[$meta])*
-                async fn quic() {
-                    $crate::TRANSPORT
-                        .scope(telework_net::transport::TransportChoice::Quic, async $body)
-                        .await
-                }
-
-                $(#[$meta])*
-                async fn tcp() {
-                    $crate::TRANSPORT
-                        .scope(telework_net::transport::TransportChoice::Tcp, async $body)
-                        .await
-                }
+                $crate::__test_variant!(quic, Quic, false, [$(#[$meta])*], $body);
+                $crate::__test_variant!(tcp, Tcp, false, [$(#[$meta])*], $body);
             }
         )*
     };
@@ -124,33 +132,9 @@ macro_rules! on_both_transports_and_a_cluster {
             mod $name {
                 #[allow(unused_imports)]
                 use super::*;
-
-                $(#[$meta])*
-                async fn quic() {
-                    $crate::TRANSPORT
-                        .scope(telework_net::transport::TransportChoice::Quic, async $body)
-                        .await
-                }
-
-                $(#[$meta])*
-                async fn tcp() {
-                    $crate::TRANSPORT
-                        .scope(telework_net::transport::TransportChoice::Tcp, async $body)
-                        .await
-                }
-
-                $(#[$meta])*
-                async fn cluster() {
-                    $crate::in_process_cluster::CLUSTER
-                        .scope(
-                            true,
-                            $crate::TRANSPORT.scope(
-                                telework_net::transport::TransportChoice::Quic,
-                                async $body,
-                            ),
-                        )
-                        .await
-                }
+                $crate::__test_variant!(quic, Quic, false, [$(#[$meta])*], $body);
+                $crate::__test_variant!(tcp, Tcp, false, [$(#[$meta])*], $body);
+                $crate::__test_variant!(cluster, Quic, true, [$(#[$meta])*], $body);
             }
         )*
     };

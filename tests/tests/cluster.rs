@@ -72,6 +72,18 @@ async fn office_pc(cluster: &TestCluster, entry: usize, id: &str) -> (EchoServer
     (desktop, agent)
 }
 
+/// An employee's session with `id` through node `entry`, and one desktop connection through
+/// it that echoes.
+async fn connected(cluster: &TestCluster, entry: usize, id: &str) -> (TestClient, TcpStream) {
+    let session = Session::login(&cluster.target(entry, id), PASSWORD.as_bytes())
+        .await
+        .unwrap();
+    let client = TestClient::serve(session).await;
+    let mut conn = TcpStream::connect(client.local).await.unwrap();
+    echo_once(&mut conn).await;
+    (client, conn)
+}
+
 /// Starts the agents together and waits until each is online.
 async fn run_all(builders: impl Iterator<Item = AgentBuilder>) -> Vec<TestAgent> {
     let mut set = tokio::task::JoinSet::new();
@@ -140,12 +152,7 @@ async fn agents_spread_over_three_nodes_and_clients_are_sent_to_theirs() {
     let id = id_homed_at(&cluster, "pc-office", 2);
     let (_desktop, _agent) = office_pc(&cluster, 0, &id).await;
     wait_presence(&cluster, &id, Duration::from_secs(10), |n| n == "node-3").await;
-    let session = Session::login(&cluster.target(0, &id), PASSWORD.as_bytes())
-        .await
-        .unwrap();
-    let client = TestClient::serve(session).await;
-    let mut conn = TcpStream::connect(client.local).await.unwrap();
-    echo_once(&mut conn).await;
+    let (_client, _conn) = connected(&cluster, 0, &id).await;
     drop(agents);
 }
 
@@ -166,12 +173,7 @@ async fn a_killed_node_s_agents_are_online_elsewhere_and_the_session_resumes() {
         }
     }
     let _others = run_all(others.iter().map(|o| cluster.agent(0, o, None))).await;
-    let session = Session::login(&cluster.target(0, &id), PASSWORD.as_bytes())
-        .await
-        .unwrap();
-    let client = TestClient::serve(session).await;
-    let mut conn = TcpStream::connect(client.local).await.unwrap();
-    echo_once(&mut conn).await;
+    let (client, _conn) = connected(&cluster, 0, &id).await;
 
     cluster.kill(1);
     let killed = Instant::now();
@@ -221,12 +223,7 @@ async fn a_draining_node_moves_its_agents_and_lets_open_sessions_finish() {
     let id = id_homed_at(&cluster, "pc-drain", 1);
     let (_desktop, _agent) = office_pc(&cluster, 1, &id).await;
     wait_presence(&cluster, &id, Duration::from_secs(10), |n| n == "node-2").await;
-    let session = Session::login(&cluster.target(1, &id), PASSWORD.as_bytes())
-        .await
-        .unwrap();
-    let client = TestClient::serve(session).await;
-    let mut open = TcpStream::connect(client.local).await.unwrap();
-    echo_once(&mut open).await;
+    let (client, mut open) = connected(&cluster, 1, &id).await;
 
     cluster.terminate(1);
     let moved = wait_presence(&cluster, &id, Duration::from_secs(10), |n| n != "node-2").await;
@@ -336,12 +333,7 @@ async fn while_the_database_restarts_online_agents_are_served_and_registration_w
     };
     let id = id_homed_at(&cluster, "pc-db", 0);
     let (_desktop, _agent) = office_pc(&cluster, 0, &id).await;
-    let session = Session::login(&cluster.target(0, &id), PASSWORD.as_bytes())
-        .await
-        .unwrap();
-    let client = TestClient::serve(session).await;
-    let mut open = TcpStream::connect(client.local).await.unwrap();
-    echo_once(&mut open).await;
+    let (client, mut open) = connected(&cluster, 0, &id).await;
 
     tokio::task::block_in_place(|| cluster.pg.stop());
     // Past the nodes' heartbeat expiry: each keeps serving with the view it had.
@@ -395,10 +387,5 @@ async fn an_agent_that_cannot_reach_its_home_stays_where_it_is_and_presence_says
         cluster.process(0).output()
     );
     // It is reachable where it is.
-    let session = Session::login(&cluster.target(0, &id), PASSWORD.as_bytes())
-        .await
-        .unwrap();
-    let client = TestClient::serve(session).await;
-    let mut conn = TcpStream::connect(client.local).await.unwrap();
-    echo_once(&mut conn).await;
+    let (_client, _conn) = connected(&cluster, 0, &id).await;
 }
