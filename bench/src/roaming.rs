@@ -185,7 +185,7 @@ impl Fleet {
     pub(crate) fn errors(&self) -> Vec<(String, usize)> {
         let errors = self.shared.errors.lock().unwrap_or_else(|e| e.into_inner());
         let mut v: Vec<(String, usize)> = errors.iter().map(|(e, &n)| (e.clone(), n)).collect();
-        v.sort_by(|a, b| b.1.cmp(&a.1));
+        v.sort_by_key(|e| std::cmp::Reverse(e.1));
         v
     }
 
