@@ -286,8 +286,12 @@ async fn online_once(
                     RelayToAgent::Pong(_) | RelayToAgent::Welcome { .. } | RelayToAgent::Registered { .. } => {}
                     RelayToAgent::Error(code) => return Err(AgentError::Refused(code)),
                     RelayToAgent::MoveTo(to) => {
-                        // Tunnels open on this connection carry on; new ones go there.
-                        *lock(&agent.node) = None;
+                        // Tunnels open on this connection carry on; new ones go there. The
+                        // node sending us away (draining, or no longer our home) is not where
+                        // another node with an older view should send us back.
+                        if let Some(left) = lock(&agent.node).take() {
+                            lock(&agent.avoided).note(left, std::time::Instant::now());
+                        }
                         return Ok(Next::Redirect { to, previous: Some(Box::new(Control { framed })), was_online: true });
                     }
                 }

@@ -339,6 +339,7 @@ impl Relay {
         let writers_stop = CancellationToken::new();
         let beats_stop = CancellationToken::new();
         let writers = tokio::spawn(cluster::write_changes(self.clone(), writers_stop.clone()));
+        cluster::join(&self).await;
         let beats = tokio::spawn(cluster::run(self.clone(), beats_stop.clone()));
         tracker.spawn(registrations::watch(self.clone()));
         tracker.spawn(audit::retain(

@@ -499,3 +499,45 @@ async fn a_bad_database_url_is_a_clear_error() {
         .unwrap();
     assert!(err.to_string().contains("registry database error"), "{err}");
 }
+
+/// TLS to the database: verified against the CA the URL names; a server that only takes TLS
+/// refuses a plain connection; a certificate nobody vouches for is refused at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_over_tls_checks_the_server_certificate() {
+    let Some((pg, ca)) = tokio::task::spawn_blocking(Postgres::start_tls)
+        .await
+        .unwrap()
+    else {
+        return;
+    };
+    let url = pg.url();
+    let ca = ca.to_str().unwrap();
+    let reg = Registry::connect(&format!("{url}?sslmode=require&sslrootcert={ca}"))
+        .await
+        .unwrap();
+    reg.register(&pc("pc-tls"), &[5; 32]).await.unwrap();
+    assert!(reg.machine(&pc("pc-tls")).await.unwrap().is_some());
+    let plain = Registry::connect(&format!("{url}?sslmode=disable")).await;
+    let err = plain
+        .err()
+        .expect("a plain connection is refused")
+        .to_string();
+    assert!(
+        err.contains("pg_hba.conf") || err.contains("28000"),
+        "{err}"
+    );
+    let started = std::time::Instant::now();
+    let untrusted = Registry::connect(&format!("{url}?sslmode=require")).await;
+    let err = untrusted
+        .err()
+        .expect("an unknown CA is refused")
+        .to_string();
+    assert!(
+        err.contains("certificate") || err.contains("Certificate"),
+        "{err}"
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "not retried: {err}"
+    );
+}

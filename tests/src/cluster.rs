@@ -27,6 +27,9 @@ pub struct Node {
     pub addr: SocketAddr,
     /// The running binary, if it runs.
     pub process: Option<NsProcess>,
+    /// The address it tells agents and clients to use, when not `addr` (one that cannot
+    /// be reached, say).
+    pub public_addr: Option<String>,
     /// Its admin listener, when the cluster has them.
     pub admin: Option<SocketAddr>,
     data: tempfile::TempDir,
@@ -86,18 +89,26 @@ impl TestCluster {
             cert,
             pg,
         };
-        for i in 0..n {
-            cluster.nodes.push(Node {
-                name: format!("node-{}", i + 1),
-                addr: SocketAddr::from(([127, 0, 0, 1], free_port())),
-                process: None,
-                admin: None,
-                data: tempfile::tempdir().unwrap(),
-            });
-            cluster.run(i);
+        for _ in 0..n {
+            cluster.add_node();
         }
         cluster.wait_live(n, Duration::from_secs(15)).await;
         Some(cluster)
+    }
+
+    /// Adds a node (`node-N`) and starts it.
+    pub fn add_node(&mut self) -> usize {
+        self.nodes.push(Node {
+            name: format!("node-{}", self.nodes.len() + 1),
+            addr: SocketAddr::from(([127, 0, 0, 1], free_port())),
+            process: None,
+            public_addr: None,
+            admin: None,
+            data: tempfile::tempdir().unwrap(),
+        });
+        let i = self.nodes.len() - 1;
+        self.run(i);
+        i
     }
 
     /// Starts node `i` (again), on its port.
@@ -106,6 +117,7 @@ impl TestCluster {
         let key = self.cert.path().join(telework_relay::identity::KEY_FILE);
         let node = &self.nodes[i];
         let addr = node.addr.to_string();
+        let public = node.public_addr.clone().unwrap_or_else(|| addr.clone());
         let url = self.pg.url();
         let config = node.data.path().join("relay.toml");
         std::fs::write(&config, "shutdown_grace_secs = 8\n").unwrap();
@@ -114,7 +126,7 @@ impl TestCluster {
             "--listen",
             &addr,
             "--public-addr",
-            &addr,
+            &public,
             "--node-name",
             &node.name,
             "--database",
@@ -167,12 +179,15 @@ impl TestCluster {
         self.nodes[i].process.as_mut().expect("the node runs")
     }
 
-    /// Waits until `n` nodes have live heartbeat rows.
+    /// Waits until `n` nodes have live heartbeat rows, and then for one more heartbeat, so
+    /// that each has read the others' rows.
     pub async fn wait_live(&self, n: usize, within: Duration) {
         let deadline = Instant::now() + within;
         loop {
             let live = self.live_nodes().await;
             if live.len() == n {
+                let beat = telework_relay::cluster::HEARTBEAT + Duration::from_millis(500);
+                tokio::time::sleep(beat).await;
                 return;
             }
             assert!(
@@ -207,6 +222,7 @@ impl TestCluster {
             target: "127.0.0.1:9".parse().unwrap(),
             transport: current_transport(),
             quic_reprobe: None,
+            presence_in: None,
         }
     }
 

@@ -20,6 +20,7 @@ pub mod evil;
 pub mod gate;
 pub mod hand_login;
 pub mod impair;
+pub mod in_process_cluster;
 pub mod it_staff;
 pub mod netns;
 pub mod netns_chain;
@@ -85,6 +86,26 @@ pub fn current_transport() -> TransportChoice {
     TRANSPORT.try_with(|t| *t).unwrap_or(TransportChoice::Auto)
 }
 
+/// One variant of a test: `$body` on `$transport`, against a cluster when `$cluster`.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __test_variant {
+    ($variant:ident, $transport:ident, $cluster:expr, [$(#[$meta:meta])*], $body:block) => {
+        $(#[$meta])*
+        async fn $variant() {
+            $crate::in_process_cluster::CLUSTER
+                .scope(
+                    $cluster,
+                    $crate::TRANSPORT.scope(
+                        telework_net::transport::TransportChoice::$transport,
+                        async $body,
+                    ),
+                )
+                .await
+        }
+    };
+}
+
 /// Runs each test twice, as `NAME::quic` and `NAME::tcp`: relays, agents and clients the
 /// harness makes inside it use that transport.
 #[macro_export]
@@ -94,20 +115,26 @@ macro_rules! on_both_transports {
             mod $name {
                 #[allow(unused_imports)]
                 use super::*;
+                $crate::__test_variant!(quic, Quic, false, [$(#[$meta])*], $body);
+                $crate::__test_variant!(tcp, Tcp, false, [$(#[$meta])*], $body);
+            }
+        )*
+    };
+}
 
-                $(#[$meta])*
-                async fn quic() {
-                    $crate::TRANSPORT
-                        .scope(telework_net::transport::TransportChoice::Quic, async $body)
-                        .await
-                }
-
-                $(#[$meta])*
-                async fn tcp() {
-                    $crate::TRANSPORT
-                        .scope(telework_net::transport::TransportChoice::Tcp, async $body)
-                        .await
-                }
+/// [`on_both_transports!`], and a third time as `NAME::cluster` (QUIC): the harness's relay
+/// is then node 1 of three in-process nodes on a throwaway PostgreSQL
+/// ([`in_process_cluster`]), and agents and clients are sent on to their nodes.
+#[macro_export]
+macro_rules! on_both_transports_and_a_cluster {
+    ($( $(#[$meta:meta])* async fn $name:ident() $body:block )*) => {
+        $(
+            mod $name {
+                #[allow(unused_imports)]
+                use super::*;
+                $crate::__test_variant!(quic, Quic, false, [$(#[$meta])*], $body);
+                $crate::__test_variant!(tcp, Tcp, false, [$(#[$meta])*], $body);
+                $crate::__test_variant!(cluster, Quic, true, [$(#[$meta])*], $body);
             }
         )*
     };
@@ -137,6 +164,8 @@ pub struct TestRelay {
     task: Option<JoinHandle<()>>,
     /// Its data dir (removed on drop).
     pub dir: tempfile::TempDir,
+    /// In the cluster variant: nodes 2 and 3 and the database (this relay is node 1).
+    pub others: Option<in_process_cluster::Others>,
 }
 
 impl TestRelay {
@@ -146,11 +175,21 @@ impl TestRelay {
     }
 
     /// Starts a relay with `options`.
-    pub async fn start_with(options: RelayOptions) -> Self {
+    pub async fn start_with(mut options: RelayOptions) -> Self {
         init_tracing();
         let dir = tempfile::tempdir().unwrap();
         let id = identity::self_signed(dir.path(), &[]).unwrap();
-        let registry = Registry::open(&dir.path().join("relay.db")).unwrap();
+        let others = match in_process_cluster::wanted() {
+            true => in_process_cluster::Others::start(&id, &options).await,
+            false => None,
+        };
+        let registry = match &others {
+            Some(others) => {
+                options.node_name = "node-1".into();
+                Registry::connect(&others.url).await.unwrap()
+            }
+            None => Registry::open(&dir.path().join("relay.db")).unwrap(),
+        };
         let relay = Relay::new(registry, &id, options).unwrap();
         let (listener, quic) = relay.bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -158,6 +197,9 @@ impl TestRelay {
         let task = tokio::spawn(relay.clone().serve(listener, quic, async move {
             let _ = stopped.await;
         }));
+        if let Some(others) = &others {
+            others.wait_joined(&relay).await;
+        }
         Self {
             addr,
             fingerprint: id.fingerprint,
@@ -166,6 +208,7 @@ impl TestRelay {
             stop: Some(stop),
             task: Some(task),
             dir,
+            others,
         }
     }
 
@@ -173,6 +216,10 @@ impl TestRelay {
     /// address and `options` (give it another `node_name`), this one's certificate (agents
     /// and clients pinned to it accept either node) and registry file.
     pub async fn start_beside(&self, options: RelayOptions) -> Self {
+        assert!(
+            self.others.is_none(),
+            "a relay on SQLite, not the cluster variant"
+        );
         let dir = tempfile::tempdir().unwrap();
         for file in [identity::CERT_FILE, identity::KEY_FILE] {
             std::fs::copy(self.dir.path().join(file), dir.path().join(file)).unwrap();
@@ -195,7 +242,18 @@ impl TestRelay {
             stop: Some(stop),
             task: Some(task),
             dir,
+            others: None,
         }
+    }
+
+    /// Whether `id` is online at any node.
+    pub fn is_online(&self, id: &ComputerId) -> bool {
+        self.relay.hub.is_online(id)
+            || self
+                .others
+                .iter()
+                .flat_map(|o| &o.nodes)
+                .any(|n| n.relay.hub.is_online(id))
     }
 
     /// Stops the relay and starts a new one on the same address with the same data dir
@@ -208,8 +266,20 @@ impl TestRelay {
             let _ = tokio::time::timeout(Duration::from_secs(30), task).await;
         }
         let id = identity::self_signed(self.dir.path(), &[]).unwrap();
-        let registry = Registry::open(&self.dir.path().join("relay.db")).unwrap();
-        let relay = Relay::new(registry, &id, RelayOptions::default()).unwrap();
+        let (registry, options) = match &self.others {
+            Some(others) => (
+                Registry::connect(&others.url).await.unwrap(),
+                RelayOptions {
+                    node_name: "node-1".into(),
+                    ..RelayOptions::default()
+                },
+            ),
+            None => (
+                Registry::open(&self.dir.path().join("relay.db")).unwrap(),
+                RelayOptions::default(),
+            ),
+        };
+        let relay = Relay::new(registry, &id, options).unwrap();
         let listener = TcpListener::bind(self.addr).await.unwrap();
         // The old endpoint's UDP socket goes when its last connection has.
         let mut quic = relay.quic_endpoint(&listener);
@@ -267,6 +337,7 @@ impl TestRelay {
             target: "127.0.0.1:9".parse().unwrap(),
             transport: self.transport,
             quic_reprobe: None,
+            presence_in: self.others.as_ref().map(|o| o.url.clone()),
         }
     }
 
@@ -325,6 +396,10 @@ pub struct AgentBuilder {
     target: SocketAddr,
     transport: TransportChoice,
     quic_reprobe: Option<Duration>,
+    /// In a cluster: the database whose presence row `run` waits for, so that a client
+    /// asking another node at once finds the agent (the row is written a moment after the
+    /// agent is welcomed).
+    presence_in: Option<String>,
 }
 
 impl AgentBuilder {
@@ -385,6 +460,9 @@ impl AgentBuilder {
             .await
             .expect("agent came online in time")
             .unwrap();
+        if let Some(url) = &self.presence_in {
+            in_process_cluster::wait_for_presence(url, &self.id).await;
+        }
         TestAgent {
             agent,
             stop: Some(stop),

@@ -42,6 +42,56 @@ impl Postgres {
     /// # Panics
     /// If they are installed but the cluster does not start.
     pub fn start() -> Option<Self> {
+        Self::start_with(|_| {})
+    }
+
+    /// Starts a new cluster that takes TCP connections over TLS only (`hostssl`), with a
+    /// server certificate for 127.0.0.1 from a new CA; returns it and the CA's PEM file.
+    /// `None` as for [`Postgres::start`].
+    ///
+    /// # Panics
+    /// As [`Postgres::start`].
+    pub fn start_tls() -> Option<(Self, PathBuf)> {
+        let mut ca_file = PathBuf::new();
+        let pg = Self::start_with(|pg| {
+            let (ca_pem, cert_pem, key_pem) = tls_files();
+            let data = pg.data();
+            ca_file = pg.dir.path().join("ca.pem");
+            std::fs::write(&ca_file, ca_pem).unwrap();
+            pg.write_owned(&data.join("server.crt"), &cert_pem, 0o644);
+            pg.write_owned(&data.join("server.key"), &key_pem, 0o600);
+            let conf = data.join("postgresql.conf");
+            let mut text = std::fs::read_to_string(&conf).unwrap();
+            text.push_str(
+                "\nssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n",
+            );
+            pg.write_owned(&conf, &text, 0o600);
+            pg.write_owned(
+                &data.join("pg_hba.conf"),
+                "local all all trust\nhostssl all all 127.0.0.1/32 trust\n",
+                0o600,
+            );
+        })?;
+        Some((pg, ca_file))
+    }
+
+    /// Writes `text` to `path`, owned by the server's user, with `mode`.
+    fn write_owned(&self, path: &std::path::Path, text: &str, mode: u32) {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::write(path, text).unwrap();
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+        if self.as_postgres {
+            let out = Command::new("chown")
+                .arg("postgres:postgres")
+                .arg(path)
+                .output()
+                .expect("chown runs");
+            assert!(out.status.success(), "chown: {out:?}");
+        }
+    }
+
+    /// [`Postgres::start`], with `configure` run between `initdb` and the server's start.
+    fn start_with(configure: impl FnOnce(&Self)) -> Option<Self> {
         let Some(bin) = binaries() else {
             eprintln!(
                 "SKIPPED: PostgreSQL is not installed (no {PG_ROOT}/*/bin/initdb); \
@@ -84,40 +134,78 @@ impl Postgres {
             ],
         );
         assert!(out.status.success(), "initdb failed: {out:?}");
+        configure(&pg);
         // A port taken between probing and binding makes pg_ctl fail: try a few.
         for _ in 0..5 {
             pg.port = free_port();
-            let options = format!(
-                "-p {} -c listen_addresses=127.0.0.1 -k {} -F -c max_connections=200",
-                pg.port,
-                pg.dir.path().display()
-            );
-            let log = pg.dir.path().join("postgres.log");
-            let out = pg.run(
-                "pg_ctl",
-                &[
-                    "start".as_ref(),
-                    "-w".as_ref(),
-                    "-t".as_ref(),
-                    "60".as_ref(),
-                    "-D".as_ref(),
-                    data.as_os_str(),
-                    "-l".as_ref(),
-                    log.as_os_str(),
-                    "-o".as_ref(),
-                    options.as_ref(),
-                ],
-            );
-            if out.status.success() {
+            if pg.pg_ctl_start() {
                 return Some(pg);
             }
+        }
+        panic!("the PostgreSQL test cluster did not start");
+    }
+
+    /// Starts the server on `self.port`; whether it started (the log is printed if not).
+    fn pg_ctl_start(&self) -> bool {
+        let data = self.data();
+        let options = format!(
+            "-p {} -c listen_addresses=127.0.0.1 -k {} -F -c max_connections=200",
+            self.port,
+            self.dir.path().display()
+        );
+        let log = self.dir.path().join("postgres.log");
+        let out = self.run(
+            "pg_ctl",
+            &[
+                "start".as_ref(),
+                "-w".as_ref(),
+                "-t".as_ref(),
+                "60".as_ref(),
+                "-D".as_ref(),
+                data.as_os_str(),
+                "-l".as_ref(),
+                log.as_os_str(),
+                "-o".as_ref(),
+                options.as_ref(),
+            ],
+        );
+        if !out.status.success() {
             eprintln!(
                 "pg_ctl start failed on port {}: {}",
-                pg.port,
+                self.port,
                 std::fs::read_to_string(&log).unwrap_or_default()
             );
         }
-        panic!("the PostgreSQL test cluster did not start");
+        out.status.success()
+    }
+
+    /// Stops the server at once (`pg_ctl stop -m immediate`: connections are cut, as when
+    /// the database machine fails); [`Postgres::start_again`] brings it back.
+    pub fn stop(&self) {
+        let data = self.data();
+        let out = self.run(
+            "pg_ctl",
+            &[
+                "stop".as_ref(),
+                "-m".as_ref(),
+                "immediate".as_ref(),
+                "-w".as_ref(),
+                "-D".as_ref(),
+                data.as_os_str(),
+            ],
+        );
+        assert!(out.status.success(), "pg_ctl stop: {out:?}");
+    }
+
+    /// Starts the stopped server again on the same port, with its data.
+    ///
+    /// # Panics
+    /// If it does not start.
+    pub fn start_again(&self) {
+        assert!(
+            self.pg_ctl_start(),
+            "the PostgreSQL test cluster did not start again"
+        );
     }
 
     /// Its URL, for `--database`: user `postgres`, database `postgres`, over TCP.
@@ -190,6 +278,22 @@ impl Drop for Postgres {
         );
         // The TempDir removes the files (root may; as another user they are ours).
     }
+}
+
+/// A new CA's certificate, and a certificate and key it signed for 127.0.0.1 (PEM).
+fn tls_files() -> (String, String, String) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca = rcgen::CertificateParams::new(Vec::new()).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "telework test database CA");
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let server = rcgen::CertificateParams::new(vec!["127.0.0.1".into(), "localhost".into()])
+        .unwrap()
+        .signed_by(&key, &ca_cert, &ca_key)
+        .unwrap();
+    (ca_cert.pem(), server.pem(), key.serialize_pem())
 }
 
 fn rustix_is_root() -> bool {

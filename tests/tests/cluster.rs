@@ -73,6 +73,18 @@ async fn office_pc(cluster: &TestCluster, entry: usize, id: &str) -> (EchoServer
     (desktop, agent)
 }
 
+/// An employee's session with `id` through node `entry`, and one desktop connection through
+/// it that echoes.
+async fn connected(cluster: &TestCluster, entry: usize, id: &str) -> (TestClient, TcpStream) {
+    let session = Session::login(&cluster.target(entry, id), PASSWORD.as_bytes())
+        .await
+        .unwrap();
+    let client = TestClient::serve(session).await;
+    let mut conn = TcpStream::connect(client.local).await.unwrap();
+    echo_once(&mut conn).await;
+    (client, conn)
+}
+
 /// Starts the agents together and waits until each is online.
 async fn run_all(builders: impl Iterator<Item = AgentBuilder>) -> Vec<TestAgent> {
     let mut set = tokio::task::JoinSet::new();
@@ -141,12 +153,7 @@ async fn agents_spread_over_three_nodes_and_clients_are_sent_to_theirs() {
     let id = id_homed_at(&cluster, "pc-office", 2);
     let (_desktop, _agent) = office_pc(&cluster, 0, &id).await;
     wait_presence(&cluster, &id, Duration::from_secs(10), |n| n == "node-3").await;
-    let session = Session::login(&cluster.target(0, &id), PASSWORD.as_bytes())
-        .await
-        .unwrap();
-    let client = TestClient::serve(session).await;
-    let mut conn = TcpStream::connect(client.local).await.unwrap();
-    echo_once(&mut conn).await;
+    let (_client, _conn) = connected(&cluster, 0, &id).await;
     drop(agents);
 }
 
@@ -167,12 +174,7 @@ async fn a_killed_node_s_agents_are_online_elsewhere_and_the_session_resumes() {
         }
     }
     let _others = run_all(others.iter().map(|o| cluster.agent(0, o, None))).await;
-    let session = Session::login(&cluster.target(0, &id), PASSWORD.as_bytes())
-        .await
-        .unwrap();
-    let client = TestClient::serve(session).await;
-    let mut conn = TcpStream::connect(client.local).await.unwrap();
-    echo_once(&mut conn).await;
+    let (client, _conn) = connected(&cluster, 0, &id).await;
 
     cluster.kill(1);
     let killed = Instant::now();
@@ -222,12 +224,7 @@ async fn a_draining_node_moves_its_agents_and_lets_open_sessions_finish() {
     let id = id_homed_at(&cluster, "pc-drain", 1);
     let (_desktop, _agent) = office_pc(&cluster, 1, &id).await;
     wait_presence(&cluster, &id, Duration::from_secs(10), |n| n == "node-2").await;
-    let session = Session::login(&cluster.target(1, &id), PASSWORD.as_bytes())
-        .await
-        .unwrap();
-    let client = TestClient::serve(session).await;
-    let mut open = TcpStream::connect(client.local).await.unwrap();
-    echo_once(&mut open).await;
+    let (client, mut open) = connected(&cluster, 1, &id).await;
 
     cluster.terminate(1);
     let moved = wait_presence(&cluster, &id, Duration::from_secs(10), |n| n != "node-2").await;
@@ -270,18 +267,138 @@ async fn a_draining_node_moves_its_agents_and_lets_open_sessions_finish() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_joining_node_takes_about_a_third_and_nobody_else_moves() {
+    let Some(mut cluster) = TestCluster::start(2).await else {
+        return;
+    };
+    const AGENTS: usize = 90;
+    let ids: Vec<String> = (0..AGENTS).map(|n| format!("pc-join-{n:03}")).collect();
+    let _agents = run_all(
+        ids.iter()
+            .enumerate()
+            .map(|(n, id)| cluster.agent(n % 2, id, None)),
+    )
+    .await;
+    let settled = |cluster: &TestCluster, presence: &[telework_relay::registry::Presence]| {
+        presence.len() == AGENTS
+            && presence
+                .iter()
+                .all(|p| p.node == home(cluster, p.id.as_str()))
+    };
+    let before = wait_settled(&cluster, settled).await;
+
+    cluster.add_node();
+    cluster.wait_live(3, Duration::from_secs(10)).await;
+    let after = wait_settled(&cluster, settled).await;
+    let mut moved = 0;
+    for (id, (node, since)) in &after {
+        let (old_node, old_since) = &before[id];
+        if node == old_node {
+            assert_eq!(
+                since, old_since,
+                "{id} reconnected though its home did not change"
+            );
+        } else {
+            assert_eq!(node, "node-3", "{id} moved from {old_node} to {node}");
+            moved += 1;
+        }
+    }
+    eprintln!("{moved} of {AGENTS} agents moved to the new node");
+    assert!((20..=40).contains(&moved), "{moved} of {AGENTS} moved");
+}
+
+/// Waits until `done` holds for the presence rows (20 s at most); returns each agent's node
+/// and the second it came online there.
+async fn wait_settled(
+    cluster: &TestCluster,
+    done: impl Fn(&TestCluster, &[telework_relay::registry::Presence]) -> bool,
+) -> HashMap<String, (String, i64)> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let presence = cluster.presence().await;
+        if done(cluster, &presence) {
+            return presence
+                .into_iter()
+                .map(|p| (p.id.to_string(), (p.node, p.since)))
+                .collect();
+        }
+        assert!(Instant::now() < deadline, "not settled: {presence:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_the_database_restarts_online_agents_are_served_and_registration_waits() {
+    let Some(cluster) = TestCluster::start(2).await else {
+        return;
+    };
+    let id = id_homed_at(&cluster, "pc-db", 0);
+    let (_desktop, _agent) = office_pc(&cluster, 0, &id).await;
+    let (client, mut open) = connected(&cluster, 0, &id).await;
+
+    tokio::task::block_in_place(|| cluster.pg.stop());
+    // Past the nodes' heartbeat expiry: each keeps serving with the view it had.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    echo_once(&mut open).await;
+    let mut new = TcpStream::connect(client.local).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), echo_once(&mut new))
+        .await
+        .expect("a new tunnel while the database is down");
+
+    // A registration started during the outage waits, and succeeds once it is back.
+    let other = id_homed_at(&cluster, "pc-db-new", 0);
+    let registering = tokio::spawn(cluster.agent(0, &other, None).run());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    tokio::task::block_in_place(|| cluster.pg.start_again());
+    let _registered = tokio::time::timeout(Duration::from_secs(30), registering)
+        .await
+        .expect("the registration finished after the database came back")
+        .unwrap();
+    wait_presence(&cluster, &other, Duration::from_secs(10), |n| n == "node-1").await;
+    cluster.wait_live(2, Duration::from_secs(10)).await;
+    echo_once(&mut open).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_that_cannot_reach_its_home_stays_where_it_is_and_presence_says_so() {
+    let Some(mut cluster) = TestCluster::start(2).await else {
+        return;
+    };
+    // Node 2 announces an address nobody listens on.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let nowhere = closed.local_addr().unwrap().to_string();
+    drop(closed);
+    cluster.kill(1);
+    cluster.nodes[1].public_addr = Some(nowhere);
+    cluster.run(1);
+    cluster.wait_live(2, Duration::from_secs(10)).await;
+    let id = id_homed_at(&cluster, "pc-away", 1);
+    let (_desktop, _agent) = office_pc(&cluster, 0, &id).await;
+    wait_presence(&cluster, &id, Duration::from_secs(15), |n| n == "node-1").await;
+    let p = cluster
+        .registry
+        .presence_of(&id.parse().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        p.away_from.as_deref(),
+        Some("node-2"),
+        "{p:?}\n{}",
+        cluster.process(0).output()
+    );
+    // It is reachable where it is.
+    let (_client, _conn) = connected(&cluster, 0, &id).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_node_s_admin_api_lists_and_ends_a_session_held_by_another() {
     let Some(cluster) = TestCluster::start_with_admin(2).await else {
         return;
     };
     let id = id_homed_at(&cluster, "pc-ops", 1);
     let (_desktop, _agent) = office_pc(&cluster, 1, &id).await;
-    let session = Session::login(&cluster.target(1, &id), PASSWORD.as_bytes())
-        .await
-        .unwrap();
-    let client = TestClient::serve(session).await;
-    let mut conn = TcpStream::connect(client.local).await.unwrap();
-    echo_once(&mut conn).await;
+    let (client, _conn) = connected(&cluster, 1, &id).await;
 
     // node-2 records its session in PostgreSQL, in a batch off the client's request.
     let deadline = Instant::now() + Duration::from_secs(10);

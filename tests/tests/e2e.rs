@@ -10,7 +10,7 @@ use telework_net::connect::ConnectError;
 use telework_net::transport::TransportChoice;
 use telework_protocol::e2e::messages::{EndReason, Refusal};
 use telework_protocol::{CertFingerprint, ErrorCode};
-use telework_tests::on_both_transports;
+use telework_tests::on_both_transports_and_a_cluster;
 use telework_tests::{options_with_profile, SinkServer, TestClient, TestRelay};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -34,7 +34,7 @@ async fn echo_round_trip(local: std::net::SocketAddr, data: &[u8]) {
     assert!(back == data, "echoed bytes differ");
 }
 
-on_both_transports! {
+on_both_transports_and_a_cluster! {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn bytes_flow_both_ways_one_byte_and_one_mebibyte() {
         let relay = TestRelay::start().await;
@@ -52,7 +52,7 @@ on_both_transports! {
     }
 }
 
-on_both_transports! {
+on_both_transports_and_a_cluster! {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn sixty_four_mebibytes_arrive_intact() {
         let relay = TestRelay::start().await;
@@ -88,7 +88,7 @@ on_both_transports! {
     }
 }
 
-on_both_transports! {
+on_both_transports_and_a_cluster! {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn half_close_passes_through_the_chain() {
         let relay = TestRelay::start().await;
@@ -107,7 +107,7 @@ on_both_transports! {
     }
 }
 
-on_both_transports! {
+on_both_transports_and_a_cluster! {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn many_concurrent_sessions() {
         // A load test from one address: per-address limits would be the thing measured.
@@ -156,7 +156,7 @@ on_both_transports! {
     }
 }
 
-on_both_transports! {
+on_both_transports_and_a_cluster! {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn unknown_and_offline_computer_ids_are_told_apart() {
         let relay = TestRelay::start().await;
@@ -176,7 +176,7 @@ on_both_transports! {
     }
 }
 
-on_both_transports! {
+on_both_transports_and_a_cluster! {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn wrong_password_is_refused_with_tries_left_and_never_reaches_the_target() {
         let relay = TestRelay::start().await;
@@ -245,7 +245,7 @@ on_both_transports! {
     }
 }
 
-on_both_transports! {
+on_both_transports_and_a_cluster! {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn wrong_relay_fingerprint_is_refused_before_anything_is_sent() {
         let relay = TestRelay::start().await;
@@ -266,7 +266,7 @@ on_both_transports! {
     }
 }
 
-on_both_transports! {
+on_both_transports_and_a_cluster! {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn unreachable_relay_says_so() {
         // Bind then drop to get a port that nothing listens on.
@@ -302,7 +302,7 @@ on_both_transports! {
     }
 }
 
-on_both_transports! {
+on_both_transports_and_a_cluster! {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn version_mismatch_is_named() {
         let relay = TestRelay::start().await;
@@ -330,7 +330,7 @@ on_both_transports! {
     }
 }
 
-on_both_transports! {
+on_both_transports_and_a_cluster! {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn refused_desktop_service_is_reported() {
         let relay = TestRelay::start().await;
@@ -350,7 +350,7 @@ on_both_transports! {
     }
 }
 
-on_both_transports! {
+on_both_transports_and_a_cluster! {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn agent_shutdown_ends_the_session_with_a_reason() {
         let relay = TestRelay::start().await;
@@ -368,7 +368,7 @@ on_both_transports! {
     }
 }
 
-on_both_transports! {
+on_both_transports_and_a_cluster! {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn agent_reconnects_after_a_relay_restart() {
         let relay = TestRelay::start().await;
@@ -377,12 +377,12 @@ on_both_transports! {
         let id = "pc-re".parse().unwrap();
         // Back-off starts at 0.5 s: the agent should be back well within 20 s.
         for _ in 0..200 {
-            if relay.relay.hub.is_online(&id) {
+            if relay.is_online(&id) {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        assert!(relay.relay.hub.is_online(&id), "agent did not come back");
+        assert!(relay.is_online(&id), "agent did not come back");
         assert!(*agent.agent.online().borrow());
         let client = TestClient::serve(relay.login("pc-re", PW).await.unwrap()).await;
         echo_round_trip(client.local, b"after restart").await;
@@ -406,7 +406,7 @@ async fn try_echo(local: std::net::SocketAddr, data: &[u8]) -> Result<(), String
         .ok_or_else(|| format!("{} of {} bytes back", back.len(), data.len()))
 }
 
-on_both_transports! {
+on_both_transports_and_a_cluster! {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_session_goes_on_after_a_relay_restart_without_the_password() {
         let relay = TestRelay::start().await;

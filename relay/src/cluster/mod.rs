@@ -327,6 +327,9 @@ impl Cluster {
             }
         }
         let after: BTreeSet<String> = self.takers().into_iter().collect();
+        if before != after {
+            info!(nodes = ?after, "the nodes taking agents changed");
+        }
         Ok(before != after)
     }
 
@@ -348,13 +351,10 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Clears the presence and session rows a killed run of this node left behind, then writes
-/// this run's changes in batches until `stop`. Clearing first, in the same task, keeps it
-/// from removing rows this run has already written.
+/// Writes this node's presence and session changes in batches until `stop`. [`join`] has
+/// cleared the rows a killed run left before this run takes its first connection, so it
+/// never removes rows of this run.
 pub async fn write_changes(relay: Arc<Relay>, stop: CancellationToken) {
-    if let Err(e) = relay.registry.forget_node(&relay.cluster.name, false).await {
-        warn!(%e, "could not clear this node's old presence and session rows");
-    }
     let cluster = &relay.cluster;
     tokio::join!(
         cluster.presence.run(relay.registry.clone(), stop.clone()),
@@ -362,10 +362,33 @@ pub async fn write_changes(relay: Arc<Relay>, stop: CancellationToken) {
     );
 }
 
-/// Beats until `stop`; then removes this node's row and its presence and session rows.
+/// Clears what this node left behind if it was killed (presence and session rows), and
+/// beats once, so that it knows the
+/// other nodes before it takes its first connection. Bounded: a database that does not
+/// answer delays the start by [`FIRST_BEAT_WAIT`] at most.
+pub async fn join(relay: &Relay) {
+    let cluster = &relay.cluster;
+    let first = async {
+        relay.registry.forget_node(&cluster.name, false).await?;
+        cluster.beat(relay).await
+    };
+    match tokio::time::timeout(FIRST_BEAT_WAIT, first).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => {
+            warn!(%e, "could not join the cluster yet; serving alone until the registry answers")
+        }
+        Err(_) => warn!("the registry is slow; serving alone until it answers"),
+    }
+}
+
+/// See [`join`].
+const FIRST_BEAT_WAIT: Duration = Duration::from_secs(5);
+
+/// Beats every [`HEARTBEAT`] (after [`join`]'s first beat) until `stop`; then removes this
+/// node's row and its presence and session rows.
 pub async fn run(relay: Arc<Relay>, stop: CancellationToken) {
     let cluster = &relay.cluster;
-    let mut tick = tokio::time::interval(HEARTBEAT);
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + HEARTBEAT, HEARTBEAT);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut failing = false;
     loop {

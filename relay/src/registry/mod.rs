@@ -23,6 +23,7 @@ mod migrations;
 mod nodes;
 mod operators;
 mod postgres;
+mod postgres_tls;
 pub mod sessions;
 mod sqlite;
 
@@ -58,7 +59,16 @@ impl From<tokio_postgres::Error> for RegistryError {
     fn from(e: tokio_postgres::Error) -> Self {
         match e.as_db_error() {
             Some(db) => Self::Postgres(format!("{}: {}", db.code().code(), db.message())),
-            None => Self::Postgres(e.to_string()),
+            // "error performing TLS handshake" says little without its cause.
+            None => {
+                let mut text = e.to_string();
+                let mut source = std::error::Error::source(&e);
+                while let Some(cause) = source {
+                    text = format!("{text}: {cause}");
+                    source = cause.source();
+                }
+                Self::Postgres(text)
+            }
         }
     }
 }

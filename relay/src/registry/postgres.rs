@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime, Timeouts};
 use telework_protocol::ComputerId;
-use tokio_postgres::NoTls;
 
 use super::migrations::{MIGRATIONS, SCHEMA_MIGRATIONS};
 use super::NewToken;
@@ -17,6 +16,27 @@ const POOL_SIZE: usize = 16;
 
 /// How long a call waits for a connection (to be made, or freed by another call).
 const POOL_WAIT: Duration = Duration::from_secs(10);
+
+/// Whether `e` says the server could not be reached (refused, reset), which a restart
+/// explains, rather than refused us (authentication, TLS), which waiting does not mend.
+fn unreachable(e: &tokio_postgres::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind::*;
+            return matches!(
+                io.kind(),
+                ConnectionRefused
+                    | ConnectionReset
+                    | ConnectionAborted
+                    | NotConnected
+                    | UnexpectedEof
+            );
+        }
+        source = err.source();
+    }
+    e.is_closed()
+}
 
 /// Serialises migrations between nodes starting together (`pg_advisory_xact_lock`'s key).
 const MIGRATION_LOCK: i64 = 0x7465_6c65_776f_726b;
@@ -34,11 +54,12 @@ pub(super) struct Postgres {
 impl Postgres {
     /// Connects to `url` (`postgres://user:password@host:port/database`) and migrates.
     pub(super) async fn connect(url: &str) -> Result<Self, RegistryError> {
-        let config = tokio_postgres::Config::from_str(url)
+        let (url, root) = super::postgres_tls::split_root_cert(url);
+        let config = tokio_postgres::Config::from_str(&url)
             .map_err(|e| RegistryError::Postgres(format!("bad database URL: {e}")))?;
         let manager = Manager::from_config(
             config,
-            NoTls,
+            super::postgres_tls::connector(root.as_deref())?,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -61,8 +82,25 @@ impl Postgres {
         Ok(pg)
     }
 
+    /// A pooled connection. While the database cannot be reached (restarting, failing over)
+    /// it keeps trying for [`POOL_WAIT`], so that a registration or a lookup waits out a
+    /// short outage instead of failing.
     pub(super) async fn client(&self) -> Result<deadpool_postgres::Object, RegistryError> {
-        Ok(self.pool.get().await?)
+        let deadline = tokio::time::Instant::now() + POOL_WAIT;
+        let mut pause = Duration::from_millis(100);
+        loop {
+            match self.pool.get().await {
+                Ok(client) => return Ok(client),
+                Err(deadpool_postgres::PoolError::Backend(e))
+                    if unreachable(&e) && tokio::time::Instant::now() + pause < deadline =>
+                {
+                    tracing::debug!(%e, "the database cannot be reached yet");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(1));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
 
     async fn migrate(&self) -> Result<(), RegistryError> {
