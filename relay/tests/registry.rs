@@ -196,9 +196,12 @@ async fn sessions(a: Registry, b: Registry) {
     assert!(b.cluster_session("relay-c", 1).await.unwrap().is_none());
     // An end for a session whose start was never written (dropped) changes nothing.
     a.record_sessions(vec![ended("relay-a", 9)]).await.unwrap();
-    // A node that starts again clears what its last run left.
+    // A node that starts again clears what its last run left, requests about its sessions
+    // too (the new run numbers its sessions from 1 again).
+    b.request_node("relay-a", "end-session", "1").await.unwrap();
     a.forget_node("relay-a", false).await.unwrap();
     assert!(b.sessions_elsewhere("relay-b").await.unwrap().is_empty());
+    assert!(a.take_node_requests("relay-a").await.unwrap().is_empty());
     assert_eq!(a.sessions_elsewhere("relay-a").await.unwrap().len(), 1);
     b.forget_node("relay-b", true).await.unwrap();
     assert!(a.sessions_elsewhere("relay-a").await.unwrap().is_empty());

@@ -165,8 +165,9 @@ impl Registry {
         }
     }
 
-    /// Removes `node`'s heartbeat row and every presence and session row naming it: at a
-    /// clean stop, and at start (a node that was killed left its rows behind).
+    /// Removes `node`'s heartbeat row and every presence and session row naming it, and the
+    /// requests left for it: at a clean stop, and at start (a node that was killed left its
+    /// rows behind, and requests about sessions of that run, whose ids a new run reuses).
     ///
     /// # Errors
     /// A database error.
@@ -178,6 +179,7 @@ impl Registry {
                     let db = db.db();
                     db.execute("DELETE FROM presence WHERE node = ?1", [&node])?;
                     db.execute("DELETE FROM sessions WHERE node = ?1", [&node])?;
+                    db.execute("DELETE FROM node_requests WHERE node = ?1", [&node])?;
                     if heartbeat_too {
                         db.execute("DELETE FROM nodes WHERE name = ?1", [&node])?;
                     }
@@ -192,6 +194,9 @@ impl Registry {
                     .await?;
                 client
                     .execute("DELETE FROM sessions WHERE node = $1", &[&node])
+                    .await?;
+                client
+                    .execute("DELETE FROM node_requests WHERE node = $1", &[&node])
                     .await?;
                 if heartbeat_too {
                     client
