@@ -496,6 +496,13 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     options.count_bytes = !args.no_byte_counts;
     let relay = Relay::new(registry, &identity, options)?;
     runtime.block_on(async {
+        // Polled once now, the signal handlers are installed before the address is printed:
+        // a stop asked for as soon as the relay says it listens is a graceful one, not the
+        // default action that kills the process.
+        let mut stop_signal = Box::pin(shutdown_signal());
+        if futures_util::FutureExt::now_or_never(&mut stop_signal).is_some() {
+            return Ok(());
+        }
         let (listener, quic) = relay.bind(config.listen).await.with_context(|| {
             format!(
                 "cannot listen on {} (TCP, and UDP for QUIC unless --no-quic)",
@@ -540,7 +547,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let stopping = stop.clone();
         relay
             .serve(listener, quic, async move {
-                shutdown_signal().await;
+                stop_signal.await;
                 info!("shutdown signal received");
                 stopping.cancel();
             })
