@@ -212,40 +212,6 @@ impl TestRelay {
         }
     }
 
-    /// Starts another relay node beside this one, as a second node of a cluster: its own
-    /// address and `options` (give it another `node_name`), this one's certificate (agents
-    /// and clients pinned to it accept either node) and registry file.
-    pub async fn start_beside(&self, options: RelayOptions) -> Self {
-        assert!(
-            self.others.is_none(),
-            "a relay on SQLite, not the cluster variant"
-        );
-        let dir = tempfile::tempdir().unwrap();
-        for file in [identity::CERT_FILE, identity::KEY_FILE] {
-            std::fs::copy(self.dir.path().join(file), dir.path().join(file)).unwrap();
-        }
-        let id = identity::self_signed(dir.path(), &[]).unwrap();
-        assert_eq!(id.fingerprint, self.fingerprint, "the same certificate");
-        let registry = Registry::open(&self.dir.path().join("relay.db")).unwrap();
-        let relay = Relay::new(registry, &id, options).unwrap();
-        let (listener, quic) = relay.bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(relay.clone().serve(listener, quic, async move {
-            let _ = stopped.await;
-        }));
-        Self {
-            addr,
-            fingerprint: id.fingerprint,
-            relay,
-            transport: self.transport,
-            stop: Some(stop),
-            task: Some(task),
-            dir,
-            others: None,
-        }
-    }
-
     /// Whether `id` is online at any node.
     pub fn is_online(&self, id: &ComputerId) -> bool {
         self.relay.hub.is_online(id)
