@@ -131,9 +131,11 @@ pub async fn serve(relay: Arc<Relay>, conn: Accepted) {
     drop(conn.permit);
 }
 
-/// Takes a session off the live list and writes its end to the audit log.
+/// Takes a session off the live list and writes its end to the audit log and (in batches,
+/// for other nodes' consoles) the sessions table.
 fn finish(relay: &Relay, session: &SessionHandle, reason: &str) {
     if let Some(last) = relay.sessions.finish(session) {
+        relay.cluster.session_ended(session.id);
         let secs = session.elapsed().as_secs();
         info!(
             session = session.id,
@@ -223,6 +225,7 @@ fn session_for(
         state.end.clone(),
     ));
     relay.metrics.session_set_up(requested.elapsed());
+    relay.cluster.session_started(&session);
     info!(session = session.id, "session started");
     relay.audit.record(AuditEvent::SessionStarted {
         id: id.clone(),

@@ -201,10 +201,11 @@ impl Relay {
     /// The Prometheus text exposition of the relay's metrics, as of now.
     pub fn metrics_text(&self) -> String {
         let (agents_quic, agents_tcp) = self.hub.online_by_transport();
-        self.metrics.encode(Online {
+        self.metrics.encode(&Online {
             agents_quic,
             agents_tcp,
             sessions: self.sessions.count(),
+            nodes: self.cluster.status(self),
         })
     }
 
@@ -333,20 +334,13 @@ impl Relay {
         if let Ok(bound) = listener.local_addr() {
             self.cluster.public_addr_or(|| bound.to_string());
         }
-        let cluster_stop = CancellationToken::new();
-        let presence = tokio::spawn({
-            let relay = self.clone();
-            let stop = cluster_stop.clone();
-            async move {
-                relay
-                    .cluster
-                    .presence
-                    .run(relay.registry.clone(), stop)
-                    .await
-            }
-        });
+        // The change writers stop first, so that their last rows are written before the
+        // beats' end removes this node's rows.
+        let writers_stop = CancellationToken::new();
+        let beats_stop = CancellationToken::new();
+        let writers = tokio::spawn(cluster::write_changes(self.clone(), writers_stop.clone()));
         cluster::join(&self).await;
-        let beats = tokio::spawn(cluster::run(self.clone(), cluster_stop.clone()));
+        let beats = tokio::spawn(cluster::run(self.clone(), beats_stop.clone()));
         tracker.spawn(registrations::watch(self.clone()));
         tracker.spawn(audit::retain(
             self.registry.clone(),
@@ -409,8 +403,9 @@ impl Relay {
             // The UDP port is free again only once the endpoint has finished closing.
             let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
         }
-        cluster_stop.cancel();
-        let _ = tokio::time::timeout(Duration::from_secs(5), presence).await;
+        writers_stop.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(5), writers).await;
+        beats_stop.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(5), beats).await;
         let audit = self.audit.clone();
         let flushed =

@@ -114,7 +114,7 @@ struct MachinesArgs {
 
 #[derive(Subcommand)]
 enum MachinesCommand {
-    /// List registered machines (the default).
+    /// List registered machines and the relay node each is online at (the default).
     List,
     /// Remove a machine's registration (a stolen or retired office PC). A running relay
     /// disconnects its agent within seconds, and the machine key no longer gets it online.
@@ -294,7 +294,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             let registry = open_registry(data_dir.as_deref(), database.as_deref()).await?;
             match command.unwrap_or(MachinesCommand::List) {
-                MachinesCommand::List => list_machines(&registry).await,
+                MachinesCommand::List => {
+                    let mut listing = Vec::new();
+                    admin::cli::list_machines(&registry, &mut listing).await?;
+                    std::io::Write::write_all(&mut std::io::stdout(), &listing)
+                        .context("writing the listing")
+                }
                 MachinesCommand::Remove { id } => {
                     anyhow::ensure!(
                         registry.remove(&id).await?,
@@ -400,23 +405,6 @@ fn audit_line(row: &AuditRow) -> String {
     line.trim_end().to_owned()
 }
 
-async fn list_machines(registry: &Registry) -> anyhow::Result<()> {
-    let machines = registry.machines().await?;
-    if machines.is_empty() {
-        println!("no machines are registered");
-    }
-    for m in machines {
-        let seen = m.last_seen.map_or("never".to_owned(), utc);
-        println!(
-            "{:<32} registered {}  last seen {}",
-            m.id,
-            utc(m.created),
-            seen
-        );
-    }
-    Ok(())
-}
-
 /// Prints a status line of `serve` on stdout. A stdout nobody reads any more (a closed pipe)
 /// must not stop the relay, as `println!` would by panicking.
 fn announce(line: std::fmt::Arguments<'_>) {
@@ -508,6 +496,13 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     options.count_bytes = !args.no_byte_counts;
     let relay = Relay::new(registry, &identity, options)?;
     runtime.block_on(async {
+        // Polled once now, the signal handlers are installed before the address is printed:
+        // a stop asked for as soon as the relay says it listens is a graceful one, not the
+        // default action that kills the process.
+        let mut stop_signal = Box::pin(shutdown_signal());
+        if futures_util::FutureExt::now_or_never(&mut stop_signal).is_some() {
+            return Ok(());
+        }
         let (listener, quic) = relay.bind(config.listen).await.with_context(|| {
             format!(
                 "cannot listen on {} (TCP, and UDP for QUIC unless --no-quic)",
@@ -552,7 +547,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let stopping = stop.clone();
         relay
             .serve(listener, quic, async move {
-                shutdown_signal().await;
+                stop_signal.await;
                 info!("shutdown signal received");
                 stopping.cancel();
             })

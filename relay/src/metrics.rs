@@ -3,8 +3,11 @@
 //! Counters the data path touches are plain atomics taken out of their families once, at
 //! start: forwarding a chunk costs two relaxed additions (the session's and the relay's
 //! count), not a label lookup. Gauges of what is online are read from the hub and the
-//! session table when Prometheus scrapes, so nothing has to keep them in step.
+//! session table when Prometheus scrapes, so nothing has to keep them in step; so are the
+//! per-node gauges (`telework_node_*{node}`): this node's counts now, and every other node's
+//! from its last heartbeat row.
 
+use std::sync::Mutex;
 use std::time::Duration;
 
 use prometheus_client::encoding::text::encode;
@@ -15,8 +18,13 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use telework_protocol::ErrorCode;
 
+use crate::cluster::NodeStatus;
+
 /// A label set: pairs of static names and values.
 type Labels = Vec<(&'static str, &'static str)>;
+
+/// The `node` label: node names are only known at run time.
+type NodeLabels = Vec<(&'static str, String)>;
 
 /// Who a handshake was with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,8 +68,9 @@ impl LimitKind {
     }
 }
 
-/// What is online at a scrape, read by the caller from the hub and the session table.
-#[derive(Debug, Clone, Copy, Default)]
+/// What is online at a scrape, read by the caller from the hub, the session table and the
+/// cluster.
+#[derive(Debug, Clone, Default)]
 pub struct Online {
     /// Agents on QUIC.
     pub agents_quic: usize,
@@ -69,6 +78,68 @@ pub struct Online {
     pub agents_tcp: usize,
     /// Client connections paired with an office PC.
     pub sessions: usize,
+    /// Every node this one knows of, itself included.
+    pub nodes: Vec<NodeStatus>,
+}
+
+/// The per-node gauges.
+struct NodeGauges {
+    up: Family<NodeLabels, Gauge>,
+    draining: Family<NodeLabels, Gauge>,
+    agents: Family<NodeLabels, Gauge>,
+    sessions: Family<NodeLabels, Gauge>,
+    /// Held from clearing the families to encoding them, so that two scrapes at once do not
+    /// see each other's half-filled families.
+    scrape: Mutex<()>,
+}
+
+impl NodeGauges {
+    fn register(registry: &mut Registry) -> Self {
+        let mut family = |name: &str, help: &str| {
+            let f = Family::<NodeLabels, Gauge>::default();
+            registry.register(name, help, f.clone());
+            f
+        };
+        Self {
+            up: family(
+                "node_up",
+                "1 for each relay node with a current heartbeat, 0 for one whose heartbeat \
+                 expired (killed, or cut off from the registry)",
+            ),
+            draining: family(
+                "node_draining",
+                "1 for each relay node that is shutting down",
+            ),
+            agents: family(
+                "node_agents",
+                "Agents online on each live relay node, as of its last heartbeat",
+            ),
+            sessions: family(
+                "node_sessions",
+                "Live sessions on each live relay node, as of its last heartbeat",
+            ),
+            scrape: Mutex::new(()),
+        }
+    }
+
+    /// Sets the families to `nodes` only: a node that left the cluster cleanly is gone from
+    /// the next scrape.
+    fn set(&self, nodes: &[NodeStatus]) {
+        for family in [&self.up, &self.draining, &self.agents, &self.sessions] {
+            family.clear();
+        }
+        for node in nodes {
+            let labels = vec![("node", node.name.clone())];
+            self.up.get_or_create(&labels).set(i64::from(node.up));
+            if node.up {
+                self.draining
+                    .get_or_create(&labels)
+                    .set(i64::from(node.draining));
+                self.agents.get_or_create(&labels).set(node.agents);
+                self.sessions.get_or_create(&labels).set(node.sessions);
+            }
+        }
+    }
 }
 
 /// The relay's metrics.
@@ -84,6 +155,7 @@ pub struct Metrics {
     handshakes: Family<Labels, Counter>,
     session_setup: Histogram,
     limit_refusals: Family<Labels, Counter>,
+    nodes: NodeGauges,
 }
 
 impl Default for Metrics {
@@ -141,8 +213,10 @@ impl Metrics {
             "Requests refused by a rate or capacity limit, by kind",
             limit_refusals.clone(),
         );
+        let nodes = NodeGauges::register(&mut registry);
         Self {
             registry,
+            nodes,
             agents_online,
             sessions_active,
             tunnels,
@@ -183,7 +257,7 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition, with the gauges set from `online`.
-    pub fn encode(&self, online: Online) -> String {
+    pub fn encode(&self, online: &Online) -> String {
         let set = |transport, n: usize| {
             self.agents_online
                 .get_or_create(&vec![("transport", transport)])
@@ -193,6 +267,8 @@ impl Metrics {
         set("tcp", online.agents_tcp);
         self.sessions_active
             .set(i64::try_from(online.sessions).unwrap_or(i64::MAX));
+        let _scrape = self.nodes.scrape.lock().unwrap_or_else(|e| e.into_inner());
+        self.nodes.set(&online.nodes);
         let mut out = String::new();
         // Writing to a String cannot fail.
         let _ = encode(&mut out, &self.registry);
@@ -236,10 +312,26 @@ mod tests {
         m.relayed_up.inc_by(10);
         m.session_set_up(Duration::from_millis(20));
         m.limit_refused(LimitKind::Lookups);
-        let text = m.encode(Online {
+        let node = |name: &str, up, draining| NodeStatus {
+            name: name.into(),
+            public_addr: format!("{name}:443"),
+            here: name == "relay-1",
+            up,
+            draining,
+            agents: 3,
+            sessions: 1,
+            started: 0,
+            last_beat: 0,
+        };
+        let text = m.encode(&Online {
             agents_quic: 2,
             agents_tcp: 1,
             sessions: 1,
+            nodes: vec![
+                node("relay-1", true, false),
+                node("relay-2", true, true),
+                node("relay-3", false, false),
+            ],
         });
         for line in [
             "telework_agents_online{transport=\"quic\"} 2",
@@ -252,9 +344,22 @@ mod tests {
             "telework_handshakes_total{role=\"client\",outcome=\"unknown_id\"} 1",
             "telework_session_setup_seconds_count 1",
             "telework_limit_refusals_total{kind=\"lookups\"} 1",
+            "telework_node_up{node=\"relay-1\"} 1",
+            "telework_node_up{node=\"relay-3\"} 0",
+            "telework_node_agents{node=\"relay-2\"} 3",
+            "telework_node_sessions{node=\"relay-1\"} 1",
+            "telework_node_draining{node=\"relay-2\"} 1",
+            "telework_node_draining{node=\"relay-1\"} 0",
         ] {
             assert!(text.contains(line), "{line} missing from\n{text}");
         }
+        assert!(
+            !text.contains("telework_node_agents{node=\"relay-3\"}"),
+            "a gone node has no counts: {text}"
+        );
+        // A node that left is gone from the next scrape.
+        let text = m.encode(&Online::default());
+        assert!(!text.contains("node=\"relay-2\""), "{text}");
         for code in ErrorCode::ALL {
             assert!(!code_label(code).is_empty());
         }

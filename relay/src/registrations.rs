@@ -1,4 +1,5 @@
-//! Drops connected agents whose registration is gone or disabled.
+//! Drops connected agents whose registration is gone or disabled, and ends their sessions
+//! here, whichever process or node (console) removed or disabled it.
 //!
 //! `telework-relay machines remove` runs as its own process (or another node does it) and
 //! deletes the row from the shared registry, bumping its change counter
@@ -44,7 +45,8 @@ pub async fn watch(relay: Arc<Relay>) {
 }
 
 /// If the registry changed since `seen` (or `full`), disconnects every online agent that is no
-/// longer registered. Returns the registry's change counter read before the check.
+/// longer registered (or is disabled) and ends its sessions here. Returns the registry's
+/// change counter read before the check.
 async fn check(
     relay: &Relay,
     seen: Option<i64>,
@@ -54,14 +56,23 @@ async fn check(
     if seen == Some(version) && !full {
         return Ok(version);
     }
-    for id in relay.hub.online_ids() {
-        let code = match relay.registry.machine(&id).await? {
-            None => ErrorCode::UnknownId,
-            Some(m) if m.disabled => ErrorCode::Disabled,
+    // Sessions too: an agent that moved to another node leaves its open tunnels here.
+    let mut ids = relay.hub.online_ids();
+    for s in relay.sessions.list() {
+        if !ids.contains(&s.computer_id) {
+            ids.push(s.computer_id);
+        }
+    }
+    for id in ids {
+        let (code, session_code) = match relay.registry.machine(&id).await? {
+            None => (ErrorCode::UnknownId, ErrorCode::EndedByOperator),
+            Some(m) if m.disabled => (ErrorCode::Disabled, ErrorCode::Disabled),
             Some(_) => continue,
         };
-        if relay.hub.disconnect(&id, code) {
-            info!(%id, ?code, "registration removed or disabled: agent disconnected");
+        let dropped = relay.hub.disconnect(&id, code);
+        let ended = relay.sessions.end_all_of(&id, session_code);
+        if dropped || ended > 0 {
+            info!(%id, ?code, dropped, ended, "registration removed or disabled: agent disconnected");
         }
     }
     Ok(version)

@@ -105,6 +105,14 @@ pub struct SessionHandle {
     pub tunnels: Arc<AtomicUsize>,
     /// Set when an operator ends the session (or disables its office PC).
     pub end: Arc<EndSwitch>,
+    /// The client's address.
+    pub client: SocketAddr,
+    /// The device key's fingerprint.
+    pub device: String,
+    /// `QUIC` or `TLS/TCP`.
+    pub transport: &'static str,
+    /// When it started, as listed.
+    pub since: SystemTime,
     started: Instant,
 }
 
@@ -125,25 +133,30 @@ impl LiveSessions {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
         let counts = Arc::new(ByteCounts::default());
         let tunnels = Arc::new(AtomicUsize::new(0));
-        let computer_id = start.computer_id.clone();
+        let since = SystemTime::now();
+        let handle = SessionHandle {
+            id,
+            computer_id: start.computer_id.clone(),
+            counts: counts.clone(),
+            tunnels: tunnels.clone(),
+            end: end.clone(),
+            client: start.client,
+            device: start.device.clone(),
+            transport: start.transport,
+            since,
+            started: Instant::now(),
+        };
         self.lock().insert(
             id,
             Entry {
                 start,
-                started: SystemTime::now(),
-                counts: counts.clone(),
-                tunnels: tunnels.clone(),
-                end: end.clone(),
+                started: since,
+                counts,
+                tunnels,
+                end,
             },
         );
-        SessionHandle {
-            id,
-            computer_id,
-            counts,
-            tunnels,
-            end,
-            started: Instant::now(),
-        }
+        handle
     }
 
     /// Every live session, oldest first.

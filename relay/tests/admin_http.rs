@@ -15,6 +15,7 @@ use tokio::net::TcpStream;
 /// A concrete path for a route pattern.
 fn concrete(path: &str) -> String {
     path.replace("{id}", "pc-1")
+        .replace("{node}", "node-2")
         .replace("{file}", "console.css")
 }
 

@@ -230,6 +230,71 @@ fn the_relay_runs_with_glibc_tuned_and_keeps_the_operators_tunables() {
 }
 
 /// Whether `s` starts with a date like `2026-12-04 15:34:37 UTC`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn machines_name_the_live_node_each_is_online_at() {
+    use telework_relay::registry::{NodeRow, Presence, PresenceChange, Registry};
+
+    let dir = tempfile::tempdir().unwrap();
+    let registry = Registry::open(&dir.path().join("relay.db")).unwrap();
+    let now = telework_relay::cluster::now_ms();
+    for (name, expires_ms) in [("relay-up", now + 600_000), ("relay-dead", now - 1)] {
+        registry
+            .heartbeat(&NodeRow {
+                name: name.into(),
+                public_addr: format!("{name}.example:443"),
+                started: 1,
+                expires_ms,
+                draining: false,
+                agents: 1,
+                sessions: 0,
+            })
+            .await
+            .unwrap();
+    }
+    let mut changes = Vec::new();
+    for (id, node) in [("pc-a", "relay-up"), ("pc-b", "relay-dead"), ("pc-c", "")] {
+        registry
+            .register(&id.parse().unwrap(), &[1; 32])
+            .await
+            .unwrap();
+        if !node.is_empty() {
+            changes.push(PresenceChange::Online(Presence {
+                id: id.parse().unwrap(),
+                node: node.into(),
+                since: 100,
+                address: "192.0.2.1:5000".into(),
+                transport: "QUIC".into(),
+                away_from: None,
+            }));
+        }
+    }
+    registry.record_presence(changes).await.unwrap();
+    assert!(registry
+        .set_disabled(&"pc-c".parse().unwrap(), true)
+        .await
+        .unwrap());
+
+    let out = relay()
+        .args(["machines", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let listing = String::from_utf8(out.stdout).unwrap();
+    assert!(out.status.success(), "{listing}");
+    let line = |id: &str| {
+        listing
+            .lines()
+            .find(|l| l.starts_with(id))
+            .unwrap_or_else(|| panic!("{id} missing from {listing}"))
+            .to_owned()
+    };
+    assert!(line("pc-a").ends_with("  online at relay-up"), "{listing}");
+    // A killed node's presence rows outlive it; its expired heartbeat says they are stale.
+    assert!(line("pc-b").ends_with("  offline"), "{listing}");
+    assert!(line("pc-c").ends_with("  offline  disabled"), "{listing}");
+    assert!(line("pc-a").contains("last seen 19"), "{listing}");
+}
+
 fn starts_with_utc_date(s: &str) -> bool {
     let shape = "dddd-dd-dd dd:dd:dd UTC";
     s.len() >= shape.len()
@@ -247,7 +312,14 @@ async fn machines_lists_dates_and_remove_disconnects_a_connected_agent() {
 
     let dir = tempfile::tempdir().unwrap();
     let mut child = relay()
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--node-name",
+            "relay-cli",
+        ])
+        .arg("--data-dir")
         .arg(dir.path())
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
@@ -296,9 +368,18 @@ async fn machines_lists_dates_and_remove_disconnects_a_connected_agent() {
     let agent = telework_agent::Agent::load(data, "127.0.0.1:9".into()).unwrap();
     let running = telework_tests::run_until_online(agent.clone()).await;
 
-    let (code, listing) = machines(&[]);
-    assert_eq!(code, Some(0), "{listing}");
+    // The relay writes presence in batches, off the agent's hello: it shows within moments.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let listing = loop {
+        let (code, listing) = machines(&[]);
+        assert_eq!(code, Some(0), "{listing}");
+        if listing.contains("online at relay-cli") || Instant::now() > deadline {
+            break listing;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
     let line = listing.lines().find(|l| l.starts_with("pc-gone")).unwrap();
+    assert!(line.ends_with("online at relay-cli"), "{line}");
     let registered = line.split("registered ").nth(1).unwrap();
     let seen = line.split("last seen ").nth(1).unwrap();
     assert!(

@@ -62,6 +62,11 @@ async fn metrics_follow_an_agent_and_a_session_from_start_to_end() {
     let (_desktop, _agent) = relay.office_pc("pc-metrics", PW).await;
     let online = scrape(&console).await;
     assert_eq!(value(&online, "telework_agents_online", &[]), 1.0);
+    // A single relay is one node of its own cluster, counted now (not at its last beat).
+    let node = [("node", "relay")];
+    assert_eq!(value(&online, "telework_node_up", &node), 1.0);
+    assert_eq!(value(&online, "telework_node_agents", &node), 1.0);
+    assert_eq!(value(&online, "telework_node_draining", &node), 0.0);
     assert_eq!(
         value(
             &online,
@@ -83,6 +88,10 @@ async fn metrics_follow_an_agent_and_a_session_from_start_to_end() {
         .unwrap();
     let during = scrape(&console).await;
     assert_eq!(value(&during, "telework_sessions_active", &[]), 1.0);
+    assert_eq!(
+        value(&during, "telework_node_sessions", &[("node", "relay")]),
+        1.0
+    );
     assert!(
         value(&during, "telework_tunnels_total", &[]) >= 2.0,
         "login and desktop"

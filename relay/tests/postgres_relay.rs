@@ -1,6 +1,6 @@
 //! The relay binary on a PostgreSQL registry, as an operator runs it: `serve --database
 //! postgres://…`, an agent registering and coming online, `machines --database …` listing
-//! it, and `machines remove` from another process disconnecting it within seconds.
+//! it with the node it is online at, and `machines remove` from another process disconnecting it within seconds.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::io::{BufRead, BufReader};
@@ -29,6 +29,8 @@ async fn a_relay_on_postgres_registers_lists_and_removes_machines() {
             "--listen",
             "127.0.0.1:0",
             "--no-admin",
+            "--node-name",
+            "relay-pg",
             "--database",
         ])
         .arg(&url)
@@ -81,9 +83,18 @@ async fn a_relay_on_postgres_registers_lists_and_removes_machines() {
 
     // The registry is in PostgreSQL: no SQLite file beside the certificate.
     assert!(!dir.path().join("relay.db").exists());
-    let (code, listing) = machines(&[]);
-    assert_eq!(code, Some(0), "{listing}");
+    // Presence is written in batches, off the agent's hello: it shows within moments.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let listing = loop {
+        let (code, listing) = machines(&[]);
+        assert_eq!(code, Some(0), "{listing}");
+        if listing.contains("online at relay-pg") || Instant::now() > deadline {
+            break listing;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     let line = listing.lines().find(|l| l.starts_with("pc-pg")).unwrap();
+    assert!(line.ends_with("online at relay-pg"), "{line}");
     assert!(line.contains("registered 20"), "{line}");
     assert!(!line.contains("last seen never"), "{line}");
 
@@ -161,7 +172,7 @@ async fn a_relay_on_postgres_registers_lists_and_removes_machines() {
         .await
         .unwrap());
     registry.consume_token(&token).await.unwrap();
-    assert_eq!(registry.schema_version().await.unwrap(), 3);
+    assert_eq!(registry.schema_version().await.unwrap(), 4);
 
     child.kill().unwrap();
     child.wait().unwrap();

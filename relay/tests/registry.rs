@@ -10,6 +10,7 @@ use serde_json::json;
 use telework_protocol::ComputerId;
 use telework_relay::registry::{
     AuditFilter, AuditRow, NodeRow, Presence, PresenceChange, Registry, RegistryError,
+    SessionChange, SessionRecord,
 };
 use telework_tests::postgres::Postgres;
 
@@ -23,6 +24,7 @@ const CASES: &[(&str, Case)] = &[
     ("audit", |a, b| Box::pin(audit(a, b))),
     ("changes", |a, b| Box::pin(changes(a, b))),
     ("nodes", |a, b| Box::pin(nodes(a, b))),
+    ("sessions", |a, b| Box::pin(sessions(a, b))),
 ];
 
 fn online(id: &str, node: &str, since: i64) -> PresenceChange {
@@ -130,6 +132,79 @@ async fn nodes(a: Registry, b: Registry) {
         ("end-session", "7")
     );
     assert!(b.take_node_requests("relay-b").await.unwrap().is_empty());
+}
+
+fn started(node: &str, id: u64, at: i64) -> SessionChange {
+    SessionChange::Started(SessionRecord {
+        node: node.into(),
+        id,
+        computer_id: format!("pc-{id}"),
+        client: "198.51.100.7:40000".into(),
+        device: "ab".repeat(16),
+        transport: "TLS/TCP".into(),
+        started: at,
+    })
+}
+
+fn ended(node: &str, id: u64) -> SessionChange {
+    SessionChange::Ended {
+        node: node.into(),
+        id,
+    }
+}
+
+/// Live sessions written by two nodes: each lists the other's, either finds one by node and
+/// id, ends remove rows, and forgetting a node clears its rows only.
+async fn sessions(a: Registry, b: Registry) {
+    a.record_sessions(vec![
+        started("relay-a", 1, 100),
+        started("relay-a", 2, 101),
+        started("relay-a", 3, 102),
+        ended("relay-a", 2),
+    ])
+    .await
+    .unwrap();
+    // Ids are per node: relay-b's session 1 is another session.
+    b.record_sessions(vec![started("relay-b", 1, 99)])
+        .await
+        .unwrap();
+    let seen_by_b: Vec<(String, u64)> = b
+        .sessions_elsewhere("relay-b")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| (s.node, s.id))
+        .collect();
+    assert_eq!(seen_by_b, [("relay-a".into(), 1), ("relay-a".into(), 3)]);
+    let seen_by_a = a.sessions_elsewhere("relay-a").await.unwrap();
+    assert_eq!(seen_by_a.len(), 1);
+    assert_eq!(
+        seen_by_a[0],
+        SessionRecord {
+            node: "relay-b".into(),
+            id: 1,
+            computer_id: "pc-1".into(),
+            client: "198.51.100.7:40000".into(),
+            device: "ab".repeat(16),
+            transport: "TLS/TCP".into(),
+            started: 99,
+        }
+    );
+    let found = b.cluster_session("relay-a", 3).await.unwrap().unwrap();
+    assert_eq!((found.computer_id.as_str(), found.started), ("pc-3", 102));
+    assert!(b.cluster_session("relay-a", 2).await.unwrap().is_none());
+    assert!(b.cluster_session("relay-c", 1).await.unwrap().is_none());
+    // An end for a session whose start was never written (dropped) changes nothing.
+    a.record_sessions(vec![ended("relay-a", 9)]).await.unwrap();
+    // A node that starts again clears what its last run left, requests about its sessions
+    // too (the new run numbers its sessions from 1 again).
+    b.request_node("relay-a", "end-session", "1").await.unwrap();
+    a.forget_node("relay-a", false).await.unwrap();
+    assert!(b.sessions_elsewhere("relay-b").await.unwrap().is_empty());
+    assert!(a.take_node_requests("relay-a").await.unwrap().is_empty());
+    assert_eq!(a.sessions_elsewhere("relay-a").await.unwrap().len(), 1);
+    b.forget_node("relay-b", true).await.unwrap();
+    assert!(a.sessions_elsewhere("relay-a").await.unwrap().is_empty());
 }
 
 fn pc(id: &str) -> ComputerId {
@@ -354,8 +429,8 @@ async fn audit(reg: Registry, other: Registry) {
 /// The counter the registration watcher polls: up on every removal or disabling by anyone,
 /// the same for every connection, and not moved by other writes.
 async fn changes(relay: Registry, cli: Registry) {
-    assert_eq!(relay.schema_version().await.unwrap(), 3);
-    assert_eq!(cli.schema_version().await.unwrap(), 3);
+    assert_eq!(relay.schema_version().await.unwrap(), 4);
+    assert_eq!(cli.schema_version().await.unwrap(), 4);
     let id = pc("pc-1");
     relay.register(&id, &[3; 32]).await.unwrap();
     let before = relay.changes().await.unwrap();
@@ -395,7 +470,7 @@ macro_rules! sqlite_cases {
         }
     };
 }
-sqlite_cases!(machines, tokens, operators, audit, changes, nodes);
+sqlite_cases!(machines, tokens, operators, audit, changes, nodes, sessions);
 
 /// Every case against one throwaway cluster, each in a database of its own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -414,7 +489,7 @@ async fn postgres_passes_every_case() {
     // Opening again migrates nothing twice.
     let again = Registry::connect(&pg.url()).await.unwrap();
     let again2 = Registry::connect(&pg.url()).await.unwrap();
-    assert_eq!(again.schema_version().await.unwrap(), 3);
+    assert_eq!(again.schema_version().await.unwrap(), 4);
     assert_eq!(again2.changes().await.unwrap(), 0);
     drop(pg);
 }

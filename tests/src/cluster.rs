@@ -1,7 +1,9 @@
 //! A cluster of relay nodes for tests: the real `telework-relay` binary, several times, on
 //! one throwaway PostgreSQL ([`crate::postgres`]), sharing one certificate, each on its own
 //! loopback port that is also its public address. Nodes can be killed (SIGKILL), stopped
-//! (SIGTERM, a drain, with an 8 s grace period) and started again on the same port.
+//! (SIGTERM, a drain, with an 8 s grace period) and started again on the same port. With
+//! [`TestCluster::start_with_admin`] each node also serves its admin listener (console, API,
+//! metrics), which [`admin_request`] speaks to.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -28,6 +30,8 @@ pub struct Node {
     /// The address it tells agents and clients to use, when not `addr` (one that cannot
     /// be reached, say).
     pub public_addr: Option<String>,
+    /// Its admin listener, when the cluster has them.
+    pub admin: Option<SocketAddr>,
     data: tempfile::TempDir,
 }
 
@@ -39,6 +43,8 @@ pub struct TestCluster {
     pub fingerprint: CertFingerprint,
     /// The registry, for looking at presence and node rows.
     pub registry: Registry,
+    /// Whether nodes serve their admin listener (on a port of the system's choice).
+    with_admin: bool,
     cert: tempfile::TempDir,
     /// Dropped last: the database.
     pub pg: Postgres,
@@ -63,6 +69,15 @@ impl TestCluster {
     /// Starts `n` nodes and waits until each sees the others. `None` (with the reason on
     /// stderr) when PostgreSQL is not installed.
     pub async fn start(n: usize) -> Option<Self> {
+        Self::start_nodes(n, false).await
+    }
+
+    /// As [`Self::start`], each node with its admin listener ([`Node::admin`]).
+    pub async fn start_with_admin(n: usize) -> Option<Self> {
+        Self::start_nodes(n, true).await
+    }
+
+    async fn start_nodes(n: usize, with_admin: bool) -> Option<Self> {
         let pg = tokio::task::spawn_blocking(Postgres::start)
             .await
             .unwrap()?;
@@ -73,6 +88,7 @@ impl TestCluster {
             nodes: Vec::new(),
             fingerprint: identity.fingerprint,
             registry,
+            with_admin,
             cert,
             pg,
         };
@@ -90,6 +106,7 @@ impl TestCluster {
             addr: SocketAddr::from(([127, 0, 0, 1], free_port())),
             process: None,
             public_addr: None,
+            admin: None,
             data: tempfile::tempdir().unwrap(),
         });
         let i = self.nodes.len() - 1;
@@ -107,7 +124,7 @@ impl TestCluster {
         let url = self.pg.url();
         let config = node.data.path().join("relay.toml");
         std::fs::write(&config, "shutdown_grace_secs = 8\n").unwrap();
-        let args = [
+        let mut args = vec![
             "serve",
             "--listen",
             &addr,
@@ -123,12 +140,26 @@ impl TestCluster {
             cert.to_str().unwrap(),
             "--key",
             key.to_str().unwrap(),
-            "--no-admin",
             "--config",
             config.to_str().unwrap(),
         ];
+        if self.with_admin {
+            args.extend(["--admin-listen", "127.0.0.1:0"]);
+        } else {
+            args.push("--no-admin");
+        }
         let process = spawn_here(&binary("telework-relay"), &args, &[("RUST_LOG", "info")]);
         process.wait_for("telework-relay listening on", START);
+        if self.with_admin {
+            let line = process.wait_for("admin console on http://", START);
+            let addr = line
+                .split("http://")
+                .nth(1)
+                .and_then(|rest| rest.trim_end().strip_suffix('/'))
+                .and_then(|addr| addr.parse().ok())
+                .unwrap_or_else(|| panic!("no admin address in {line:?}"));
+            self.nodes[i].admin = Some(addr);
+        }
         self.nodes[i].process = Some(process);
     }
 
@@ -215,4 +246,38 @@ impl TestCluster {
             .position(|n| n.name == name)
             .unwrap_or_else(|| panic!("no node {name}"))
     }
+}
+
+/// Sends one HTTP/1.1 request to an admin listener with an API token, and returns the status
+/// and the body. Plain HTTP on loopback, one request per connection: enough for the API.
+pub async fn admin_request(
+    admin: SocketAddr,
+    method: &str,
+    path: &str,
+    token: &str,
+) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let mut tcp = tokio::net::TcpStream::connect(admin).await.unwrap();
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {admin}\r\nAuthorization: Bearer {token}\r\n\
+         Content-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), tcp.read_to_end(&mut response))
+        .await
+        .expect("the admin listener answers")
+        .unwrap();
+    let response = String::from_utf8_lossy(&response).into_owned();
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP response: {response:?}"));
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default();
+    (status, body)
 }

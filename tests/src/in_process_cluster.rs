@@ -1,11 +1,12 @@
 //! The end-to-end tests' cluster variant: a [`crate::TestRelay`] whose relay is `node-1` of
 //! three in-process nodes on a throwaway PostgreSQL. Agents and clients reach node 1 and are
-//! sent on to the node their office PC belongs to, so every scenario crosses nodes.
+//! sent on to the node their office PC belongs to, so every scenario crosses nodes. Also
+//! [`crate::TestRelay::start_beside`]: a second node on a relay's own SQLite file.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use telework_relay::identity::TlsIdentity;
+use telework_relay::identity::{self, TlsIdentity};
 use telework_relay::registry::Registry;
 use telework_relay::{Relay, RelayOptions};
 use tokio::sync::oneshot;
@@ -117,5 +118,41 @@ pub async fn wait_for_presence(url: &str, id: &telework_protocol::ComputerId) {
     while registry.presence_of(id).await.unwrap().is_none() {
         assert!(Instant::now() < deadline, "no presence row for {id}");
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+impl crate::TestRelay {
+    /// Starts another relay node beside this one, as a second node of a cluster: its own
+    /// address and `options` (give it another `node_name`), this one's certificate (agents
+    /// and clients pinned to it accept either node) and registry file.
+    pub async fn start_beside(&self, options: RelayOptions) -> Self {
+        assert!(
+            self.others.is_none(),
+            "a relay on SQLite, not the cluster variant"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        for file in [identity::CERT_FILE, identity::KEY_FILE] {
+            std::fs::copy(self.dir.path().join(file), dir.path().join(file)).unwrap();
+        }
+        let id = identity::self_signed(dir.path(), &[]).unwrap();
+        assert_eq!(id.fingerprint, self.fingerprint, "the same certificate");
+        let registry = Registry::open(&self.dir.path().join("relay.db")).unwrap();
+        let relay = Relay::new(registry, &id, options).unwrap();
+        let (listener, quic) = relay.bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(relay.clone().serve(listener, quic, async move {
+            let _ = stopped.await;
+        }));
+        Self {
+            addr,
+            fingerprint: id.fingerprint,
+            relay,
+            transport: self.transport,
+            stop: Some(stop),
+            task: Some(task),
+            dir,
+            others: None,
+        }
     }
 }

@@ -1,6 +1,7 @@
 //! Three relay nodes (the real binary) on one PostgreSQL: agents spread by rendezvous
 //! hashing, clients sent to the node holding the office PC, a killed node's agents and
-//! sessions back elsewhere within seconds, a drained node's sessions let finish.
+//! sessions back elsewhere within seconds, a drained node's sessions let finish, one node's
+//! admin API showing and ending another node's session.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::HashMap;
@@ -9,7 +10,7 @@ use std::time::{Duration, Instant};
 use telework_client::Session;
 use telework_protocol::ComputerId;
 use telework_relay::cluster::placement;
-use telework_tests::cluster::TestCluster;
+use telework_tests::cluster::{admin_request, TestCluster};
 use telework_tests::desktop::{echo_once, EchoServer};
 use telework_tests::{AgentBuilder, TestAgent, TestClient};
 use tokio::net::TcpStream;
@@ -388,4 +389,75 @@ async fn an_agent_that_cannot_reach_its_home_stays_where_it_is_and_presence_says
     );
     // It is reachable where it is.
     let (_client, _conn) = connected(&cluster, 0, &id).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_node_s_admin_api_lists_and_ends_a_session_held_by_another() {
+    let Some(cluster) = TestCluster::start_with_admin(2).await else {
+        return;
+    };
+    let id = id_homed_at(&cluster, "pc-ops", 1);
+    let (_desktop, _agent) = office_pc(&cluster, 1, &id).await;
+    let (client, _conn) = connected(&cluster, 1, &id).await;
+
+    // node-2 records its session in PostgreSQL, in a batch off the client's request.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let recorded = loop {
+        let rows = cluster.registry.sessions_elsewhere("node-1").await.unwrap();
+        if let Some(row) = rows.into_iter().find(|s| s.computer_id == id) {
+            break row;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node-2's session is not recorded"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(recorded.node, "node-2");
+
+    let (_, token) = cluster.registry.create_api_token("ops").await.unwrap();
+    let admin = cluster.nodes[0].admin.unwrap();
+    // node-1 lists it once its beat has seen node-2 (every 2 s).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, sessions) = admin_request(admin, "GET", "/api/v1/sessions", &token).await;
+        assert_eq!(status, 200, "{sessions}");
+        if sessions.contains("\"node\":\"node-2\"") && sessions.contains(&id) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "node-1 lists {sessions}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // node-1's metrics count node-2's agent and session once node-2 has beaten.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, metrics) = admin_request(admin, "GET", "/metrics", "").await;
+        if metrics.contains("telework_node_sessions{node=\"node-2\"} 1")
+            && metrics.contains("telework_node_agents{node=\"node-2\"} 1")
+        {
+            assert!(metrics.contains("telework_node_up{node=\"node-1\"} 1"));
+            break;
+        }
+        assert!(Instant::now() < deadline, "{metrics}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let path = format!("/api/v1/nodes/node-2/sessions/{}", recorded.id);
+    let (status, body) = admin_request(admin, "DELETE", &path, "twa1-wrong").await;
+    assert_eq!(status, 401, "{body}");
+    let (status, body) = admin_request(admin, "DELETE", &path, &token).await;
+    assert_eq!(status, 202, "{body}");
+    let ended = tokio::time::timeout(Duration::from_secs(10), client.task)
+        .await
+        .expect("node-2 ends the session at its next beat")
+        .unwrap();
+    assert!(
+        matches!(
+            ended,
+            Err(telework_client::ClientError::Relay(
+                telework_protocol::ErrorCode::EndedByOperator
+            ))
+        ),
+        "{ended:?}"
+    );
 }

@@ -118,7 +118,7 @@ pub async fn remove_machine(
     Ok(())
 }
 
-/// Ends live session `id`: the client is told the relay operator ended it.
+/// Ends live session `id` of this node: the client is told the relay operator ended it.
 ///
 /// # Errors
 /// [`ActionError::NotFound`] if no such session is live.
@@ -133,14 +133,65 @@ pub fn end_session(console: &Console, operator: &str, id: u64) -> Result<(), Act
     if !console.relay.end_session(id) {
         return Err(ActionError::NotFound(format!("no live session {id}")));
     }
+    let node = console.relay.cluster.name();
     audit(
         console,
         operator,
         "session_end",
         computer.as_ref(),
-        Some(&format!("session {id}")),
+        Some(&format!("session {id} on {node}")),
     );
     Ok(())
+}
+
+/// How a session was ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// It was this node's: it has ended.
+    Ended,
+    /// It is another node's: that node was asked, and ends it at its next heartbeat.
+    Asked,
+}
+
+/// Ends live session `id` of relay node `node`, this one or another live one. Another node
+/// is asked through the registry (a `node_requests` row it takes at its next heartbeat,
+/// within [`crate::cluster::HEARTBEAT`]); the action is audited here, as a local one is.
+///
+/// # Errors
+/// [`ActionError::NotFound`] if there is no such live node, or it has no such session.
+pub async fn end_session_on(
+    console: &Console,
+    operator: &str,
+    node: &str,
+    id: u64,
+) -> Result<Ending, ActionError> {
+    let relay = &console.relay;
+    if node == relay.cluster.name() {
+        return end_session(console, operator, id).map(|()| Ending::Ended);
+    }
+    if relay.cluster.node(node).is_none() {
+        return Err(ActionError::NotFound(format!(
+            "no live relay node is called {node:?}"
+        )));
+    }
+    let Some(session) = relay.registry.cluster_session(node, id).await? else {
+        return Err(ActionError::NotFound(format!(
+            "no live session {id} on {node}"
+        )));
+    };
+    relay
+        .registry
+        .request_node(node, "end-session", &id.to_string())
+        .await?;
+    let computer = session.computer_id.parse::<ComputerId>().ok();
+    audit(
+        console,
+        operator,
+        "session_end",
+        computer.as_ref(),
+        Some(&format!("session {id} on {node}")),
+    );
+    Ok(Ending::Asked)
 }
 
 /// Most registrations one enrolment token may allow.

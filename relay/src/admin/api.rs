@@ -70,12 +70,19 @@ pub async fn remove_machine(
     }
 }
 
-/// `GET /api/v1/sessions`.
+/// `GET /api/v1/sessions`: this node's sessions, then the other live nodes'.
 pub async fn sessions(State(console): State<Arc<Console>>) -> Response {
-    Json(live::sessions(&console.relay)).into_response()
+    let mut rows = live::sessions(&console.relay);
+    match live::sessions_elsewhere(&console.relay).await {
+        Ok(elsewhere) => {
+            rows.extend(elsewhere);
+            Json(rows).into_response()
+        }
+        Err(e) => error(&e.into()),
+    }
 }
 
-/// `DELETE /api/v1/sessions/{id}`.
+/// `DELETE /api/v1/sessions/{id}`: a session of this node.
 pub async fn end_session(
     State(console): State<Arc<Console>>,
     Extension(op): Extension<Operator>,

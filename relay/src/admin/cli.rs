@@ -1,7 +1,9 @@
-//! `telework-relay admin …` (operator accounts and API tokens) and starting the admin
-//! listener from the checked configuration; `main.rs` only dispatches here.
+//! `telework-relay admin …` (operator accounts and API tokens), the `machines` listing, and
+//! starting the admin listener from the checked configuration; `main.rs` only dispatches
+//! here.
 
-use std::io::BufRead;
+use std::collections::HashMap;
+use std::io::{BufRead, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -158,6 +160,52 @@ where
             Ok(())
         }
     }
+}
+
+/// `telework-relay machines`: every registered machine, with the node it is online at (from
+/// the presence rows of nodes whose heartbeat is current) or `offline`.
+///
+/// # Errors
+/// A registry error, or `out` cannot be written.
+pub async fn list_machines(registry: &Registry, out: &mut dyn Write) -> anyhow::Result<()> {
+    let machines = registry.machines().await?;
+    if machines.is_empty() {
+        writeln!(out, "no machines are registered")?;
+        return Ok(());
+    }
+    let now = crate::cluster::now_ms();
+    let live: Vec<String> = registry
+        .nodes()
+        .await?
+        .into_iter()
+        .filter(|n| n.live(now))
+        .map(|n| n.name)
+        .collect();
+    // A killed node's presence rows outlive it until it starts again; its heartbeat has
+    // expired, so its agents are not online there.
+    let online: HashMap<String, String> = registry
+        .presence()
+        .await?
+        .into_iter()
+        .filter(|p| live.contains(&p.node))
+        .map(|p| (p.id.as_str().to_owned(), p.node))
+        .collect();
+    for m in machines {
+        let seen = m.last_seen.map_or("never".to_owned(), super::pages::utc);
+        let state = match online.get(m.id.as_str()) {
+            Some(node) => format!("online at {node}"),
+            None => "offline".to_owned(),
+        };
+        let disabled = if m.disabled { "  disabled" } else { "" };
+        writeln!(
+            out,
+            "{:<32} registered {}  last seen {}  {state}{disabled}",
+            m.id,
+            super::pages::utc(m.created),
+            seen
+        )?;
+    }
+    Ok(())
 }
 
 /// Binds the admin listener as configured, with TLS from its own files or the relay's

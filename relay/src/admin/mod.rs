@@ -8,7 +8,9 @@
 //!   route passes through.
 //! - [`actions`]: what an operator can do, shared by pages and API, each one audited.
 //! - [`audit_view`]: the audit log page, its JSON-lines export and its API.
-//! - [`live`]: the machines and sessions tables, and the server-sent events that refresh them.
+//! - [`live`]: the machines, sessions and nodes tables, and the server-sent events that
+//!   refresh them.
+//! - [`cluster_view`]: the nodes page, and ending a session on any node.
 //! - [`pages`] and [`api`]: the HTML pages (askama templates in `relay/templates/`) and the
 //!   JSON API (`docs/admin-api.yaml`).
 
@@ -17,6 +19,7 @@ pub mod api;
 pub mod audit_view;
 pub mod auth;
 pub mod cli;
+pub mod cluster_view;
 pub mod live;
 pub mod pages;
 
@@ -127,6 +130,8 @@ routes! {
     POST "/machines/{id}/remove" Page => pages::remove_machine,
     GET "/sessions" Page => pages::sessions,
     POST "/sessions/{id}/end" Page => pages::end_session,
+    GET "/nodes" Page => cluster_view::page,
+    POST "/nodes/{node}/sessions/{id}/end" Page => cluster_view::end_session,
     GET "/tokens" Page => pages::tokens,
     POST "/tokens" Page => pages::create_token,
     POST "/tokens/{id}/revoke" Page => pages::revoke_token,
@@ -141,6 +146,8 @@ routes! {
     DELETE "/api/v1/machines/{id}" Api => api::remove_machine,
     GET "/api/v1/sessions" Api => api::sessions,
     DELETE "/api/v1/sessions/{id}" Api => api::end_session,
+    GET "/api/v1/nodes" Api => cluster_view::api_nodes,
+    DELETE "/api/v1/nodes/{node}/sessions/{id}" Api => cluster_view::api_end_session,
     GET "/api/v1/tokens" Api => api::tokens,
     POST "/api/v1/tokens" Api => api::create_token,
     DELETE "/api/v1/tokens/{id}" Api => api::revoke_token,

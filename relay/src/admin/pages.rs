@@ -28,7 +28,8 @@ pub fn utc(unix: i64) -> String {
     }
 }
 
-fn render(status: StatusCode, page: &impl Template) -> Response {
+/// Renders `page`, or a bare 500 if its template fails.
+pub fn render(status: StatusCode, page: &impl Template) -> Response {
     match page.render() {
         Ok(html) => (status, Html(html)).into_response(),
         Err(e) => {
@@ -49,7 +50,7 @@ struct MessagePage<'a> {
 }
 
 /// An error page for a failed action, with a link back.
-fn failed(op: &Operator, e: &ActionError, back: &str) -> Response {
+pub fn failed(op: &Operator, e: &ActionError, back: &str) -> Response {
     render(
         e.status(),
         &MessagePage {
@@ -62,7 +63,8 @@ fn failed(op: &Operator, e: &ActionError, back: &str) -> Response {
     )
 }
 
-fn done(result: Result<(), ActionError>, op: &Operator, back: &'static str) -> Response {
+/// A redirect to `back` when the action was done, else an error page.
+pub fn done(result: Result<(), ActionError>, op: &Operator, back: &'static str) -> Response {
     match result {
         Ok(()) => Redirect::to(back).into_response(),
         Err(e) => failed(op, &e, back),
@@ -199,7 +201,8 @@ struct MachineView {
     id: String,
     online: bool,
     disabled: bool,
-    transport: &'static str,
+    node: String,
+    transport: String,
     since: String,
     address: String,
     agent_version: String,
@@ -229,7 +232,8 @@ pub async fn machines(
     let rows: Vec<MachineView> = rows
         .into_iter()
         .map(|m| MachineView {
-            transport: m.transport.unwrap_or(""),
+            node: m.node.unwrap_or_default(),
+            transport: m.transport.unwrap_or_default(),
             since: m.online_since.map(utc).unwrap_or_default(),
             address: m.address.unwrap_or_default(),
             agent_version: m.agent_version.unwrap_or_default(),
@@ -293,16 +297,20 @@ pub async fn remove_machine(
 
 /// A sessions row as shown.
 struct SessionView {
+    node: String,
     id: u64,
     computer_id: String,
     client: String,
     device: String,
     device_short: String,
-    transport: &'static str,
+    transport: String,
     started: String,
-    bytes_up: u64,
-    bytes_down: u64,
-    tunnels: usize,
+    /// Byte and tunnel counts, blank for another node's session (it does not publish them).
+    bytes_up: String,
+    bytes_down: String,
+    tunnels: String,
+    /// Where its "End session" form posts.
+    end: String,
 }
 
 #[derive(Template)]
@@ -311,27 +319,48 @@ struct SessionsPage<'a> {
     title: &'a str,
     operator: &'a str,
     csrf: &'a str,
+    /// Why other nodes' sessions are missing, if they are.
+    error: String,
     rows: Vec<SessionView>,
 }
 
-/// `GET /sessions`.
+fn shown<T: ToString>(count: Option<T>) -> String {
+    count.map(|c| c.to_string()).unwrap_or_default()
+}
+
+/// `GET /sessions`: this node's sessions, then the other live nodes'.
 pub async fn sessions(
     State(console): State<Arc<Console>>,
     Extension(op): Extension<Operator>,
 ) -> Response {
-    let rows = live::sessions(&console.relay)
+    let mut rows = live::sessions(&console.relay);
+    // Without the registry this node's own sessions can still be seen and ended.
+    let error = match live::sessions_elsewhere(&console.relay).await {
+        Ok(elsewhere) => {
+            rows.extend(elsewhere);
+            String::new()
+        }
+        Err(e) => format!("Sessions on other nodes cannot be listed now: {e}"),
+    };
+    let rows = rows
         .into_iter()
         .map(|s| SessionView {
+            end: if s.here {
+                format!("/sessions/{}/end", s.id)
+            } else {
+                format!("/nodes/{}/sessions/{}/end", s.node, s.id)
+            },
             device_short: s.device.chars().take(23).collect(),
+            node: s.node,
             id: s.id,
             computer_id: s.computer_id,
             client: s.client,
             device: s.device,
             transport: s.transport,
             started: utc(s.started),
-            bytes_up: s.bytes_up,
-            bytes_down: s.bytes_down,
-            tunnels: s.tunnels,
+            bytes_up: shown(s.bytes_up),
+            bytes_down: shown(s.bytes_down),
+            tunnels: shown(s.tunnels),
         })
         .collect();
     render(
@@ -340,6 +369,7 @@ pub async fn sessions(
             title: "Live sessions",
             operator: &op.name,
             csrf: &op.csrf,
+            error,
             rows,
         },
     )

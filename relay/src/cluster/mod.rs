@@ -8,11 +8,15 @@
 //! holds which agent, so a client that asks the wrong node is sent on. No node forwards
 //! another's bytes.
 //!
+//! Each node also records its live sessions ([`SessionWriter`]), so that any node's console
+//! lists every session and can ask the node holding one to end it (a `node_requests` row the
+//! holder acts on at its next beat).
+//!
 //! With the embedded SQLite registry there is one node, and all of this comes down to one row
-//! and the presence table.
+//! and the presence and sessions tables.
 
+pub mod batch;
 pub mod placement;
-pub mod presence;
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -24,10 +28,11 @@ use telework_protocol::{ComputerId, ErrorCode};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::registry::NodeRow;
+use crate::registry::{NodeRow, SessionChange, SessionRecord};
+use crate::sessions::SessionHandle;
 use crate::Relay;
 
-pub use presence::PresenceWriter;
+pub use batch::{PresenceWriter, SessionWriter};
 
 /// How often a node writes its heartbeat row and reads the others'.
 pub const HEARTBEAT: Duration = Duration::from_secs(2);
@@ -78,8 +83,59 @@ pub struct Cluster {
     draining: AtomicBool,
     /// The other live nodes as of the last beat.
     others: Mutex<Vec<NodeRow>>,
+    /// The nodes whose rows had expired at the last beat: killed, or cut off from the
+    /// database (a clean stop removes its row).
+    gone: Mutex<Vec<NodeRow>>,
     /// Presence changes on their way to the registry.
     pub presence: PresenceWriter,
+    /// This node's session starts and ends on their way to the registry.
+    pub sessions: SessionWriter,
+}
+
+/// A node as the console and the metrics show it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize)]
+pub struct NodeStatus {
+    /// Its name.
+    pub name: String,
+    /// Where agents and clients reach it.
+    pub public_addr: String,
+    /// Whether it is the node answering.
+    pub here: bool,
+    /// Whether its heartbeat is current.
+    pub up: bool,
+    /// Whether it is shutting down.
+    pub draining: bool,
+    /// Agents online on it (at its last beat, for another node).
+    pub agents: i64,
+    /// Live sessions on it (at its last beat, for another node).
+    pub sessions: i64,
+    /// Unix seconds it started.
+    pub started: i64,
+    /// Unix seconds of its last heartbeat (now, for this node).
+    pub last_beat: i64,
+}
+
+impl NodeStatus {
+    fn of(row: NodeRow, here: bool, up: bool) -> Self {
+        let ttl = i64::try_from(NODE_TTL.as_millis()).unwrap_or(i64::MAX);
+        Self {
+            last_beat: row.expires_ms.saturating_sub(ttl) / 1000,
+            name: row.name,
+            public_addr: row.public_addr,
+            here,
+            up,
+            draining: row.draining,
+            agents: row.agents,
+            sessions: row.sessions,
+            started: row.started,
+        }
+    }
+}
+
+/// Unix seconds of `t`.
+fn unix_secs(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
 /// Unix milliseconds now.
@@ -104,7 +160,9 @@ impl Cluster {
             started: now_ms() / 1000,
             draining: AtomicBool::new(false),
             others: Mutex::new(Vec::new()),
+            gone: Mutex::new(Vec::new()),
             presence: PresenceWriter::default(),
+            sessions: SessionWriter::default(),
         }
     }
 
@@ -125,10 +183,47 @@ impl Cluster {
 
     /// The other live nodes, by name.
     pub fn others(&self) -> Vec<NodeRow> {
-        self.others
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        lock(&self.others).clone()
+    }
+
+    /// Every node: this one with its counts now, the other live ones and the gone ones as of
+    /// the last beat, by name.
+    pub fn status(&self, relay: &Relay) -> Vec<NodeStatus> {
+        let mut all = vec![NodeStatus::of(self.row(relay), true, true)];
+        all.extend(
+            self.others()
+                .into_iter()
+                .map(|n| NodeStatus::of(n, false, true)),
+        );
+        all.extend(
+            lock(&self.gone)
+                .clone()
+                .into_iter()
+                .map(|n| NodeStatus::of(n, false, false)),
+        );
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        all
+    }
+
+    /// Records that `session` started here, for the other nodes' consoles.
+    pub fn session_started(&self, session: &SessionHandle) {
+        self.sessions.record(SessionChange::Started(SessionRecord {
+            node: self.name.clone(),
+            id: session.id,
+            computer_id: session.computer_id.as_str().to_owned(),
+            client: session.client.to_string(),
+            device: session.device.clone(),
+            transport: session.transport.to_owned(),
+            started: unix_secs(session.since),
+        }));
+    }
+
+    /// Records that session `id` here ended.
+    pub fn session_ended(&self, id: u64) {
+        self.sessions.record(SessionChange::Ended {
+            node: self.name.clone(),
+            id,
+        });
     }
 
     /// Names of the nodes that take agents: the live ones not draining, this one included
@@ -213,14 +308,15 @@ impl Cluster {
         let before: BTreeSet<String> = self.takers().into_iter().collect();
         relay.registry.heartbeat(&self.row(relay)).await?;
         let now = now_ms();
-        let others: Vec<NodeRow> = relay
+        let (others, gone): (Vec<NodeRow>, Vec<NodeRow>) = relay
             .registry
             .nodes()
             .await?
             .into_iter()
-            .filter(|n| n.live(now) && n.name != self.name)
-            .collect();
-        *self.others.lock().unwrap_or_else(|e| e.into_inner()) = others;
+            .filter(|n| n.name != self.name)
+            .partition(|n| n.live(now));
+        *lock(&self.others) = others;
+        *lock(&self.gone) = gone;
         for request in relay.registry.take_node_requests(&self.name).await? {
             match (request.kind.as_str(), request.target.parse::<u64>()) {
                 ("end-session", Ok(session)) => {
@@ -251,7 +347,23 @@ impl Cluster {
     }
 }
 
-/// Clears what this node left behind if it was killed, and beats once, so that it knows the
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Writes this node's presence and session changes in batches until `stop`. [`join`] has
+/// cleared the rows a killed run left before this run takes its first connection, so it
+/// never removes rows of this run.
+pub async fn write_changes(relay: Arc<Relay>, stop: CancellationToken) {
+    let cluster = &relay.cluster;
+    tokio::join!(
+        cluster.presence.run(relay.registry.clone(), stop.clone()),
+        cluster.sessions.run(relay.registry.clone(), stop),
+    );
+}
+
+/// Clears what this node left behind if it was killed (presence and session rows), and
+/// beats once, so that it knows the
 /// other nodes before it takes its first connection. Bounded: a database that does not
 /// answer delays the start by [`FIRST_BEAT_WAIT`] at most.
 pub async fn join(relay: &Relay) {
@@ -273,7 +385,7 @@ pub async fn join(relay: &Relay) {
 const FIRST_BEAT_WAIT: Duration = Duration::from_secs(5);
 
 /// Beats every [`HEARTBEAT`] (after [`join`]'s first beat) until `stop`; then removes this
-/// node's row and presence rows.
+/// node's row and its presence and session rows.
 pub async fn run(relay: Arc<Relay>, stop: CancellationToken) {
     let cluster = &relay.cluster;
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + HEARTBEAT, HEARTBEAT);

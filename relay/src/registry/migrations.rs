@@ -171,6 +171,33 @@ CREATE TABLE node_requests (
 );
 ",
     },
+    Migration {
+        version: 4,
+        sqlite: "
+CREATE TABLE sessions (
+    node         TEXT NOT NULL,
+    id           INTEGER NOT NULL,
+    computer_id  TEXT NOT NULL,
+    client       TEXT NOT NULL,
+    device       TEXT NOT NULL,
+    transport    TEXT NOT NULL,
+    started      INTEGER NOT NULL,
+    PRIMARY KEY (node, id)
+);
+",
+        postgres: "
+CREATE TABLE sessions (
+    node         TEXT NOT NULL,
+    id           BIGINT NOT NULL,
+    computer_id  TEXT NOT NULL,
+    client       TEXT NOT NULL,
+    device       TEXT NOT NULL,
+    transport    TEXT NOT NULL,
+    started      BIGINT NOT NULL,
+    PRIMARY KEY (node, id)
+);
+",
+    },
 ];
 
 /// The columns SQLite databases from before version 1 may lack (SQLite has no

@@ -1,6 +1,7 @@
 //! The machine registry: computer IDs, machine keys and enrolment tokens, and the parts beside
 //! them: the audit log ([`audit`]), console accounts and API tokens ([`operators`]), listing
-//! and revoking enrolment tokens ([`enrolment`]).
+//! and revoking enrolment tokens ([`enrolment`]), and what several nodes share: heartbeats,
+//! presence and requests (`nodes`), live sessions ([`sessions`]).
 //!
 //! One async API over two backends: an embedded SQLite file (the default, one node), whose
 //! calls run on blocking threads, and PostgreSQL (`--database postgres://…`, several nodes
@@ -23,11 +24,13 @@ mod nodes;
 mod operators;
 mod postgres;
 mod postgres_tls;
+pub mod sessions;
 mod sqlite;
 
 pub use enrolment::EnrolmentToken;
 pub use nodes::{NodeRequest, NodeRow, Presence, PresenceChange};
 pub use operators::{hash_password, valid_operator_name, ApiToken, MIN_PASSWORD_LEN};
+pub use sessions::{SessionChange, SessionRecord};
 
 /// A registry failure.
 #[derive(Debug, thiserror::Error)]

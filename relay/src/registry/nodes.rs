@@ -8,7 +8,7 @@ use telework_protocol::ComputerId;
 use super::{blocking, Backend, Registry, RegistryError};
 
 /// A relay node as its heartbeat row describes it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize)]
 pub struct NodeRow {
     /// The node's name (`--node-name`), unique in the cluster.
     pub name: String,
@@ -165,8 +165,9 @@ impl Registry {
         }
     }
 
-    /// Removes `node`'s heartbeat row and every presence row naming it: at a clean stop, and
-    /// at start (a node that was killed left its rows behind).
+    /// Removes `node`'s heartbeat row and every presence and session row naming it, and the
+    /// requests left for it: at a clean stop, and at start (a node that was killed left its
+    /// rows behind, and requests about sessions of that run, whose ids a new run reuses).
     ///
     /// # Errors
     /// A database error.
@@ -177,6 +178,8 @@ impl Registry {
                 blocking(db, move |db| {
                     let db = db.db();
                     db.execute("DELETE FROM presence WHERE node = ?1", [&node])?;
+                    db.execute("DELETE FROM sessions WHERE node = ?1", [&node])?;
+                    db.execute("DELETE FROM node_requests WHERE node = ?1", [&node])?;
                     if heartbeat_too {
                         db.execute("DELETE FROM nodes WHERE name = ?1", [&node])?;
                     }
@@ -188,6 +191,12 @@ impl Registry {
                 let client = pg.client().await?;
                 client
                     .execute("DELETE FROM presence WHERE node = $1", &[&node])
+                    .await?;
+                client
+                    .execute("DELETE FROM sessions WHERE node = $1", &[&node])
+                    .await?;
+                client
+                    .execute("DELETE FROM node_requests WHERE node = $1", &[&node])
                     .await?;
                 if heartbeat_too {
                     client

@@ -1,10 +1,12 @@
-//! Writes presence changes (agent online here, agent gone) to the shared registry in batches,
-//! off the connection tasks: a hello never waits for the database, and a thousand agents
-//! coming back after a restart cost a few transactions, not two thousand.
+//! Writes changes to the shared registry in batches, off the connection tasks: presence
+//! (agent online here, agent gone) and live sessions (started, ended here). A hello or a
+//! client's request never waits for the database, and a thousand agents coming back after a
+//! restart cost a few transactions, not two thousand.
 //!
 //! While the database is unreachable the changes wait (at most [`MAX_PENDING`]) and are
-//! written when it is back; agents already online keep being served meanwhile.
+//! written when it is back; agents and sessions already here keep being served meanwhile.
 
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,7 +14,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tracing::warn;
 
-use crate::registry::{PresenceChange, Registry};
+use crate::registry::{PresenceChange, Registry, RegistryError, SessionChange};
 
 /// Changes queued at most before new ones are dropped (and counted).
 const QUEUE: usize = 65_536;
@@ -26,14 +28,54 @@ const MAX_PENDING: usize = 200_000;
 /// How long to wait before trying a failed write again.
 const RETRY: Duration = Duration::from_secs(1);
 
+/// A change the registry takes in batches.
+pub trait Change: Clone + Send + Sync + 'static {
+    /// What the log calls them.
+    const WHAT: &'static str;
+
+    /// Applies `batch` in one transaction, oldest first.
+    fn write(
+        registry: &Registry,
+        batch: Vec<Self>,
+    ) -> impl Future<Output = Result<(), RegistryError>> + Send;
+}
+
+impl Change for PresenceChange {
+    const WHAT: &'static str = "presence changes";
+
+    fn write(
+        registry: &Registry,
+        batch: Vec<Self>,
+    ) -> impl Future<Output = Result<(), RegistryError>> + Send {
+        registry.record_presence(batch)
+    }
+}
+
+impl Change for SessionChange {
+    const WHAT: &'static str = "session changes";
+
+    fn write(
+        registry: &Registry,
+        batch: Vec<Self>,
+    ) -> impl Future<Output = Result<(), RegistryError>> + Send {
+        registry.record_sessions(batch)
+    }
+}
+
+/// Presence changes on their way to the registry.
+pub type PresenceWriter = BatchWriter<PresenceChange>;
+
+/// Session starts and ends on their way to the registry.
+pub type SessionWriter = BatchWriter<SessionChange>;
+
 /// The sending side, shared by every connection task.
-pub struct PresenceWriter {
-    tx: mpsc::Sender<PresenceChange>,
-    rx: std::sync::Mutex<Option<mpsc::Receiver<PresenceChange>>>,
+pub struct BatchWriter<C> {
+    tx: mpsc::Sender<C>,
+    rx: std::sync::Mutex<Option<mpsc::Receiver<C>>>,
     dropped: AtomicU64,
 }
 
-impl Default for PresenceWriter {
+impl<C: Change> Default for BatchWriter<C> {
     fn default() -> Self {
         let (tx, rx) = mpsc::channel(QUEUE);
         Self {
@@ -44,9 +86,9 @@ impl Default for PresenceWriter {
     }
 }
 
-impl PresenceWriter {
+impl<C: Change> BatchWriter<C> {
     /// Queues a change without waiting; a full queue drops it (counted).
-    pub fn record(&self, change: PresenceChange) {
+    pub fn record(&self, change: C) {
         if self.tx.try_send(change).is_err() {
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
@@ -58,7 +100,7 @@ impl PresenceWriter {
         let Some(mut rx) = self.rx.lock().unwrap_or_else(|e| e.into_inner()).take() else {
             return;
         };
-        let mut pending: Vec<PresenceChange> = Vec::new();
+        let mut pending: Vec<C> = Vec::new();
         loop {
             let stopping = if pending.is_empty() {
                 tokio::select! {
@@ -79,17 +121,17 @@ impl PresenceWriter {
             }
             let lost = self.dropped.swap(0, Ordering::Relaxed);
             if lost > 0 {
-                warn!(lost, "presence changes dropped: the registry is too slow");
+                warn!(lost, "{} dropped: the registry is too slow", C::WHAT);
             }
             while !pending.is_empty() {
                 let take = pending.len().min(MAX_BATCH);
-                let batch: Vec<PresenceChange> = pending[..take].to_vec();
-                match registry.record_presence(batch).await {
+                let batch: Vec<C> = pending[..take].to_vec();
+                match C::write(&registry, batch).await {
                     Ok(()) => {
                         pending.drain(..take);
                     }
                     Err(e) => {
-                        warn!(%e, waiting = pending.len(), "writing presence failed; retrying");
+                        warn!(%e, waiting = pending.len(), "writing {} failed; retrying", C::WHAT);
                         if pending.len() > MAX_PENDING {
                             let excess = pending.len() - MAX_PENDING;
                             pending.drain(..excess);
