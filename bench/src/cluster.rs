@@ -459,6 +459,7 @@ impl SqliteRelay {
                             id: m.id.clone(),
                             node: "elsewhere".to_owned(),
                             since,
+                            since_ms: since * 1000,
                             address: "127.0.0.2:1".to_owned(),
                             transport: "TLS/TCP".to_owned(),
                             away_from: None,

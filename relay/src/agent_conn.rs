@@ -314,13 +314,15 @@ pub(crate) async fn online(
         let _ = old.try_send(RelayToAgent::Error(ErrorCode::Replaced));
     }
     let transport = connection.kind().to_string();
+    let online_ms = crate::cluster::now_ms();
     relay
         .cluster
         .presence
         .record(PresenceChange::Online(Presence {
             id: id.clone(),
             node: relay.cluster.name().to_owned(),
-            since: crate::cluster::now_ms() / 1000,
+            since: online_ms / 1000,
+            since_ms: online_ms,
             address: conn.peer.to_string(),
             transport: transport.clone(),
             away_from: relay.cluster.away_from(&id),

@@ -262,6 +262,7 @@ async fn machines_name_the_live_node_each_is_online_at() {
                 id: id.parse().unwrap(),
                 node: node.into(),
                 since: 100,
+                since_ms: 100_000,
                 address: "192.0.2.1:5000".into(),
                 transport: "QUIC".into(),
                 away_from: None,

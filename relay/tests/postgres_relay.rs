@@ -172,7 +172,10 @@ async fn a_relay_on_postgres_registers_lists_and_removes_machines() {
         .await
         .unwrap());
     registry.consume_token(&token).await.unwrap();
-    assert_eq!(registry.schema_version().await.unwrap(), 4);
+    assert_eq!(
+        registry.schema_version().await.unwrap(),
+        telework_relay::registry::SCHEMA_VERSION
+    );
 
     child.kill().unwrap();
     child.wait().unwrap();

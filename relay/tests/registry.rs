@@ -32,6 +32,7 @@ fn online(id: &str, node: &str, since: i64) -> PresenceChange {
         id: pc(id),
         node: node.into(),
         since,
+        since_ms: since * 1000,
         address: "192.0.2.1:5000".into(),
         transport: "QUIC".into(),
         away_from: None,
@@ -91,6 +92,36 @@ async fn nodes(a: Registry, b: Registry) {
         .unwrap();
     let p = a.presence_of(&pc("pc-1")).await.unwrap().unwrap();
     assert_eq!((p.node.as_str(), p.since), ("relay-b", 101));
+    // Within one second: the node left writes its online (earlier by the millisecond)
+    // after the new node's; the newer row stays, and the late offline does not remove it.
+    let at = |node: &str, ms: i64| {
+        PresenceChange::Online(Presence {
+            id: pc("pc-3"),
+            node: node.into(),
+            since: 200,
+            since_ms: ms,
+            address: "192.0.2.1:5000".into(),
+            transport: "QUIC".into(),
+            away_from: None,
+        })
+    };
+    a.register(&pc("pc-3"), &[3; 32]).await.unwrap();
+    b.record_presence(vec![at("relay-b", 200_900)])
+        .await
+        .unwrap();
+    a.record_presence(vec![
+        at("relay-a", 200_100),
+        offline("pc-3", "relay-a", 200),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(
+        b.presence_of(&pc("pc-3")).await.unwrap().unwrap().node,
+        "relay-b"
+    );
+    b.record_presence(vec![offline("pc-3", "relay-b", 201)])
+        .await
+        .unwrap();
     // An older online (a batch that was late) does not overwrite a newer one.
     a.record_presence(vec![online("pc-1", "relay-a", 90)])
         .await
@@ -429,8 +460,14 @@ async fn audit(reg: Registry, other: Registry) {
 /// The counter the registration watcher polls: up on every removal or disabling by anyone,
 /// the same for every connection, and not moved by other writes.
 async fn changes(relay: Registry, cli: Registry) {
-    assert_eq!(relay.schema_version().await.unwrap(), 4);
-    assert_eq!(cli.schema_version().await.unwrap(), 4);
+    assert_eq!(
+        relay.schema_version().await.unwrap(),
+        telework_relay::registry::SCHEMA_VERSION
+    );
+    assert_eq!(
+        cli.schema_version().await.unwrap(),
+        telework_relay::registry::SCHEMA_VERSION
+    );
     let id = pc("pc-1");
     relay.register(&id, &[3; 32]).await.unwrap();
     let before = relay.changes().await.unwrap();
@@ -489,7 +526,10 @@ async fn postgres_passes_every_case() {
     // Opening again migrates nothing twice.
     let again = Registry::connect(&pg.url()).await.unwrap();
     let again2 = Registry::connect(&pg.url()).await.unwrap();
-    assert_eq!(again.schema_version().await.unwrap(), 4);
+    assert_eq!(
+        again.schema_version().await.unwrap(),
+        telework_relay::registry::SCHEMA_VERSION
+    );
     assert_eq!(again2.changes().await.unwrap(), 0);
     drop(pg);
 }

@@ -198,7 +198,17 @@ CREATE TABLE sessions (
 );
 ",
     },
+    // Presence rows ordered by the millisecond: two nodes' writes about one agent moving
+    // within a second must not be taken for each other.
+    Migration {
+        version: 5,
+        sqlite: "ALTER TABLE presence ADD COLUMN since_ms INTEGER NOT NULL DEFAULT 0;",
+        postgres: "ALTER TABLE presence ADD COLUMN since_ms BIGINT NOT NULL DEFAULT 0;",
+    },
 ];
+
+/// The newest migration's version: what an up-to-date registry reports.
+pub const LATEST: i64 = MIGRATIONS[MIGRATIONS.len() - 1].version;
 
 /// The columns SQLite databases from before version 1 may lack (SQLite has no
 /// `ADD COLUMN IF NOT EXISTS`); added after version 1's tables, PostgreSQL has them already.

@@ -28,6 +28,7 @@ pub mod sessions;
 mod sqlite;
 
 pub use enrolment::EnrolmentToken;
+pub use migrations::LATEST as SCHEMA_VERSION;
 pub use nodes::{NodeRequest, NodeRow, Presence, PresenceChange};
 pub use operators::{hash_password, valid_operator_name, ApiToken, MIN_PASSWORD_LEN};
 pub use sessions::{SessionChange, SessionRecord};

@@ -42,6 +42,8 @@ pub struct Presence {
     pub node: String,
     /// Unix seconds it came online there.
     pub since: i64,
+    /// The same moment in Unix milliseconds: which of two rows about one agent is newer.
+    pub since_ms: i64,
     /// Its address as that node saw it.
     pub address: String,
     /// `QUIC` or `TLS/TCP`.
@@ -225,13 +227,14 @@ impl Registry {
                     match change {
                         PresenceChange::Online(p) => {
                             tx.execute(
-                                "INSERT INTO presence (id, node, since, address, transport, away_from)
-                                 VALUES ($1, $2, $3, $4, $5, $6)
+                                "INSERT INTO presence (id, node, since, address, transport, away_from, since_ms)
+                                 VALUES ($1, $2, $3, $4, $5, $6, $7)
                                  ON CONFLICT (id) DO UPDATE SET node = excluded.node,
                                    since = excluded.since, address = excluded.address,
-                                   transport = excluded.transport, away_from = excluded.away_from
-                                 WHERE presence.since <= excluded.since",
-                                &[&p.id.as_str(), &p.node, &p.since, &p.address, &p.transport, &p.away_from],
+                                   transport = excluded.transport, away_from = excluded.away_from,
+                                   since_ms = excluded.since_ms
+                                 WHERE presence.since_ms <= excluded.since_ms",
+                                &[&p.id.as_str(), &p.node, &p.since, &p.address, &p.transport, &p.away_from, &p.since_ms],
                             )
                             .await?;
                             tx.execute(
@@ -278,55 +281,72 @@ impl Registry {
     }
 
     async fn presence_where(&self, id: Option<ComputerId>) -> Result<Vec<Presence>, RegistryError> {
-        const SQL: &str = "SELECT id, node, since, address, transport, away_from FROM presence";
+        const SQL: &str =
+            "SELECT id, node, since, address, transport, away_from, since_ms FROM presence";
         let key = id.as_ref().map(|i| i.as_str().to_owned());
-        let rows: Vec<(String, String, i64, String, String, Option<String>)> = match &self.backend {
-            Backend::Sqlite(db) => {
-                blocking(db, move |db| {
-                    let db = db.db();
-                    let sql = match key {
-                        Some(_) => format!("{SQL} WHERE id = ?1"),
-                        None => format!("{SQL} WHERE ?1 IS NULL ORDER BY id"),
+        #[allow(clippy::type_complexity)]
+        let rows: Vec<(String, String, i64, String, String, Option<String>, i64)> =
+            match &self.backend {
+                Backend::Sqlite(db) => {
+                    blocking(db, move |db| {
+                        let db = db.db();
+                        let sql = match key {
+                            Some(_) => format!("{SQL} WHERE id = ?1"),
+                            None => format!("{SQL} WHERE ?1 IS NULL ORDER BY id"),
+                        };
+                        let mut stmt = db.prepare(&sql)?;
+                        let rows = stmt.query_map([key], |r| {
+                            Ok((
+                                r.get(0)?,
+                                r.get(1)?,
+                                r.get(2)?,
+                                r.get(3)?,
+                                r.get(4)?,
+                                r.get(5)?,
+                                r.get(6)?,
+                            ))
+                        })?;
+                        Ok(rows.collect::<Result<_, _>>()?)
+                    })
+                    .await?
+                }
+                Backend::Postgres(pg) => {
+                    let client = pg.client().await?;
+                    let rows = match &key {
+                        Some(k) => client.query(&format!("{SQL} WHERE id = $1"), &[k]).await?,
+                        None => client.query(&format!("{SQL} ORDER BY id"), &[]).await?,
                     };
-                    let mut stmt = db.prepare(&sql)?;
-                    let rows = stmt.query_map([key], |r| {
-                        Ok((
-                            r.get(0)?,
-                            r.get(1)?,
-                            r.get(2)?,
-                            r.get(3)?,
-                            r.get(4)?,
-                            r.get(5)?,
-                        ))
-                    })?;
-                    Ok(rows.collect::<Result<_, _>>()?)
-                })
-                .await?
-            }
-            Backend::Postgres(pg) => {
-                let client = pg.client().await?;
-                let rows = match &key {
-                    Some(k) => client.query(&format!("{SQL} WHERE id = $1"), &[k]).await?,
-                    None => client.query(&format!("{SQL} ORDER BY id"), &[]).await?,
-                };
-                rows.iter()
-                    .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5)))
-                    .collect()
-            }
-        };
+                    rows.iter()
+                        .map(|r| {
+                            (
+                                r.get(0),
+                                r.get(1),
+                                r.get(2),
+                                r.get(3),
+                                r.get(4),
+                                r.get(5),
+                                r.get(6),
+                            )
+                        })
+                        .collect()
+                }
+            };
         // Rows were written from validated IDs; skip any that a hand edit broke.
         Ok(rows
             .into_iter()
-            .filter_map(|(id, node, since, address, transport, away_from)| {
-                Some(Presence {
-                    id: id.parse().ok()?,
-                    node,
-                    since,
-                    address,
-                    transport,
-                    away_from,
-                })
-            })
+            .filter_map(
+                |(id, node, since, address, transport, away_from, since_ms)| {
+                    Some(Presence {
+                        id: id.parse().ok()?,
+                        node,
+                        since,
+                        since_ms,
+                        address,
+                        transport,
+                        away_from,
+                    })
+                },
+            )
             .collect())
     }
 
@@ -418,19 +438,20 @@ fn sqlite_presence(
         match change {
             PresenceChange::Online(p) => {
                 tx.execute(
-                    "INSERT INTO presence (id, node, since, address, transport, away_from)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                    "INSERT INTO presence (id, node, since, address, transport, away_from, since_ms)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
                      ON CONFLICT (id) DO UPDATE SET node = excluded.node, since = excluded.since,
                        address = excluded.address, transport = excluded.transport,
-                       away_from = excluded.away_from
-                     WHERE presence.since <= excluded.since",
+                       away_from = excluded.away_from, since_ms = excluded.since_ms
+                     WHERE presence.since_ms <= excluded.since_ms",
                     params![
                         p.id.as_str(),
                         p.node,
                         p.since,
                         p.address,
                         p.transport,
-                        p.away_from
+                        p.away_from,
+                        p.since_ms
                     ],
                 )?;
                 tx.execute(
