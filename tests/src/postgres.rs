@@ -182,8 +182,14 @@ impl Postgres {
     /// Stops the server at once (`pg_ctl stop -m immediate`: connections are cut, as when
     /// the database machine fails); [`Postgres::start_again`] brings it back.
     pub fn stop(&self) {
+        let out = self.pg_ctl_stop();
+        assert!(out.status.success(), "pg_ctl stop: {out:?}");
+    }
+
+    /// `pg_ctl stop -m immediate`, waiting for the server to be gone.
+    fn pg_ctl_stop(&self) -> Output {
         let data = self.data();
-        let out = self.run(
+        self.run(
             "pg_ctl",
             &[
                 "stop".as_ref(),
@@ -193,8 +199,7 @@ impl Postgres {
                 "-D".as_ref(),
                 data.as_os_str(),
             ],
-        );
-        assert!(out.status.success(), "pg_ctl stop: {out:?}");
+        )
     }
 
     /// Starts the stopped server again on the same port, with its data.
@@ -264,18 +269,7 @@ impl Postgres {
 
 impl Drop for Postgres {
     fn drop(&mut self) {
-        let data = self.data();
-        let _ = self.run(
-            "pg_ctl",
-            &[
-                "stop".as_ref(),
-                "-m".as_ref(),
-                "immediate".as_ref(),
-                "-w".as_ref(),
-                "-D".as_ref(),
-                data.as_os_str(),
-            ],
-        );
+        let _ = self.pg_ctl_stop();
         // The TempDir removes the files (root may; as another user they are ours).
     }
 }
