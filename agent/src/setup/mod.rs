@@ -21,6 +21,7 @@ use telework_net::transport::TransportChoice;
 use telework_protocol::{CertFingerprint, ComputerId, ErrorCode};
 
 use ask::Ask;
+use zeroize::Zeroizing;
 
 /// The flags of `setup`: one per question, so that it can be scripted.
 #[derive(clap::Args)]
@@ -113,10 +114,17 @@ pub fn run(args: SetupArgs) -> anyhow::Result<()> {
         (None, None) => bail!("missing --data-dir: where should the agent keep its files?"),
     };
     let data = DataDir::open(&data_dir)?;
+    password::check_record(&data)?;
+    // A scripted password is read and checked before anything is sent, so a bad one spends
+    // no enrolment token.
+    let scripted_password = match args.password_stdin {
+        true => Some(read_password_line()?),
+        false => None,
+    };
     println!("Setting up this office PC (data dir {}).", data_dir.display());
 
     let id = register_step(&ask, &args, &data)?;
-    password_step(&ask, &args, &data)?;
+    password_step(&ask, scripted_password, &data)?;
     totp_step(&ask, &args, &data)?;
     let install = ask.yes_no(
         flag_pair(args.service, args.no_service),
@@ -214,15 +222,13 @@ fn ask_again(error: &AgentError) -> Option<AskAgain> {
 
 /// The connection password: from standard input, or typed twice; an existing one is kept
 /// unless IT staff want to change it.
-fn password_step(ask: &Ask, args: &SetupArgs, data: &DataDir) -> anyhow::Result<()> {
-    password::check_record(data)?;
-    let password = if args.password_stdin {
-        let mut line = String::new();
-        std::io::stdin()
-            .lock()
-            .read_line(&mut line)
-            .context("reading the password from standard input")?;
-        zeroize::Zeroizing::new(line.trim_end_matches(['\r', '\n']).to_owned())
+fn password_step(
+    ask: &Ask,
+    scripted: Option<Zeroizing<String>>,
+    data: &DataDir,
+) -> anyhow::Result<()> {
+    let password = if let Some(password) = scripted {
+        password
     } else if data.password()?.is_some()
         && !ask.yes_no(None, "A connection password is set already. Change it?", false)?
     {
@@ -237,6 +243,18 @@ fn password_step(ask: &Ask, args: &SetupArgs, data: &DataDir) -> anyhow::Result<
         set.fingerprint
     );
     Ok(())
+}
+
+/// The first line of standard input, checked as a new connection password.
+fn read_password_line() -> anyhow::Result<Zeroizing<String>> {
+    let mut line = Zeroizing::new(String::new());
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .context("reading the password from standard input")?;
+    let password = Zeroizing::new(line.trim_end_matches(['\r', '\n']).to_owned());
+    password::check(&password).map_err(|e| anyhow::anyhow!("{e}; nothing was changed"))?;
+    Ok(password)
 }
 
 /// One-time codes: turned on with the QR code shown (and a code typed back to check it), off,
