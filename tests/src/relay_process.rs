@@ -50,7 +50,7 @@ impl RelayProcess {
                 }
             }
         });
-        let mut next = || {
+        let next = || {
             lines
                 .recv_timeout(START)
                 .unwrap_or_else(|e| panic!("telework-relay printed nothing in {START:?}: {e}"))

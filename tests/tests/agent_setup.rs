@@ -146,6 +146,7 @@ async fn setup_typed_at_a_terminal_with_mistakes() {
     term.wait_for("Install and start the telework-agent service now?", 1, PROMPT);
     term.type_line("y");
     let screen = term.wait_for("[exited with ", 1, PROMPT);
+    eprintln!("the terminal at the end of the set-up:\n{screen}");
     assert!(screen.contains("[exited with 0]"), "{screen}");
     assert!(
         screen.contains(&format!("telework-agent run --data-dir {}", data_dir.display())),
