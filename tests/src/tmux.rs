@@ -33,14 +33,21 @@ impl Tmux {
             NEXT.fetch_add(1, Ordering::Relaxed)
         );
         let line: Vec<String> = command.iter().map(|w| shell_quote(w)).collect();
-        let script = format!(
-            "{}; echo \"[exited with $?]\"; sleep 600",
-            line.join(" ")
-        );
+        let script = format!("{}; echo \"[exited with $?]\"; sleep 600", line.join(" "));
         let tmux = Self { socket };
         let out = tmux
             .command()
-            .args(["new-session", "-d", "-s", "main", "-x", "200", "-y", "60", &script])
+            .args([
+                "new-session",
+                "-d",
+                "-s",
+                "main",
+                "-x",
+                "200",
+                "-y",
+                "60",
+                &script,
+            ])
             .output()
             .expect("tmux runs (apt-get install tmux)");
         assert!(

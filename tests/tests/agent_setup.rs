@@ -124,10 +124,17 @@ async fn setup_typed_at_a_terminal_with_mistakes() {
     assert!(!screen.contains("office-password"), "echoed:\n{screen}");
 
     // One-time codes: the QR code and the secret, then a wrong code and the right one.
-    term.wait_for("one-time code from an authenticator app at every login?", 1, PROMPT);
+    term.wait_for(
+        "one-time code from an authenticator app at every login?",
+        1,
+        PROMPT,
+    );
     term.type_line("y");
     let screen = term.wait_for("Type the 6-digit code the app shows now", 1, PROMPT);
-    assert!(screen.contains('█') || screen.contains('▀'), "a QR code:\n{screen}");
+    assert!(
+        screen.contains('█') || screen.contains('▀'),
+        "a QR code:\n{screen}"
+    );
     let secret_line = screen
         .lines()
         .skip_while(|l| !l.contains("enter this secret by hand:"))
@@ -135,7 +142,10 @@ async fn setup_typed_at_a_terminal_with_mistakes() {
         .unwrap_or_else(|| panic!("no secret shown:\n{screen}"));
     let secret = TotpSecret::from_base32(secret_line.trim()).unwrap();
     let right = secret.code_at(telework_agent::unix_now());
-    let wrong = format!("{:06}", (right.parse::<u32>().unwrap() + 500_000) % 1_000_000);
+    let wrong = format!(
+        "{:06}",
+        (right.parse::<u32>().unwrap() + 500_000) % 1_000_000
+    );
     term.type_line(&wrong);
     term.wait_for("That code is not right", 1, PROMPT);
     term.type_line(&secret.code_at(telework_agent::unix_now()));
@@ -143,16 +153,26 @@ async fn setup_typed_at_a_terminal_with_mistakes() {
 
     // The service: here systemd is not PID 1 (or the data dir is not the service's), so the
     // set-up says what to run instead and succeeds.
-    term.wait_for("Install and start the telework-agent service now?", 1, PROMPT);
+    term.wait_for(
+        "Install and start the telework-agent service now?",
+        1,
+        PROMPT,
+    );
     term.type_line("y");
     let screen = term.wait_for("[exited with ", 1, PROMPT);
     eprintln!("the terminal at the end of the set-up:\n{screen}");
     assert!(screen.contains("[exited with 0]"), "{screen}");
     assert!(
-        screen.contains(&format!("telework-agent run --data-dir {}", data_dir.display())),
+        screen.contains(&format!(
+            "telework-agent run --data-dir {}",
+            data_dir.display()
+        )),
         "{screen}"
     );
-    assert!(screen.contains("Done: this office PC is pc-setup-01."), "{screen}");
+    assert!(
+        screen.contains("Done: this office PC is pc-setup-01."),
+        "{screen}"
+    );
 
     let machines = relay.machines();
     assert!(machines.contains("pc-setup-01"), "{machines}");
@@ -194,10 +214,21 @@ async fn setup_scripted_with_flags() {
     let fp = relay.fingerprint.to_string();
 
     // Anything missing is an error naming its flag, before anything is asked or sent.
-    let out = scripted(&office.path().join("a"), &["--id", "pc-x"], "scripted-password");
+    let out = scripted(
+        &office.path().join("a"),
+        &["--id", "pc-x"],
+        "scripted-password",
+    );
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(text(&out).contains("missing --relay"), "{}", text(&out));
-    let base = ["--relay", &addr, "--relay-fingerprint", &fp, "--id", "pc-scripted"];
+    let base = [
+        "--relay",
+        &addr,
+        "--relay-fingerprint",
+        &fp,
+        "--id",
+        "pc-scripted",
+    ];
     let out = scripted(&office.path().join("b"), &base, "scripted-password");
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(
@@ -210,18 +241,31 @@ async fn setup_scripted_with_flags() {
     assert!(text(&out).contains("--relay"), "{}", text(&out));
     let token = relay.token();
     let mut short = base.to_vec();
-    short.extend(["--token", &token, "--no-totp", "--no-service", "--password-stdin"]);
+    short.extend([
+        "--token",
+        &token,
+        "--no-totp",
+        "--no-service",
+        "--password-stdin",
+    ]);
     let data_dir = office.path().join("agent");
     let out = scripted(&data_dir, &short, "short");
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(text(&out).contains("at least 8 characters"), "{}", text(&out));
+    assert!(
+        text(&out).contains("at least 8 characters"),
+        "{}",
+        text(&out)
+    );
 
     // All of it given: registered (the token was not spent by the refusal above), password
     // set, no one-time codes, no service.
     let out = scripted(&data_dir, &short, "scripted-password");
     assert!(out.status.success(), "{}", text(&out));
     let said = text(&out);
-    assert!(said.contains("Registered as computer ID pc-scripted."), "{said}");
+    assert!(
+        said.contains("Registered as computer ID pc-scripted."),
+        "{said}"
+    );
     assert!(said.contains("No service installed."), "{said}");
     assert!(!said.contains("scripted-password"), "{said}");
     let machines = relay.machines();
@@ -229,5 +273,11 @@ async fn setup_scripted_with_flags() {
 
     let desktop = EchoServer::start().await;
     let _agent = RunningAgent::start(&data_dir, &desktop);
-    employee_reaches(&relay, "pc-scripted", "scripted-password", LoginOptions::default()).await;
+    employee_reaches(
+        &relay,
+        "pc-scripted",
+        "scripted-password",
+        LoginOptions::default(),
+    )
+    .await;
 }

@@ -31,7 +31,10 @@ fn text(out: &std::process::Output) -> String {
 
 /// The user and group ids of the system user `name`, if it exists.
 fn user(name: &str) -> Option<(u32, u32, String)> {
-    let out = Command::new("getent").args(["passwd", name]).output().ok()?;
+    let out = Command::new("getent")
+        .args(["passwd", name])
+        .output()
+        .ok()?;
     let line = String::from_utf8(out.stdout).ok()?;
     let fields: Vec<&str> = line.trim().split(':').collect();
     (fields.len() == 7).then(|| {
@@ -64,7 +67,8 @@ fn packages_install_check_and_purge() {
     ] {
         assert!(Path::new(path).exists(), "{path} is not installed");
     }
-    let conffiles = run(Command::new("dpkg-query").args(["-W", "-f=${Conffiles}", "telework-relay"]));
+    let conffiles =
+        run(Command::new("dpkg-query").args(["-W", "-f=${Conffiles}", "telework-relay"]));
     assert!(
         text(&conffiles).contains("/etc/telework/relay.toml"),
         "relay.toml is a conffile: {}",
@@ -72,14 +76,21 @@ fn packages_install_check_and_purge() {
     );
     for program in ["telework-relay", "telework-agent", "telework"] {
         let out = run(Command::new(format!("/usr/bin/{program}")).arg("--version"));
-        assert!(text(&out).contains("0."), "{program} --version: {}", text(&out));
+        assert!(
+            text(&out).contains("0."),
+            "{program} --version: {}",
+            text(&out)
+        );
     }
 
     // The system users, with no login shell, and the relay's data dir owner-only.
     for name in ["telework-relay", "telework-agent"] {
         let (uid, _, shell) = user(name).unwrap_or_else(|| panic!("no system user {name}"));
         assert!(uid < 1000, "{name} is a system user (uid {uid})");
-        assert!(shell.ends_with("nologin") || shell.ends_with("false"), "{name}: {shell}");
+        assert!(
+            shell.ends_with("nologin") || shell.ends_with("false"),
+            "{name}: {shell}"
+        );
     }
     let (relay_uid, relay_gid, _) = user("telework-relay").unwrap();
     let data = std::fs::metadata("/var/lib/telework-relay").unwrap();
@@ -88,15 +99,29 @@ fn packages_install_check_and_purge() {
     // systemd's own check of both installed units (no systemd needs to run for it).
     for unit in UNITS {
         let out = run(Command::new("systemd-analyze").args(["verify", "--man=no", unit]));
-        assert!(text(&out).trim().is_empty(), "systemd-analyze verify {unit}:\n{}", text(&out));
+        assert!(
+            text(&out).trim().is_empty(),
+            "systemd-analyze verify {unit}:\n{}",
+            text(&out)
+        );
     }
 
     // The installed relay as its unit runs it: as telework-relay, with the shipped
     // relay.toml (its data dir is the service's), on a free port instead of 443.
     let mut relay = Command::new("setpriv")
-        .args(["--reuid", &relay_uid.to_string(), "--regid", &relay_gid.to_string()])
+        .args([
+            "--reuid",
+            &relay_uid.to_string(),
+            "--regid",
+            &relay_gid.to_string(),
+        ])
         .args(["--init-groups", "--"])
-        .args(["/usr/bin/telework-relay", "serve", "--config", "/etc/telework/relay.toml"])
+        .args([
+            "/usr/bin/telework-relay",
+            "serve",
+            "--config",
+            "/etc/telework/relay.toml",
+        ])
         .args(["--listen", "127.0.0.1:0", "--no-admin"])
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
@@ -119,11 +144,23 @@ fn packages_install_check_and_purge() {
         let _ = std::io::Read::read_to_string(&mut relay.stderr.take().unwrap(), &mut err);
         panic!("the installed relay did not start as telework-relay:\n{err}")
     });
-    assert!(listening.starts_with("telework-relay listening on 127.0.0.1:"), "{listening}");
-    assert!(fingerprint.unwrap().starts_with("certificate fingerprint: sha256:"));
-    assert!(status.success(), "SIGTERM stops the relay cleanly: {status}");
+    assert!(
+        listening.starts_with("telework-relay listening on 127.0.0.1:"),
+        "{listening}"
+    );
+    assert!(fingerprint
+        .unwrap()
+        .starts_with("certificate fingerprint: sha256:"));
+    assert!(
+        status.success(),
+        "SIGTERM stops the relay cleanly: {status}"
+    );
     let db = std::fs::metadata("/var/lib/telework-relay/relay.db").unwrap();
-    assert_eq!(db.uid(), relay_uid, "the registry belongs to telework-relay");
+    assert_eq!(
+        db.uid(),
+        relay_uid,
+        "the registry belongs to telework-relay"
+    );
 
     // Purge: programs, units, the conffile and the data dir go; the users stay.
     installed.purge();
@@ -136,7 +173,10 @@ fn packages_install_check_and_purge() {
         UNITS[1],
         "/var/lib/telework-relay",
     ] {
-        assert!(!Path::new(path).exists(), "{path} is still there after dpkg --purge");
+        assert!(
+            !Path::new(path).exists(),
+            "{path} is still there after dpkg --purge"
+        );
     }
     assert!(user("telework-relay").is_some() && user("telework-agent").is_some());
     eprintln!("the package test took {:?}", start.elapsed());

@@ -40,7 +40,9 @@ impl Ask {
         }
         if !self.interactive {
             let Some(default) = default else {
-                bail!("missing {flag}: with --yes nothing is asked, so give it on the command line");
+                bail!(
+                    "missing {flag}: with --yes nothing is asked, so give it on the command line"
+                );
             };
             return parse(default).map_err(|e| anyhow::anyhow!("{flag}: {e}"));
         }
@@ -72,7 +74,12 @@ impl Ask {
     }
 
     /// Yes or no: the flag when given, else asked (Enter takes `default`), else `default`.
-    pub fn yes_no(&self, given: Option<bool>, question: &str, default: bool) -> anyhow::Result<bool> {
+    pub fn yes_no(
+        &self,
+        given: Option<bool>,
+        question: &str,
+        default: bool,
+    ) -> anyhow::Result<bool> {
         if let Some(value) = given {
             return Ok(value);
         }
@@ -81,7 +88,12 @@ impl Ask {
         }
         let hint = if default { "[Y/n]" } else { "[y/N]" };
         loop {
-            match self.line(&format!("{question} {hint} "))?.trim().to_lowercase().as_str() {
+            match self
+                .line(&format!("{question} {hint} "))?
+                .trim()
+                .to_lowercase()
+                .as_str()
+            {
                 "" => return Ok(default),
                 "y" | "yes" => return Ok(true),
                 "n" | "no" => return Ok(false),
@@ -126,7 +138,9 @@ impl Ask {
     /// One line typed at the terminal (or read from standard input), after `prompt`.
     pub fn line(&self, prompt: &str) -> anyhow::Result<String> {
         print!("{prompt}");
-        std::io::stdout().flush().context("writing to the terminal")?;
+        std::io::stdout()
+            .flush()
+            .context("writing to the terminal")?;
         let mut line = String::new();
         let read = std::io::stdin()
             .read_line(&mut line)

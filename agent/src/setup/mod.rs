@@ -121,7 +121,10 @@ pub fn run(args: SetupArgs) -> anyhow::Result<()> {
         true => Some(read_password_line()?),
         false => None,
     };
-    println!("Setting up this office PC (data dir {}).", data_dir.display());
+    println!(
+        "Setting up this office PC (data dir {}).",
+        data_dir.display()
+    );
 
     let id = register_step(&ask, &args, &data)?;
     password_step(&ask, scripted_password, &data)?;
@@ -151,12 +154,28 @@ fn register_step(ask: &Ask, args: &SetupArgs, data: &DataDir) -> anyhow::Result<
         (None, Some(ca)) => Some(Trust::Ca(ca.clone())),
         (None, None) => None,
     };
-    let mut trust = ask.value(given_trust, "--relay-fingerprint", TRUST_Q, Some(""), parse_trust)?;
-    let mut token = ask.value(args.token.clone().map(Some), "--token", TOKEN_Q, Some(""), |t| {
-        Ok((!t.is_empty()).then(|| t.to_owned()))
-    })?;
+    let mut trust = ask.value(
+        given_trust,
+        "--relay-fingerprint",
+        TRUST_Q,
+        Some(""),
+        parse_trust,
+    )?;
+    let mut token = ask.value(
+        args.token.clone().map(Some),
+        "--token",
+        TOKEN_Q,
+        Some(""),
+        |t| Ok((!t.is_empty()).then(|| t.to_owned())),
+    )?;
     let suggested = suggested_id().ok().map(|id| id.to_string());
-    let mut id = ask.value(args.id.clone(), "--id", ID_Q, suggested.as_deref(), parse_id)?;
+    let mut id = ask.value(
+        args.id.clone(),
+        "--id",
+        ID_Q,
+        suggested.as_deref(),
+        parse_id,
+    )?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -197,7 +216,9 @@ fn register_step(ask: &Ask, args: &SetupArgs, data: &DataDir) -> anyhow::Result<
             AskAgain::Relay => relay = ask.again(RELAY_Q, None, parse_relay)?,
             AskAgain::Trust => trust = ask.again(TRUST_Q, Some(""), parse_trust)?,
             AskAgain::Token => {
-                token = ask.again(TOKEN_Q, Some(""), |t| Ok((!t.is_empty()).then(|| t.to_owned())))?
+                token = ask.again(TOKEN_Q, Some(""), |t| {
+                    Ok((!t.is_empty()).then(|| t.to_owned()))
+                })?
             }
             AskAgain::Id => id = ask.again(ID_Q, None, parse_id)?,
         }
@@ -207,7 +228,9 @@ fn register_step(ask: &Ask, args: &SetupArgs, data: &DataDir) -> anyhow::Result<
 /// Which answer to ask for again after `error`, if another answer could help.
 fn ask_again(error: &AgentError) -> Option<AskAgain> {
     match error {
-        AgentError::Refused(ErrorCode::TokenRequired | ErrorCode::BadToken) => Some(AskAgain::Token),
+        AgentError::Refused(ErrorCode::TokenRequired | ErrorCode::BadToken) => {
+            Some(AskAgain::Token)
+        }
         AgentError::Refused(ErrorCode::IdTaken) => Some(AskAgain::Id),
         AgentError::Connect(ConnectError::CertificateRejected { .. }) => Some(AskAgain::Trust),
         AgentError::Connect(
@@ -230,7 +253,11 @@ fn password_step(
     let password = if let Some(password) = scripted {
         password
     } else if data.password()?.is_some()
-        && !ask.yes_no(None, "A connection password is set already. Change it?", false)?
+        && !ask.yes_no(
+            None,
+            "A connection password is set already. Change it?",
+            false,
+        )?
     {
         println!("The connection password stays as it was.");
         return Ok(());
