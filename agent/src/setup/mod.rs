@@ -372,3 +372,50 @@ fn parse_trust(text: &str) -> Result<Trust, String> {
         .map(|_| Trust::Ca(path.to_path_buf()))
         .map_err(|e| format!("cannot use {text} as the relay's CA: {e}"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trust_answers() {
+        let hex = "ab".repeat(32);
+        assert!(matches!(parse_trust(""), Ok(Trust::System)));
+        assert!(matches!(
+            parse_trust(&format!("sha256:{hex}")),
+            Ok(Trust::Fingerprint(_))
+        ));
+        assert!(matches!(parse_trust(&hex), Ok(Trust::Fingerprint(_))));
+        let short = parse_trust("sha256:abcd").err().unwrap();
+        assert!(short.contains("not a certificate fingerprint"), "{short}");
+        let missing = parse_trust("/nonexistent/ca.pem").err().unwrap();
+        assert!(
+            missing.contains("cannot use /nonexistent/ca.pem"),
+            "{missing}"
+        );
+    }
+
+    #[test]
+    fn relay_and_id_answers() {
+        assert!(parse_relay("relay.example.com:443").is_ok());
+        let bad = parse_relay("relay.example.com").err().unwrap();
+        assert!(bad.contains("is not host:port"), "{bad}");
+        assert!(parse_id("pc-01").is_ok());
+        assert!(parse_id("no spaces!").is_err());
+    }
+
+    #[test]
+    fn refusals_send_back_to_the_question_that_can_fix_them() {
+        let again = |code| ask_again(&AgentError::Refused(code));
+        assert!(matches!(again(ErrorCode::BadToken), Some(AskAgain::Token)));
+        assert!(matches!(
+            again(ErrorCode::TokenRequired),
+            Some(AskAgain::Token)
+        ));
+        assert!(matches!(again(ErrorCode::IdTaken), Some(AskAgain::Id)));
+        assert!(again(ErrorCode::Internal).is_none());
+        assert_eq!(flag_pair(true, false), Some(true));
+        assert_eq!(flag_pair(false, true), Some(false));
+        assert_eq!(flag_pair(false, false), None);
+    }
+}
