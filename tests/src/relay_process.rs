@@ -107,6 +107,10 @@ impl Drop for RelayProcess {
 
 /// Stops `child` with SIGTERM, waiting up to 15 s, then kills it.
 pub fn stop(child: &mut Child) {
+    // Never signal a pid that was already reaped: it may belong to another process by now.
+    if let Ok(Some(_)) = child.try_wait() {
+        return;
+    }
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status();

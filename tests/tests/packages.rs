@@ -6,7 +6,7 @@
 //! and command instead.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -20,6 +20,15 @@ const UNITS: [&str; 2] = [
     "/lib/systemd/system/telework-relay.service",
     "/lib/systemd/system/telework-agent.service",
 ];
+
+/// A process stopped (SIGTERM, then SIGKILL) when dropped, also when the test fails.
+struct Stopped(std::process::Child);
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        stop(&mut self.0);
+    }
+}
 
 fn text(out: &std::process::Output) -> String {
     format!(
@@ -108,59 +117,114 @@ fn packages_install_check_and_purge() {
 
     // The installed relay as its unit runs it: as telework-relay, with the shipped
     // relay.toml (its data dir is the service's), on a free port instead of 443.
-    let mut relay = Command::new("setpriv")
-        .args([
-            "--reuid",
-            &relay_uid.to_string(),
-            "--regid",
-            &relay_gid.to_string(),
-        ])
-        .args(["--init-groups", "--"])
-        .args([
-            "/usr/bin/telework-relay",
-            "serve",
-            "--config",
-            "/etc/telework/relay.toml",
-        ])
-        .args(["--listen", "127.0.0.1:0", "--no-admin"])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let as_relay_user = |program: &str| {
+        let mut command = Command::new("setpriv");
+        command
+            .args(["--reuid", &relay_uid.to_string()])
+            .args(["--regid", &relay_gid.to_string()])
+            .args(["--init-groups", "--", program]);
+        command
+    };
+    let mut relay = Stopped(
+        as_relay_user("/usr/bin/telework-relay")
+            .args(["serve", "--config", "/etc/telework/relay.toml"])
+            .args(["--listen", "127.0.0.1:0", "--no-admin"])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let (tx, lines) = mpsc::channel();
-    let stdout = relay.stdout.take().unwrap();
+    let stdout = relay.0.stdout.take().unwrap();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
             let _ = tx.send(line);
         }
     });
-    let listening = lines.recv_timeout(Duration::from_secs(30));
-    let fingerprint = lines.recv_timeout(Duration::from_secs(5));
-    stop(&mut relay);
-    let status = relay.wait().unwrap();
-    let listening = listening.unwrap_or_else(|_| {
-        let mut err = String::new();
-        let _ = std::io::Read::read_to_string(&mut relay.stderr.take().unwrap(), &mut err);
-        panic!("the installed relay did not start as telework-relay:\n{err}")
-    });
-    assert!(
-        listening.starts_with("telework-relay listening on 127.0.0.1:"),
-        "{listening}"
-    );
-    assert!(fingerprint
-        .unwrap()
-        .starts_with("certificate fingerprint: sha256:"));
-    assert!(
-        status.success(),
-        "SIGTERM stops the relay cleanly: {status}"
-    );
+    let listening = lines
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the installed relay started as telework-relay and said where it listens");
+    let addr = listening
+        .strip_prefix("telework-relay listening on ")
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("{listening}"))
+        .to_owned();
+    assert!(addr.starts_with("127.0.0.1:"), "{listening}");
+    let fingerprint = lines.recv_timeout(Duration::from_secs(5)).unwrap();
+    let fingerprint = fingerprint
+        .strip_prefix("certificate fingerprint: ")
+        .unwrap_or_else(|| panic!("{fingerprint}"))
+        .to_owned();
     let db = std::fs::metadata("/var/lib/telework-relay/relay.db").unwrap();
     assert_eq!(
         db.uid(),
         relay_uid,
         "the registry belongs to telework-relay"
     );
+
+    // The operator's commands run as the service's user on its data dir; IT staff set up an
+    // office PC with the installed agent and its default (the service's) data dir. Without
+    // systemd as PID 1 the set-up says what to run instead of starting the service.
+    let token = run(as_relay_user("/usr/bin/telework-relay").args([
+        "token",
+        "create",
+        "--uses",
+        "1",
+        "--data-dir",
+        "/var/lib/telework-relay",
+    ]));
+    let token = String::from_utf8(token.stdout).unwrap().trim().to_owned();
+    let mut setup = Command::new("/usr/bin/telework-agent")
+        .args([
+            "setup",
+            "--yes",
+            "--relay",
+            &addr,
+            "--relay-fingerprint",
+            &fingerprint,
+        ])
+        .args(["--token", &token, "--id", "pc-packaged", "--password-stdin"])
+        .args(["--no-totp", "--service"])
+        .env_remove("TELEWORK_AGENT_DATA_DIR")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    setup
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"packaged-password\n")
+        .unwrap();
+    let out = setup.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("systemd is not running")
+            || text(&out).contains("telework-agent.service is enabled and started"),
+        "{}",
+        text(&out)
+    );
+    assert!(Path::new("/var/lib/telework-agent/agent.toml").exists());
+    let machines = run(as_relay_user("/usr/bin/telework-relay").args([
+        "machines",
+        "--data-dir",
+        "/var/lib/telework-relay",
+    ]));
+    assert!(
+        text(&machines).contains("pc-packaged"),
+        "{}",
+        text(&machines)
+    );
+
+    stop(&mut relay.0);
+    let status = relay.0.wait().unwrap();
+    assert!(
+        status.success(),
+        "SIGTERM stops the relay cleanly: {status}"
+    );
+    drop(relay);
 
     // Purge: programs, units, the conffile and the data dir go; the users stay.
     installed.purge();
