@@ -1,9 +1,9 @@
 //! A terminal that a test types into and reads, as a person would: a detached tmux session on
-//! a tmux server of its own (so nobody else's sessions are touched), read back with
-//! `capture-pane`. The server is killed when the value is dropped, also on failure.
+//! a tmux server of its own, whose socket is in a temporary directory (so nobody else's
+//! sessions are touched), read back with `capture-pane`. The server is killed and its socket
+//! removed when the value is dropped, also on failure.
 
 use std::process::Command;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 /// How often the screen is read while waiting for text.
@@ -11,7 +11,8 @@ const POLL: Duration = Duration::from_millis(100);
 
 /// A command running in a detached tmux session.
 pub struct Tmux {
-    socket: String,
+    /// Holds the server's socket, so that nothing is left behind once it is dropped.
+    dir: tempfile::TempDir,
 }
 
 /// Quotes `word` for `sh`.
@@ -26,15 +27,11 @@ impl Tmux {
     /// # Panics
     /// If tmux cannot start (it is at /usr/bin/tmux; `.ci/run` installs it).
     pub fn start(command: &[String]) -> Self {
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        let socket = format!(
-            "telework-test-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        );
         let line: Vec<String> = command.iter().map(|w| shell_quote(w)).collect();
         let script = format!("{}; echo \"[exited with $?]\"; sleep 600", line.join(" "));
-        let tmux = Self { socket };
+        let tmux = Self {
+            dir: tempfile::tempdir().unwrap(),
+        };
         let out = tmux
             .command()
             .args([
@@ -60,7 +57,7 @@ impl Tmux {
 
     fn command(&self) -> Command {
         let mut command = Command::new("tmux");
-        command.args(["-L", &self.socket]);
+        command.arg("-S").arg(self.dir.path().join("socket"));
         command
     }
 
