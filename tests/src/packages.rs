@@ -52,8 +52,8 @@ pub fn have(program: &str) -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
-/// Makes sure `cargo deb` and `systemd-analyze` are there, installing them as `.ci/run` does
-/// (`cargo install cargo-deb --locked`; Debian's `systemd`) when they are missing.
+/// Makes sure `cargo deb`, `systemd-analyze` and what the packages need are there, installing
+/// them as `.ci/run` does (`cargo install cargo-deb --locked`; Debian packages) when missing.
 ///
 /// # Panics
 /// When an install fails.
@@ -62,18 +62,27 @@ pub fn ensure_tools() {
         eprintln!("cargo-deb is missing: installing it with 'cargo install cargo-deb --locked'");
         run(Command::new(cargo()).args(["install", "cargo-deb", "--locked"]));
     }
-    if !have("systemd-analyze") {
-        eprintln!("systemd-analyze is missing: installing Debian's systemd package");
+    // The program the test runs, and the Debian package that has it (adduser: the
+    // maintainer scripts' dependency, which dpkg -i does not fetch).
+    for (program, package) in [
+        ("systemd-analyze", "systemd"),
+        ("adduser", "adduser"),
+        ("setpriv", "util-linux"),
+    ] {
+        if have(program) {
+            continue;
+        }
+        eprintln!("{program} is missing: installing Debian's {package} package");
         let install = || {
             Command::new("apt-get")
-                .args(["install", "-y", "systemd"])
+                .args(["install", "-y", package])
                 .env("DEBIAN_FRONTEND", "noninteractive")
                 .status()
                 .is_ok_and(|s| s.success())
         };
         if !install() {
             run(Command::new("apt-get").arg("update"));
-            assert!(install(), "apt-get install systemd failed");
+            assert!(install(), "apt-get install {package} failed");
         }
     }
 }
