@@ -119,8 +119,8 @@ pub fn build(out: &Path) -> Vec<PathBuf> {
             }
         }
         run(command
-            .args(["deb", "--no-build", "--fast", "--no-strip", "-p", krate])
-            .args(["--profile", &profile, "--output"])
+            .args(["deb", "--no-build", "--fast", "--no-strip", "--no-dbgsym"])
+            .args(["-p", krate, "--profile", &profile, "--output"])
             .arg(out)
             .current_dir(env!("CARGO_MANIFEST_DIR")));
         let deb = std::fs::read_dir(out)
