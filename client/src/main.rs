@@ -93,6 +93,13 @@ struct ConnectArgs {
     /// [default: the user's config dir].
     #[arg(long, env = "TELEWORK_CONFIG_DIR")]
     config_dir: Option<PathBuf>,
+    /// If the office PC is asleep, ask a PC in its office to wake it (Wake-on-LAN), wait for
+    /// it, then connect (without this, a terminal asks).
+    #[arg(long)]
+    wake: bool,
+    /// Seconds to wait for a woken office PC to come online (at most 600).
+    #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..=600))]
+    wake_timeout: u64,
 }
 
 /// Interactive password tries before giving up (the office PC has its own, stricter count).
@@ -201,6 +208,16 @@ fn proxy(args: &ConnectArgs) -> anyhow::Result<Option<ProxyUrl>> {
     }
 }
 
+/// Wakes the office PC through the relay and waits for it, saying each step.
+async fn wake(args: &ConnectArgs, target: &Target, options: &LoginOptions) -> anyhow::Result<()> {
+    let wait = std::time::Duration::from_secs(args.wake_timeout);
+    telework_client::wake::wake_and_wait(target, options, wait, |step| {
+        telework_net::say!("{}", step.sentence(&args.id));
+    })
+    .await?;
+    Ok(())
+}
+
 fn connect(args: ConnectArgs) -> anyhow::Result<()> {
     let access = local_peer::listen_policy(args.listen, args.allow_remote)?;
     match access {
@@ -236,8 +253,18 @@ fn connect(args: ConnectArgs) -> anyhow::Result<()> {
         .context("starting the async runtime")?;
     runtime.block_on(async {
         let mut tries = 0;
+        // With --wake the PC boots while the employee types the password.
+        let mut woken = false;
+        if args.wake {
+            wake(&args, &target, &options).await?;
+            woken = true;
+        }
+        let mut pending = None;
         let session = loop {
-            let password = read_password(&args)?;
+            let password = match pending.take() {
+                Some(password) => password,
+                None => read_password(&args)?,
+            };
             match &options.proxy {
                 Some(proxy) => telework_net::say!(
                     "connecting to {} through {} (via the proxy {proxy}) …",
@@ -254,6 +281,19 @@ fn connect(args: ConnectArgs) -> anyhow::Result<()> {
                 {
                     telework_net::say!("telework: {e}");
                     tries += 1;
+                }
+                Err(e) if e.is_offline() && !woken => {
+                    if !telework_client::wake::ask_on_terminal(args.wake, &args.id)? {
+                        anyhow::bail!(
+                            "{} is offline; 'telework connect {} --wake' asks a PC in its office \
+                             to wake it",
+                            args.id,
+                            args.id
+                        );
+                    }
+                    wake(&args, &target, &options).await?;
+                    woken = true;
+                    pending = Some(password);
                 }
                 Err(e) => return Err(e.into()),
             }

@@ -52,7 +52,7 @@ enum Command {
     #[command(subcommand)]
     Admin(telework_relay::admin::cli::AdminCommand),
     /// Print the audit log, newest first: enrolments, removals, agents online and offline,
-    /// sessions, operators' actions and refused lookups.
+    /// sessions, operators' actions, refused lookups and wake requests.
     Audit(AuditArgs),
 }
 
@@ -81,7 +81,8 @@ struct AuditArgs {
     #[arg(long = "id", value_name = "COMPUTER_ID")]
     computer_id: Option<ComputerId>,
     /// Only rows of this kind (enrolled, removed, agent_online, agent_offline,
-    /// session_started, session_ended, admin_action, lookups_refused, audit_dropped).
+    /// session_started, session_ended, admin_action, lookups_refused, wake_requested,
+    /// audit_dropped).
     #[arg(long)]
     kind: Option<String>,
     /// At most this many rows (the newest).

@@ -104,42 +104,32 @@ impl RelayProcess {
 
 /// A `telework-agent run` process in `office`, registered and with its password set.
 pub struct AgentProcess {
-    /// The running agent (killed on drop).
     pub process: NsProcess,
-    /// When `telework-agent run` was started.
     pub started: std::time::Instant,
+    /// The agent's data dir (for `telework-agent wake …` and other commands).
+    pub data: PathBuf,
     _dir: tempfile::TempDir,
 }
 
-impl AgentProcess {
-    /// Registers `id` on the relay (open registration), sets `password`, and starts
-    /// `telework-agent run` forwarding to `target` (in `office`). Returns at once: wait for
-    /// its `online over` line with [`NsProcess::wait_for`].
-    pub fn start(
-        nets: &Networks,
-        relay: &RelayProcess,
-        id: &str,
-        password: &str,
-        target: SocketAddr,
-        transport: &str,
-    ) -> Self {
-        Self::start_with(nets, relay, id, password, target, transport, &[])
-    }
+/// An office PC registered and with its password set, not running yet (a PC that sleeps).
+pub struct PreparedAgent {
+    pub data: PathBuf,
+    dir: tempfile::TempDir,
+}
 
-    /// [`AgentProcess::start`] with `extra` arguments to `register` (which saves settings
-    /// such as `--proxy` for `run`).
-    pub fn start_with(
+impl PreparedAgent {
+    /// Registers `id` at `relay` from `office` and sets its password.
+    pub fn new(
         nets: &Networks,
         relay: &RelayProcess,
         id: &str,
         password: &str,
-        target: SocketAddr,
         transport: &str,
         extra: &[&str],
     ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("agent");
-        let data = data.to_str().unwrap();
+        let data_str = data.to_str().unwrap();
         let agent = binary("telework-agent");
         let relay_addr = nets.relay_from_office().to_string();
         let fingerprint = relay.fingerprint.to_string();
@@ -148,7 +138,7 @@ impl AgentProcess {
             &[
                 "register",
                 "--data-dir",
-                data,
+                data_str,
                 "--relay",
                 &relay_addr,
                 "--relay-fingerprint",
@@ -164,26 +154,62 @@ impl AgentProcess {
         );
         let mut set = nets.office.spawn(
             &agent,
-            &["set-password", "--data-dir", data, "--password-stdin"],
+            &["set-password", "--data-dir", data_str, "--password-stdin"],
         );
         set.write_line(password);
         let code = set.wait_exit(START);
         assert_eq!(code, Some(0), "set-password failed:\n{}", set.output());
+        Self { data, dir }
+    }
+
+    /// Starts `telework-agent run` in `office`, forwarding to `target`.
+    pub fn run(self, nets: &Networks, target: SocketAddr) -> AgentProcess {
         let started = std::time::Instant::now();
         let process = nets.office.spawn_with(
-            &agent,
-            &["run", "--data-dir", data, "--target", &target.to_string()],
+            &binary("telework-agent"),
+            &[
+                "run",
+                "--data-dir",
+                self.data.to_str().unwrap(),
+                "--target",
+                &target.to_string(),
+            ],
             LOG,
         );
-        Self {
+        AgentProcess {
             process,
             started,
-            _dir: dir,
+            data: self.data,
+            _dir: self.dir,
         }
     }
 }
 
-/// A `telework connect` process in `home` with `--launch none`, logged in.
+impl AgentProcess {
+    pub fn start(
+        nets: &Networks,
+        relay: &RelayProcess,
+        id: &str,
+        password: &str,
+        target: SocketAddr,
+        transport: &str,
+    ) -> Self {
+        Self::start_with(nets, relay, id, password, target, transport, &[])
+    }
+
+    pub fn start_with(
+        nets: &Networks,
+        relay: &RelayProcess,
+        id: &str,
+        password: &str,
+        target: SocketAddr,
+        transport: &str,
+        extra: &[&str],
+    ) -> Self {
+        PreparedAgent::new(nets, relay, id, password, transport, extra).run(nets, target)
+    }
+}
+
 pub struct ClientProcess {
     /// The running client (killed on drop).
     pub process: NsProcess,
@@ -200,6 +226,22 @@ impl ClientProcess {
         id: &str,
         password: &str,
         transport: &str,
+    ) -> Self {
+        let mut client = Self::spawn(nets, relay, id, password, transport, &[]);
+        client.local = client.wait_connected(START);
+        client
+    }
+
+    /// Starts `telework connect ID … EXTRA` in `home` with the password on its standard
+    /// input (not a terminal), without waiting; `local` is unset until
+    /// [`ClientProcess::wait_connected`].
+    pub fn spawn(
+        nets: &Networks,
+        relay: &RelayProcess,
+        id: &str,
+        password: &str,
+        transport: &str,
+        extra: &[&str],
     ) -> Self {
         let profile = tempfile::tempdir().unwrap();
         let mut process = nets.home.spawn_with(
@@ -218,22 +260,28 @@ impl ClientProcess {
                 "--password-stdin",
                 "--config-dir",
                 profile.path().to_str().unwrap(),
-            ],
+            ]
+            .into_iter()
+            .chain(extra.iter().copied())
+            .collect::<Vec<_>>(),
             LOG,
         );
         process.write_line(password);
-        let line = process.wait_for("point your RDP client at", START);
-        let local = line
-            .rsplit(' ')
+        Self {
+            process,
+            local: SocketAddr::from(([0, 0, 0, 0], 0)),
+            _profile: profile,
+        }
+    }
+
+    /// Waits for the client to say where its RDP client should connect; returns that.
+    pub fn wait_connected(&self, timeout: Duration) -> SocketAddr {
+        let line = self.process.wait_for("point your RDP client at", timeout);
+        line.rsplit(' ')
             .next()
             .unwrap()
             .parse()
-            .unwrap_or_else(|e| panic!("local address in '{line}': {e}"));
-        Self {
-            process,
-            local,
-            _profile: profile,
-        }
+            .unwrap_or_else(|e| panic!("local address in '{line}': {e}"))
     }
 }
 
