@@ -182,7 +182,7 @@ pub async fn wake_and_wait(
 /// # Errors
 /// If the terminal cannot be read.
 pub fn ask_on_terminal(wake_flag: bool, id: &ComputerId) -> std::io::Result<bool> {
-    use std::io::{BufRead, IsTerminal, Write};
+    use std::io::{BufRead, IsTerminal, Read, Write};
     if wake_flag {
         return Ok(true);
     }

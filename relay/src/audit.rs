@@ -164,8 +164,9 @@ pub enum AuditEvent {
         id: ComputerId,
         /// The asking client's address.
         client: SocketAddr,
-        /// The agents asked to send the magic packet (or that would have been).
-        wakers: Vec<ComputerId>,
+        /// The agents asked to send the magic packet (or that would have been), or
+        /// `node:NAME` for other nodes asked to pass it to theirs.
+        wakers: Vec<String>,
         /// `sent`, `rate-limited` (inside the PC's window) or `no waker online`.
         result: String,
     },
@@ -323,7 +324,7 @@ impl AuditEvent {
                 Some(client.to_string()),
                 None,
                 json!({
-                    "wakers": wakers.iter().map(ComputerId::as_str).collect::<Vec<_>>(),
+                    "wakers": wakers,
                     "result": result,
                 }),
             ),

@@ -104,7 +104,9 @@ impl RelayProcess {
 
 /// A `telework-agent run` process in `office`, registered and with its password set.
 pub struct AgentProcess {
+    /// The running agent (killed on drop).
     pub process: NsProcess,
+    /// When `telework-agent run` was started.
     pub started: std::time::Instant,
     /// The agent's data dir (for `telework-agent wake …` and other commands).
     pub data: PathBuf,
@@ -113,6 +115,7 @@ pub struct AgentProcess {
 
 /// An office PC registered and with its password set, not running yet (a PC that sleeps).
 pub struct PreparedAgent {
+    /// Its data dir.
     pub data: PathBuf,
     dir: tempfile::TempDir,
 }
@@ -186,6 +189,9 @@ impl PreparedAgent {
 }
 
 impl AgentProcess {
+    /// Registers `id` on the relay (open registration), sets `password`, and starts
+    /// `telework-agent run` forwarding to `target` (in `office`). Returns at once: wait for
+    /// its `online over` line with [`NsProcess::wait_for`].
     pub fn start(
         nets: &Networks,
         relay: &RelayProcess,
@@ -197,6 +203,8 @@ impl AgentProcess {
         Self::start_with(nets, relay, id, password, target, transport, &[])
     }
 
+    /// [`AgentProcess::start`] with `extra` arguments to `register` (which saves settings
+    /// such as `--proxy` for `run`).
     pub fn start_with(
         nets: &Networks,
         relay: &RelayProcess,
@@ -210,6 +218,8 @@ impl AgentProcess {
     }
 }
 
+/// A `telework connect` process in `home` with `--launch none` (logged in, once
+/// [`ClientProcess::connect`] returns).
 pub struct ClientProcess {
     /// The running client (killed on drop).
     pub process: NsProcess,

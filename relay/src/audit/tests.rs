@@ -50,7 +50,7 @@ fn events_become_rows_with_stable_columns() {
     let wake = AuditEvent::WakeRequested {
         id: pc("pc-tanaka-01"),
         client: addr(),
-        wakers: vec![pc("ws-01")],
+        wakers: vec!["ws-01".into()],
         result: "sent".into(),
     };
     assert!(KINDS.contains(&wake.kind()));

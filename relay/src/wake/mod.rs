@@ -35,6 +35,24 @@ const ONLINE_CHECK: Duration = Duration::from_millis(500);
 /// Every this many checks, a waiting request also looks at the cluster's presence rows.
 const CLUSTER_CHECK_EVERY: u32 = 4;
 
+/// The `node_requests` kind that asks another node to pass a wake to its wakers.
+pub const NODE_REQUEST: &str = "wake";
+
+/// Another node asked (through the registry) for a wake of `id`: this node asks its own
+/// wakers of it, if it has any. The asking node applied the address budget and the per-PC
+/// window; the wakers still limit themselves.
+pub fn from_other_node(relay: &Relay, id: &ComputerId) -> usize {
+    let asked = relay
+        .wake
+        .wakers
+        .of(id)
+        .into_iter()
+        .filter(|w| relay.hub.tell(w, RelayToAgent::Wake(id.clone())))
+        .count();
+    info!(%id, asked, "wake asked for by another node");
+    asked
+}
+
 /// What the relay stores per node about waking: the index of wakers and the per-PC window.
 #[derive(Default)]
 pub struct WakeState {
@@ -76,7 +94,7 @@ pub(crate) async fn serve(
         return;
     }
     let wakers = relay.wake.wakers.of(&id);
-    let record = |wakers: &[ComputerId], result: &str| {
+    let record = |wakers: &[String], result: &str| {
         relay.audit.record(AuditEvent::WakeRequested {
             id: id.clone(),
             client: peer,
@@ -84,12 +102,24 @@ pub(crate) async fn serve(
             result: result.to_owned(),
         });
     };
-    if wakers.is_empty() {
+    let no_waker = || {
         // As a lookup of an offline or unknown ID: probing for wakeable IDs costs the same.
         relay.limiters.failures.take(ip, now);
         info!("wake request: no agent online can wake this PC");
         record(&[], "no waker online");
-        let _ = framed.write(&RelayToClient::Wake(WakeAnswer::NoWaker)).await;
+        RelayToClient::Wake(WakeAnswer::NoWaker)
+    };
+    // With no waker here, other nodes of the cluster may hold one: they are asked through
+    // the registry, for a PC the registry knows (an unknown ID goes no further).
+    let others: Vec<String> = if wakers.is_empty() {
+        let others: Vec<String> = relay.cluster.others().into_iter().map(|n| n.name).collect();
+        let known = !others.is_empty() && matches!(relay.registry.machine(&id).await, Ok(Some(_)));
+        if known { others } else { Vec::new() }
+    } else {
+        Vec::new()
+    };
+    if wakers.is_empty() && others.is_empty() {
+        let _ = framed.write(&no_waker()).await;
         return;
     }
     let window = relay
@@ -99,24 +129,36 @@ pub(crate) async fn serve(
         .unwrap_or_else(|e| e.into_inner())
         .take(&id, now);
     let answer = match window {
-        Ok(()) => {
-            let asked: Vec<ComputerId> = wakers
+        Ok(()) if !wakers.is_empty() => {
+            let asked: Vec<String> = wakers
                 .into_iter()
                 .filter(|w| relay.hub.tell(w, RelayToAgent::Wake(id.clone())))
+                .map(|w| w.as_str().to_owned())
                 .collect();
             if asked.is_empty() {
-                record(&[], "no waker online");
-                let _ = framed.write(&RelayToClient::Wake(WakeAnswer::NoWaker)).await;
+                let _ = framed.write(&no_waker()).await;
                 return;
             }
             info!(wakers = ?asked, "wake request passed on");
             record(&asked, "sent");
             WakeAnswer::Sent
         }
+        Ok(()) => {
+            for node in &others {
+                if let Err(e) = relay.registry.request_node(node, NODE_REQUEST, id.as_str()).await {
+                    tracing::warn!(%node, %e, "could not pass a wake request to another node");
+                }
+            }
+            info!(nodes = ?others, "wake request passed to the other nodes");
+            let nodes: Vec<String> = others.iter().map(|n| format!("node:{n}")).collect();
+            record(&nodes, "sent");
+            WakeAnswer::Sent
+        }
         Err(left) => {
             let retry_secs = u16::try_from(left.as_secs() + 1).unwrap_or(u16::MAX);
             info!(retry_secs, "wake request inside the PC's window; not passed on");
-            record(&wakers, "rate-limited");
+            let names: Vec<String> = wakers.iter().map(|w| w.as_str().to_owned()).collect();
+            record(&names, "rate-limited");
             WakeAnswer::AlreadyAsked { retry_secs }
         }
     };
