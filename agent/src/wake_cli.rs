@@ -67,7 +67,11 @@ pub fn run(command: WakeCommand) -> anyhow::Result<()> {
                 port,
             })?;
             data.save_wake_list(&list)?;
-            let verb = if replaced { "now wakes" } else { "can now wake" };
+            let verb = if replaced {
+                "now wakes"
+            } else {
+                "can now wake"
+            };
             println!("this PC {verb} {id} ({mac}, magic packet to {broadcast}:{port})");
             println!(
                 "a running agent tells the relay within seconds; the MAC and address stay on this PC"

@@ -57,10 +57,9 @@ impl WakeProgress {
                 "{id} is offline: it was asked to wake moments ago, so it is not asked again \
                  (another request is possible in {retry_secs} s); waiting for it"
             ),
-            Self::Waiting { waited } => format!(
-                "waiting for {id} to come online … {} s",
-                waited.as_secs()
-            ),
+            Self::Waiting { waited } => {
+                format!("waiting for {id} to come online … {} s", waited.as_secs())
+            }
             Self::Online => format!("{id} is online"),
         }
     }
@@ -191,7 +190,10 @@ pub fn ask_on_terminal(wake_flag: bool, id: &ComputerId) -> std::io::Result<bool
         return Ok(false);
     }
     let mut err = std::io::stderr();
-    write!(err, "{id} is offline. Ask a PC in its office to wake it? [y/N] ")?;
+    write!(
+        err,
+        "{id} is offline. Ask a PC in its office to wake it? [y/N] "
+    )?;
     err.flush()?;
     let mut line = String::new();
     // At most a short line: a terminal answer, not a stream.
@@ -220,6 +222,8 @@ mod tests {
         assert!(WakeProgress::AlreadyAsked { retry_secs: 12 }
             .sentence(&id)
             .contains("12 s"));
-        assert!(WakeProgress::Asked.sentence(&id).starts_with("pc-tanaka-01 is offline"));
+        assert!(WakeProgress::Asked
+            .sentence(&id)
+            .starts_with("pc-tanaka-01 is offline"));
     }
 }

@@ -9,8 +9,8 @@ use std::time::Duration;
 use telework_net::framed::Framed;
 use telework_net::transport::{Connection, Stream};
 use telework_protocol::messages::{
-    AgentToRelay, RelayOpens, RelayToAgent, MAX_UNREACHABLE, MAX_WAKE_TARGETS, MIN_PROTOCOL_VERSION,
-    PROTOCOL_VERSION,
+    AgentToRelay, RelayOpens, RelayToAgent, MAX_UNREACHABLE, MAX_WAKE_TARGETS,
+    MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
 };
 use telework_protocol::proof::verify_proof;
 use telework_protocol::{ComputerId, ErrorCode};

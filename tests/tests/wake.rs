@@ -49,15 +49,24 @@ impl OfficeLan {
         let lan = Self { ns };
         lan.ns.ip(&["link", "set", "lo", "up"]);
         office.ip(&[
-            "link", "add", "lan0", "type", "veth", "peer", "name", "eth0", "netns", &lan.ns.name,
+            "link",
+            "add",
+            "lan0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            &lan.ns.name,
         ]);
         office.ip(&["addr", "add", "192.168.77.1/24", "brd", "+", "dev", "lan0"]);
         office.ip(&["link", "set", "lan0", "up"]);
         lan.ns
             .ip(&["addr", "add", "192.168.77.20/24", "brd", "+", "dev", "eth0"]);
         lan.ns.ip(&["link", "set", "eth0", "up"]);
-        let shown = String::from_utf8(office.ip(&["-4", "addr", "show", "dev", "lan0"]).stdout)
-            .unwrap();
+        let shown =
+            String::from_utf8(office.ip(&["-4", "addr", "show", "dev", "lan0"]).stdout).unwrap();
         assert!(shown.contains(&format!("brd {LAN_BROADCAST}")), "{shown}");
         lan
     }
@@ -71,9 +80,12 @@ impl Drop for OfficeLan {
     }
 }
 
+/// A datagram and where it came from.
+type Datagram = (SocketAddr, Vec<u8>);
+
 /// Every UDP datagram arriving on port 9 of the office LAN, with its source, until dropped.
 struct Listener {
-    got: Arc<Mutex<Vec<(SocketAddr, Vec<u8>)>>>,
+    got: Arc<Mutex<Vec<Datagram>>>,
     stop: Arc<AtomicBool>,
 }
 
@@ -105,7 +117,7 @@ impl Listener {
     }
 
     /// Waits (bounded) until at least `n` datagrams arrived; returns them all.
-    fn wait_for(&self, n: usize, timeout: Duration) -> Vec<(SocketAddr, Vec<u8>)> {
+    fn wait_for(&self, n: usize, timeout: Duration) -> Vec<Datagram> {
         let deadline = Instant::now() + timeout;
         while self.count() < n && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
@@ -162,13 +174,24 @@ async fn wake_on_lan_through_the_relay_reaches_the_office_lan() {
     let sleeper = PreparedAgent::new(&nets, &relay, SLEEPER, PASSWORD, "auto", &[]);
     // The always-on waker, told about the sleeper while it runs.
     let waker = AgentProcess::start(&nets, &relay, "ws-01", PASSWORD, office.echo, "auto");
-    waker.process.wait_for("online over", Duration::from_secs(15));
+    waker
+        .process
+        .wait_for("online over", Duration::from_secs(15));
     let data = waker.data.to_str().unwrap();
     let added = agent_command(
         &nets,
         &[
-            "wake", "add", SLEEPER, "--mac", SLEEPER_MAC, "--broadcast", LAN_BROADCAST, "--port",
-            "9", "--data-dir", data,
+            "wake",
+            "add",
+            SLEEPER,
+            "--mac",
+            SLEEPER_MAC,
+            "--broadcast",
+            LAN_BROADCAST,
+            "--port",
+            "9",
+            "--data-dir",
+            data,
         ],
     );
     assert!(added.contains("can now wake pc-tanaka-01"), "{added}");
@@ -212,7 +235,11 @@ async fn wake_on_lan_through_the_relay_reaches_the_office_lan() {
     for (from, bytes) in &packets {
         assert_eq!(bytes.as_slice(), magic_packet(mac).as_slice());
         assert_eq!(bytes.len(), 102);
-        assert_eq!(from.ip(), std::net::IpAddr::V4(WAKER_LAN_ADDR), "sent by the waker");
+        assert_eq!(
+            from.ip(),
+            std::net::IpAddr::V4(WAKER_LAN_ADDR),
+            "sent by the waker"
+        );
     }
     eprintln!(
         "{} magic packets on the office LAN {:?} after the client started",
@@ -238,14 +265,8 @@ async fn wake_on_lan_through_the_relay_reaches_the_office_lan() {
         .wait_for("it was asked to wake moments ago", Duration::from_secs(15));
 
     // A PC nobody can wake (not even registered): the same answer as for any such ID.
-    let mut nobody = ClientProcess::spawn(
-        &nets,
-        &relay,
-        "pc-nobody",
-        PASSWORD,
-        "auto",
-        &["--wake"],
-    );
+    let mut nobody =
+        ClientProcess::spawn(&nets, &relay, "pc-nobody", PASSWORD, "auto", &["--wake"]);
     assert_eq!(nobody.process.wait_exit(Duration::from_secs(20)), Some(1));
     assert!(
         nobody
@@ -257,7 +278,11 @@ async fn wake_on_lan_through_the_relay_reaches_the_office_lan() {
     );
     // Give stray packets time to arrive: there must be none.
     std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(listener.count(), BURST, "no packet for the second or unknown request");
+    assert_eq!(
+        listener.count(),
+        BURST,
+        "no packet for the second or unknown request"
+    );
 
     // The client shows progress while it waits.
     woken.process.wait_for(
@@ -279,7 +304,10 @@ async fn wake_on_lan_through_the_relay_reaches_the_office_lan() {
     let local2 = second.wait_connected(Duration::from_secs(20));
     let mut conn2 = nets.home.connect(local2).await;
     echo_once(&mut conn2).await;
-    eprintln!("woken and connected {:?} after the first request", started.elapsed());
+    eprintln!(
+        "woken and connected {:?} after the first request",
+        started.elapsed()
+    );
 
     // The audit log: who asked (the client's address), which PC, which waker, what came of it.
     let deadline = Instant::now() + Duration::from_secs(15);

@@ -33,7 +33,10 @@ async fn a_wake_request_at_one_node_reaches_a_waker_at_another() {
     let b = a.start_beside(node("node-b")).await;
     let deadline = Instant::now() + Duration::from_secs(15);
     while a.relay.cluster.others().is_empty() || b.relay.cluster.others().is_empty() {
-        assert!(Instant::now() < deadline, "the nodes did not see each other");
+        assert!(
+            Instant::now() < deadline,
+            "the nodes did not see each other"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
@@ -72,8 +75,17 @@ async fn a_wake_request_at_one_node_reaches_a_waker_at_another() {
         })
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
-    while home.relay.wake.wakers.of(&"pc-sleep".parse().unwrap()).is_empty() {
-        assert!(Instant::now() < deadline, "the waker's list reached its node");
+    while home
+        .relay
+        .wake
+        .wakers
+        .of(&"pc-sleep".parse().unwrap())
+        .is_empty()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the waker's list reached its node"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
@@ -130,9 +142,11 @@ async fn a_wake_request_at_one_node_reaches_a_waker_at_another() {
 
     // The node that was asked audited it, naming the node it passed the request to.
     let relay = other.relay.clone();
-    assert!(tokio::task::spawn_blocking(move || relay.audit.flush(Duration::from_secs(5)))
-        .await
-        .unwrap());
+    assert!(
+        tokio::task::spawn_blocking(move || relay.audit.flush(Duration::from_secs(5)))
+            .await
+            .unwrap()
+    );
     let rows = other
         .relay
         .registry

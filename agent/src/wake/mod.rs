@@ -74,7 +74,9 @@ pub enum WakeListError {
     #[error("port 0 cannot be used; the usual port is 9 (or 7)")]
     BadPort,
     /// The address is not one a magic packet can go to.
-    #[error("{0} cannot be used as the broadcast address (give the office LAN's, e.g. 192.168.1.255)")]
+    #[error(
+        "{0} cannot be used as the broadcast address (give the office LAN's, e.g. 192.168.1.255)"
+    )]
     BadBroadcast(Ipv4Addr),
     /// No such entry.
     #[error("{0} is not on this PC's wake list (see 'telework-agent wake list')")]
@@ -233,7 +235,9 @@ mod tests {
         assert_eq!(limit.take(&b, t0), Ok(()), "another PC has its own window");
         let left = limit.take(&a, t0 + Duration::from_secs(3)).unwrap_err();
         assert_eq!(left, Duration::from_secs(7));
-        assert!(limit.take(&a, t0 + SELF_LIMIT - Duration::from_millis(1)).is_err());
+        assert!(limit
+            .take(&a, t0 + SELF_LIMIT - Duration::from_millis(1))
+            .is_err());
         assert_eq!(limit.take(&a, t0 + SELF_LIMIT), Ok(()));
         assert!(limit.last.len() <= 2);
     }
@@ -247,7 +251,10 @@ mod tests {
         let unknown = "pc-stranger".parse().unwrap();
         assert_eq!(decide(&list, &mut limit, &unknown, t0), Decision::NotListed);
         let a = "pc-a".parse().unwrap();
-        assert_eq!(decide(&list, &mut limit, &a, t0), Decision::Send(target("pc-a")));
+        assert_eq!(
+            decide(&list, &mut limit, &a, t0),
+            Decision::Send(target("pc-a"))
+        );
         assert_eq!(
             decide(&list, &mut limit, &a, t0 + Duration::from_secs(1)),
             Decision::TooSoon(Duration::from_secs(9))
@@ -258,7 +265,10 @@ mod tests {
             "an unlisted PC never reaches the limiter"
         );
         assert!(limit.last.len() <= 1);
-        assert!(matches!(decide(&list, &mut limit, &a, t0 + SELF_LIMIT), Decision::Send(_)));
+        assert!(matches!(
+            decide(&list, &mut limit, &a, t0 + SELF_LIMIT),
+            Decision::Send(_)
+        ));
     }
 
     #[test]
@@ -274,10 +284,22 @@ mod tests {
         data.save_wake_list(&list).unwrap();
         assert_eq!(data.wake_list().unwrap().find(&moved.id), Some(&moved));
         for bad in [
-            WakeTarget { port: 0, ..target("pc-b") },
-            WakeTarget { broadcast: Ipv4Addr::LOCALHOST, ..target("pc-b") },
-            WakeTarget { broadcast: Ipv4Addr::UNSPECIFIED, ..target("pc-b") },
-            WakeTarget { broadcast: Ipv4Addr::new(224, 0, 0, 1), ..target("pc-b") },
+            WakeTarget {
+                port: 0,
+                ..target("pc-b")
+            },
+            WakeTarget {
+                broadcast: Ipv4Addr::LOCALHOST,
+                ..target("pc-b")
+            },
+            WakeTarget {
+                broadcast: Ipv4Addr::UNSPECIFIED,
+                ..target("pc-b")
+            },
+            WakeTarget {
+                broadcast: Ipv4Addr::new(224, 0, 0, 1),
+                ..target("pc-b")
+            },
         ] {
             assert!(list.add(bad).is_err());
         }

@@ -129,7 +129,12 @@ mod tests {
     #[test]
     fn both_spellings_and_either_case_parse() {
         let want = Mac([0xA0, 0xBB, 0xCC, 0xDD, 0xEE, 0xFF]);
-        for s in ["A0:BB:CC:DD:EE:FF", "a0:bb:cc:dd:ee:ff", "a0-bb-cc-dd-ee-ff", "A0-bB-Cc-DD-ee-FF"] {
+        for s in [
+            "A0:BB:CC:DD:EE:FF",
+            "a0:bb:cc:dd:ee:ff",
+            "a0-bb-cc-dd-ee-ff",
+            "A0-bB-Cc-DD-ee-FF",
+        ] {
             assert_eq!(s.parse::<Mac>(), Ok(want), "{s}");
         }
         assert_eq!(want.to_string(), "A0:BB:CC:DD:EE:FF");
@@ -157,7 +162,10 @@ mod tests {
         assert_eq!("00:00:00:00:00:00".parse::<Mac>(), Err(MacError::Zero));
         let e = "FF:FF:FF:FF:FF:FF".parse::<Mac>().unwrap_err();
         assert!(e.to_string().contains("broadcast"), "{e}");
-        assert!(matches!("01:00:5E:00:00:01".parse::<Mac>(), Err(MacError::NotUnicast(_))));
+        assert!(matches!(
+            "01:00:5E:00:00:01".parse::<Mac>(),
+            Err(MacError::NotUnicast(_))
+        ));
         // A huge input is not echoed back whole.
         let long = "x".repeat(10_000);
         assert!(long.parse::<Mac>().unwrap_err().to_string().len() < 200);

@@ -44,7 +44,10 @@ impl Advertised {
         if same {
             return None;
         }
-        info!(pcs = ids.len(), "telling the relay which PCs this one can wake");
+        info!(
+            pcs = ids.len(),
+            "telling the relay which PCs this one can wake"
+        );
         self.sent = Some(ids.clone());
         Some(ids)
     }

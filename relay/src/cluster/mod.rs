@@ -327,7 +327,9 @@ impl Cluster {
                     Ok(id) => {
                         crate::wake::from_other_node(relay, &id);
                     }
-                    Err(_) => warn!("a wake request from another node names no computer ID; ignored"),
+                    Err(_) => {
+                        warn!("a wake request from another node names no computer ID; ignored")
+                    }
                 },
                 _ => warn!(kind = %request.kind, "unknown request from another node; ignored"),
             }

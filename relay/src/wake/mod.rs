@@ -114,7 +114,11 @@ pub(crate) async fn serve(
     let others: Vec<String> = if wakers.is_empty() {
         let others: Vec<String> = relay.cluster.others().into_iter().map(|n| n.name).collect();
         let known = !others.is_empty() && matches!(relay.registry.machine(&id).await, Ok(Some(_)));
-        if known { others } else { Vec::new() }
+        if known {
+            others
+        } else {
+            Vec::new()
+        }
     } else {
         Vec::new()
     };
@@ -145,7 +149,11 @@ pub(crate) async fn serve(
         }
         Ok(()) => {
             for node in &others {
-                if let Err(e) = relay.registry.request_node(node, NODE_REQUEST, id.as_str()).await {
+                if let Err(e) = relay
+                    .registry
+                    .request_node(node, NODE_REQUEST, id.as_str())
+                    .await
+                {
                     tracing::warn!(%node, %e, "could not pass a wake request to another node");
                 }
             }
@@ -156,7 +164,10 @@ pub(crate) async fn serve(
         }
         Err(left) => {
             let retry_secs = u16::try_from(left.as_secs() + 1).unwrap_or(u16::MAX);
-            info!(retry_secs, "wake request inside the PC's window; not passed on");
+            info!(
+                retry_secs,
+                "wake request inside the PC's window; not passed on"
+            );
             let names: Vec<String> = wakers.iter().map(|w| w.as_str().to_owned()).collect();
             record(&names, "rate-limited");
             WakeAnswer::AlreadyAsked { retry_secs }
@@ -184,7 +195,7 @@ async fn wait_online(relay: &Arc<Relay>, mut framed: Framed<Stream>, id: &Comput
                 }
                 // In a cluster the PC comes online at its home node: ask the presence rows
                 // now and then (not every tick: they are a database read).
-                if ticks % CLUSTER_CHECK_EVERY == 0
+                if ticks.is_multiple_of(CLUSTER_CHECK_EVERY)
                     && crate::client_conn::elsewhere(relay, id).await.is_some()
                 {
                     break;

@@ -61,6 +61,8 @@ mod tests {
             Err(Duration::from_secs(18))
         );
         assert_eq!(w.take(&a, t0 + WAKE_WINDOW), Ok(()));
-        assert!(w.take(&a, t0 + WAKE_WINDOW + Duration::from_secs(1)).is_err());
+        assert!(w
+            .take(&a, t0 + WAKE_WINDOW + Duration::from_secs(1))
+            .is_err());
     }
 }
