@@ -73,6 +73,14 @@ pub enum ClientError {
     /// TLS could not be configured (for example an unreadable CA file).
     #[error(transparent)]
     Tls(#[from] telework_net::tls::TlsConfigError),
+    /// The local address for the RDP client cannot be listened on.
+    #[error("cannot listen on {addr}: {error}")]
+    Listen {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        error: std::io::Error,
+    },
     /// The proxy setting cannot be used (for example with `--transport quic`).
     #[error(transparent)]
     Proxy(#[from] telework_net::proxy::ProxyConfigError),

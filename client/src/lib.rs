@@ -2,8 +2,11 @@
 //! listener, and start the employee's RDP client against it.
 //!
 //! # Layout
+//! - [`connection`]: the whole connection an employee starts, step by step, for the
+//!   command and the window alike.
 //! - [`session`]: the password login and the resumed tunnel for every local connection.
 //! - [`profile`]: the device key and pinned office-PC keys (trust on first use).
+//! - [`settings`]: the saved relay and proxy, and recently used computer IDs.
 //! - [`launch`]: choosing and starting the RDP client (platform-neutral planning).
 //! - [`local_peer`]: who may use the local port (only the OS user who started `telework`).
 //! - [`error`]: every failure as a sentence an employee can act on.
@@ -12,6 +15,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod connection;
 pub mod error;
 pub mod launch;
 pub mod link;
@@ -19,6 +23,7 @@ pub mod local_peer;
 mod login_driver;
 pub mod profile;
 pub mod session;
+pub mod settings;
 pub mod wake;
 
 pub use error::ClientError;

@@ -61,6 +61,11 @@ impl Profile {
         })
     }
 
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// The device key, created on first use.
     ///
     /// # Errors

@@ -22,6 +22,7 @@ use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn, Instrument};
 
+use crate::connection::{Progress, ProgressSink};
 use crate::error::ClientError;
 use crate::link::Link;
 use crate::local_peer::LocalAccess;
@@ -75,6 +76,8 @@ pub struct LoginOptions {
     pub quic_reprobe: Duration,
     /// The HTTP proxy to reach the relay through (TLS/TCP only), if any.
     pub proxy: Option<ProxyUrl>,
+    /// Where the login's steps are reported.
+    pub progress: ProgressSink,
 }
 
 impl Default for LoginOptions {
@@ -91,6 +94,7 @@ impl Default for LoginOptions {
             ping_every: SESSION_PING,
             quic_reprobe: telework_net::transport::dial::QUIC_REPROBE,
             proxy: None,
+            progress: crate::connection::no_progress(),
         }
     }
 }
@@ -205,7 +209,15 @@ impl Session {
     ) -> Result<Self, ClientError> {
         let link = link_for(target, options)?;
         let relay = target.relay.to_string();
+        (options.progress)(&Progress::Connecting {
+            id: target.id.clone(),
+            relay: relay.clone(),
+            proxy: options.proxy.as_ref().map(ToString::to_string),
+        });
         let framed = pair(&link, &target.id).await?;
+        (options.progress)(&Progress::LoggingIn {
+            id: target.id.clone(),
+        });
         let (stream, leftover) = framed.into_parts();
         let done =
             login_driver::login(stream, leftover, &relay, &target.id, password, options).await?;

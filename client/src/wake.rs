@@ -174,6 +174,27 @@ pub async fn wake_and_wait(
     }
 }
 
+/// [`wake_and_wait`], each step reported to `options.progress` as
+/// [`Progress::Wake`](crate::connection::Progress::Wake) (the command's terminal lines, the
+/// window's status).
+///
+/// # Errors
+/// As [`wake_and_wait`].
+pub async fn wake_up(
+    target: &Target,
+    options: &LoginOptions,
+    wait: Duration,
+) -> Result<(), WakeError> {
+    let progress = options.progress.clone();
+    wake_and_wait(target, options, wait, |step| {
+        progress(&crate::connection::Progress::Wake {
+            id: target.id.clone(),
+            step,
+        });
+    })
+    .await
+}
+
 /// Whether to wake an office PC found offline, as the command line decides it: `--wake`
 /// says yes; otherwise, on a terminal, the employee is asked (y/N); without a terminal
 /// nobody can answer, so no (and nothing waits for an answer).

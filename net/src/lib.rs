@@ -10,6 +10,7 @@
 //! - [`proxy`]: reaching the relay through an HTTP proxy (`CONNECT`, Basic authentication).
 //! - [`pump`]: moving desktop bytes between a plain local socket and an encrypted tunnel.
 //! - [`read_ahead`]: large socket reads under rustls's small ones.
+//! - [`relay_profile`]: the `tw-relay:` line an operator hands employees.
 //! - [`signal`]: waiting for Ctrl-C or SIGTERM.
 //! - [`logging`]: the log subscriber, as text or JSON lines (`--log-format`).
 //! - [`glibc_tuning`]: glibc's heap trim threshold, and `memcpy` off `rep movsb` on AMD Zen
@@ -29,6 +30,7 @@ pub mod logging;
 pub mod proxy;
 pub mod pump;
 pub mod read_ahead;
+pub mod relay_profile;
 pub mod signal;
 pub mod tls;
 pub mod transport;

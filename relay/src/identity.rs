@@ -37,6 +37,33 @@ pub enum IdentityError {
     /// Writing failed.
     #[error("cannot save the self-signed certificate: {0}")]
     Io(#[from] std::io::Error),
+    /// No self-signed certificate was made yet.
+    #[error("no certificate in {0}: start the relay once first")]
+    Missing(String),
+    /// The data dir is not owner-only.
+    #[error(transparent)]
+    UnsafeDir(std::io::Error),
+}
+
+/// The fingerprint of the operator's certificate `cert`, else of the self-signed one in
+/// `data_dir` (never making one: a command that only reads must not create the identity).
+///
+/// # Errors
+/// An unreadable certificate, a data dir without one, or one others can write to.
+pub fn existing_fingerprint(
+    data_dir: &Path,
+    cert: Option<&Path>,
+) -> Result<CertFingerprint, IdentityError> {
+    if let Some(cert) = cert {
+        let chain = load_certs(cert, "certificate file")?;
+        return Ok(CertFingerprint::of_der(&chain[0]));
+    }
+    if !data_dir.join(CERT_FILE).exists() {
+        return Err(IdentityError::Missing(data_dir.display().to_string()));
+    }
+    telework_protocol::private_file::check_private_dir(data_dir)
+        .map_err(IdentityError::UnsafeDir)?;
+    Ok(self_signed(data_dir, &[])?.fingerprint)
 }
 
 /// Loads an operator's certificate chain and key.

@@ -1,20 +1,23 @@
 //! `telework-relay`: the public relay's command line.
 #![forbid(unsafe_code)]
 
+mod audit_cmd;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use telework_net::connect::RelayAddr;
 use telework_net::logging::LogFormat;
+use telework_net::relay_profile::RelayProfile;
 use telework_net::signal::shutdown_signal;
 use telework_protocol::private_file::{check_private_dir, create_private_dir};
 use telework_protocol::ComputerId;
-use telework_relay::admin::pages::utc;
 use telework_relay::audit::{self, Actor, AuditEvent};
 use telework_relay::config::Settings;
 use telework_relay::identity::{self, TlsIdentity};
-use telework_relay::registry::{AuditFilter, AuditRow, Registry};
+use telework_relay::registry::Registry;
 use telework_relay::{admin, Registration, Relay};
 use tracing::{info, warn};
 
@@ -43,6 +46,24 @@ enum Command {
         #[arg(long)]
         cert: Option<PathBuf>,
     },
+    /// Print the one line employees paste into 'telework config import': the relay's public
+    /// address and, for a self-signed certificate, its pin.
+    ClientProfile {
+        /// The relay's data directory.
+        #[arg(long, env = "TELEWORK_RELAY_DATA_DIR")]
+        data_dir: PathBuf,
+        /// The operator's certificate file; a certificate the employees' systems trust needs
+        /// no pin (and must not be pinned: it is renewed), so none is added unless --pin.
+        #[arg(long)]
+        cert: Option<PathBuf>,
+        /// Pin --cert anyway (a certificate from a private CA, renewed only with a new line).
+        #[arg(long, requires = "cert")]
+        pin: bool,
+        /// The address employees reach the relay at, host:port (for example
+        /// relay.example.com:443).
+        #[arg(long)]
+        address: RelayAddr,
+    },
     /// Manage enrolment tokens (for --registration token).
     #[command(subcommand)]
     Token(TokenCommand),
@@ -53,45 +74,7 @@ enum Command {
     Admin(telework_relay::admin::cli::AdminCommand),
     /// Print the audit log, newest first: enrolments, removals, agents online and offline,
     /// sessions, operators' actions, refused lookups and wake requests.
-    Audit(AuditArgs),
-}
-
-#[derive(clap::Args)]
-struct AuditArgs {
-    /// The relay's data directory.
-    #[arg(
-        long,
-        env = "TELEWORK_RELAY_DATA_DIR",
-        required_unless_present = "database"
-    )]
-    data_dir: Option<PathBuf>,
-    /// A PostgreSQL registry shared by several relay nodes, instead of the SQLite file in the
-    /// data directory.
-    #[arg(
-        long,
-        value_name = "postgres://…",
-        env = "TELEWORK_RELAY_DATABASE",
-        hide_env_values = true
-    )]
-    database: Option<String>,
-    /// Only rows from this recent: 90m, 24h, 7d [default: all].
-    #[arg(long, value_name = "AGE")]
-    since: Option<String>,
-    /// Only rows about this computer ID.
-    #[arg(long = "id", value_name = "COMPUTER_ID")]
-    computer_id: Option<ComputerId>,
-    /// Only rows of this kind (enrolled, removed, agent_online, agent_offline,
-    /// session_started, session_ended, admin_action, lookups_refused, wake_requested,
-    /// audit_dropped).
-    #[arg(long)]
-    kind: Option<String>,
-    /// At most this many rows (the newest).
-    #[arg(long)]
-    limit: Option<usize>,
-    /// One JSON object per line: id, at (Unix seconds), time (UTC, RFC 3339), kind,
-    /// computer_id, address, actor, detail.
-    #[arg(long)]
-    json: bool,
+    Audit(audit_cmd::AuditArgs),
 }
 
 #[derive(clap::Args)]
@@ -250,23 +233,26 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             &mut std::io::stdin().lock(),
         )),
         Command::Fingerprint { data_dir, cert } => {
-            let id = match cert {
-                Some(cert) => {
-                    let chain = telework_net::tls::load_certs(&cert, "certificate file")?;
-                    telework_protocol::CertFingerprint::of_der(&chain[0])
-                }
-                None => {
-                    let path = data_dir.join(identity::CERT_FILE);
-                    anyhow::ensure!(
-                        path.exists(),
-                        "no certificate in {}: start the relay once first",
-                        data_dir.display()
-                    );
-                    check_private_dir(&data_dir)?;
-                    identity::self_signed(&data_dir, &[])?.fingerprint
-                }
+            println!(
+                "{}",
+                identity::existing_fingerprint(&data_dir, cert.as_deref())?
+            );
+            Ok(())
+        }
+        Command::ClientProfile {
+            data_dir,
+            cert,
+            address,
+            pin,
+        } => {
+            let fingerprint = (cert.is_none() || pin)
+                .then(|| identity::existing_fingerprint(&data_dir, cert.as_deref()))
+                .transpose()?;
+            let line = RelayProfile {
+                relay: address,
+                fingerprint,
             };
-            println!("{id}");
+            println!("{line}");
             Ok(())
         }
         Command::Token(TokenCommand::Create {
@@ -323,87 +309,30 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             }
         }),
-        Command::Audit(args) => show_audit(args),
+        Command::Audit(args) => audit_cmd::show_audit(args),
     }
 }
 
-fn show_audit(args: AuditArgs) -> anyhow::Result<()> {
-    let since = match &args.since {
-        Some(text) => {
-            let age = audit::parse_age(text).map_err(|e| anyhow::anyhow!("--since {e}"))?;
-            let age = i64::try_from(age.as_secs()).unwrap_or(i64::MAX);
-            Some(audit::unix_now().saturating_sub(age))
-        }
-        None => None,
+/// The `tw-relay:` line for a self-signed relay whose address is known: `--public-addr`,
+/// else the listening address unless it is 0.0.0.0 or `::`. With the operator's own
+/// certificate, `client-profile` makes the line (whether to pin is the operator's call).
+fn employees_line(
+    config: &telework_relay::config::RelayConfig,
+    bound: std::net::SocketAddr,
+    identity: &TlsIdentity,
+) -> Option<RelayProfile> {
+    if config.cert_files.is_some() {
+        return None;
+    }
+    let relay = match &config.public_addr {
+        Some(addr) => addr.parse().ok()?,
+        None if !bound.ip().is_unspecified() => bound.to_string().parse().ok()?,
+        None => return None,
     };
-    if let Some(kind) = &args.kind {
-        anyhow::ensure!(
-            audit::KINDS.contains(&kind.as_str()),
-            "--kind {kind:?} is not one of {}",
-            audit::KINDS.join(", ")
-        );
-    }
-    let runtime = cli_runtime()?;
-    let registry = runtime.block_on(open_registry(
-        args.data_dir.as_deref(),
-        args.database.as_deref(),
-    ))?;
-    let rows = runtime.block_on(registry.audit_rows(&AuditFilter {
-        since,
-        until: None,
-        computer_id: args.computer_id.map(|id| id.as_str().to_owned()),
-        kind: args.kind,
-        limit: args.limit,
-    }))?;
-    for row in &rows {
-        if args.json {
-            println!("{}", audit_json(row));
-        } else {
-            println!("{}", audit_line(row));
-        }
-    }
-    if rows.is_empty() && !args.json {
-        telework_net::say!("no audit rows match");
-    }
-    Ok(())
-}
-
-/// A row as one JSON object: its columns, and its time as RFC 3339 UTC.
-fn audit_json(row: &AuditRow) -> serde_json::Value {
-    let mut value = serde_json::to_value(row).unwrap_or_default();
-    let time = utc(row.at).replacen(' ', "T", 1).replace(" UTC", "Z");
-    if let serde_json::Value::Object(map) = &mut value {
-        map.insert("time".into(), time.into());
-    }
-    value
-}
-
-/// A row for people: time, kind, computer ID, address, then the detail as `key=value`.
-fn audit_line(row: &AuditRow) -> String {
-    let detail = match &row.detail {
-        serde_json::Value::Object(map) => map
-            .iter()
-            .filter(|(_, v)| !v.is_null())
-            .map(|(k, v)| match v {
-                serde_json::Value::String(s) => format!("{k}={s:?}"),
-                other => format!("{k}={other}"),
-            })
-            .collect::<Vec<_>>()
-            .join(" "),
-        other => other.to_string(),
-    };
-    let actor = row
-        .actor
-        .as_deref()
-        .map_or(String::new(), |a| format!("by={a:?} "));
-    let line = format!(
-        "{}  {:<16} {:<20} {:<22} {actor}{detail}",
-        utc(row.at),
-        row.kind,
-        row.computer_id.as_deref().unwrap_or("-"),
-        row.address.as_deref().unwrap_or("-"),
-    );
-    line.trim_end().to_owned()
+    Some(RelayProfile {
+        relay,
+        fingerprint: Some(identity.fingerprint),
+    })
 }
 
 /// Prints a status line of `serve` on stdout. A stdout nobody reads any more (a closed pipe)
@@ -516,6 +445,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             None => announce(format_args!("telework-relay listening on {addr} (TCP)")),
         }
         announce(format_args!("certificate fingerprint: {}", identity.fingerprint));
+        if let Some(line) = employees_line(&config, addr, &identity) {
+            announce(format_args!("employees connect after: telework config import {line}"));
+        }
         if config.registration == Registration::Open {
             warn!("registration is open: anyone who reaches this relay can register a computer ID (use --registration token in production)");
         }
