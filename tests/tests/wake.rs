@@ -158,8 +158,9 @@ fn audit_rows(relay_data: &Path) -> String {
 /// sleeping PC while running; `telework connect --wake` makes exactly one burst of correct
 /// magic packets arrive on the LAN; a second request inside the window and a request for a
 /// PC nobody can wake send nothing; without `--wake` and without a terminal the client says
-/// what to do and exits; once the PC's agent starts, the waiting client connects and the
-/// desktop (an echo service) works; the audit log has every request.
+/// what to do and exits, on a terminal it asks and waits once answered; once the PC's agent
+/// starts, the waiting clients connect and the desktop (an echo service) works; the audit log
+/// has every request.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wake_on_lan_through_the_relay_reaches_the_office_lan() {
     let Some(nets) = Networks::create() else {
@@ -264,6 +265,30 @@ async fn wake_on_lan_through_the_relay_reaches_the_office_lan() {
         .process
         .wait_for("it was asked to wake moments ago", Duration::from_secs(15));
 
+    // On a terminal (a pty from `script`), without --wake: the employee is asked, answers y,
+    // and waits with the others (inside the window: nothing more is sent).
+    let profile = tempfile::tempdir().unwrap();
+    let command = format!(
+        "{} connect {SLEEPER} --relay {} --relay-fingerprint {} --launch none --password-stdin \
+         --config-dir {}",
+        binary("telework").display(),
+        nets.relay_from_home(),
+        relay.fingerprint,
+        profile.path().display()
+    );
+    let mut on_terminal = nets.home.spawn_with(
+        Path::new("/usr/bin/script"),
+        &["-qefc", &command, "/dev/null"],
+        &[("NO_COLOR", "1")],
+    );
+    on_terminal.write_line(PASSWORD);
+    on_terminal.write_line("y");
+    on_terminal.wait_for(
+        "pc-tanaka-01 is offline. Ask a PC in its office to wake it? [y/N]",
+        Duration::from_secs(15),
+    );
+    on_terminal.wait_for("it was asked to wake moments ago", Duration::from_secs(15));
+
     // A PC nobody can wake (not even registered): the same answer as for any such ID.
     let mut nobody =
         ClientProcess::spawn(&nets, &relay, "pc-nobody", PASSWORD, "auto", &["--wake"]);
@@ -304,6 +329,7 @@ async fn wake_on_lan_through_the_relay_reaches_the_office_lan() {
     let local2 = second.wait_connected(Duration::from_secs(20));
     let mut conn2 = nets.home.connect(local2).await;
     echo_once(&mut conn2).await;
+    on_terminal.wait_for("point your RDP client at", Duration::from_secs(20));
     eprintln!(
         "woken and connected {:?} after the first request",
         started.elapsed()
@@ -313,14 +339,14 @@ async fn wake_on_lan_through_the_relay_reaches_the_office_lan() {
     let deadline = Instant::now() + Duration::from_secs(15);
     let rows = loop {
         let rows = audit_rows(&relay.data_dir);
-        if rows.lines().count() >= 3 || Instant::now() > deadline {
+        if rows.lines().count() >= 4 || Instant::now() > deadline {
             break rows;
         }
         std::thread::sleep(Duration::from_millis(300));
     };
     eprintln!("{rows}");
     let lines: Vec<&str> = rows.lines().collect();
-    assert_eq!(lines.len(), 3, "{rows}");
+    assert_eq!(lines.len(), 4, "{rows}");
     let find = |result: &str| {
         lines
             .iter()
