@@ -2,7 +2,8 @@
 //! at one, the employee's wake request reaches the other, which passes it on through the
 //! registry's `node_requests`. The waker's real magic packets go to the loopback network's
 //! broadcast address, where a UDP socket of the test receives them; then the woken PC's
-//! agent starts and the waiting client logs in.
+//! agent starts and the waiting client logs in. Also: a running waker's list changes reach
+//! the relay, and a waker going offline takes its list with it.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::net::{Ipv4Addr, UdpSocket};
@@ -163,4 +164,50 @@ async fn a_wake_request_at_one_node_reaches_a_waker_at_another() {
     assert_eq!(rows[0].detail["wakers"][0], home_name.as_str());
     running.abort();
     waker.stop().await;
+}
+
+/// IT staff change the list on a running waker: the relay's index follows within seconds
+/// (additions and removals), and forgets the waker when it goes offline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relay_follows_a_running_wakers_list() {
+    let relay = TestRelay::start().await;
+    let waker = relay.agent("ws-02", PASSWORD).run().await;
+    let data = DataDir::open(waker.dir.path()).unwrap();
+    let (a, b): (telework_protocol::ComputerId, telework_protocol::ComputerId) =
+        ("pc-a".parse().unwrap(), "pc-b".parse().unwrap());
+    let target = |id: &telework_protocol::ComputerId| WakeTarget {
+        id: id.clone(),
+        mac: "02:00:00:00:00:01".parse().unwrap(),
+        broadcast: Ipv4Addr::new(192, 0, 2, 255),
+        port: 9,
+    };
+    let index = |id: &telework_protocol::ComputerId| relay.relay.wake.wakers.of(id);
+    let ws: telework_protocol::ComputerId = "ws-02".parse().unwrap();
+    data.save_wake_list(&WakeList {
+        targets: vec![target(&a), target(&b)],
+    })
+    .unwrap();
+    until("both listed", || {
+        index(&a) == [ws.clone()] && index(&b) == [ws.clone()]
+    })
+    .await;
+    data.save_wake_list(&WakeList {
+        targets: vec![target(&b)],
+    })
+    .unwrap();
+    until("pc-a removed", || {
+        index(&a).is_empty() && index(&b) == [ws.clone()]
+    })
+    .await;
+    waker.stop().await;
+    until("forgotten once offline", || index(&b).is_empty()).await;
+}
+
+/// Waits (10 s at most) until `done`.
+async fn until(what: &str, done: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !done() {
+        assert!(Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
