@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 mod setup;
+mod wake_cli;
 
 use std::io::BufRead;
 use std::path::PathBuf;
@@ -97,6 +98,9 @@ enum Command {
     /// Show or change the access policy (approved devices, idle timeout, session length).
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Wake-on-LAN: which sleeping PCs of this office LAN this (always-on) PC may wake.
+    #[command(subcommand)]
+    Wake(wake_cli::WakeCommand),
     /// Clear a lockout after too many wrong passwords (the running agent takes it at once).
     Unlock {
         /// The agent's data directory.
@@ -215,6 +219,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Setup(args) => setup::run(args),
+        Command::Wake(command) => wake_cli::run(command),
         Command::Register {
             data_dir,
             relay,
