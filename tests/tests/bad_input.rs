@@ -10,7 +10,8 @@ use telework_net::framed::Framed;
 use telework_net::transport::{Connection, Role, Stream};
 use telework_protocol::frame::decode_frame;
 use telework_protocol::messages::{
-    AgentToRelay, ClientToRelay, RelayOpens, RelayToAgent, RelayToClient, PROTOCOL_VERSION,
+    AgentToRelay, ClientToRelay, RelayOpens, RelayToAgent, RelayToClient, MIN_PROTOCOL_VERSION,
+    PROTOCOL_VERSION,
 };
 use telework_protocol::ErrorCode;
 use telework_relay::RelayOptions;
@@ -285,16 +286,22 @@ on_both_transports! {
     async fn old_minor_versions_are_told_to_update() {
         let relay = TestRelay::start().await;
         let (_desktop, _agent) = relay.office_pc("pc-ok", PW).await;
-        let (_c, mut f) = client_asking_for_pc_ok(&relay, PROTOCOL_VERSION - 1).await;
+        let (_c, mut f) = client_asking_for_pc_ok(&relay, MIN_PROTOCOL_VERSION - 1).await;
         assert_eq!(
             f.read::<RelayToClient>().await.unwrap(),
             RelayToClient::Error(ErrorCode::VersionTooOld)
+        );
+        // The oldest version still served gets its office PC.
+        let (_c, mut f) = client_asking_for_pc_ok(&relay, MIN_PROTOCOL_VERSION).await;
+        assert_eq!(
+            f.read::<RelayToClient>().await.unwrap(),
+            RelayToClient::Paired
         );
         // Clients before 6 sent no device proof; they too are told to update.
         let (_c, stream) = client_stream(&relay).await;
         let mut f = Framed::new(stream);
         f.write(&ClientToRelay::Connect {
-            version: PROTOCOL_VERSION - 1,
+            version: MIN_PROTOCOL_VERSION - 1,
             id: "pc-ok".parse().unwrap(),
         })
         .await
@@ -305,7 +312,7 @@ on_both_transports! {
         );
         let (_c, mut f) = agent_control(&relay).await;
         f.write(&AgentToRelay::Hello {
-            version: PROTOCOL_VERSION - 1,
+            version: MIN_PROTOCOL_VERSION - 1,
             id: "pc-ok".parse().unwrap(),
             proof: vec![0; 64],
             unreachable: Vec::new(),
