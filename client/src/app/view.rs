@@ -1,0 +1,427 @@
+//! The window itself: the boxes and buttons, drawn each frame from [`Status`] and the typed
+//! text, and what pressing each one does.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+
+use eframe::egui::{self, Color32, Key, RichText};
+use telework_net::relay_profile::RelayProfile;
+use telework_net::transport::TransportChoice;
+use telework_protocol::proof::key_fingerprint;
+use telework_protocol::ComputerId;
+use zeroize::{Zeroize, Zeroizing};
+
+use super::state::{Follow, Phase, Status, Tone};
+use super::worker::{Connecting, Job};
+use super::AppOptions;
+use crate::connection::DesktopOptions;
+use crate::launch::LaunchChoice;
+use crate::local_peer::{self, LocalAccess};
+use crate::profile::Profile;
+use crate::resolve;
+use crate::session::{LoginOptions, Target};
+use crate::settings::Settings;
+
+/// The status dot's colours. Solid, so a screenshot shows the state without reading text.
+pub const GOOD: Color32 = Color32::from_rgb(0x1e, 0x96, 0x46);
+/// Something failed.
+pub const BAD: Color32 = Color32::from_rgb(0xc8, 0x28, 0x28);
+/// Something is in progress.
+pub const BUSY: Color32 = Color32::from_rgb(0xe0, 0x96, 0x14);
+/// Nothing going on.
+pub const QUIET: Color32 = Color32::from_rgb(0x90, 0x90, 0x90);
+
+/// The desktop is offered on loopback only, on a port the system picks, as by default in
+/// `telework connect`.
+const LISTEN: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST), 0);
+
+/// Where the cursor goes on the next frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Field {
+    Id,
+    Password,
+    Code,
+    RelayLine,
+    Disconnect,
+}
+
+/// The window's state between frames.
+pub struct Window {
+    profile: Profile,
+    launch: LaunchChoice,
+    settings: Settings,
+    /// This device's key fingerprint, or why it cannot be read.
+    device: String,
+    id: String,
+    password: Zeroizing<String>,
+    code: Zeroizing<String>,
+    relay_line: String,
+    relay_error: Option<String>,
+    status: Status,
+    connecting: Option<Connecting>,
+    focus: Option<Field>,
+}
+
+impl Window {
+    /// The window for `options`, with the saved settings read once.
+    pub fn new(cc: &eframe::CreationContext<'_>, options: AppOptions) -> Self {
+        cc.egui_ctx.set_theme(egui::Theme::Light);
+        // A little larger than egui's defaults: this is read by people, not developers.
+        cc.egui_ctx.set_zoom_factor(1.15);
+        let AppOptions { profile, launch } = options;
+        let (settings, first_line) = match profile.settings() {
+            Ok(settings) => (settings, String::new()),
+            Err(e) => (Settings::default(), format!("cannot read the settings: {e}")),
+        };
+        let device = match profile.device_key() {
+            Ok(key) => key_fingerprint(&key.public_key()),
+            Err(e) => format!("cannot read this device's key: {e}"),
+        };
+        let id = settings
+            .recent
+            .first()
+            .map(ToString::to_string)
+            .unwrap_or_default();
+        let focus = if settings.relay.is_none() {
+            Field::RelayLine
+        } else if id.is_empty() {
+            Field::Id
+        } else {
+            Field::Password
+        };
+        let mut status = Status::new(first_line.clone());
+        if !first_line.is_empty() {
+            status.refused(first_line);
+        }
+        Self {
+            profile,
+            launch,
+            settings,
+            device,
+            id,
+            password: Zeroizing::default(),
+            code: Zeroizing::default(),
+            relay_line: String::new(),
+            relay_error: None,
+            status,
+            connecting: None,
+            focus: Some(focus),
+        }
+    }
+
+    /// Takes in what the connection reported since the last frame.
+    fn take_events(&mut self) {
+        let Some(connecting) = &self.connecting else {
+            return;
+        };
+        for event in connecting.events() {
+            let follow = self.status.apply(event);
+            self.follow(follow);
+        }
+    }
+
+    fn follow(&mut self, follow: Follow) {
+        match follow {
+            Follow::Nothing => {}
+            Follow::TypeCode => self.focus = Some(Field::Code),
+            Follow::Connected => {
+                // The login put this ID first among the recent ones.
+                if let Ok(settings) = self.profile.settings() {
+                    self.settings = settings;
+                }
+                self.focus = Some(Field::Disconnect);
+            }
+            Follow::RetypePassword => {
+                self.connecting = None;
+                self.password.zeroize();
+                self.focus = Some(Field::Password);
+            }
+            Follow::Over => {
+                self.connecting = None;
+                self.code.zeroize();
+            }
+        }
+    }
+
+    fn connect(&mut self, ctx: &egui::Context) {
+        let id = match self.id.trim().parse::<ComputerId>() {
+            Ok(id) => id,
+            Err(e) => {
+                self.status.refused(e.to_string());
+                self.focus = Some(Field::Id);
+                return;
+            }
+        };
+        // The password leaves the box: it is not kept around while the session runs.
+        let password = Zeroizing::new(std::mem::take(&mut *self.password));
+        let job = match self.job(id, password) {
+            Ok(job) => job,
+            Err(e) => return self.status.refused(e),
+        };
+        let ctx = ctx.clone();
+        match Connecting::start(job, Arc::new(move || ctx.request_repaint())) {
+            Ok(connecting) => {
+                self.connecting = Some(connecting);
+                self.status.started();
+                if !local_peer::OWNER_CHECKED {
+                    self.status.notes.push(
+                        "on this operating system telework cannot check who connects to its \
+                         local port: other users of this computer can use it while the session \
+                         is open"
+                            .into(),
+                    );
+                }
+            }
+            Err(e) => self
+                .status
+                .refused(format!("cannot start the connection: {e}")),
+        }
+    }
+
+    /// The connection as `telework connect ID --launch …` would make it with the saved
+    /// settings.
+    fn job(&self, id: ComputerId, password: Zeroizing<String>) -> Result<Job, String> {
+        let settings = self
+            .profile
+            .settings()
+            .map_err(|e| format!("cannot read the settings: {e}"))?;
+        let (relay, trust) =
+            resolve::relay_and_trust(None, None, None, &settings).map_err(|e| e.to_string())?;
+        let transport = TransportChoice::Auto;
+        let proxy =
+            resolve::proxy(None, &settings, &relay, transport).map_err(|e| e.to_string())?;
+        let device = self
+            .profile
+            .device_key()
+            .map_err(|e| format!("cannot read this device's key: {e}"))?;
+        Ok(Job {
+            target: Target {
+                relay,
+                trust,
+                transport,
+                id,
+            },
+            password,
+            login: LoginOptions {
+                proxy,
+                device: Arc::new(device),
+                device_name: resolve::device_name(),
+                profile: Some(self.profile.clone()),
+                ..LoginOptions::default()
+            },
+            desktop: DesktopOptions {
+                listen: LISTEN,
+                access: LocalAccess::SameUser,
+                launch: self.launch,
+                keep_open: false,
+            },
+        })
+    }
+
+    fn disconnect(&mut self) {
+        if let Some(connecting) = &self.connecting {
+            connecting.stop();
+            self.status.line = "disconnecting …".into();
+        }
+    }
+
+    /// Saves the relay from the operator's `tw-relay:` line.
+    fn import(&mut self) {
+        let line: RelayProfile = match self.relay_line.parse() {
+            Ok(line) => line,
+            Err(e) => {
+                self.relay_error = Some(e.to_string());
+                return;
+            }
+        };
+        match self.profile.import(line) {
+            Ok(settings) => {
+                self.settings = settings;
+                self.relay_error = None;
+                self.relay_line.clear();
+                self.focus = Some(Field::Id);
+            }
+            Err(e) => self.relay_error = Some(format!("cannot save the relay: {e}")),
+        }
+    }
+
+    fn take_focus(&mut self, field: Field, response: &egui::Response) {
+        if self.focus == Some(field) {
+            response.request_focus();
+            self.focus = None;
+        }
+    }
+
+    fn relay_box(&mut self, ui: &mut egui::Ui) {
+        ui.label("First, paste the line your IT staff gave you (it starts with tw-relay:):");
+        let response = ui.add(
+            egui::TextEdit::singleline(&mut self.relay_line)
+                .hint_text("tw-relay:…")
+                .desired_width(f32::INFINITY),
+        );
+        self.take_focus(Field::RelayLine, &response);
+        let entered = response.lost_focus() && ui.input(|i| i.key_pressed(Key::Enter));
+        if ui.button("Save").clicked() || entered {
+            self.import();
+        }
+        if let Some(error) = &self.relay_error {
+            ui.colored_label(BAD, error);
+        }
+    }
+
+    fn login_boxes(&mut self, ui: &mut egui::Ui, ctx: &egui::Context) {
+        let idle = self.status.phase == Phase::Idle;
+        let mut connect = false;
+        egui::Grid::new("login")
+            .num_columns(2)
+            .spacing([12.0, 10.0])
+            .show(ui, |ui| {
+                ui.label("Computer ID");
+                ui.horizontal(|ui| {
+                    let response = ui.add_enabled(
+                        idle,
+                        egui::TextEdit::singleline(&mut self.id)
+                            .hint_text("for example pc-tanaka-01")
+                            .desired_width(190.0),
+                    );
+                    self.take_focus(Field::Id, &response);
+                    if response.lost_focus() && ui.input(|i| i.key_pressed(Key::Enter)) {
+                        self.focus = Some(Field::Password);
+                    }
+                    self.recent_ids(ui, idle);
+                });
+                ui.end_row();
+
+                ui.label("Password");
+                let response = ui.add_enabled(
+                    idle,
+                    egui::TextEdit::singleline(&mut *self.password)
+                        .password(true)
+                        .desired_width(190.0),
+                );
+                self.take_focus(Field::Password, &response);
+                if response.lost_focus() && ui.input(|i| i.key_pressed(Key::Enter)) {
+                    connect = true;
+                }
+                ui.end_row();
+
+                if self.status.phase == Phase::CodeWanted {
+                    ui.label("One-time code");
+                    ui.horizontal(|ui| {
+                        let response = ui.add(
+                            egui::TextEdit::singleline(&mut *self.code)
+                                .hint_text("from your authenticator app")
+                                .desired_width(190.0),
+                        );
+                        self.take_focus(Field::Code, &response);
+                        let entered =
+                            response.lost_focus() && ui.input(|i| i.key_pressed(Key::Enter));
+                        if ui.button("Send code").clicked() || entered {
+                            let code = std::mem::take(&mut *self.code);
+                            self.status.send_code(&code);
+                        }
+                    });
+                    ui.end_row();
+                }
+            });
+        ui.add_space(10.0);
+        ui.horizontal(|ui| {
+            let ready = idle && !self.id.trim().is_empty() && !self.password.is_empty();
+            let wide = egui::vec2(110.0, 28.0);
+            if ui
+                .add_enabled(ready, egui::Button::new("Connect").min_size(wide))
+                .clicked()
+            {
+                connect = true;
+            }
+            let response = ui.add_enabled(!idle, egui::Button::new("Disconnect").min_size(wide));
+            self.take_focus(Field::Disconnect, &response);
+            if response.clicked() {
+                self.disconnect();
+            }
+        });
+        if connect && idle && !self.password.is_empty() {
+            self.connect(ctx);
+        }
+    }
+
+    fn recent_ids(&mut self, ui: &mut egui::Ui, idle: bool) {
+        if self.settings.recent.is_empty() {
+            return;
+        }
+        ui.add_enabled_ui(idle, |ui| {
+            egui::ComboBox::from_id_salt("recent")
+                .selected_text("Recent")
+                .width(90.0)
+                .show_ui(ui, |ui| {
+                    for id in &self.settings.recent {
+                        if ui.selectable_label(false, id.as_str()).clicked() {
+                            self.id = id.to_string();
+                            self.focus = Some(Field::Password);
+                        }
+                    }
+                });
+        });
+    }
+
+    fn status_line(&self, ui: &mut egui::Ui) {
+        let colour = match self.status.tone {
+            Tone::Quiet => QUIET,
+            Tone::Busy => BUSY,
+            Tone::Good => GOOD,
+            Tone::Bad => BAD,
+        };
+        ui.horizontal_top(|ui| {
+            let (rect, _) = ui.allocate_exact_size(egui::vec2(16.0, 18.0), egui::Sense::hover());
+            ui.painter().circle_filled(rect.center(), 6.0, colour);
+            let line = if self.status.line.is_empty() {
+                "not connected"
+            } else {
+                &self.status.line
+            };
+            ui.add(egui::Label::new(RichText::new(line).strong()).wrap());
+        });
+        for note in &self.status.notes {
+            ui.add(egui::Label::new(RichText::new(note).small().weak()).wrap());
+        }
+    }
+}
+
+impl eframe::App for Window {
+    fn update(&mut self, ctx: &egui::Context, _frame: &mut eframe::Frame) {
+        self.take_events();
+        egui::TopBottomPanel::bottom("device")
+            .frame(egui::Frame::side_top_panel(&ctx.style()).inner_margin(10.0))
+            .show(ctx, |ui| {
+                ui.label(RichText::new("This device (read it to IT staff if they ask):").weak());
+                ui.add(egui::Label::new(RichText::new(&self.device).monospace()).wrap());
+            });
+        egui::CentralPanel::default()
+            .frame(egui::Frame::central_panel(&ctx.style()).inner_margin(16.0))
+            .show(ctx, |ui| {
+                ui.heading("Connect to your office PC");
+                ui.add_space(10.0);
+                match &self.settings.relay {
+                    None => {
+                        self.relay_box(ui);
+                        ui.separator();
+                    }
+                    Some(relay) => {
+                        ui.label(RichText::new(format!("Relay: {}", relay.addr)).weak());
+                        ui.add_space(6.0);
+                        self.login_boxes(ui, ctx);
+                    }
+                }
+                ui.add_space(12.0);
+                ui.separator();
+                ui.add_space(6.0);
+                self.status_line(ui);
+            });
+    }
+
+    fn on_exit(&mut self, _gl: Option<&eframe::glow::Context>) {
+        if let Some(connecting) = self.connecting.take() {
+            connecting.finish();
+        }
+    }
+}
