@@ -12,7 +12,7 @@ use telework_protocol::ComputerId;
 use zeroize::{Zeroize, Zeroizing};
 
 use super::state::{Follow, Phase, Status, Tone};
-use super::worker::{Connecting, Job};
+use super::worker::{say, Connecting, Job};
 use super::AppOptions;
 use crate::connection::DesktopOptions;
 use crate::launch::LaunchChoice;
@@ -139,6 +139,8 @@ impl Window {
             Follow::Over => {
                 self.connecting = None;
                 self.code.zeroize();
+                // To connect again, the password is the one thing to type.
+                self.focus = Some(Field::Password);
             }
         }
     }
@@ -147,6 +149,7 @@ impl Window {
         let id = match self.id.trim().parse::<ComputerId>() {
             Ok(id) => id,
             Err(e) => {
+                say(&format!("error: {e}"));
                 self.status.refused(e.to_string());
                 self.focus = Some(Field::Id);
                 return;
@@ -156,7 +159,10 @@ impl Window {
         let password = Zeroizing::new(std::mem::take(&mut *self.password));
         let job = match self.job(id, password) {
             Ok(job) => job,
-            Err(e) => return self.status.refused(e),
+            Err(e) => {
+                say(&format!("error: {e}"));
+                return self.status.refused(e);
+            }
         };
         let ctx = ctx.clone();
         match Connecting::start(job, Arc::new(move || ctx.request_repaint())) {
@@ -230,18 +236,27 @@ impl Window {
         let line: RelayProfile = match self.relay_line.parse() {
             Ok(line) => line,
             Err(e) => {
+                say(&format!("error: {e}"));
                 self.relay_error = Some(e.to_string());
+                self.focus = Some(Field::RelayLine);
                 return;
             }
         };
         match self.profile.import(line) {
             Ok(settings) => {
+                if let Some(relay) = &settings.relay {
+                    say(&format!("saved the relay {}", relay.addr));
+                }
                 self.settings = settings;
                 self.relay_error = None;
                 self.relay_line.clear();
                 self.focus = Some(Field::Id);
             }
-            Err(e) => self.relay_error = Some(format!("cannot save the relay: {e}")),
+            Err(e) => {
+                let error = format!("cannot save the relay: {e}");
+                say(&format!("error: {error}"));
+                self.relay_error = Some(error);
+            }
         }
     }
 

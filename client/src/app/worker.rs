@@ -75,7 +75,7 @@ impl Connecting {
             // source, which run on different threads.
             let events_tx = events_tx.clone();
             Arc::new(move |event: Event| {
-                say(&event);
+                say_event(&event);
                 // The window may already be gone; then nobody needs the event.
                 let _ = events_tx.send(event);
                 wake();
@@ -193,14 +193,19 @@ fn failed(error: &str, wrong_password: bool) -> Event {
     }
 }
 
-/// The event's line on standard output; a closed stdout is not a reason to stop.
-fn say(event: &Event) {
+/// The event's line on standard output.
+fn say_event(event: &Event) {
     let line = match event {
         Event::Step(step) => step.to_string(),
         Event::CodeWanted(_) => "waiting for the one-time code".to_owned(),
         Event::Failed { error, .. } => format!("error: {error}"),
         Event::Closed(text) => text.clone(),
     };
+    say(&line);
+}
+
+/// A line on standard output, for logs and scripts; a closed stdout is not a reason to stop.
+pub fn say(line: &str) {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{line}");
     let _ = out.flush();

@@ -50,7 +50,8 @@ fn main() -> ExitCode {
     telework_net::glibc_tuning::reexec_if_needed();
     let cli = Cli::parse();
     let format = cli.log_format;
-    telework_net::logging::init(format, "warn");
+    // winit's warnings (a virtual display's size, no XSETTINGS) mean nothing to an employee.
+    telework_net::logging::init(format, "warn,winit=error");
     let result = match cli.command {
         Command::Connect(args) => connect::connect(args),
         #[cfg(feature = "app")]
