@@ -132,7 +132,10 @@ mod tests {
         let settings = saved("relay.example.com:443");
         let (addr, trust) = relay_and_trust(None, None, None, &settings).unwrap();
         assert_eq!(addr.to_string(), "relay.example.com:443");
-        assert!(matches!(trust, RelayTrust::Fingerprint(CertFingerprint([7, ..]))));
+        assert!(matches!(
+            trust,
+            RelayTrust::Fingerprint(CertFingerprint([7, ..]))
+        ));
         let other: RelayAddr = "other.example.com:443".parse().unwrap();
         let (_, trust) = relay_and_trust(Some(&other), None, None, &settings).unwrap();
         assert!(matches!(trust, RelayTrust::SystemRoots));

@@ -204,10 +204,18 @@ mod tests {
         assert_eq!(s.apply(connected()), Follow::Connected);
         assert_eq!(s.phase, Phase::Connected);
         assert!(s.line.contains("127.0.0.1:5000"), "{}", s.line);
-        s.apply(Event::Step(Progress::ClientNotStarted("no RDP client".into())));
-        assert!(s.line.contains("127.0.0.1:5000"), "the address stays in view");
+        s.apply(Event::Step(Progress::ClientNotStarted(
+            "no RDP client".into(),
+        )));
+        assert!(
+            s.line.contains("127.0.0.1:5000"),
+            "the address stays in view"
+        );
         assert_eq!(s.notes, ["no RDP client"]);
-        assert_eq!(s.apply(Event::Closed("session closed".into())), Follow::Over);
+        assert_eq!(
+            s.apply(Event::Closed("session closed".into())),
+            Follow::Over
+        );
         assert_eq!((s.phase, s.tone), (Phase::Idle, Tone::Quiet));
     }
 

@@ -31,6 +31,9 @@ pub const BUSY: Color32 = Color32::from_rgb(0xe0, 0x96, 0x14);
 /// Nothing going on.
 pub const QUIET: Color32 = Color32::from_rgb(0x90, 0x90, 0x90);
 
+/// The button that starts things.
+const ACCENT: Color32 = Color32::from_rgb(0x1f, 0x5f, 0xbf);
+
 /// The desktop is offered on loopback only, on a port the system picks, as by default in
 /// `telework connect`.
 const LISTEN: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST), 0);
@@ -71,7 +74,10 @@ impl Window {
         let AppOptions { profile, launch } = options;
         let (settings, first_line) = match profile.settings() {
             Ok(settings) => (settings, String::new()),
-            Err(e) => (Settings::default(), format!("cannot read the settings: {e}")),
+            Err(e) => (
+                Settings::default(),
+                format!("cannot read the settings: {e}"),
+            ),
         };
         let device = match profile.device_key() {
             Ok(key) => key_fingerprint(&key.public_key()),
@@ -343,10 +349,10 @@ impl Window {
         ui.horizontal(|ui| {
             let ready = idle && !self.id.trim().is_empty() && !self.password.is_empty();
             let wide = egui::vec2(110.0, 28.0);
-            if ui
-                .add_enabled(ready, egui::Button::new("Connect").min_size(wide))
-                .clicked()
-            {
+            let connect_button = egui::Button::new(RichText::new("Connect").color(Color32::WHITE))
+                .fill(ACCENT)
+                .min_size(wide);
+            if ui.add_enabled(ready, connect_button).clicked() {
                 connect = true;
             }
             let response = ui.add_enabled(!idle, egui::Button::new("Disconnect").min_size(wide));
