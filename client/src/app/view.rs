@@ -60,6 +60,8 @@ pub struct Window {
     code: Zeroizing<String>,
     relay_line: String,
     relay_error: Option<String>,
+    /// The relay-line box is open over a saved relay (the operator sent a new line).
+    changing_relay: bool,
     status: Status,
     connecting: Option<Connecting>,
     focus: Option<Field>,
@@ -95,7 +97,7 @@ impl Window {
         } else {
             Field::Password
         };
-        let mut status = Status::new(first_line.clone());
+        let mut status = Status::new("");
         if !first_line.is_empty() {
             status.refused(first_line);
         }
@@ -109,6 +111,7 @@ impl Window {
             code: Zeroizing::default(),
             relay_line: String::new(),
             relay_error: None,
+            changing_relay: false,
             status,
             connecting: None,
             focus: Some(focus),
@@ -255,6 +258,7 @@ impl Window {
                 }
                 self.settings = settings;
                 self.relay_error = None;
+                self.changing_relay = false;
                 self.relay_line.clear();
                 self.focus = Some(Field::Id);
             }
@@ -274,15 +278,22 @@ impl Window {
     }
 
     fn relay_box(&mut self, ui: &mut egui::Ui) {
-        ui.label("First, paste the line your IT staff gave you (it starts with tw-relay:):");
+        ui.label("Paste the line your IT staff gave you (it starts with tw-relay:):");
         let response = ui.add(
             egui::TextEdit::singleline(&mut self.relay_line)
                 .hint_text("tw-relay:…")
                 .desired_width(f32::INFINITY),
         );
         self.take_focus(Field::RelayLine, &response);
-        let entered = response.lost_focus() && ui.input(|i| i.key_pressed(Key::Enter));
-        if ui.button("Save").clicked() || entered {
+        let mut save = response.lost_focus() && ui.input(|i| i.key_pressed(Key::Enter));
+        ui.horizontal(|ui| {
+            save |= ui.button("Save").clicked();
+            if self.changing_relay && ui.button("Keep the saved relay").clicked() {
+                self.changing_relay = false;
+                self.relay_error = None;
+            }
+        });
+        if save {
             self.import();
         }
         if let Some(error) = &self.relay_error {
@@ -422,16 +433,23 @@ impl eframe::App for Window {
             .show(ctx, |ui| {
                 ui.heading("Connect to your office PC");
                 ui.add_space(10.0);
-                match &self.settings.relay {
-                    None => {
-                        self.relay_box(ui);
-                        ui.separator();
-                    }
-                    Some(relay) => {
-                        ui.label(RichText::new(format!("Relay: {}", relay.addr)).weak());
+                match self.settings.relay.as_ref().map(|r| r.addr.to_string()) {
+                    Some(relay) if !self.changing_relay => {
+                        ui.horizontal(|ui| {
+                            ui.label(RichText::new(format!("Relay: {relay}")).weak());
+                            let idle = self.status.phase == Phase::Idle;
+                            if ui
+                                .add_enabled(idle, egui::Button::new("Change").small())
+                                .clicked()
+                            {
+                                self.changing_relay = true;
+                                self.focus = Some(Field::RelayLine);
+                            }
+                        });
                         ui.add_space(6.0);
                         self.login_boxes(ui, ctx);
                     }
+                    _ => self.relay_box(ui),
                 }
                 ui.add_space(12.0);
                 ui.separator();
