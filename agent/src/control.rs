@@ -12,7 +12,7 @@ use telework_net::transport::network_watch::{NetworkChange, NetworkWatch};
 use telework_net::transport::{Connection, Stream, TransportChoice, TransportKind};
 use telework_net::HANDSHAKE_TIMEOUT;
 use telework_protocol::messages::{
-    AgentToRelay, NodeAddr, RelayOpens, RelayToAgent, PROTOCOL_VERSION,
+    AgentToRelay, NodeAddr, RelayOpens, RelayToAgent, PROTOCOL_VERSION, WAKE_PROTOCOL_VERSION,
 };
 use telework_protocol::ErrorCode;
 use tokio::time::Instant;
@@ -154,15 +154,15 @@ fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// The control stream the relay opens first on a new connection.
-async fn accept_control(connection: &Connection) -> Result<Framed<Stream>, AgentError> {
+/// The control stream the relay opens first on a new connection, and the relay's version.
+async fn accept_control(connection: &Connection) -> Result<(Framed<Stream>, u16), AgentError> {
     let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, connection.accept())
         .await
         .map_err(|_| AgentError::Timeout)?
         .map_err(|e| AgentError::Frame(e.into()))?;
     let mut framed = Framed::new(stream);
     match framed.read_within::<RelayOpens>(HANDSHAKE_TIMEOUT).await? {
-        RelayOpens::Control { .. } => Ok(framed),
+        RelayOpens::Control { version } => Ok((framed, version)),
         RelayOpens::Tunnel { .. } => Err(AgentError::Unexpected),
     }
 }
@@ -197,7 +197,7 @@ async fn online_once(
             (dialed.connection, None, how)
         }
     };
-    let mut framed = accept_control(&connection).await?;
+    let (mut framed, relay_version) = accept_control(&connection).await?;
     let unreachable = lock(&agent.avoided).current(std::time::Instant::now());
     framed
         .write(&AgentToRelay::Hello {
@@ -253,8 +253,18 @@ async fn online_once(
     tokio::pin!(quic_again);
     let mut network = NetworkWatch::new(&connection);
     let mut look = tokio::time::interval(NETWORK_CHECK);
+    // Older relays would take the wake list for a protocol violation: they are never sent it.
+    let mut wake_check = tokio::time::interval(crate::wake::LIST_CHECK);
+    let mut advertised = crate::wake::serve::Advertised::default();
     loop {
         tokio::select! {
+            _ = wake_check.tick(), if relay_version >= WAKE_PROTOCOL_VERSION => {
+                if let Some(ids) = advertised.changed(agent) {
+                    tokio::time::timeout(KEEPALIVE, framed.write(&AgentToRelay::CanWake(ids)))
+                        .await
+                        .map_err(|_| AgentError::Timeout)??;
+                }
+            }
             _ = look.tick() => match network.check() {
                 NetworkChange::Moved => info!("the network changed; QUIC followed it"),
                 NetworkChange::Lost => {
@@ -285,6 +295,7 @@ async fn online_once(
                 match msg? {
                     RelayToAgent::Pong(_) | RelayToAgent::Welcome { .. } | RelayToAgent::Registered { .. } => {}
                     RelayToAgent::Error(code) => return Err(AgentError::Refused(code)),
+                    RelayToAgent::Wake(id) => crate::wake::serve::on_request(agent, id),
                     RelayToAgent::MoveTo(to) => {
                         // Tunnels open on this connection carry on; new ones go there. The
                         // node sending us away (draining, or no longer our home) is not where

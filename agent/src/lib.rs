@@ -11,6 +11,7 @@
 //!   keeps what a login changes on disk without stalling the runtime thread.
 //! - [`policy`], [`devices`] and [`totp`]: what IT staff require of a login; [`locked_devices`]:
 //!   changing the device list from the daemon and the CLI at once.
+//! - [`wake`]: Wake-on-LAN for the office PCs IT staff listed on this one.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -30,6 +31,7 @@ pub mod sessions;
 pub mod state;
 pub mod totp;
 pub mod tunnel;
+pub mod wake;
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -160,6 +162,8 @@ pub struct Agent {
     node: Mutex<Option<String>>,
     /// Relay nodes to stay away from for a while.
     avoided: Mutex<avoided_nodes::AvoidedNodes>,
+    /// One magic-packet burst per PC per [`wake::SELF_LIMIT`].
+    wake_limit: Mutex<wake::SelfLimit>,
     tunnel_slots: Arc<Semaphore>,
     tasks: TaskTracker,
     shutdown: CancellationToken,
@@ -239,6 +243,7 @@ impl Agent {
             transport: Mutex::new(None),
             node: Mutex::new(None),
             avoided: Mutex::default(),
+            wake_limit: Mutex::default(),
             tunnel_slots: Arc::new(Semaphore::new(MAX_TUNNELS)),
             tasks: TaskTracker::new(),
             shutdown: CancellationToken::new(),

@@ -18,6 +18,8 @@ use telework_net::transport::TransportChoice;
 use telework_protocol::e2e::pake::PasswordRecord;
 use telework_protocol::{CertFingerprint, ComputerId};
 
+mod wake_cli;
+
 /// The telework agent for the office PC: registers with the relay, keeps a connection open,
 /// and lets employees who know the connection password reach this PC's remote desktop.
 #[derive(Parser)]
@@ -91,6 +93,9 @@ enum Command {
     /// Show or change the access policy (approved devices, idle timeout, session length).
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Wake-on-LAN: which sleeping PCs of this office LAN this (always-on) PC may wake.
+    #[command(subcommand)]
+    Wake(wake_cli::WakeCommand),
     /// Clear a lockout after too many wrong passwords (the running agent takes it at once).
     Unlock {
         /// The agent's data directory.
@@ -211,6 +216,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Wake(command) => wake_cli::run(command),
         Command::Register {
             data_dir,
             relay,

@@ -195,7 +195,7 @@ impl DataDir {
         }
     }
 
-    fn read_toml<T: serde::de::DeserializeOwned + Default>(
+    pub(crate) fn read_toml<T: serde::de::DeserializeOwned + Default>(
         &self,
         name: &str,
     ) -> Result<T, StateError> {

@@ -62,6 +62,13 @@ pub enum Progress {
     },
     /// No RDP client could be started (the employee can start one by hand).
     ClientNotStarted(String),
+    /// Waking the office PC (see [`crate::wake`]).
+    Wake {
+        /// The office PC.
+        id: ComputerId,
+        /// The step.
+        step: crate::wake::WakeProgress,
+    },
     /// The RDP client the session depends on exited.
     ClientExited {
         /// The program.
@@ -117,6 +124,7 @@ impl fmt::Display for Progress {
                 write!(f, "opening the desktop with {}", program.display())
             }
             Self::ClientNotStarted(why) => write!(f, "{why}"),
+            Self::Wake { id, step } => f.write_str(&step.sentence(id)),
             Self::ClientExited { program, how } => write!(
                 f,
                 "{} exited ({how}): ending the session",

@@ -117,6 +117,12 @@ impl ClientError {
     pub fn is_wrong_password(&self) -> bool {
         matches!(self, Self::Refused(Refusal::WrongPassword { .. }))
     }
+
+    /// Whether the relay said the office PC is offline (registered, agent not connected):
+    /// then waking it may help (see [`crate::wake`]).
+    pub fn is_offline(&self) -> bool {
+        matches!(self, Self::Relay(ErrorCode::Offline))
+    }
 }
 
 #[cfg(test)]

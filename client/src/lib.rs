@@ -12,6 +12,8 @@
 //! - [`launch`]: choosing and starting the RDP client (platform-neutral planning).
 //! - [`local_peer`]: who may use the local port (only the OS user who started `telework`).
 //! - [`error`]: every failure as a sentence an employee can act on.
+//! - [`wake`]: waking an office PC that is asleep (Wake-on-LAN through a PC of its office),
+//!   and waiting for it to come online.
 //! - `app` (cargo feature `app`, on by default): the desktop window, `telework app`.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -28,6 +30,7 @@ pub mod profile;
 pub mod resolve;
 pub mod session;
 pub mod settings;
+pub mod wake;
 
 pub use error::ClientError;
 pub use session::{LoginOptions, Session, Target, TunnelOpener};

@@ -118,6 +118,22 @@ pub struct Session {
     ping_every: Duration,
 }
 
+/// A link to `target`'s relay as `options` say (proxy, device, QUIC re-probe); dials on
+/// first use.
+pub(crate) fn link_for(target: &Target, options: &LoginOptions) -> Result<Link, ClientError> {
+    Ok(Link::new(
+        Dialer::new(
+            target.relay.clone(),
+            &target.trust,
+            telework_net::transport::Role::Client,
+            target.transport,
+        )?
+        .with_proxy(options.proxy.clone())?
+        .with_quic_reprobe(options.quic_reprobe),
+        options.device.clone(),
+    ))
+}
+
 /// Most times one request follows a relay node's word that the office PC is at another.
 const MAX_REDIRECTS: usize = 3;
 
@@ -159,6 +175,9 @@ async fn pair_here(
         RelayToClient::Paired => Ok(Ok(framed)),
         RelayToClient::MoveTo(to) => Ok(Err(to)),
         RelayToClient::Error(code) => Err(ClientError::Relay(code)),
+        RelayToClient::Wake(_) | RelayToClient::Online => {
+            Err(ClientError::Relay(ErrorCode::ProtocolViolation))
+        }
     }
 }
 
@@ -188,17 +207,7 @@ impl Session {
         password: &[u8],
         options: &LoginOptions,
     ) -> Result<Self, ClientError> {
-        let link = Link::new(
-            Dialer::new(
-                target.relay.clone(),
-                &target.trust,
-                telework_net::transport::Role::Client,
-                target.transport,
-            )?
-            .with_proxy(options.proxy.clone())?
-            .with_quic_reprobe(options.quic_reprobe),
-            options.device.clone(),
-        );
+        let link = link_for(target, options)?;
         let relay = target.relay.to_string();
         (options.progress)(&Progress::Connecting {
             id: target.id.clone(),

@@ -26,13 +26,24 @@ use crate::ids::{ComputerId, Ticket};
 /// control tunnel can be re-attached after its connection broke. 6: a client proves its device
 /// key to the relay (the operator's console names sessions by device), and an agent names its
 /// software version. 7: several relay nodes: the relay can send an agent or a client to
-/// another node, and an agent names the nodes it could not reach.
+/// another node, and an agent names the nodes it could not reach. 8: Wake-on-LAN: an agent
+/// names the office PCs it can wake ([`AgentToRelay::CanWake`]), a client asks for a wake
+/// ([`ClientToRelay::Wake`]) and the relay passes it on ([`RelayToAgent::Wake`]). Only
+/// additions: version-7 peers never send or receive them, so they still work.
 /// Relays refuse older versions so that old software is told to update instead of failing
 /// mid-login.
-pub const PROTOCOL_VERSION: u16 = 7;
+pub const PROTOCOL_VERSION: u16 = 8;
 
 /// Oldest minor version a relay accepts.
 pub const MIN_PROTOCOL_VERSION: u16 = 7;
+
+/// First minor version that knows the Wake-on-LAN messages: an agent sends
+/// [`AgentToRelay::CanWake`] only to a relay whose control stream names at least this.
+pub const WAKE_PROTOCOL_VERSION: u16 = 8;
+
+/// Most computer IDs of an [`AgentToRelay::CanWake`] the relay keeps (the frame cap bounds
+/// what is decoded; the relay drops the rest).
+pub const MAX_WAKE_TARGETS: usize = 256;
 
 /// The first message on every stream the relay opens on an agent's connection: what the
 /// stream is for.
@@ -91,6 +102,11 @@ pub enum AgentToRelay {
         /// Program name and version.
         software: String,
     },
+    /// The office PCs this agent can wake (IT staff configured them on it; the MAC and LAN
+    /// addresses stay on the agent). Sent after [`RelayToAgent::Welcome`] and whenever the
+    /// list changes, only to a relay of [`WAKE_PROTOCOL_VERSION`] or later; each replaces the
+    /// last. The relay keeps at most [`MAX_WAKE_TARGETS`].
+    CanWake(Vec<ComputerId>),
 }
 
 /// Most characters of [`AgentToRelay::About`] the relay keeps.
@@ -128,6 +144,9 @@ pub enum RelayToAgent {
     MoveTo(NodeAddr),
     /// The request failed, or the relay is closing this connection.
     Error(ErrorCode),
+    /// Send the magic packet for this office PC (one the agent named in
+    /// [`AgentToRelay::CanWake`]; the agent ignores any other, and limits itself).
+    Wake(ComputerId),
 }
 
 /// The one message a client sends on each stream it opens.
@@ -155,6 +174,37 @@ pub enum ClientToRelay {
         /// The signature.
         device_proof: Vec<u8>,
     },
+    /// Wake the office PC `id` (version 8 on): the relay asks the agents that can wake it,
+    /// answers [`RelayToClient::Wake`], and then, on the same stream, sends
+    /// [`RelayToClient::Online`] once the PC is online (or closes the stream after
+    /// [`MAX_WAKE_WAIT_SECS`]).
+    Wake {
+        /// Sender's minor protocol version.
+        version: u16,
+        /// The office PC to wake.
+        id: ComputerId,
+    },
+}
+
+/// Longest a relay keeps a wake request's stream open waiting for the PC (seconds).
+pub const MAX_WAKE_WAIT_SECS: u64 = 600;
+
+/// What became of a wake request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WakeAnswer {
+    /// An agent in the PC's office was asked to send the magic packet.
+    Sent,
+    /// The PC was woken lately (within the relay's per-PC window): not asked again; the
+    /// request waits like a sent one. `retry_secs` says when another would be sent.
+    AlreadyAsked {
+        /// Seconds until the relay would ask again.
+        retry_secs: u16,
+    },
+    /// No agent that can wake this PC is online (or the ID is unknown: the answer is the
+    /// same, so it tells a stranger nothing).
+    NoWaker,
+    /// The PC is already online: connect as usual.
+    AlreadyOnline,
 }
 
 /// The relay's answer to a client.
@@ -166,6 +216,10 @@ pub enum RelayToClient {
     MoveTo(NodeAddr),
     /// No tunnel: the reason says why.
     Error(ErrorCode),
+    /// The answer to a [`ClientToRelay::Wake`].
+    Wake(WakeAnswer),
+    /// After [`RelayToClient::Wake`]: the office PC came online.
+    Online,
 }
 
 #[cfg(test)]
@@ -211,12 +265,52 @@ mod tests {
             AgentToRelay::About {
                 software: "telework-agent 0.1.0".into(),
             },
+            AgentToRelay::CanWake(vec!["pc-a".parse().unwrap(), "pc-b".parse().unwrap()]),
         ];
         for m in msgs {
             let mut buf = BytesMut::new();
             encode_frame(&m, &mut buf).unwrap();
             assert_eq!(decode_frame::<AgentToRelay>(&mut buf).unwrap(), Some(m));
         }
+    }
+
+    /// Golden bytes: version-7 peers must keep decoding what they knew; the wake messages
+    /// are appended variants.
+    #[test]
+    fn wake_messages_golden_bytes_and_round_trips() {
+        let id: ComputerId = "pc-1".parse().unwrap();
+        let mut buf = BytesMut::new();
+        let wake = ClientToRelay::Wake {
+            version: 8,
+            id: id.clone(),
+        };
+        encode_frame(&wake, &mut buf).unwrap();
+        assert_eq!(&buf[..], &[0, 0, 0, 7, 2, 8, 4, b'p', b'c', b'-', b'1']);
+        assert_eq!(decode_frame::<ClientToRelay>(&mut buf).unwrap(), Some(wake));
+        let answers = [
+            RelayToClient::Wake(WakeAnswer::Sent),
+            RelayToClient::Wake(WakeAnswer::AlreadyAsked { retry_secs: 17 }),
+            RelayToClient::Wake(WakeAnswer::NoWaker),
+            RelayToClient::Wake(WakeAnswer::AlreadyOnline),
+            RelayToClient::Online,
+        ];
+        for m in answers {
+            encode_frame(&m, &mut buf).unwrap();
+            assert_eq!(decode_frame::<RelayToClient>(&mut buf).unwrap(), Some(m));
+        }
+        encode_frame(&RelayToAgent::Wake(id.clone()), &mut buf).unwrap();
+        assert_eq!(&buf[..], &[0, 0, 0, 6, 5, 4, b'p', b'c', b'-', b'1']);
+        assert_eq!(
+            decode_frame::<RelayToAgent>(&mut buf).unwrap(),
+            Some(RelayToAgent::Wake(id))
+        );
+    }
+
+    #[test]
+    fn a_wake_list_with_a_bad_id_is_malformed() {
+        // Variant 5 (CanWake), one entry, "A!" is not a computer ID.
+        let mut buf = BytesMut::from(&[0, 0, 0, 5, 5, 1, 2, b'A', b'!'][..]);
+        assert!(decode_frame::<AgentToRelay>(&mut buf).is_err());
     }
 
     #[test]

@@ -9,7 +9,8 @@ use std::time::Duration;
 use telework_net::framed::Framed;
 use telework_net::transport::{Connection, Stream};
 use telework_protocol::messages::{
-    AgentToRelay, RelayOpens, RelayToAgent, MAX_UNREACHABLE, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
+    AgentToRelay, RelayOpens, RelayToAgent, MAX_UNREACHABLE, MAX_WAKE_TARGETS,
+    MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
 };
 use telework_protocol::proof::verify_proof;
 use telework_protocol::{ComputerId, ErrorCode};
@@ -157,7 +158,10 @@ pub async fn serve(relay: Arc<Relay>, conn: Accepted) {
                 online(relay, conn, framed, hello).instrument(span),
             );
         }
-        AgentToRelay::Ping(_) | AgentToRelay::PairingFailed(_) | AgentToRelay::About { .. } => {
+        AgentToRelay::Ping(_)
+        | AgentToRelay::PairingFailed(_)
+        | AgentToRelay::About { .. }
+        | AgentToRelay::CanWake(_) => {
             refuse(
                 &relay,
                 &mut framed,
@@ -381,6 +385,11 @@ pub(crate) async fn online(
                     last_heard = Instant::now();
                     relay.hub.set_software(&id, conn_id, &software);
                 }
+                Ok(AgentToRelay::CanWake(targets)) => {
+                    last_heard = Instant::now();
+                    info!(pcs = targets.len().min(MAX_WAKE_TARGETS), "the agent can wake office PCs");
+                    relay.wake.wakers.set(&id, conn_id, targets);
+                }
                 Ok(other) => {
                     debug!(?other, "unexpected message on the control stream");
                     outgoing = Some(RelayToAgent::Error(ErrorCode::ProtocolViolation));
@@ -394,6 +403,7 @@ pub(crate) async fn online(
         }
     };
     relay.hub.agent_offline(&id, conn_id);
+    relay.wake.wakers.remove(&id, conn_id);
     relay.cluster.presence.record(PresenceChange::Offline {
         id: id.clone(),
         node: relay.cluster.name().to_owned(),

@@ -158,6 +158,18 @@ pub enum AuditEvent {
         /// How many, by why.
         kinds: RefusalCounts,
     },
+    /// `wake_requested`: a client asked for a Wake-on-LAN of an offline office PC.
+    WakeRequested {
+        /// The PC to wake.
+        id: ComputerId,
+        /// The asking client's address.
+        client: SocketAddr,
+        /// The agents asked to send the magic packet (or that would have been), or
+        /// `node:NAME` for other nodes asked to pass it to theirs.
+        wakers: Vec<String>,
+        /// `sent`, `rate-limited` (inside the PC's window) or `no waker online`.
+        result: String,
+    },
     /// `audit_dropped`: events that found the queue full and were not stored.
     Dropped {
         /// How many.
@@ -175,6 +187,7 @@ pub const KINDS: &[&str] = &[
     "session_ended",
     "admin_action",
     "lookups_refused",
+    "wake_requested",
     "audit_dropped",
 ];
 
@@ -190,6 +203,7 @@ impl AuditEvent {
             Self::SessionEnded { .. } => "session_ended",
             Self::AdminAction { .. } => "admin_action",
             Self::LookupsRefused { .. } => "lookups_refused",
+            Self::WakeRequested { .. } => "wake_requested",
             Self::Dropped { .. } => "audit_dropped",
         }
     }
@@ -298,6 +312,21 @@ impl AuditEvent {
                 None,
                 json!({ "minute_start": minute_start, "count": count, "kinds": kinds,
                         "other_addresses": address.is_none() }),
+            ),
+            Self::WakeRequested {
+                id,
+                client,
+                wakers,
+                result,
+            } => (
+                at,
+                id_of(id),
+                Some(client.to_string()),
+                None,
+                json!({
+                    "wakers": wakers,
+                    "result": result,
+                }),
             ),
             Self::Dropped { count } => (at, None, None, None, json!({ "count": count })),
         };

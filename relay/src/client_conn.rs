@@ -181,7 +181,7 @@ fn check_device(state: &ClientState, key: Vec<u8>, proof: Vec<u8>) -> Option<Str
 
 /// The live node other than this one where `id` is online, if any (asked only when there
 /// are other nodes).
-async fn elsewhere(relay: &Relay, id: &ComputerId) -> Option<NodeAddr> {
+pub(crate) async fn elsewhere(relay: &Relay, id: &ComputerId) -> Option<NodeAddr> {
     if relay.cluster.others().is_empty() {
         return None;
     }
@@ -250,6 +250,16 @@ async fn serve_stream(relay: &Arc<Relay>, state: &ClientState, stream: Stream) {
         }) => (version, id, Some((device_key, device_proof))),
         // Only versions before 6 send this; they are told to update.
         Ok(ClientToRelay::Connect { version, id }) => (version, id, None),
+        Ok(ClientToRelay::Wake { version, id }) => {
+            // A valid request: the connection has said what it is (the wake module charges
+            // its address).
+            drop(lock(&state.unauthenticated).take());
+            let span = tracing::info_span!("wake", %id, peer = %state.peer);
+            crate::wake::serve(relay, framed, state.peer, version, id)
+                .instrument(span)
+                .await;
+            return;
+        }
         Err(e) => {
             debug!(%e, "no valid client request");
             relay

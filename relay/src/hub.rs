@@ -281,6 +281,15 @@ impl<C: Clone> Hub<C> {
             .then_some(paired.client)
     }
 
+    /// Sends `msg` on the control stream of the online agent `id`; whether it was queued
+    /// (not when the agent is offline or its queue is full: it is not reading).
+    pub fn tell(&self, id: &ComputerId, msg: RelayToAgent) -> bool {
+        self.lock()
+            .agents
+            .get(id)
+            .is_some_and(|a| a.tx.try_send(msg).is_ok())
+    }
+
     /// Tells every online agent that the relay is going away.
     pub fn broadcast(&self, msg: RelayToAgent) {
         for agent in self.lock().agents.values() {

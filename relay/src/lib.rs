@@ -20,6 +20,7 @@
 //! - [`sessions`]: the live sessions (client connections paired with an office PC).
 //! - [`metrics`]: Prometheus counters and gauges.
 //! - [`cluster`]: several nodes on one registry: heartbeats, placement, presence.
+//! - [`wake`]: Wake-on-LAN requests passed from clients to the agents that can wake a PC.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -38,6 +39,7 @@ pub mod registrations;
 pub mod registry;
 pub mod sessions;
 pub mod splice;
+pub mod wake;
 
 use std::future::Future;
 use std::sync::atomic::AtomicU64;
@@ -152,6 +154,8 @@ pub struct Relay {
     pub metrics: Metrics,
     /// This node among the others sharing the registry.
     pub cluster: cluster::Cluster,
+    /// Who can wake which office PC, and when each was last woken.
+    pub wake: wake::WakeState,
     acceptor: TlsAcceptor,
     tls: Arc<rustls::ServerConfig>,
     options: RelayOptions,
@@ -188,6 +192,7 @@ impl Relay {
             sessions: LiveSessions::default(),
             metrics: Metrics::new(),
             cluster: cluster::Cluster::new(options.node_name.clone(), options.public_addr.clone()),
+            wake: wake::WakeState::default(),
             acceptor: TlsAcceptor::from(tls.clone()),
             tls,
             options,

@@ -1,4 +1,5 @@
-//! The `telework-relay` binary as an operator uses it: first start, fingerprint, tokens, bad
+//! The `telework-relay` binary as an operator uses it: first start, fingerprint, the line for
+//! employees, tokens, bad
 //! configuration, and a graceful stop on SIGTERM.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -48,6 +49,19 @@ fn serve(
 #[test]
 fn first_start_prints_a_fingerprint_that_the_fingerprint_command_repeats_and_sigterm_stops_it() {
     let dir = tempfile::tempdir().unwrap();
+    let early = relay()
+        .args([
+            "client-profile",
+            "--address",
+            "relay.example.com:443",
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!early.status.success());
+    let said = String::from_utf8_lossy(&early.stderr);
+    assert!(said.contains("start the relay once first"), "{said}");
     let (mut child, mut lines) = serve(dir.path(), |_| {});
     let fp_line = lines.next().unwrap().unwrap();
     let printed = fp_line
@@ -66,6 +80,31 @@ fn first_start_prints_a_fingerprint_that_the_fingerprint_command_repeats_and_sig
         .unwrap();
     assert!(out.status.success());
     assert_eq!(String::from_utf8(out.stdout).unwrap().trim(), printed);
+
+    // The line for employees: printed at start (the relay listens on a known address) and by
+    // `client-profile` for the public address, with the same certificate pin.
+    let employees = lines.next().unwrap().unwrap();
+    let announced = employees
+        .strip_prefix("employees connect after: telework config import ")
+        .unwrap_or_else(|| panic!("{employees}"));
+    let pin = announced.rsplit_once('/').unwrap().1;
+    assert!(announced.starts_with("tw-relay:127.0.0.1:"), "{announced}");
+    let out = relay()
+        .args([
+            "client-profile",
+            "--address",
+            "relay.example.com:443",
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let line: telework_net::relay_profile::RelayProfile =
+        String::from_utf8(out.stdout).unwrap().parse().unwrap();
+    assert_eq!(line.relay.to_string(), "relay.example.com:443");
+    assert_eq!(line.fingerprint.unwrap().to_string(), printed);
+    assert!(line.to_string().ends_with(&format!("/{pin}")));
 
     #[cfg(unix)]
     {

@@ -108,7 +108,84 @@ pub struct AgentProcess {
     pub process: NsProcess,
     /// When `telework-agent run` was started.
     pub started: std::time::Instant,
+    /// The agent's data dir (for `telework-agent wake …` and other commands).
+    pub data: PathBuf,
     _dir: tempfile::TempDir,
+}
+
+/// An office PC registered and with its password set, not running yet (a PC that sleeps).
+pub struct PreparedAgent {
+    /// Its data dir.
+    pub data: PathBuf,
+    dir: tempfile::TempDir,
+}
+
+impl PreparedAgent {
+    /// Registers `id` at `relay` from `office` and sets its password.
+    pub fn new(
+        nets: &Networks,
+        relay: &RelayProcess,
+        id: &str,
+        password: &str,
+        transport: &str,
+        extra: &[&str],
+    ) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("agent");
+        let data_str = data.to_str().unwrap();
+        let agent = binary("telework-agent");
+        let relay_addr = nets.relay_from_office().to_string();
+        let fingerprint = relay.fingerprint.to_string();
+        nets.office.exec(
+            agent.to_str().unwrap(),
+            &[
+                "register",
+                "--data-dir",
+                data_str,
+                "--relay",
+                &relay_addr,
+                "--relay-fingerprint",
+                &fingerprint,
+                "--id",
+                id,
+                "--transport",
+                transport,
+            ]
+            .into_iter()
+            .chain(extra.iter().copied())
+            .collect::<Vec<_>>(),
+        );
+        let mut set = nets.office.spawn(
+            &agent,
+            &["set-password", "--data-dir", data_str, "--password-stdin"],
+        );
+        set.write_line(password);
+        let code = set.wait_exit(START);
+        assert_eq!(code, Some(0), "set-password failed:\n{}", set.output());
+        Self { data, dir }
+    }
+
+    /// Starts `telework-agent run` in `office`, forwarding to `target`.
+    pub fn run(self, nets: &Networks, target: SocketAddr) -> AgentProcess {
+        let started = std::time::Instant::now();
+        let process = nets.office.spawn_with(
+            &binary("telework-agent"),
+            &[
+                "run",
+                "--data-dir",
+                self.data.to_str().unwrap(),
+                "--target",
+                &target.to_string(),
+            ],
+            LOG,
+        );
+        AgentProcess {
+            process,
+            started,
+            data: self.data,
+            _dir: self.dir,
+        }
+    }
 }
 
 impl AgentProcess {
@@ -137,53 +214,12 @@ impl AgentProcess {
         transport: &str,
         extra: &[&str],
     ) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let data = dir.path().join("agent");
-        let data = data.to_str().unwrap();
-        let agent = binary("telework-agent");
-        let relay_addr = nets.relay_from_office().to_string();
-        let fingerprint = relay.fingerprint.to_string();
-        nets.office.exec(
-            agent.to_str().unwrap(),
-            &[
-                "register",
-                "--data-dir",
-                data,
-                "--relay",
-                &relay_addr,
-                "--relay-fingerprint",
-                &fingerprint,
-                "--id",
-                id,
-                "--transport",
-                transport,
-            ]
-            .into_iter()
-            .chain(extra.iter().copied())
-            .collect::<Vec<_>>(),
-        );
-        let mut set = nets.office.spawn(
-            &agent,
-            &["set-password", "--data-dir", data, "--password-stdin"],
-        );
-        set.write_line(password);
-        let code = set.wait_exit(START);
-        assert_eq!(code, Some(0), "set-password failed:\n{}", set.output());
-        let started = std::time::Instant::now();
-        let process = nets.office.spawn_with(
-            &agent,
-            &["run", "--data-dir", data, "--target", &target.to_string()],
-            LOG,
-        );
-        Self {
-            process,
-            started,
-            _dir: dir,
-        }
+        PreparedAgent::new(nets, relay, id, password, transport, extra).run(nets, target)
     }
 }
 
-/// A `telework connect` process in `home` with `--launch none`, logged in.
+/// A `telework connect` process in `home` with `--launch none` (logged in, once
+/// [`ClientProcess::connect`] returns).
 pub struct ClientProcess {
     /// The running client (killed on drop).
     pub process: NsProcess,
@@ -200,6 +236,22 @@ impl ClientProcess {
         id: &str,
         password: &str,
         transport: &str,
+    ) -> Self {
+        let mut client = Self::spawn(nets, relay, id, password, transport, &[]);
+        client.local = client.wait_connected(START);
+        client
+    }
+
+    /// Starts `telework connect ID … EXTRA` in `home` with the password on its standard
+    /// input (not a terminal), without waiting; `local` is unset until
+    /// [`ClientProcess::wait_connected`].
+    pub fn spawn(
+        nets: &Networks,
+        relay: &RelayProcess,
+        id: &str,
+        password: &str,
+        transport: &str,
+        extra: &[&str],
     ) -> Self {
         let profile = tempfile::tempdir().unwrap();
         let mut process = nets.home.spawn_with(
@@ -218,22 +270,28 @@ impl ClientProcess {
                 "--password-stdin",
                 "--config-dir",
                 profile.path().to_str().unwrap(),
-            ],
+            ]
+            .into_iter()
+            .chain(extra.iter().copied())
+            .collect::<Vec<_>>(),
             LOG,
         );
         process.write_line(password);
-        let line = process.wait_for("point your RDP client at", START);
-        let local = line
-            .rsplit(' ')
+        Self {
+            process,
+            local: SocketAddr::from(([0, 0, 0, 0], 0)),
+            _profile: profile,
+        }
+    }
+
+    /// Waits for the client to say where its RDP client should connect; returns that.
+    pub fn wait_connected(&self, timeout: Duration) -> SocketAddr {
+        let line = self.process.wait_for("point your RDP client at", timeout);
+        line.rsplit(' ')
             .next()
             .unwrap()
             .parse()
-            .unwrap_or_else(|e| panic!("local address in '{line}': {e}"));
-        Self {
-            process,
-            local,
-            _profile: profile,
-        }
+            .unwrap_or_else(|e| panic!("local address in '{line}': {e}"))
     }
 }
 

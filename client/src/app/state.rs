@@ -43,6 +43,8 @@ pub enum Follow {
     RetypePassword,
     /// A code box opened: put the cursor there.
     TypeCode,
+    /// The office PC is offline: offer to wake it.
+    OfferWake,
     /// Connected: the recent IDs changed, and Disconnect is the next thing to press.
     Connected,
     /// The connection is over.
@@ -119,6 +121,13 @@ impl Status {
                     Follow::Over
                 }
             }
+            Event::Offline { error, .. } => {
+                self.phase = Phase::Idle;
+                self.line = error;
+                self.tone = Tone::Bad;
+                self.code_reply = None;
+                Follow::OfferWake
+            }
             Event::Closed(text) => {
                 self.phase = Phase::Idle;
                 self.line = text;
@@ -157,7 +166,7 @@ impl Status {
             }
             // The code box says it better, once the code is asked for.
             Progress::CodeNeeded => Follow::Nothing,
-            Progress::Connecting { .. } | Progress::LoggingIn { .. } => {
+            Progress::Connecting { .. } | Progress::LoggingIn { .. } | Progress::Wake { .. } => {
                 self.line = text;
                 self.tone = Tone::Busy;
                 Follow::Nothing
@@ -217,6 +226,29 @@ mod tests {
             Follow::Over
         );
         assert_eq!((s.phase, s.tone), (Phase::Idle, Tone::Quiet));
+    }
+
+    #[test]
+    fn an_offline_pc_can_be_woken() {
+        let mut s = Status::new("");
+        s.started();
+        let follow = s.apply(Event::Offline {
+            error: "the office PC is offline".into(),
+            password: zeroize::Zeroizing::new("pw".into()),
+        });
+        assert_eq!(follow, Follow::OfferWake);
+        assert_eq!((s.phase, s.tone), (Phase::Idle, Tone::Bad));
+        s.started();
+        s.apply(Event::Step(Progress::Wake {
+            id: "pc-1".parse().unwrap(),
+            step: crate::wake::WakeProgress::Asked,
+        }));
+        assert_eq!(s.tone, Tone::Busy);
+        assert!(
+            s.line.contains("asked a PC in its office to wake it"),
+            "{}",
+            s.line
+        );
     }
 
     #[test]

@@ -12,7 +12,7 @@ use telework_protocol::ComputerId;
 use zeroize::{Zeroize, Zeroizing};
 
 use super::state::{Follow, Phase, Status, Tone};
-use super::worker::{say, Connecting, Job};
+use super::worker::{say, Connecting, Event, Job};
 use super::AppOptions;
 use crate::connection::DesktopOptions;
 use crate::launch::LaunchChoice;
@@ -63,6 +63,8 @@ pub struct Window {
     /// The relay-line box is open over a saved relay (the operator sent a new line).
     changing_relay: bool,
     status: Status,
+    /// The password of a login that found the office PC offline, for "Wake it and connect".
+    wake_password: Option<Zeroizing<String>>,
     connecting: Option<Connecting>,
     focus: Option<Field>,
 }
@@ -113,6 +115,7 @@ impl Window {
             relay_error: None,
             changing_relay: false,
             status,
+            wake_password: None,
             connecting: None,
             focus: Some(focus),
         }
@@ -123,7 +126,10 @@ impl Window {
         let Some(connecting) = &self.connecting else {
             return;
         };
-        for event in connecting.events() {
+        for mut event in connecting.events() {
+            if let Event::Offline { password, .. } = &mut event {
+                self.wake_password = Some(std::mem::take(password));
+            }
             let follow = self.status.apply(event);
             self.follow(follow);
         }
@@ -145,6 +151,7 @@ impl Window {
                 self.password.zeroize();
                 self.focus = Some(Field::Password);
             }
+            Follow::OfferWake => self.connecting = None,
             Follow::Over => {
                 self.connecting = None;
                 self.code.zeroize();
@@ -155,6 +162,21 @@ impl Window {
     }
 
     fn connect(&mut self, ctx: &egui::Context) {
+        // A new password typed: an earlier offer to wake is over.
+        self.wake_password = None;
+        // The password leaves the box: it is not kept around while the session runs.
+        let password = Zeroizing::new(std::mem::take(&mut *self.password));
+        self.start(ctx, password, false);
+    }
+
+    /// Wakes the office PC found offline, then logs in with the password already given.
+    fn wake(&mut self, ctx: &egui::Context) {
+        if let Some(password) = self.wake_password.take() {
+            self.start(ctx, password, true);
+        }
+    }
+
+    fn start(&mut self, ctx: &egui::Context, password: Zeroizing<String>, wake: bool) {
         let id = match self.id.trim().parse::<ComputerId>() {
             Ok(id) => id,
             Err(e) => {
@@ -164,9 +186,7 @@ impl Window {
                 return;
             }
         };
-        // The password leaves the box: it is not kept around while the session runs.
-        let password = Zeroizing::new(std::mem::take(&mut *self.password));
-        let job = match self.job(id, password) {
+        let job = match self.job(id, password, wake) {
             Ok(job) => job,
             Err(e) => {
                 say(&format!("error: {e}"));
@@ -195,7 +215,7 @@ impl Window {
 
     /// The connection as `telework connect ID --launch …` would make it with the saved
     /// settings.
-    fn job(&self, id: ComputerId, password: Zeroizing<String>) -> Result<Job, String> {
+    fn job(&self, id: ComputerId, password: Zeroizing<String>, wake: bool) -> Result<Job, String> {
         let settings = self
             .profile
             .settings()
@@ -230,6 +250,7 @@ impl Window {
                 launch: self.launch,
                 keep_open: false,
             },
+            wake,
         })
     }
 
@@ -455,6 +476,12 @@ impl eframe::App for Window {
                 ui.separator();
                 ui.add_space(6.0);
                 self.status_line(ui);
+                if self.wake_password.is_some() && self.status.phase == Phase::Idle {
+                    ui.add_space(6.0);
+                    if ui.button("Wake it and connect").clicked() {
+                        self.wake(ctx);
+                    }
+                }
             });
     }
 

@@ -16,16 +16,19 @@ use zeroize::Zeroizing;
 use crate::connection::{self, DesktopOptions, Progress, ProgressSink};
 use crate::error::ClientError;
 use crate::session::{LoginOptions, Target, TotpSource};
+use crate::wake;
 
 /// How long the window waits for the employee to type a one-time code (the office PC's own
 /// step deadline, `LoginOptions::totp_wait`, is longer, so this one speaks first).
 pub const CODE_WAIT: Duration = Duration::from_secs(120);
 
+/// How long to wait for a woken office PC to come online (as `telework connect --wake`).
+pub const WAKE_WAIT: Duration = Duration::from_secs(120);
+
 /// How long closing the window waits for the session to end cleanly.
 const CLOSE_WAIT: Duration = Duration::from_secs(3);
 
-/// What the connection tells the window.
-#[derive(Debug)]
+/// What the connection tells the window. (No `Debug`: one variant holds the password.)
 pub enum Event {
     /// A step of the connection.
     Step(Progress),
@@ -37,6 +40,14 @@ pub enum Event {
         error: String,
         /// Whether the office PC confirmed a wrong password (asking again may help).
         wrong_password: bool,
+    },
+    /// The relay says the office PC is offline: waking it may help. The password comes back
+    /// so that "Wake it and connect" does not ask for it again.
+    Offline {
+        /// The one-line error.
+        error: String,
+        /// The password that was not used.
+        password: Zeroizing<String>,
     },
     /// The session is over, without an error (Disconnect, or the RDP client closed).
     Closed(String),
@@ -52,6 +63,8 @@ pub struct Job {
     pub login: LoginOptions,
     /// How the desktop is offered.
     pub desktop: DesktopOptions,
+    /// Wake the office PC first (Wake-on-LAN through a PC of its office) and wait for it.
+    pub wake: bool,
 }
 
 /// A running connection: its events, and the means to end it.
@@ -166,16 +179,32 @@ fn run(job: Job, progress: ProgressSink, stop: CancellationToken) -> Event {
     };
     let id: ComputerId = job.target.id.clone();
     runtime.block_on(async move {
+        if job.wake {
+            tokio::select! {
+                woken = wake::wake_up(&job.target, &job.login, WAKE_WAIT) => {
+                    if let Err(e) = woken {
+                        return failed(&e.to_string(), false);
+                    }
+                }
+                () = stop.cancelled() => return Event::Closed("not connected: stopped".into()),
+            }
+        }
         let login = connection::log_in(&job.target, job.password.as_bytes(), &job.login);
         let session = tokio::select! {
             result = login => result,
             () = stop.cancelled() => return Event::Closed("not connected: stopped".into()),
         };
-        drop(job.password);
         let session = match session {
             Ok(session) => session,
+            Err(e) if e.is_offline() && !job.wake => {
+                return Event::Offline {
+                    error: e.to_string(),
+                    password: job.password,
+                }
+            }
             Err(e) => return failed(&e.to_string(), e.is_wrong_password()),
         };
+        drop(job.password);
         let ended =
             connection::open_desktop(session, &id, &job.desktop, stop.cancelled(), &progress).await;
         match ended {
@@ -198,7 +227,7 @@ fn say_event(event: &Event) {
     let line = match event {
         Event::Step(step) => step.to_string(),
         Event::CodeWanted(_) => "waiting for the one-time code".to_owned(),
-        Event::Failed { error, .. } => format!("error: {error}"),
+        Event::Failed { error, .. } | Event::Offline { error, .. } => format!("error: {error}"),
         Event::Closed(text) => text.clone(),
     };
     say(&line);

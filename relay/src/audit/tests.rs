@@ -46,6 +46,19 @@ fn events_become_rows_with_stable_columns() {
     for kind in KINDS {
         assert!(!kind.is_empty());
     }
+
+    let wake = AuditEvent::WakeRequested {
+        id: pc("pc-tanaka-01"),
+        client: addr(),
+        wakers: vec!["ws-01".into()],
+        result: "sent".into(),
+    };
+    assert!(KINDS.contains(&wake.kind()));
+    let row = wake.row(1000);
+    assert_eq!(row.kind, "wake_requested");
+    assert_eq!(row.computer_id.as_deref(), Some("pc-tanaka-01"));
+    assert_eq!(row.address, Some(addr().to_string()));
+    assert_eq!(row.detail, json!({ "wakers": ["ws-01"], "result": "sent" }));
 }
 
 #[tokio::test]

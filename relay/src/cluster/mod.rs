@@ -323,6 +323,14 @@ impl Cluster {
                     let ended = relay.end_session(session);
                     info!(session, ended, "session end asked for by another node");
                 }
+                (crate::wake::NODE_REQUEST, _) => match request.target.parse() {
+                    Ok(id) => {
+                        crate::wake::from_other_node(relay, &id);
+                    }
+                    Err(_) => {
+                        warn!("a wake request from another node names no computer ID; ignored")
+                    }
+                },
                 _ => warn!(kind = %request.kind, "unknown request from another node; ignored"),
             }
         }

@@ -63,6 +63,13 @@ pub struct ConnectArgs {
     /// [default: the user's config dir].
     #[arg(long, env = "TELEWORK_CONFIG_DIR")]
     config_dir: Option<PathBuf>,
+    /// If the office PC is asleep, ask a PC in its office to wake it (Wake-on-LAN), wait for
+    /// it, then connect (without this, a terminal asks).
+    #[arg(long)]
+    wake: bool,
+    /// Seconds to wait for a woken office PC to come online (at most 600).
+    #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..=600))]
+    wake_timeout: u64,
 }
 
 /// Interactive password tries before giving up (the office PC has its own, stricter count).
@@ -167,8 +174,18 @@ pub fn connect(args: ConnectArgs) -> anyhow::Result<()> {
         .context("starting the async runtime")?;
     runtime.block_on(async {
         let mut tries = 0;
+        let wait = std::time::Duration::from_secs(args.wake_timeout);
+        // With --wake the PC boots while the employee types the password.
+        let mut woken = args.wake;
+        if args.wake {
+            telework_client::wake::wake_up(&target, &options, wait).await?;
+        }
+        let mut pending = None;
         let session = loop {
-            let password = read_password(&args)?;
+            let password = match pending.take() {
+                Some(password) => password,
+                None => read_password(&args)?,
+            };
             match connection::log_in(&target, password.as_bytes(), &options).await {
                 Ok(s) => break s,
                 Err(e)
@@ -178,6 +195,19 @@ pub fn connect(args: ConnectArgs) -> anyhow::Result<()> {
                 {
                     telework_net::say!("telework: {e}");
                     tries += 1;
+                }
+                Err(e) if e.is_offline() && !woken => {
+                    if !telework_client::wake::ask_on_terminal(args.wake, &args.id)? {
+                        anyhow::bail!(
+                            "{} is offline; 'telework connect {} --wake' asks a PC in its office \
+                             to wake it",
+                            args.id,
+                            args.id
+                        );
+                    }
+                    telework_client::wake::wake_up(&target, &options, wait).await?;
+                    woken = true;
+                    pending = Some(password);
                 }
                 Err(e) => return Err(e.into()),
             }

@@ -35,7 +35,8 @@ pub struct AuditArgs {
     #[arg(long = "id", value_name = "COMPUTER_ID")]
     computer_id: Option<ComputerId>,
     /// Only rows of this kind (enrolled, removed, agent_online, agent_offline,
-    /// session_started, session_ended, admin_action, lookups_refused, audit_dropped).
+    /// session_started, session_ended, admin_action, lookups_refused, wake_requested,
+    /// audit_dropped).
     #[arg(long)]
     kind: Option<String>,
     /// At most this many rows (the newest).

@@ -73,7 +73,7 @@ enum Command {
     #[command(subcommand)]
     Admin(telework_relay::admin::cli::AdminCommand),
     /// Print the audit log, newest first: enrolments, removals, agents online and offline,
-    /// sessions, operators' actions and refused lookups.
+    /// sessions, operators' actions, refused lookups and wake requests.
     Audit(audit_cmd::AuditArgs),
 }
 
