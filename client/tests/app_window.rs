@@ -303,7 +303,7 @@ fn local_address(line: &str) -> String {
 struct Office {
     relay: TestRelay,
     desktop: EchoServer,
-    _agent: telework_tests::TestAgent,
+    agent: telework_tests::TestAgent,
     runtime: tokio::runtime::Runtime,
 }
 
@@ -323,7 +323,7 @@ impl Office {
         Self {
             relay,
             desktop,
-            _agent: agent,
+            agent,
             runtime,
         }
     }
@@ -419,7 +419,7 @@ fn connect_wrong_password_and_disconnect_in_the_window() {
 #[test]
 fn the_relay_line_and_the_one_time_code_in_the_window() {
     let office = Office::start("pc-code");
-    let secret = telework_tests::it_staff::require_totp(&office._agent);
+    let secret = telework_tests::it_staff::require_totp(&office.agent);
     let profile = tempfile::tempdir().unwrap();
     let xvfb = Xvfb::start();
     let mut app = App::start(&xvfb.display, profile.path());
@@ -455,4 +455,91 @@ fn the_relay_line_and_the_one_time_code_in_the_window() {
         "the first login says it pinned the office PC: {:#?}",
         app.seen
     );
+}
+
+/// An office PC that went to sleep: the window says it is offline and offers to wake it;
+/// Return presses "Wake it and connect", a PC in its office sends the magic packets, the PC's
+/// agent comes online, and the window logs in with the password already typed.
+#[test]
+fn an_offline_office_pc_is_woken_from_the_window() {
+    use std::net::{Ipv4Addr, UdpSocket};
+    use telework_agent::state::DataDir;
+    use telework_agent::wake::packet::{magic_packet, Mac};
+    use telework_agent::wake::{WakeList, WakeTarget};
+    use telework_agent::{Agent, RunOptions};
+
+    let office = Office::start("ws-01");
+    let sleeper_id: telework_protocol::ComputerId = "pc-sleep".parse().unwrap();
+    // The sleeping PC: registered, then off.
+    let (desktop, sleeper_data) = office.runtime.block_on(async {
+        let (desktop, sleeper) = office.relay.office_pc("pc-sleep", PW).await;
+        let data = sleeper.copy_data_dir();
+        sleeper.stop().await;
+        (desktop, data)
+    });
+    // The office LAN stand-in: the loopback network's broadcast address, a port of our own.
+    let lan = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).unwrap();
+    lan.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mac: Mac = "02:00:00:00:00:43".parse().unwrap();
+    // Written directly: `wake add` refuses loopback addresses, which only a test wants.
+    DataDir::open(office.agent.dir.path())
+        .unwrap()
+        .save_wake_list(&WakeList {
+            targets: vec![WakeTarget {
+                id: sleeper_id.clone(),
+                mac,
+                broadcast: Ipv4Addr::new(127, 255, 255, 255),
+                port: lan.local_addr().unwrap().port(),
+            }],
+        })
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while office.relay.relay.wake.wakers.of(&sleeper_id).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the waker's list reached the relay"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    let profile = tempfile::tempdir().unwrap();
+    telework(
+        &["config", "import", &relay_line(&office.relay)],
+        profile.path(),
+    );
+    let xvfb = Xvfb::start();
+    let mut app = App::start(&xvfb.display, profile.path());
+    app.type_and_return("pc-sleep");
+    app.type_and_return(PW);
+    app.wait_for("error: the office PC is offline");
+    app.key("Return");
+    app.wait_for("pc-sleep is offline: asked a PC in its office to wake it");
+    let mut buf = [0u8; 512];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let packet = loop {
+        if let Ok(n) = lan.recv(&mut buf) {
+            break buf[..n].to_vec();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no magic packet on the office LAN"
+        );
+    };
+    assert_eq!(packet, magic_packet(mac).as_slice());
+
+    // The PC wakes: its agent comes online, and the window logs in.
+    let running = office.runtime.block_on(async {
+        let agent = Agent::open(
+            DataDir::open(sleeper_data.path()).unwrap(),
+            desktop.addr.to_string(),
+            RunOptions::default(),
+        )
+        .unwrap();
+        telework_tests::run_until_online(agent).await
+    });
+    app.wait_for("pc-sleep is online");
+    let line = app.wait_for("connected to pc-sleep over ");
+    office.round_trip(&local_address(&line), b"good morning");
+    running.abort();
 }

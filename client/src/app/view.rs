@@ -46,6 +46,7 @@ enum Field {
     Code,
     RelayLine,
     Disconnect,
+    Wake,
 }
 
 /// The window's state between frames.
@@ -151,7 +152,11 @@ impl Window {
                 self.password.zeroize();
                 self.focus = Some(Field::Password);
             }
-            Follow::OfferWake => self.connecting = None,
+            Follow::OfferWake => {
+                self.connecting = None;
+                // Waking is the likely next step: Return presses it.
+                self.focus = Some(Field::Wake);
+            }
             Follow::Over => {
                 self.connecting = None;
                 self.code.zeroize();
@@ -478,7 +483,9 @@ impl eframe::App for Window {
                 self.status_line(ui);
                 if self.wake_password.is_some() && self.status.phase == Phase::Idle {
                     ui.add_space(6.0);
-                    if ui.button("Wake it and connect").clicked() {
+                    let response = ui.button("Wake it and connect");
+                    self.take_focus(Field::Wake, &response);
+                    if response.clicked() {
                         self.wake(ctx);
                     }
                 }
