@@ -529,15 +529,15 @@ fn an_offline_office_pc_is_woken_from_the_window() {
     assert_eq!(packet, magic_packet(mac).as_slice());
 
     // The PC wakes: its agent comes online, and the window logs in.
-    let running = office.runtime.block_on(async {
-        let agent = Agent::open(
-            DataDir::open(sleeper_data.path()).unwrap(),
-            desktop.addr.to_string(),
-            RunOptions::default(),
-        )
-        .unwrap();
-        telework_tests::run_until_online(agent).await
-    });
+    let agent = Agent::open(
+        DataDir::open(sleeper_data.path()).unwrap(),
+        desktop.addr.to_string(),
+        RunOptions::default(),
+    )
+    .unwrap();
+    let running = office
+        .runtime
+        .block_on(telework_tests::run_until_online(agent));
     app.wait_for("pc-sleep is online");
     let line = app.wait_for("connected to pc-sleep over ");
     office.round_trip(&local_address(&line), b"good morning");
