@@ -447,6 +447,7 @@ fn the_relay_line_and_the_one_time_code_in_the_window() {
     let code = secret.code_at(telework_agent::unix_now());
     app.type_and_return(&code);
     let line = app.wait_for("connected to pc-code over ");
+    app.screenshot_showing("app-first-connection.png", GREEN);
     office.round_trip(&local_address(&line), b"with a second factor");
     assert!(
         app.seen

@@ -54,7 +54,7 @@ pub fn run(options: AppOptions) -> Result<(), AppError> {
         viewport: egui::ViewportBuilder::default()
             .with_title(TITLE)
             .with_app_id("telework")
-            .with_inner_size([480.0, 440.0])
+            .with_inner_size([480.0, 480.0])
             .with_min_inner_size([400.0, 380.0]),
         ..eframe::NativeOptions::default()
     };

@@ -440,7 +440,7 @@ impl Window {
             ui.add(egui::Label::new(RichText::new(line).strong()).wrap());
         });
         for note in &self.status.notes {
-            ui.add(egui::Label::new(RichText::new(note).small().weak()).wrap());
+            ui.add(egui::Label::new(RichText::new(note).weak()).wrap());
         }
     }
 }
