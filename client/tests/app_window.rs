@@ -131,6 +131,8 @@ impl App {
         // No window manager under Xvfb: give the window the keyboard and the pointer.
         app.xdotool(&["mousemove", "--window", &app.window.clone(), "40", "40"]);
         app.xdotool(&["windowfocus", "--sync", &app.window.clone()]);
+        // Written once the first frame is drawn and the cursor is in its first box.
+        app.wait_for("the window is open");
         app
     }
 
@@ -543,4 +545,24 @@ fn an_offline_office_pc_is_woken_from_the_window() {
     let line = app.wait_for("connected to pc-sleep over ");
     office.round_trip(&local_address(&line), b"good morning");
     running.abort();
+}
+
+/// Without a display the window says so in one line and the command fails.
+#[test]
+fn without_a_display_the_app_says_so() {
+    let profile = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_telework"))
+        .args(["app", "--launch", "none", "--config-dir"])
+        .arg(profile.path())
+        .env_remove("DISPLAY")
+        .env_remove("WAYLAND_DISPLAY")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        err.trim(),
+        "telework: cannot open the window: no desktop display here (DISPLAY is not set); on a \
+         computer without a desktop, use 'telework connect'"
+    );
 }

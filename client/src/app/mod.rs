@@ -35,7 +35,14 @@ pub struct AppOptions {
 /// Why the window could not be shown.
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
-    /// No display, no usable OpenGL, or the window system refused.
+    /// No X display to open the window on (this build talks X11; Wayland desktops provide
+    /// one through XWayland).
+    #[error(
+        "cannot open the window: no desktop display here (DISPLAY is not set); on a computer \
+         without a desktop, use 'telework connect'"
+    )]
+    NoDisplay,
+    /// No usable OpenGL, or the window system refused.
     #[error(
         "cannot open the window: {0} (on a computer without a desktop, use 'telework connect')"
     )]
@@ -48,8 +55,12 @@ pub const TITLE: &str = "telework";
 /// Shows the window until it is closed; a session still open then is ended.
 ///
 /// # Errors
-/// [`AppError::Window`] if no window can be opened.
+/// [`AppError::NoDisplay`] or [`AppError::Window`] if no window can be opened.
 pub fn run(options: AppOptions) -> Result<(), AppError> {
+    // Said plainly here rather than as winit's error, which names its own source file.
+    if cfg!(all(unix, not(target_os = "macos"))) && std::env::var_os("DISPLAY").is_none() {
+        return Err(AppError::NoDisplay);
+    }
     let native = eframe::NativeOptions {
         viewport: egui::ViewportBuilder::default()
             .with_title(TITLE)

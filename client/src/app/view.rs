@@ -34,6 +34,9 @@ pub const QUIET: Color32 = Color32::from_rgb(0x90, 0x90, 0x90);
 /// The button that starts things.
 const ACCENT: Color32 = Color32::from_rgb(0x1f, 0x5f, 0xbf);
 
+/// Frames a focus request may wait for its box to appear.
+const MAX_FOCUS_FRAMES: u8 = 3;
+
 /// The desktop is offered on loopback only, on a port the system picks, as by default in
 /// `telework connect`.
 const LISTEN: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST), 0);
@@ -68,6 +71,10 @@ pub struct Window {
     wake_password: Option<Zeroizing<String>>,
     connecting: Option<Connecting>,
     focus: Option<Field>,
+    /// Frames the pending focus has waited for its box to be drawn.
+    focus_frames: u8,
+    /// Lines for standard output, written once the window shows them (see [`Window::flush`]).
+    lines: Vec<String>,
 }
 
 impl Window {
@@ -119,6 +126,8 @@ impl Window {
             wake_password: None,
             connecting: None,
             focus: Some(focus),
+            focus_frames: 0,
+            lines: vec!["the window is open".to_owned()],
         }
     }
 
@@ -128,6 +137,7 @@ impl Window {
             return;
         };
         for mut event in connecting.events() {
+            self.lines.push(event.line());
             if let Event::Offline { password, .. } = &mut event {
                 self.wake_password = Some(std::mem::take(password));
             }
@@ -185,7 +195,7 @@ impl Window {
         let id = match self.id.trim().parse::<ComputerId>() {
             Ok(id) => id,
             Err(e) => {
-                say(&format!("error: {e}"));
+                self.say(format!("error: {e}"));
                 self.status.refused(e.to_string());
                 self.focus = Some(Field::Id);
                 return;
@@ -194,7 +204,7 @@ impl Window {
         let job = match self.job(id, password, wake) {
             Ok(job) => job,
             Err(e) => {
-                say(&format!("error: {e}"));
+                self.say(format!("error: {e}"));
                 return self.status.refused(e);
             }
         };
@@ -271,7 +281,7 @@ impl Window {
         let line: RelayProfile = match self.relay_line.parse() {
             Ok(line) => line,
             Err(e) => {
-                say(&format!("error: {e}"));
+                self.say(format!("error: {e}"));
                 self.relay_error = Some(e.to_string());
                 self.focus = Some(Field::RelayLine);
                 return;
@@ -280,7 +290,7 @@ impl Window {
         match self.profile.import(line) {
             Ok(settings) => {
                 if let Some(relay) = &settings.relay {
-                    say(&format!("saved the relay {}", relay.addr));
+                    self.say(format!("saved the relay {}", relay.addr));
                 }
                 self.settings = settings;
                 self.relay_error = None;
@@ -290,9 +300,31 @@ impl Window {
             }
             Err(e) => {
                 let error = format!("cannot save the relay: {e}");
-                say(&format!("error: {error}"));
+                self.say(format!("error: {error}"));
                 self.relay_error = Some(error);
             }
+        }
+    }
+
+    /// Queues `line` for standard output.
+    fn say(&mut self, line: impl Into<String>) {
+        self.lines.push(line.into());
+    }
+
+    /// Writes the queued lines on standard output once the frame that shows them has also put
+    /// the cursor where the next thing is typed: whoever reads a line (a log, a script, the
+    /// tests) may type at once and no keystroke goes astray. A box that is not drawn within a
+    /// few frames gives up its focus, so lines are never held back for long.
+    fn flush(&mut self, ctx: &egui::Context) {
+        if self.focus.is_some() && self.focus_frames < MAX_FOCUS_FRAMES {
+            self.focus_frames += 1;
+            ctx.request_repaint();
+            return;
+        }
+        self.focus = None;
+        self.focus_frames = 0;
+        for line in self.lines.drain(..) {
+            say(&line);
         }
     }
 
@@ -490,6 +522,7 @@ impl eframe::App for Window {
                     }
                 }
             });
+        self.flush(ctx);
     }
 
     fn on_exit(&mut self, _gl: Option<&eframe::glow::Context>) {

@@ -1,7 +1,6 @@
 //! The connection behind the window: the library's [`connection::log_in`] and
 //! [`connection::open_desktop`], run on a tokio runtime in a thread of their own so the window
-//! never waits on the network. Every step comes back to the window as an [`Event`], and is
-//! also written on standard output, one line each, for logs and scripts.
+//! never waits on the network. Every step comes back to the window as an [`Event`].
 
 use std::io::Write;
 use std::sync::mpsc;
@@ -88,7 +87,6 @@ impl Connecting {
             // source, which run on different threads.
             let events_tx = events_tx.clone();
             Arc::new(move |event: Event| {
-                say_event(&event);
                 // The window may already be gone; then nobody needs the event.
                 let _ = events_tx.send(event);
                 wake();
@@ -222,15 +220,16 @@ fn failed(error: &str, wrong_password: bool) -> Event {
     }
 }
 
-/// The event's line on standard output.
-fn say_event(event: &Event) {
-    let line = match event {
-        Event::Step(step) => step.to_string(),
-        Event::CodeWanted(_) => "waiting for the one-time code".to_owned(),
-        Event::Failed { error, .. } | Event::Offline { error, .. } => format!("error: {error}"),
-        Event::Closed(text) => text.clone(),
-    };
-    say(&line);
+impl Event {
+    /// The event as one line of text, as the status line shows it.
+    pub fn line(&self) -> String {
+        match self {
+            Self::Step(step) => step.to_string(),
+            Self::CodeWanted(_) => "waiting for the one-time code".to_owned(),
+            Self::Failed { error, .. } | Self::Offline { error, .. } => format!("error: {error}"),
+            Self::Closed(text) => text.clone(),
+        }
+    }
 }
 
 /// A line on standard output, for logs and scripts; a closed stdout is not a reason to stop.
