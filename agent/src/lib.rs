@@ -9,6 +9,8 @@
 //! - [`tunnel`]: one tunnel: end-to-end handshake, forwarding.
 //! - [`sessions`] and [`lockout`]: session secrets and wrong-password throttling; `login_state`
 //!   keeps what a login changes on disk without stalling the runtime thread.
+//! - [`password`] and [`totp_enrol`]: setting the connection password and turning one-time
+//!   codes on, shared by the commands that do it.
 //! - [`policy`], [`devices`] and [`totp`]: what IT staff require of a login; [`locked_devices`]:
 //!   changing the device list from the daemon and the CLI at once.
 //! - [`wake`]: Wake-on-LAN for the office PCs IT staff listed on this one.
@@ -25,11 +27,13 @@ pub mod locked_devices;
 pub mod lockout;
 mod login_driver;
 mod login_state;
+pub mod password;
 pub mod policy;
 pub mod register;
 pub mod sessions;
 pub mod state;
 pub mod totp;
+pub mod totp_enrol;
 pub mod tunnel;
 pub mod wake;
 

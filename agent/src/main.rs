@@ -1,6 +1,9 @@
 //! `telework-agent`: the office-PC agent's command line.
 #![forbid(unsafe_code)]
 
+mod setup;
+mod wake_cli;
+
 use std::io::BufRead;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -8,8 +11,9 @@ use std::process::ExitCode;
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use telework_agent::devices::DeviceStatus;
-use telework_agent::state::{AgentSettings, DataDir, StateError};
-use telework_agent::totp::TotpSecret;
+use telework_agent::password;
+use telework_agent::state::{AgentSettings, DataDir};
+use telework_agent::totp_enrol::Enrolment;
 use telework_agent::{Agent, RunOptions, DEFAULT_TARGET};
 use telework_net::logging::LogFormat;
 use telework_net::proxy::{ProxyEnv, ProxySetting};
@@ -17,8 +21,6 @@ use telework_net::signal::shutdown_signal;
 use telework_net::transport::TransportChoice;
 use telework_protocol::e2e::pake::PasswordRecord;
 use telework_protocol::{CertFingerprint, ComputerId};
-
-mod wake_cli;
 
 /// The telework agent for the office PC: registers with the relay, keeps a connection open,
 /// and lets employees who know the connection password reach this PC's remote desktop.
@@ -34,6 +36,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Set up this office PC in one step: relay, enrolment token, computer ID, connection
+    /// password, one-time codes, service. Asks for what the flags do not say.
+    Setup(setup::SetupArgs),
     /// Register this PC on a relay under a computer ID.
     Register {
         /// The agent's data directory.
@@ -188,9 +193,6 @@ enum PolicyCommand {
     },
 }
 
-/// Shortest connection password accepted.
-const MIN_PASSWORD_LEN: usize = 8;
-
 fn main() -> ExitCode {
     telework_net::glibc_tuning::reexec_if_needed();
     let cli = Cli::parse();
@@ -216,6 +218,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Setup(args) => setup::run(args),
         Command::Wake(command) => wake_cli::run(command),
         Command::Register {
             data_dir,
@@ -267,23 +270,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         } => rotate_key(&data_dir, password_stdin),
         Command::Totp(TotpCommand::Enable { data_dir }) => {
             let data = DataDir::open(&data_dir)?;
-            let account = data
-                .settings()
-                .map(|s| s.computer_id.to_string())
-                .unwrap_or_else(|_| "office-pc".into());
-            let secret = TotpSecret::generate();
-            let uri = secret.otpauth_uri(&account);
-            let qr = qrcode::QrCode::new(uri.as_bytes()).context("making the QR code")?;
-            let picture = qr
-                .render::<qrcode::render::unicode::Dense1x2>()
-                .dark_color(qrcode::render::unicode::Dense1x2::Light)
-                .light_color(qrcode::render::unicode::Dense1x2::Dark)
-                .build();
-            data.save_totp(Some(&secret))?;
-            println!("{picture}");
-            println!("Scan the code with an authenticator app, or enter this secret by hand:");
-            println!("  {}", secret.to_base32());
-            println!("({uri})");
+            let enrolment = Enrolment::for_data_dir(&data)?;
+            enrolment.save(&data)?;
+            println!("{}", enrolment.instructions());
             println!("From now on every login also asks for the app's 6-digit code.");
             Ok(())
         }
@@ -409,49 +398,22 @@ fn read_new_password(password_stdin: bool) -> anyhow::Result<zeroize::Zeroizing<
         }
         first
     };
-    if password.chars().count() < MIN_PASSWORD_LEN {
-        bail!("the password needs at least {MIN_PASSWORD_LEN} characters; nothing was changed");
-    }
+    password::check(&password).map_err(|e| anyhow::anyhow!("{e}; nothing was changed"))?;
     Ok(password)
-}
-
-/// The fingerprint employees' clients show for this PC's identity key.
-fn identity_fingerprint(record: &PasswordRecord) -> anyhow::Result<String> {
-    let key = record
-        .agent_public_key()
-        .map_err(|e| anyhow::anyhow!("reading the new record: {e}"))?;
-    Ok(telework_protocol::proof::key_fingerprint(&key))
 }
 
 /// `set-password`: a new password under the same identity key (a first password makes the
 /// key).
 fn set_password(data_dir: &std::path::Path, password_stdin: bool) -> anyhow::Result<()> {
     let data = DataDir::open(data_dir)?;
-    // Look at the old record before asking, so a damaged one is reported straight away.
-    let old = match data.password() {
-        Ok(old) => old,
-        Err(StateError::Damaged { path, detail }) => bail!(
-            "the stored password record {} is damaged ({detail}), so this PC's identity key \
-             cannot be kept; nothing was changed. To start over with a new identity key, run \
-             'telework-agent rotate-key --data-dir {}' (every employee then has to run \
-             'telework forget ID' after you confirm it to them)",
-            path.display(),
-            data_dir.display()
-        ),
-        Err(e) => return Err(e.into()),
-    };
+    password::check_record(&data)?;
     let password = read_new_password(password_stdin)?;
-    let record = match &old {
-        Some(old) => old.change_password(password.as_bytes()),
-        None => PasswordRecord::create(password.as_bytes()),
-    }
-    .map_err(|e| anyhow::anyhow!("{e}"))?;
-    data.save_password(&record)?;
+    let set = password::set(&data, &password)?;
     println!(
         "connection password set (stored as an OPAQUE record; the password itself is not kept)"
     );
-    let fingerprint = identity_fingerprint(&record)?;
-    if old.is_some() {
+    let fingerprint = set.fingerprint;
+    if set.key_kept {
         println!(
             "identity key {fingerprint} (unchanged: employees' clients keep trusting this PC)"
         );
@@ -475,9 +437,9 @@ fn rotate_key(data_dir: &std::path::Path, password_stdin: bool) -> anyhow::Resul
         .settings()
         .map(|s| s.computer_id.to_string())
         .unwrap_or_else(|_| "ID".into());
-    let fingerprint = identity_fingerprint(&record)?;
+    let fingerprint = password::fingerprint(&record)?;
     println!("new identity key {fingerprint}; the connection password is set");
-    if let Some(old_fp) = old.as_ref().and_then(|o| identity_fingerprint(o).ok()) {
+    if let Some(old_fp) = old.as_ref().and_then(|o| password::fingerprint(o).ok()) {
         println!("(it replaces identity key {old_fp})");
     }
     println!(
@@ -507,12 +469,5 @@ fn set_device(
 }
 
 fn suggested_id() -> anyhow::Result<ComputerId> {
-    let host = std::env::var("COMPUTERNAME")
-        .or_else(|_| std::env::var("HOSTNAME"))
-        .ok()
-        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
-        .unwrap_or_default();
-    ComputerId::suggest_from_hostname(host.trim()).with_context(|| {
-        format!("cannot make a computer ID from the host name {host:?}; pass --id")
-    })
+    telework_agent::register::suggested_id().map_err(|e| anyhow::anyhow!("{e}; pass --id"))
 }

@@ -80,3 +80,17 @@ pub async fn register_with(
         _ => Err(AgentError::Unexpected),
     }
 }
+
+/// The computer ID suggested from this computer's host name.
+///
+/// # Errors
+/// A sentence saying why, when the host name makes no valid ID.
+pub fn suggested_id() -> Result<ComputerId, String> {
+    let host = std::env::var("COMPUTERNAME")
+        .or_else(|_| std::env::var("HOSTNAME"))
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .unwrap_or_default();
+    ComputerId::suggest_from_hostname(host.trim())
+        .ok_or_else(|| format!("cannot make a computer ID from the host name {host:?}"))
+}

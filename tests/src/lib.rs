@@ -24,8 +24,11 @@ pub mod in_process_cluster;
 pub mod it_staff;
 pub mod netns;
 pub mod netns_chain;
+pub mod packages;
 pub mod postgres;
+pub mod relay_process;
 pub mod tinyproxy;
+pub mod tmux;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
