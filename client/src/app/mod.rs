@@ -12,9 +12,11 @@
 //!
 //! # Layout
 //! - [`view`]: the boxes and buttons, and what pressing each does.
+//! - [`job`]: one connection's settings, as `telework connect` works them out.
 //! - [`state`]: the status line and what each connection event changes (no GUI code).
 //! - [`worker`]: the connection on a tokio runtime in its own thread, reporting [`worker::Event`]s.
 
+pub mod job;
 pub mod state;
 pub mod view;
 pub mod worker;

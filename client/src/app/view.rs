@@ -1,25 +1,21 @@
 //! The window itself: the boxes and buttons, drawn each frame from [`Status`] and the typed
 //! text, and what pressing each one does.
 
-use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
 use eframe::egui::{self, Color32, Key, RichText};
 use telework_net::relay_profile::RelayProfile;
-use telework_net::transport::TransportChoice;
 use telework_protocol::proof::key_fingerprint;
 use telework_protocol::ComputerId;
 use zeroize::{Zeroize, Zeroizing};
 
+use super::job::Job;
 use super::state::{Follow, Phase, Status, Tone};
-use super::worker::{say, Connecting, Event, Job};
+use super::worker::{say, Connecting, Event};
 use super::AppOptions;
-use crate::connection::DesktopOptions;
 use crate::launch::LaunchChoice;
-use crate::local_peer::{self, LocalAccess};
+use crate::local_peer;
 use crate::profile::Profile;
-use crate::resolve;
-use crate::session::{LoginOptions, Target};
 use crate::settings::Settings;
 
 /// The status dot's colours. Solid, so a screenshot shows the state without reading text.
@@ -36,10 +32,6 @@ const ACCENT: Color32 = Color32::from_rgb(0x1f, 0x5f, 0xbf);
 
 /// Frames a focus request may wait for its box to appear.
 const MAX_FOCUS_FRAMES: u8 = 3;
-
-/// The desktop is offered on loopback only, on a port the system picks, as by default in
-/// `telework connect`.
-const LISTEN: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST), 0);
 
 /// Where the cursor goes on the next frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -201,7 +193,7 @@ impl Window {
                 return;
             }
         };
-        let job = match self.job(id, password, wake) {
+        let job = match Job::new(&self.profile, self.launch, id, password, wake) {
             Ok(job) => job,
             Err(e) => {
                 self.say(format!("error: {e}"));
@@ -226,47 +218,6 @@ impl Window {
                 .status
                 .refused(format!("cannot start the connection: {e}")),
         }
-    }
-
-    /// The connection as `telework connect ID --launch …` would make it with the saved
-    /// settings.
-    fn job(&self, id: ComputerId, password: Zeroizing<String>, wake: bool) -> Result<Job, String> {
-        let settings = self
-            .profile
-            .settings()
-            .map_err(|e| format!("cannot read the settings: {e}"))?;
-        let (relay, trust) =
-            resolve::relay_and_trust(None, None, None, &settings).map_err(|e| e.to_string())?;
-        let transport = TransportChoice::Auto;
-        let proxy =
-            resolve::proxy(None, &settings, &relay, transport).map_err(|e| e.to_string())?;
-        let device = self
-            .profile
-            .device_key()
-            .map_err(|e| format!("cannot read this device's key: {e}"))?;
-        Ok(Job {
-            target: Target {
-                relay,
-                trust,
-                transport,
-                id,
-            },
-            password,
-            login: LoginOptions {
-                proxy,
-                device: Arc::new(device),
-                device_name: resolve::device_name(),
-                profile: Some(self.profile.clone()),
-                ..LoginOptions::default()
-            },
-            desktop: DesktopOptions {
-                listen: LISTEN,
-                access: LocalAccess::SameUser,
-                launch: self.launch,
-                keep_open: false,
-            },
-            wake,
-        })
     }
 
     fn disconnect(&mut self) {

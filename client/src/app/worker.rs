@@ -12,9 +12,10 @@ use telework_protocol::ComputerId;
 use tokio_util::sync::CancellationToken;
 use zeroize::Zeroizing;
 
-use crate::connection::{self, DesktopOptions, Progress, ProgressSink};
+use super::job::Job;
+use crate::connection::{self, Progress, ProgressSink};
 use crate::error::ClientError;
-use crate::session::{LoginOptions, Target, TotpSource};
+use crate::session::TotpSource;
 use crate::wake;
 
 /// How long the window waits for the employee to type a one-time code (the office PC's own
@@ -50,20 +51,6 @@ pub enum Event {
     },
     /// The session is over, without an error (Disconnect, or the RDP client closed).
     Closed(String),
-}
-
-/// Everything one connection needs, worked out before it starts.
-pub struct Job {
-    /// Where to connect.
-    pub target: Target,
-    /// The connection password.
-    pub password: Zeroizing<String>,
-    /// The login's options; the window fills in `progress` and `totp`.
-    pub login: LoginOptions,
-    /// How the desktop is offered.
-    pub desktop: DesktopOptions,
-    /// Wake the office PC first (Wake-on-LAN through a PC of its office) and wait for it.
-    pub wake: bool,
 }
 
 /// A running connection: its events, and the means to end it.
