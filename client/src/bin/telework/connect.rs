@@ -9,12 +9,10 @@ use anyhow::Context;
 use telework_client::connection::{self, DesktopOptions, Progress, ProgressSink};
 use telework_client::launch::LaunchChoice;
 use telework_client::local_peer::{self, LocalAccess};
+use telework_client::resolve::{device_name, proxy, relay_and_trust};
 use telework_client::session::TotpSource;
-use telework_client::settings::Settings;
 use telework_client::{ClientError, LoginOptions, Target};
 use telework_net::connect::RelayAddr;
-use telework_net::proxy::{ProxyConfigError, ProxyEnv, ProxySetting, ProxyUrl};
-use telework_net::tls::RelayTrust;
 use telework_net::transport::TransportChoice;
 use telework_protocol::{CertFingerprint, ComputerId};
 use zeroize::Zeroizing;
@@ -93,79 +91,6 @@ fn read_password(args: &ConnectArgs) -> anyhow::Result<Zeroizing<String>> {
             rpassword::prompt_password(prompt).context("reading the password")?,
         ))
     }
-}
-
-/// The relay and how to trust it: the flags, else the saved relay. A saved pin applies only
-/// to the saved relay, never to another one given with `--relay`.
-pub fn relay_and_trust(
-    relay: Option<&RelayAddr>,
-    fingerprint: Option<&CertFingerprint>,
-    ca: Option<&std::path::Path>,
-    settings: &Settings,
-) -> anyhow::Result<(RelayAddr, RelayTrust)> {
-    let saved = settings
-        .relay
-        .as_ref()
-        .filter(|saved| relay.is_none_or(|r| *r == saved.addr));
-    let addr = match (relay, saved) {
-        (Some(relay), _) => relay.clone(),
-        (None, Some(saved)) => saved.addr.clone(),
-        (None, None) => anyhow::bail!(
-            "no relay is set: run 'telework config import tw-relay:…' with the line from your IT \
-             staff once, or pass --relay HOST:PORT"
-        ),
-    };
-    let trust = match (fingerprint, ca, saved) {
-        (Some(fp), _, _) => RelayTrust::Fingerprint(*fp),
-        (None, Some(ca), _) => RelayTrust::ca_file(ca)?,
-        (None, None, Some(saved)) => saved.trust()?,
-        (None, None, None) => RelayTrust::SystemRoots,
-    };
-    Ok((addr, trust))
-}
-
-/// The proxy to go through: `--proxy`, else the saved one, else the environment. Checked
-/// before the password is asked for; no error repeats the proxy text, which may hold a
-/// password.
-pub fn proxy(
-    flag: Option<&str>,
-    settings: &Settings,
-    relay: &RelayAddr,
-    transport: TransportChoice,
-) -> anyhow::Result<Option<ProxyUrl>> {
-    let flag = flag
-        .map(str::parse::<ProxySetting>)
-        .transpose()
-        .map_err(|e| anyhow::anyhow!("--proxy: {e}"))?;
-    let saved = settings
-        .proxy
-        .as_deref()
-        .map(str::parse::<ProxySetting>)
-        .transpose()
-        .map_err(|e| anyhow::anyhow!("the saved proxy (telework config show): {e}"))?;
-    let proxy = telework_net::proxy::choose(
-        flag.as_ref(),
-        saved.as_ref(),
-        &ProxyEnv::from_process(),
-        relay.host(),
-    )?;
-    match &proxy {
-        Some(p) if transport == TransportChoice::Quic => {
-            Err(ProxyConfigError::QuicThroughProxy(p.to_string()).into())
-        }
-        _ => Ok(proxy),
-    }
-}
-
-/// This computer's name as IT staff see it among a PC's devices.
-pub fn device_name() -> String {
-    std::env::var("COMPUTERNAME")
-        .or_else(|_| std::env::var("HOSTNAME"))
-        .ok()
-        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
-        .map(|h| h.trim().to_owned())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "home-pc".to_owned())
 }
 
 /// Each step on the terminal: the address for the RDP client on standard output (scripts

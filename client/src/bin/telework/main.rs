@@ -1,6 +1,8 @@
 //! `telework`: the employee's command.
 #![forbid(unsafe_code)]
 
+#[cfg(feature = "app")]
+mod app;
 mod config;
 mod connect;
 
@@ -14,7 +16,7 @@ use telework_net::logging::LogFormat;
 use telework_protocol::ComputerId;
 
 /// Reach your office PC from home: `telework config import tw-relay:…` once, then
-/// `telework connect <computer-id>`.
+/// `telework connect <computer-id>`, or `telework app` for the window.
 #[derive(Parser)]
 #[command(version, about)]
 struct Cli {
@@ -29,6 +31,9 @@ struct Cli {
 enum Command {
     /// Connect to an office PC and open its desktop in your RDP client.
     Connect(connect::ConnectArgs),
+    /// Open the telework window: type the computer ID and password, press Connect.
+    #[cfg(feature = "app")]
+    App(app::AppArgs),
     /// Show or change the saved relay and proxy, so that 'connect' needs only the computer ID.
     Config(config::ConfigArgs),
     /// Forget an office PC's pinned identity key (after IT staff confirm it was reinstalled).
@@ -45,9 +50,12 @@ fn main() -> ExitCode {
     telework_net::glibc_tuning::reexec_if_needed();
     let cli = Cli::parse();
     let format = cli.log_format;
-    telework_net::logging::init(format, "warn");
+    // winit's warnings (a virtual display's size, no XSETTINGS) mean nothing to an employee.
+    telework_net::logging::init(format, "warn,winit=error");
     let result = match cli.command {
         Command::Connect(args) => connect::connect(args),
+        #[cfg(feature = "app")]
+        Command::App(args) => app::run(args),
         Command::Config(args) => config::run(args),
         Command::Forget { id, config_dir } => forget(&id, config_dir),
     };
