@@ -1,9 +1,8 @@
 //! `telework-relay audit`: the audit log for people (one line per row) or for scripts (JSON
 //! lines).
 
-use std::path::PathBuf;
-
 use telework_protocol::ComputerId;
+use telework_relay::admin::cli::Store;
 use telework_relay::admin::pages::utc;
 use telework_relay::audit;
 use telework_relay::registry::{AuditFilter, AuditRow};
@@ -12,22 +11,8 @@ use crate::{cli_runtime, open_registry};
 
 #[derive(clap::Args)]
 pub struct AuditArgs {
-    /// The relay's data directory.
-    #[arg(
-        long,
-        env = "TELEWORK_RELAY_DATA_DIR",
-        required_unless_present = "database"
-    )]
-    data_dir: Option<PathBuf>,
-    /// A PostgreSQL registry shared by several relay nodes, instead of the SQLite file in the
-    /// data directory.
-    #[arg(
-        long,
-        value_name = "postgres://…",
-        env = "TELEWORK_RELAY_DATABASE",
-        hide_env_values = true
-    )]
-    database: Option<String>,
+    #[command(flatten)]
+    store: Store,
     /// Only rows from this recent: 90m, 24h, 7d [default: all].
     #[arg(long, value_name = "AGE")]
     since: Option<String>,
@@ -66,8 +51,8 @@ pub fn show_audit(args: AuditArgs) -> anyhow::Result<()> {
     }
     let runtime = cli_runtime()?;
     let registry = runtime.block_on(open_registry(
-        args.data_dir.as_deref(),
-        args.database.as_deref(),
+        args.store.data_dir.as_deref(),
+        args.store.database.as_deref(),
     ))?;
     let rows = runtime.block_on(registry.audit_rows(&AuditFilter {
         since,

@@ -14,6 +14,7 @@ use telework_net::relay_profile::RelayProfile;
 use telework_net::signal::shutdown_signal;
 use telework_protocol::private_file::{check_private_dir, create_private_dir};
 use telework_protocol::ComputerId;
+use telework_relay::admin::cli::Store;
 use telework_relay::audit::{self, Actor, AuditEvent};
 use telework_relay::config::Settings;
 use telework_relay::identity::{self, TlsIdentity};
@@ -112,22 +113,8 @@ enum MachinesCommand {
 enum TokenCommand {
     /// Create a token that lets IT staff register office PCs.
     Create {
-        /// The relay's data directory.
-        #[arg(
-            long,
-            env = "TELEWORK_RELAY_DATA_DIR",
-            required_unless_present = "database"
-        )]
-        data_dir: Option<PathBuf>,
-        /// A PostgreSQL registry shared by several relay nodes, instead of the SQLite file in the
-        /// data directory.
-        #[arg(
-            long,
-            value_name = "postgres://…",
-            env = "TELEWORK_RELAY_DATABASE",
-            hide_env_values = true
-        )]
-        database: Option<String>,
+        #[command(flatten)]
+        store: Store,
         /// How many machines may register with it.
         #[arg(long, default_value_t = 1)]
         uses: u32,
@@ -255,16 +242,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{line}");
             Ok(())
         }
-        Command::Token(TokenCommand::Create {
-            data_dir,
-            database,
-            uses,
-            hours,
-        }) => {
+        Command::Token(TokenCommand::Create { store, uses, hours }) => {
             anyhow::ensure!(uses > 0, "--uses must be at least 1");
             let runtime = cli_runtime()?;
-            let registry =
-                runtime.block_on(open_registry(data_dir.as_deref(), database.as_deref()))?;
+            let registry = runtime.block_on(open_registry(
+                store.data_dir.as_deref(),
+                store.database.as_deref(),
+            ))?;
             let token =
                 runtime.block_on(registry.create_token(uses, hours.saturating_mul(3600)))?;
             println!("{token}");
