@@ -241,3 +241,57 @@ async fn missing_or_damaged_settings_are_plain_errors() {
     assert!(!ok);
     assert!(err.contains("settings.toml"), "{err}");
 }
+
+#[tokio::test]
+async fn a_private_ca_is_checked_and_kept_in_the_profile() {
+    let profile = tempfile::tempdir().unwrap();
+    let downloads = tempfile::tempdir().unwrap();
+    let not_pem = downloads.path().join("notes.txt");
+    std::fs::write(&not_pem, "not a certificate\n").unwrap();
+    let (ok, _, err) = run(
+        profile.path(),
+        &[
+            "config",
+            "set",
+            "relay",
+            "relay.example.com:443",
+            "--relay-ca",
+            not_pem.to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert!(!ok);
+    assert!(
+        err.contains("notes.txt") && err.contains("no PEM certificate"),
+        "{err}"
+    );
+    let (_, out, _) = run(profile.path(), &["config", "show"]).await;
+    assert!(out.contains("relay: not set"), "nothing saved: {out}");
+
+    // A PEM certificate block (the bytes are checked when a connection uses them).
+    let ca = downloads.path().join("office-ca.pem");
+    let pem = "-----BEGIN CERTIFICATE-----\nMAMCAQE=\n-----END CERTIFICATE-----\n";
+    std::fs::write(&ca, pem).unwrap();
+    let (ok, out, err) = run(
+        profile.path(),
+        &[
+            "config",
+            "set",
+            "relay",
+            "relay.example.com:443",
+            "--relay-ca",
+            ca.to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert!(ok, "{err}");
+    let copy = profile.path().join("relay-ca.pem");
+    assert!(
+        out.contains(&format!("checked against the CA in {}", copy.display())),
+        "{out}"
+    );
+    std::fs::remove_file(&ca).unwrap();
+    assert_eq!(std::fs::read_to_string(&copy).unwrap(), pem);
+    let (ok, out, _) = run(profile.path(), &["config", "show"]).await;
+    assert!(ok && out.contains(&copy.display().to_string()), "{out}");
+}
