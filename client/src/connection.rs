@@ -33,8 +33,6 @@ pub enum Progress {
         /// The office PC.
         id: ComputerId,
     },
-    /// The office PC asks for a one-time code.
-    CodeNeeded,
     /// This first login pinned the office PC's identity key.
     Pinned {
         /// The office PC.
@@ -91,7 +89,6 @@ impl fmt::Display for Progress {
             ),
             Self::Connecting { id, relay, .. } => write!(f, "connecting to {id} through {relay} …"),
             Self::LoggingIn { id } => write!(f, "logging in to {id} …"),
-            Self::CodeNeeded => write!(f, "the office PC asks for a one-time code"),
             Self::Pinned {
                 id,
                 relay,

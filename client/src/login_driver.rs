@@ -79,7 +79,6 @@ pub(crate) async fn login<S: Stream>(
                     machine.password_opened(done, clock.now());
                 }
                 ClientLoginEvent::TotpNeeded => {
-                    (options.progress)(&crate::connection::Progress::CodeNeeded);
                     let code = match options.totp.clone() {
                         Some(source) => tokio::task::spawn_blocking(move || source())
                             .await

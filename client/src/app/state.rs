@@ -164,8 +164,6 @@ impl Status {
                 self.tone = Tone::Good;
                 Follow::Connected
             }
-            // The code box says it better, once the code is asked for.
-            Progress::CodeNeeded => Follow::Nothing,
             Progress::Connecting { .. } | Progress::LoggingIn { .. } | Progress::Wake { .. } => {
                 self.line = text;
                 self.tone = Tone::Busy;

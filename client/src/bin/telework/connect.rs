@@ -103,7 +103,6 @@ fn terminal_progress() -> ProgressSink {
         | Progress::ClientExited { .. } => {
             telework_net::say!("telework: {step}");
         }
-        Progress::CodeNeeded => {}
         _ => telework_net::say!("{step}"),
     })
 }
